@@ -45,7 +45,8 @@ class PositionTracker:
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None:
             ids = kwargs["inputs_embeds"]
-        cache = kwargs.get("past_key_values")
+        # transformers < 5.24 passes the KV cache as ``past_key_values``, later versions as ``cache``.
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))
         self.offset = int(cache.get_seq_length()) if cache is not None else 0
         if self.offset == 0 and not self._declared:
             self.prompt_end = torch.tensor([ids.shape[1]], device=ids.device)
@@ -84,4 +85,6 @@ class PositionTracker:
             raise InvalidArgumentError(
                 "positions other than 'all' need a forward pass that starts at position 0"
             )
-        return self.prompt_end.to(device)
+        if self.prompt_end.device != device:
+            self.prompt_end = self.prompt_end.to(device)
+        return self.prompt_end
