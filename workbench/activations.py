@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from workbench.batching import format_prompts, length_batches
 from workbench.errors import InvalidArgumentError
+from workbench.fastpath import direct_forward
 from workbench.models import Model, cache_dir
 
 
@@ -153,7 +154,7 @@ def collect(
 
     hooks = [(_hook_name(layer, hook), capture) for layer in layers]
     batches = list(length_batches(model, texts, batch_size, formatted=chat))
-    with torch.inference_mode(), model.bridge.hooks(fwd_hooks=hooks):
+    with torch.inference_mode(), model.bridge.hooks(fwd_hooks=hooks), direct_forward(model):
         for batch in tqdm(batches, desc="collect", disable=not progress):
             encoded = model.encode([texts[i] for i in batch], formatted=chat)
             state["mask"] = encoded["attention_mask"]

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from workbench.batching import format_prompts, length_batches
 from workbench.errors import InvalidArgumentError
+from workbench.fastpath import direct_forward
 from workbench.models import Model
 from workbench.steering import Intervention, steer_rows, tracking
 
@@ -50,16 +51,22 @@ def generate(
     batch_size: int = 16,
     interventions: Interventions = None,
     use_cache: bool = True,
+    min_new_tokens: int = 0,
     progress: bool = False,
 ) -> list[str]:
     """Generate a response to each prompt; returns only the response text, in the prompts' order.
 
     ``interventions`` is a list applied to every prompt, or a list of lists, one per prompt (each row
     of a batch carries its own configuration). ``use_cache=False`` re-runs the whole sequence at every
-    step (the reference loop, for checks). Greedy output does not depend on ``batch_size``.
+    step (the reference loop, for checks). ``min_new_tokens`` keeps end-of-turn from stopping a row
+    earlier (equal lengths, for timing). Greedy output does not depend on ``batch_size``.
     """
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InvalidArgumentError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if not isinstance(min_new_tokens, int) or not 0 <= min_new_tokens <= max_new_tokens:
+        raise InvalidArgumentError(
+            f"min_new_tokens must be an integer from 0 to max_new_tokens ({max_new_tokens}), got {min_new_tokens!r}"
+        )
     texts = format_prompts(model, prompts, chat=chat)
     rows = per_row(interventions, len(texts))
     shared = [] if rows is not None or not interventions else list(interventions)
@@ -78,6 +85,7 @@ def generate(
             stack.enter_context(steer_rows(model, [shared]))
             if rows is not None:
                 stack.enter_context(steer_rows(model, [rows[i] for i in batch]))
+            stack.enter_context(direct_forward(model))
             if do_sample:
                 torch.manual_seed(seed + batch_no)
             output = model.hf_model.generate(
@@ -85,6 +93,7 @@ def generate(
                 max_new_tokens=max_new_tokens,
                 do_sample=do_sample,
                 use_cache=use_cache,
+                min_new_tokens=min_new_tokens or None,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=eos,
                 **sampling,

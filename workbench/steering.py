@@ -150,35 +150,58 @@ class _Slot:
     decay: Tensor  # [rows] float, 0 for constant
     norm_preserving: Tensor  # [rows] bool
 
+    def __post_init__(self) -> None:
+        # Per-step work is only tensor arithmetic: which branches apply is decided once, here, and the
+        # per-rule row masks and dtype casts are cached (no host-device syncs while decoding).
+        self.any_projection = bool(self.is_projection.any())
+        self.any_norm = bool(self.norm_preserving.any())
+        self.any_decay = bool((self.decay > 0).any())
+        self.everywhere = bool(self.active.all()) and all(p == "all" for p in self.positions)
+        self.rules = [
+            (rule, torch.tensor([p == rule for p in self.positions], device=self.u.device)[:, None])
+            for rule in sorted(set(self.positions) - {"all"})
+        ]
+        self._cast: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
+
+    def _in(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        cast = self._cast.get(dtype)
+        if cast is None:
+            cast = self._cast[dtype] = (self.u.to(dtype), self.amount.to(dtype)[:, None])
+        return cast
+
     def apply(
         self, x: Float[Tensor, "batch seq d"], tracker: PositionTracker
     ) -> Float[Tensor, "batch seq d"]:
-        u = self.u.to(x.dtype)
-        weight = self._weight(x.shape[1], tracker, x.device).to(x.dtype)
-        amount = self.amount.to(x.dtype)[:, None] * self._schedule(x.shape[1], tracker, x.device)
-        if bool(self.is_projection.any()):
+        u, amount = self._in(x.dtype)
+        seq = x.shape[1]
+        weight = None if self.everywhere else self._weight(seq, tracker, x.device).to(x.dtype)
+        if self.any_decay:
+            amount = amount * self._schedule(seq, tracker, x.device)
+        if self.any_projection:
             projection = torch.einsum("bsd,bd->bs", x, u.expand(x.shape[0], -1))
             amount = torch.where(self.is_projection[:, None], amount - projection, amount)
-        steered = x + (amount * weight)[..., None] * u[:, None, :]
-        if bool(self.norm_preserving.any()):
+        scaled = amount if weight is None else amount * weight
+        steered = x + scaled[..., None] * u[:, None, :]
+        if self.any_norm:
             rescale = x.norm(dim=-1, keepdim=True) / steered.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-            keep = (self.norm_preserving[:, None] & (weight > 0))[..., None]
-            steered = torch.where(keep, steered * rescale, steered)
+            keep = (
+                self.norm_preserving[:, None]
+                if weight is None
+                else self.norm_preserving[:, None] & (weight > 0)
+            )
+            steered = torch.where(keep[..., None], steered * rescale, steered)
         return steered
 
     def _weight(self, seq: int, tracker: PositionTracker, device: torch.device) -> Tensor:
         weight = self.active[:, None].float().expand(-1, seq)
-        for rule in set(self.positions):
+        for rule, rows in self.rules:
             mask = tracker.mask(rule, seq, device)
             if mask is None:
                 continue
-            rows = torch.tensor([p == rule for p in self.positions], device=device)[:, None]
             weight = torch.where(rows, weight * mask.float(), weight)
         return weight
 
     def _schedule(self, seq: int, tracker: PositionTracker, device: torch.device) -> Tensor:
-        if not bool((self.decay > 0).any()):
-            return torch.ones(1, 1, device=device)
         step = tracker.steps(seq, device).float().clamp_min(0)
         decay = self.decay[:, None]
         fade = (1 - step / decay.clamp_min(1)).clamp_min(0)
