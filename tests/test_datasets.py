@@ -224,7 +224,7 @@ def test_write_then_read_round_trips(tmp_path):
 def test_failed_write_leaves_the_old_file(tmp_path):
     path = tmp_path / "rows.jsonl"
     write_jsonl(path, [{"a": 1}])
-    with pytest.raises(TypeError):
+    with pytest.raises(InvalidArgumentError, match="row 2"):
         write_jsonl(path, [{"a": 2}, {"b": object()}])
     assert read_jsonl(path) == [{"a": 1}]
     assert [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]

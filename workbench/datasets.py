@@ -307,7 +307,11 @@ def _mc_item(row: dict[str, Any], where: str, default_id: str, language: str, sp
     if not isinstance(choices, list) or len(choices) < 2 or not all(map(_nonempty_str, choices)):
         raise DataError(f"{where}: need at least 2 nonempty choices")
     if "answerKey" in row:
-        labels = [str(label) for label in labels] if labels else [chr(65 + i) for i in range(len(choices))]
+        if labels is None or labels == []:
+            labels = [chr(65 + i) for i in range(len(choices))]
+        elif not isinstance(labels, list) or len(labels) != len(choices):
+            raise DataError(f"{where}: the choice labels must be a list with one label per choice")
+        labels = [str(label) for label in labels]
         key = str(row["answerKey"]).strip()
         if key not in labels:
             raise DataError(f"{where}: answerKey {key!r} is not one of the labels {', '.join(labels)}")
@@ -374,15 +378,22 @@ def load_multiple_choice(
     ``language`` picks en or it; elsewhere it labels the items. ``split=None`` keeps every split; rows of a
     local file without a split count as ``split``, or ``test``.
     """
+    if not isinstance(source, str | os.PathLike):
+        raise InvalidArgumentError(
+            f"source must be 'bundled', a file path or a hub dataset name, got {type(source).__name__}"
+        )
     if source == "bundled":
         if split is not None and split not in splits:
             raise InvalidArgumentError(f"unknown split {split!r}; choose from {', '.join(splits)}")
         items = _bundled_mc(language)
     elif isinstance(source, os.PathLike) or Path(source).exists() or source.endswith((".jsonl", ".json")):
         path = Path(source)
+        rows = read_jsonl_numbered(path)
+        if not rows:
+            raise DataError(f"{path}: no multiple-choice rows; the file is empty")
         items = [
             _mc_item(row, f"{path}, line {number}", f"{path.stem}/{number}", language, split or "test")
-            for number, row in read_jsonl_numbered(path)
+            for number, row in rows
         ]
     else:
         return _hub_mc(source, language, split or "test")

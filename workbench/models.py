@@ -188,7 +188,10 @@ def _load_gguf(gguf: Path, dtype: torch.dtype) -> tuple[Any, Any, str]:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     except Exception as exc:  # transformers raises many types for unreadable files
-        raise ModelLoadError(f"could not read {gguf} as a GGUF model: {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(
+            f"could not read {gguf} as a GGUF model ({_brief(exc)}): the file may be truncated or damaged, "
+            "download or copy it again"
+        ) from exc
     weights_hash = _file_sha256([gguf])
     model.config.architectures = [type(model).__name__]
     cached.mkdir(parents=True, exist_ok=True)
@@ -204,6 +207,12 @@ def _load_gguf(gguf: Path, dtype: torch.dtype) -> tuple[Any, Any, str]:
     return model.to(dtype), tokenizer, weights_hash
 
 
+def _brief(exc: BaseException) -> str:
+    """``Type: first line of the message``, at most 200 characters, for wrapping foreign errors."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:200]
+
+
 def _load_hf(spec: str, dtype: torch.dtype, trust_remote_code: bool) -> tuple[Any, Any, str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -214,15 +223,56 @@ def _load_hf(spec: str, dtype: torch.dtype, trust_remote_code: bool) -> tuple[An
         model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, trust_remote_code=trust_remote_code)
     except OSError as exc:
         if local:
-            raise ModelLoadError(f"{spec} is not a loadable Hugging Face model directory: {exc}") from exc
+            raise ModelLoadError(
+                f"{spec} is not a loadable Hugging Face model directory ({_brief(exc)}): "
+                "it needs config.json, tokenizer files and weights"
+            ) from exc
         hint = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else "the hub could not be reached"
         raise ModelLoadError(
             f"model {spec!r} is not a known spec, a file or a directory, and {hint} with no local copy: "
             f"download it where the hub is reachable, pass a local directory, or use one of {sorted(KNOWN_MODELS)}"
         ) from None
+    except Exception as exc:  # transformers raises many types for incomplete or unsupported models
+        where = f"the directory {spec}" if local else f"model {spec!r}"
+        raise ModelLoadError(
+            f"could not load {where} as a Hugging Face causal LM ({_brief(exc)}): "
+            "check that it holds config.json, tokenizer files and weights of a supported architecture"
+        ) from exc
     files = [p for p in Path(spec).glob("*.safetensors")] if local else []
     weights_hash = _file_sha256(files) if files else _state_hash(model)
     return model, tokenizer, weights_hash
+
+
+def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    """A floating-point torch dtype from a dtype, its name (``"bfloat16"``) or None (float32)."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype.removeprefix("torch."), None) if dtype.strip() else None
+    else:
+        resolved = dtype
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise InvalidArgumentError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
+    return resolved
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    """A usable torch device (None: cuda when available, else cpu)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InvalidArgumentError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError(f"device {device!r} was asked for but CUDA is not available: use 'cpu'")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise InvalidArgumentError(
+            f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidArgumentError(f"device {device!r} was asked for but MPS is not available: use 'cpu'")
+    return resolved
 
 
 def from_hf(
@@ -233,14 +283,15 @@ def from_hf(
     weights_hash: str | None = None,
     is_chat: bool | None = None,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     source: str = "",
 ) -> Model:
     """Wrap an in-memory Hugging Face causal LM and its tokenizer as a :class:`Model`."""
     from transformer_lens.model_bridge import TransformerBridge
 
     start = time.perf_counter()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(_resolve_device(device))
+    dtype = _resolve_dtype(dtype)
     if not getattr(hf_model.config, "architectures", None):
         hf_model.config.architectures = [type(hf_model).__name__]
     tokenizer.padding_side = "left"
@@ -277,11 +328,8 @@ def load_model(
     """Load a model by spec into a TransformerBridge (see the module docstring for the specs)."""
     if not isinstance(spec, str) or not spec.strip():
         raise InvalidArgumentError(f"model spec must be a non-empty string, got {spec!r}")
-    if isinstance(dtype, str):
-        if not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise InvalidArgumentError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
-        dtype = getattr(torch, dtype)
-    dtype = dtype or torch.float32
+    dtype = _resolve_dtype(dtype)
+    device = _resolve_device(device)
     start = time.perf_counter()
     is_chat: bool | None = None
     if spec in KNOWN_MODELS:

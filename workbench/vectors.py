@@ -939,7 +939,10 @@ class SteeringVector:
             f = reader.get_field(key)
             if f is None:
                 return None
-            value = f.contents()
+            try:
+                value = f.contents()
+            except (UnicodeDecodeError, ValueError, TypeError, IndexError):
+                raise ArtifactError(f"{path}: its {key!r} field is damaged; re-export the file") from None
             return value if isinstance(value, str) else None
 
         arch = text("general.architecture")

@@ -1,0 +1,676 @@
+"""Bad inputs across the public API and the command line.
+
+Each is refused with a typed exception from ``workbench.errors`` whose message is one line saying what was
+wrong (and, where there is something to do, what to do): never a raw TypeError/KeyError, a torch traceback
+or a silently wrong result. Cases that still fail that way are ``xfail(strict=True)`` with the fix needed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from tests.conftest import build_tiny_model
+from workbench import datasets
+from workbench.activations import Activations, collect
+from workbench.cli import app
+from workbench.errors import (
+    ArtifactError,
+    CheckError,
+    DataError,
+    InvalidArgumentError,
+    ModelLoadError,
+    OutputPathError,
+    ShapeMismatchError,
+    WorkbenchError,
+)
+from workbench.evaluation.checks import check
+from workbench.generation import generate
+from workbench.jsonl import read_jsonl, write_jsonl
+from workbench.models import DEFAULT_SPEC, load_model
+from workbench.steering import Intervention, steer
+from workbench.vectors import SteeringVector
+
+
+def refuses(kind: type[WorkbenchError], fn: Callable[[], object], match: str) -> str:
+    """``fn()`` raises exactly a ``kind`` (a WorkbenchError) whose one-line message contains ``match``."""
+    assert issubclass(kind, WorkbenchError)
+    with pytest.raises(WorkbenchError) as info:
+        fn()
+    error = info.value
+    assert isinstance(error, kind), f"{type(error).__name__} is not a {kind.__name__}: {error}"
+    message = str(error)
+    assert message and "\n" not in message and "\r" not in message, repr(message)
+    assert "Traceback" not in message
+    assert match.lower() in message.lower(), f"{match!r} not in {message!r}"
+    return message
+
+
+def directions(n_layers: int = 4, d_model: int = 64, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n_layers, d_model, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """This module's own tiny model (it shadows the session one): generating or steering leaves a position
+    tracker on the model, and tests of the shared session model that run later must not see it."""
+    return build_tiny_model()
+
+
+@pytest.fixture(scope="module")
+def vec() -> SteeringVector:
+    """A vector that fits the tiny model (4 layers, d_model 64)."""
+    return SteeringVector.from_directions(directions(), model_name="tiny-llama", n_layers=4)
+
+
+def forward_under(model, *interventions: Intervention) -> torch.Tensor:
+    with steer(model, *interventions):
+        return model.hf_model(**model.encode(["hello"], formatted=False)).logits
+
+
+# ---- models -------------------------------------------------------------------------------------------
+
+
+def test_unknown_model_spec():
+    refuses(ModelLoadError, lambda: load_model("no-such-model-xyz"), "not a known spec")
+
+
+def test_empty_model_spec():
+    refuses(InvalidArgumentError, lambda: load_model("  "), "non-empty string")
+
+
+def test_missing_model_file(tmp_path):
+    refuses(ModelLoadError, lambda: load_model(str(tmp_path / "missing.gguf")), "does not exist")
+
+
+def test_tiny_truncated_model_file(tmp_path):
+    path = tmp_path / "short.gguf"
+    path.write_bytes(b"GGUF" + bytes(100))
+    refuses(ModelLoadError, lambda: load_model(str(path)), "truncated")
+
+
+def test_real_gguf_cut_short(tmp_path, monkeypatch):
+    """The bundled SmolLM2 GGUF cut after 200 kB: header and metadata start, the rest is missing."""
+    from workbench.models import _bundled_gguf
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    try:
+        source = _bundled_gguf(DEFAULT_SPEC)
+    except ModelLoadError:
+        pytest.skip("the bundled SmolLM2 GGUF is not installed")
+    with open(source, "rb") as handle:
+        head = handle.read(200_000)
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(head)
+    refuses(ModelLoadError, lambda: load_model(str(cut)), "download or copy it again")
+
+
+def test_non_gguf_model_file(tmp_path):
+    path = tmp_path / "weights.gguf"
+    path.write_bytes(b"PK\x03\x04 this is a zip, not a GGUF " * 100)
+    refuses(ModelLoadError, lambda: load_model(str(path)), "not a GGUF file")
+
+
+def test_hub_model_id_offline_and_not_cached():
+    refuses(ModelLoadError, lambda: load_model("some-org/not-a-cached-model"), "offline")
+
+
+def test_directory_that_is_not_a_model(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    refuses(ModelLoadError, lambda: load_model(str(tmp_path)), "config.json")
+
+
+@pytest.mark.parametrize("dtype", ["float33", "int8", torch.int64, "", 5])
+def test_bad_dtype(dtype):
+    refuses(InvalidArgumentError, lambda: load_model(DEFAULT_SPEC, dtype=dtype), "unknown dtype")
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda:99"])
+def test_bad_device(device):
+    refuses(InvalidArgumentError, lambda: load_model(DEFAULT_SPEC, device=device), "device")
+
+
+def test_load_model_does_not_trust_remote_code_by_default():
+    import inspect
+
+    assert inspect.signature(load_model).parameters["trust_remote_code"].default is False
+
+
+# ---- layers, shapes, directions, coefficients ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer", [99, 4, -1, "1", True])
+def test_collect_layer_out_of_range(tiny, layer):
+    refuses(InvalidArgumentError, lambda: collect(tiny, ["hi"], layers=[layer], cache=False), "layer")
+
+
+def test_collect_no_layers(tiny):
+    refuses(InvalidArgumentError, lambda: collect(tiny, ["hi"], layers=[], cache=False), "layers is empty")
+
+
+def test_intervention_layer_missing_from_vector(vec):
+    refuses(InvalidArgumentError, lambda: Intervention(vec, 99), "no direction for layer 99")
+
+
+def test_intervention_layer_out_of_model_range(tiny):
+    eight = SteeringVector.from_directions(directions(8))
+    refuses(
+        InvalidArgumentError, lambda: forward_under(tiny, Intervention(eight, 7, coef=1.0)), "out of range"
+    )
+
+
+def test_vector_d_model_mismatch(tiny):
+    narrow = SteeringVector.from_directions(directions(4, 32))
+    refuses(ShapeMismatchError, lambda: forward_under(tiny, Intervention(narrow, 1, coef=1.0)), "d_model 32")
+
+
+def test_vector_layer_count_mismatch(tiny):
+    other = SteeringVector.from_directions(directions(8), n_layers=8)
+    refuses(ShapeMismatchError, lambda: forward_under(tiny, Intervention(other, 1, coef=1.0)), "8 layers")
+
+
+def test_zero_norm_direction():
+    rows = directions()
+    rows[2] = 0
+    refuses(InvalidArgumentError, lambda: SteeringVector.from_directions(rows), "zero at layers (2)")
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_direction(value):
+    rows = directions()
+    rows[1, 5] = value
+    refuses(InvalidArgumentError, lambda: SteeringVector.from_directions(rows), "NaN or inf")
+
+
+@pytest.mark.parametrize("coef", [math.nan, math.inf, -math.inf])
+def test_non_finite_coefficient(vec, coef):
+    refuses(InvalidArgumentError, lambda: Intervention(vec, 1, coef=coef), "finite")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="steering.Intervention.__post_init__ calls float(coef) unguarded: a non-number coef raises a raw "
+    "ValueError/TypeError; fix: refuse coef that is not a numbers.Real (or is a bool) with InvalidArgumentError",
+)
+def test_non_numeric_coefficient(vec):
+    refuses(InvalidArgumentError, lambda: Intervention(vec, 1, coef="strong"), "coef")
+
+
+def test_non_finite_scale_of_vector(vec):
+    refuses(InvalidArgumentError, lambda: vec * math.nan, "finite")
+
+
+# ---- contrastive sets ---------------------------------------------------------------------------------
+
+
+def acts(n: int, layers: int = 2, d: int = 8, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, layers, d, generator=torch.Generator().manual_seed(seed))
+
+
+def test_empty_positive_set():
+    refuses(
+        InvalidArgumentError,
+        lambda: SteeringVector.from_activations(acts(0), acts(3)),
+        "positive set is empty",
+    )
+
+
+def test_empty_negative_set():
+    refuses(
+        InvalidArgumentError,
+        lambda: SteeringVector.from_activations(acts(3), acts(0)),
+        "negative set is empty",
+    )
+
+
+def test_unpaired_sets():
+    refuses(ShapeMismatchError, lambda: SteeringVector.from_activations(acts(3), acts(4, seed=1)), "paired")
+
+
+def test_one_class_set():
+    same = acts(5)
+    refuses(
+        InvalidArgumentError,
+        lambda: SteeringVector.from_activations(same, same.clone()),
+        "means coincide",
+    )
+
+
+def test_pca_refuses_unpaired():
+    refuses(
+        InvalidArgumentError,
+        lambda: SteeringVector.from_activations(acts(3), acts(4, seed=1), "pca", paired=False),
+        "needs paired sets",
+    )
+
+
+def test_unknown_method():
+    refuses(
+        InvalidArgumentError,
+        lambda: SteeringVector.from_activations(acts(3), acts(3, seed=1), "lda"),
+        "unknown method",
+    )
+
+
+def test_sets_at_different_layers():
+    pos = Activations.from_tensor(acts(3), layers=(0, 1))
+    neg = Activations.from_tensor(acts(3, seed=1), layers=(0, 2))
+    refuses(ShapeMismatchError, lambda: SteeringVector.from_activations(pos, neg), "same layers")
+
+
+def test_non_finite_activations():
+    pos = acts(3)
+    pos[0, 1, 0] = math.nan
+    refuses(
+        InvalidArgumentError,
+        lambda: SteeringVector.from_activations(pos, acts(3, seed=1)),
+        "NaN or inf at layer 1",
+    )
+
+
+# ---- prompts ------------------------------------------------------------------------------------------
+
+
+def test_prompt_longer_than_context_in_collect(tiny):
+    long = "hello " * (tiny.n_ctx + 10)
+    refuses(
+        InvalidArgumentError,
+        lambda: collect(tiny, ["hi", long], cache=False),
+        "more than tiny-llama's context",
+    )
+
+
+def test_prompt_longer_than_context_in_generate(tiny):
+    long = "cats and dogs " * tiny.n_ctx
+    refuses(InvalidArgumentError, lambda: generate(tiny, [long], max_new_tokens=2), "shorten it")
+
+
+def test_empty_string_prompt(tiny):
+    refuses(InvalidArgumentError, lambda: collect(tiny, ["hi", ""], cache=False), "prompt 1 is empty")
+
+
+def test_whitespace_prompt(tiny):
+    refuses(InvalidArgumentError, lambda: generate(tiny, [" \n\t"], max_new_tokens=2), "prompt 0 is empty")
+
+
+def test_no_prompts(tiny):
+    refuses(InvalidArgumentError, lambda: generate(tiny, [], max_new_tokens=2), "no prompts")
+
+
+def test_non_string_prompt(tiny):
+    refuses(InvalidArgumentError, lambda: collect(tiny, ["hi", 3], cache=False), "not a string")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason="batching.format_prompts calls len(prompts) unguarded: prompts=None raises a raw TypeError; fix: "
+    "refuse anything that is not a str or a Sequence with InvalidArgumentError before len()",
+)
+def test_prompts_none(tiny):
+    refuses(InvalidArgumentError, lambda: generate(tiny, None, max_new_tokens=2), "prompts")
+
+
+# ---- data files ---------------------------------------------------------------------------------------
+
+
+def test_invalid_utf8_in_jsonl(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n')
+    refuses(DataError, lambda: read_jsonl(path), "invalid UTF-8 at byte offset")
+
+
+def test_malformed_jsonl_names_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2,}\n', encoding="utf-8")
+    refuses(DataError, lambda: read_jsonl(path), "line 3")
+
+
+def test_jsonl_line_that_is_not_an_object(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"a": 1}\n[1, 2]\n', encoding="utf-8")
+    refuses(DataError, lambda: read_jsonl(path), "line 2: expected a JSON object")
+
+
+def test_missing_data_file(tmp_path):
+    refuses(DataError, lambda: datasets.load_ifeval(tmp_path / "nope.jsonl"), "no such file")
+
+
+def test_ifeval_row_without_prompt(tmp_path):
+    path = tmp_path / "ifeval.jsonl"
+    path.write_text(json.dumps({"key": 1, "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}))
+    refuses(DataError, lambda: datasets.load_ifeval(path), "line 1: 'prompt'")
+
+
+def test_empty_multiple_choice_file(tmp_path):
+    path = tmp_path / "mc.jsonl"
+    path.write_text("\n\n", encoding="utf-8")
+    refuses(DataError, lambda: datasets.load_multiple_choice(path), "no multiple-choice rows")
+
+
+def test_multiple_choice_labels_that_are_not_a_list(tmp_path):
+    path = tmp_path / "mc.jsonl"
+    row = {"question": "Which?", "choices": {"text": ["a", "b"], "label": 5}, "answerKey": "A"}
+    path.write_text(json.dumps(row), encoding="utf-8")
+    refuses(DataError, lambda: datasets.load_multiple_choice(path), "one label per choice")
+
+
+def test_unknown_dataset_name():
+    refuses(InvalidArgumentError, lambda: datasets.load("json_formatt"), "unknown dataset 'json_formatt'")
+
+
+def test_unknown_split():
+    refuses(InvalidArgumentError, lambda: datasets.load("json_format", "dev"), "unknown split 'dev'")
+
+
+def test_unknown_variant():
+    refuses(InvalidArgumentError, lambda: datasets.load("italian", variant="fr"), "unknown variant 'fr'")
+
+
+def test_variant_on_a_dataset_without_variants():
+    refuses(InvalidArgumentError, lambda: datasets.load("json_format", variant="it"), "variant applies only")
+
+
+# ---- instruction checks -------------------------------------------------------------------------------
+
+
+def test_unknown_instruction_id():
+    refuses(CheckError, lambda: check("detectable_format:haiku", "text"), "unknown instruction id")
+
+
+def test_missing_check_kwargs():
+    refuses(CheckError, lambda: check("keywords:frequency", "text", {"keyword": "cat"}), "needs kwarg")
+
+
+def test_unexpected_check_kwarg():
+    refuses(CheckError, lambda: check("punctuation:no_comma", "text", {"comma": 1}), "takes no kwarg")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AttributeError,
+    reason="evaluation.checks._params calls kwargs.items() unguarded: kwargs given as a JSON string (as "
+    "ContrastiveSet.to_frame stores them) raises a raw AttributeError; fix: refuse a kwargs that is not a "
+    "Mapping or None with CheckError",
+)
+def test_check_kwargs_as_json_string():
+    refuses(CheckError, lambda: check("keywords:existence", "text", '{"keywords": ["cat"]}'), "kwargs")
+
+
+# ---- artifacts ----------------------------------------------------------------------------------------
+
+
+def test_non_vector_safetensors(tmp_path):
+    path = tmp_path / "weights.safetensors"
+    save_file({"weight": torch.zeros(3, 4)}, str(path))
+    refuses(ArtifactError, lambda: SteeringVector.load(path), "not a steering vector")
+
+
+def test_other_artifact_type(tmp_path):
+    path = tmp_path / "acts.safetensors"
+    save_file({"tensor": torch.zeros(2, 2, 2)}, str(path), metadata={"workbench_artifact": "activations"})
+    refuses(ArtifactError, lambda: SteeringVector.load(path), "'activations' artifact")
+
+
+def test_tampered_safetensors_header(tmp_path, vec):
+    path = vec.save(tmp_path / "v.safetensors")
+    data = path.read_bytes()
+    assert data.count(b"tiny-llama") == 1
+    path.write_bytes(data.replace(b"tiny-llama", b"tiny-llamb"))
+    refuses(ArtifactError, lambda: SteeringVector.load(path), "checksum mismatch")
+
+
+def test_tampered_stats_in_header(tmp_path, vec):
+    path = vec.save(tmp_path / "v.safetensors")
+    data = path.read_bytes()
+    start = data.index(b"diff_norm") + len(b'diff_norm\\":')
+    digit = data[start : start + 1]
+    assert digit.isdigit()
+    path.write_bytes(data[:start] + (b"9" if digit != b"9" else b"8") + data[start + 1 :])
+    refuses(ArtifactError, lambda: SteeringVector.load(path), "modified after it was saved")
+
+
+def test_corrupt_safetensors_header_length(tmp_path, vec):
+    path = vec.save(tmp_path / "v.safetensors")
+    data = bytearray(path.read_bytes())
+    data[0:8] = (2**40).to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+    refuses(ArtifactError, lambda: SteeringVector.load(path), "not a readable safetensors file")
+
+
+def test_tampered_direction_bytes(tmp_path, vec):
+    path = vec.save(tmp_path / "v.safetensors")
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x40
+    path.write_bytes(bytes(data))
+    refuses(ArtifactError, lambda: SteeringVector.load(path), "checksum mismatch")
+
+
+def test_missing_vector_file(tmp_path):
+    refuses(ArtifactError, lambda: SteeringVector.load(tmp_path / "v.safetensors"), "no such file")
+
+
+def _write_gguf(path: Path, arch: str, tensors: dict[str, np.ndarray]) -> Path:
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_string("controlvector.model_hint", "tiny-llama")
+    for name, value in tensors.items():
+        writer.add_tensor(name, value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_gguf_without_direction_tensors(tmp_path):
+    path = _write_gguf(tmp_path / "cv.gguf", "controlvector", {"bias.1": np.ones(8, np.float32)})
+    refuses(ArtifactError, lambda: SteeringVector.from_gguf(path), "no direction.N tensors")
+
+
+def test_gguf_of_another_architecture(tmp_path):
+    path = _write_gguf(tmp_path / "model.gguf", "llama", {"direction.1": np.ones(8, np.float32)})
+    refuses(ArtifactError, lambda: SteeringVector.from_gguf(path), "not a control vector")
+
+
+def test_safetensors_file_read_as_gguf(tmp_path, vec):
+    path = vec.save(tmp_path / "v.safetensors")
+    refuses(ArtifactError, lambda: SteeringVector.from_gguf(path), "not a readable GGUF file")
+
+
+# ---- output locations ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def a_file(tmp_path) -> Path:
+    path = tmp_path / "results"
+    path.write_text("I am a file, not a folder")
+    return path
+
+
+def test_save_vector_under_a_file(a_file, vec):
+    refuses(OutputPathError, lambda: vec.save(a_file / "v.safetensors"), "choose a writable file path")
+
+
+def test_export_gguf_under_a_file(a_file, vec):
+    refuses(OutputPathError, lambda: vec.to_gguf(a_file / "deep" / "v.gguf", [1, 2]), "cannot write")
+
+
+def test_write_jsonl_under_a_file(a_file):
+    refuses(OutputPathError, lambda: write_jsonl(a_file / "rows.jsonl", [{"a": 1}]), "cannot write")
+
+
+def test_write_jsonl_of_unserialisable_rows(tmp_path):
+    rows = [{"a": 1}, {"tensor": torch.zeros(2)}]
+    refuses(InvalidArgumentError, lambda: write_jsonl(tmp_path / "rows.jsonl", rows), "row 2")
+    assert not list(tmp_path.iterdir())
+
+
+# ---- knobs --------------------------------------------------------------------------------------------
+
+
+def test_batch_size_zero_in_collect(tiny):
+    refuses(InvalidArgumentError, lambda: collect(tiny, ["hi"], batch_size=0, cache=False), "batch_size")
+
+
+def test_batch_size_zero_in_generate(tiny):
+    refuses(
+        InvalidArgumentError, lambda: generate(tiny, ["hi"], batch_size=0, max_new_tokens=2), "batch_size"
+    )
+
+
+@pytest.mark.parametrize("position", ["first", "middle", 1.5, True, None])
+def test_unknown_position(tiny, position):
+    refuses(
+        InvalidArgumentError,
+        lambda: collect(tiny, ["hi"], position=position, cache=False),
+        "unknown position",
+    )
+
+
+def test_position_beyond_the_prompt(tiny):
+    refuses(InvalidArgumentError, lambda: collect(tiny, ["hi"], position=500, cache=False), "position 500")
+
+
+def test_unknown_hook(tiny):
+    refuses(InvalidArgumentError, lambda: collect(tiny, ["hi"], hook="resid", cache=False), "unknown hook")
+
+
+def test_unknown_mode(vec):
+    refuses(InvalidArgumentError, lambda: Intervention(vec, 1, mode="multiply"), "unknown mode")
+
+
+def test_unknown_positions(vec):
+    refuses(InvalidArgumentError, lambda: Intervention(vec, 1, positions="middle"), "unknown positions")
+
+
+def test_unknown_scale(vec):
+    refuses(InvalidArgumentError, lambda: Intervention(vec, 1, scale="percent"), "unknown scale")
+
+
+def test_ablate_with_a_coefficient(vec):
+    refuses(InvalidArgumentError, lambda: Intervention(vec, 1, mode="ablate", coef=2.0), "takes no coef")
+
+
+def test_max_new_tokens_zero(tiny):
+    refuses(InvalidArgumentError, lambda: generate(tiny, ["hi"], max_new_tokens=0), "max_new_tokens")
+
+
+def test_per_row_interventions_for_the_wrong_number_of_prompts(tiny, vec):
+    rows = [[Intervention(vec, 1, coef=1.0)]]
+    refuses(
+        InvalidArgumentError,
+        lambda: generate(tiny, ["a b", "c d"], interventions=rows, max_new_tokens=2),
+        "1 rows for 2 prompts",
+    )
+
+
+def test_steer_with_a_non_intervention(tiny, vec):
+    def run():
+        with steer(tiny, vec):
+            pass
+
+    refuses(InvalidArgumentError, run, "Intervention objects")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="generation.generate passes temperature to HF unchecked: temperature <= 0 with do_sample=True raises "
+    "transformers' raw ValueError; fix: refuse a temperature that is not a finite number > 0 (and top_p "
+    "outside (0, 1]) with InvalidArgumentError when do_sample",
+)
+def test_zero_temperature_when_sampling(tiny):
+    refuses(
+        InvalidArgumentError,
+        lambda: generate(tiny, ["hi"], do_sample=True, temperature=0.0, max_new_tokens=2),
+        "temperature",
+    )
+
+
+# ---- command line -------------------------------------------------------------------------------------
+
+
+def run_cli(*args: str):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_cli_vector_show_missing_file(tmp_path):
+    assert "no such file" in run_cli("vector", "show", tmp_path / "missing.safetensors")
+
+
+def test_cli_vector_show_non_vector(tmp_path):
+    path = tmp_path / "weights.safetensors"
+    save_file({"weight": torch.zeros(2)}, str(path))
+    assert "not a steering vector" in run_cli("vector", "show", path)
+
+
+def test_cli_vector_build_unknown_dataset(tmp_path):
+    assert "unknown dataset 'nope'" in run_cli("vector", "build", "nope", "--out", tmp_path / "v.safetensors")
+
+
+def test_cli_vector_build_unknown_split(tmp_path):
+    line = run_cli("vector", "build", "json_format", "--split", "dev", "--out", tmp_path / "v.safetensors")
+    assert "unknown split 'dev'" in line
+
+
+def test_cli_vector_build_unknown_method(tmp_path):
+    line = run_cli("vector", "build", "json_format", "--method", "lda", "--out", tmp_path / "v.safetensors")
+    assert "unknown method 'lda'" in line
+
+
+def test_cli_vector_build_unknown_position(tmp_path):
+    line = run_cli("vector", "build", "json_format", "--position", "first", "-o", tmp_path / "v.safetensors")
+    assert "unknown position 'first'" in line
+
+
+def test_cli_vector_build_out_under_a_file(a_file):
+    line = run_cli("vector", "build", "json_format", "--out", a_file / "v.safetensors")
+    assert "is a file, not a folder" in line
+
+
+def test_cli_steer_with_a_tampered_vector(tmp_path, vec):
+    path = vec.save(tmp_path / "v.safetensors")
+    path.write_bytes(path.read_bytes().replace(b"tiny-llama", b"tiny-llamx"))
+    assert "checksum mismatch" in run_cli("steer", "Hello", "--vector", path, "--layer", "1")
+
+
+def test_cli_steer_with_a_nan_coefficient(tmp_path, vec):
+    path = vec.save(tmp_path / "v.safetensors")
+    assert "finite" in run_cli("steer", "Hello", "-v", path, "-l", "1", "--coef", "nan")
+
+
+def test_cli_steer_with_an_unknown_mode(tmp_path, vec):
+    path = vec.save(tmp_path / "v.safetensors")
+    assert "unknown mode" in run_cli("steer", "Hello", "-v", path, "-l", "1", "--mode", "double")
+
+
+def test_cli_steer_with_a_layer_the_vector_lacks(tmp_path, vec):
+    path = vec.save(tmp_path / "v.safetensors")
+    assert "no direction for layer 9" in run_cli("steer", "Hello", "-v", path, "-l", "9")
+
+
+def test_cli_steer_with_an_unknown_model(tmp_path, vec):
+    path = vec.save(tmp_path / "v.safetensors")
+    line = run_cli("steer", "Hello", "-v", path, "-l", "1", "--model", "no-such-model-xyz")
+    assert "not a known spec" in line
+
+
+def test_cli_vector_export_under_a_file(tmp_path, a_file):
+    path = SteeringVector.from_directions(directions(), layers=(1, 2, 3, 4)).save(tmp_path / "v.safetensors")
+    assert "cannot write" in run_cli("vector", "export", path, "--out", a_file / "v.gguf")

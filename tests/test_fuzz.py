@@ -1,0 +1,506 @@
+"""Fuzzing with hypothesis: arbitrary input never crashes the checks, text metrics, data loaders or artifact
+loaders; they answer or refuse with a one-line WorkbenchError.
+
+Plain ``st.text()`` over checks and metrics lives in test_checks.py, test_language.py and
+test_text_metrics.py; this file adds structured text (markdown, JSON, sections, mixed languages), drawn
+kwargs, garbage kwargs, and the loaders of data files and saved artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from workbench import datasets
+from workbench.errors import (
+    ArtifactError,
+    CheckError,
+    DataError,
+    InvalidArgumentError,
+    WorkbenchError,
+)
+from workbench.evaluation import (
+    INSTRUCTION_IDS,
+    LANGUAGES,
+    check,
+    check_all,
+    code_switching_rate,
+    detect_language,
+    is_degenerate,
+    longest_repeated_run,
+    repeated_ngram_rate,
+    sentence_share,
+    share_in_language,
+)
+from workbench.jsonl import read_jsonl
+from workbench.vectors import SteeringVector
+
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def one_line(error: WorkbenchError) -> None:
+    assert str(error) and "\n" not in str(error)
+
+
+# ---- strategies ---------------------------------------------------------------------------------------
+
+FRAGMENTS = [
+    "\n", "\n\n", "\r\n", "\t", "  ", "* ", "- ", "*", "**", "***", "******", "# ", "## Title\n", "<<Title>>",
+    "P.S. ", "P.P.S ", "Section 1\n", "SECTION 2\n", "{", "}", '{"a": 1}', "[", "]", "```json\n", "```",
+    '"', "'", ",", ".", "?", "!", "...", "1. ", "a) ", "My answer is yes.", "Any other questions?",
+    "THE END", "perché ", "così. ", "Hello world. ", "the the the ", "*highlight*", "[name]", "é", "，",
+]  # fmt: skip
+
+structured_text = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=12)), max_size=30).map(
+    "".join
+)
+
+nonblank = st.one_of(
+    st.from_regex(r"[A-Za-zàé0-9?][A-Za-zàé0-9? ]{0,10}", fullmatch=True),
+    st.text(min_size=1, max_size=15).filter(str.strip),
+)
+count = st.integers(min_value=0, max_value=12)
+relation = st.sampled_from(["less than", "at least"])
+
+#: For every instruction id, a strategy of valid kwargs (None where it takes none).
+KWARGS: dict[str, st.SearchStrategy] = {
+    "keywords:existence": st.fixed_dictionaries({"keywords": st.lists(nonblank, min_size=1, max_size=3)}),
+    "keywords:frequency": st.fixed_dictionaries(
+        {"keyword": nonblank, "frequency": count, "relation": relation}
+    ),
+    "keywords:forbidden_words": st.fixed_dictionaries(
+        {"forbidden_words": st.lists(nonblank, min_size=1, max_size=3)}
+    ),
+    "keywords:letter_frequency": st.fixed_dictionaries(
+        {
+            "letter": st.characters(exclude_categories=["Z", "Cc", "Cs"]),
+            "let_frequency": count,
+            "let_relation": relation,
+        }
+    ),
+    "language:response_language": st.fixed_dictionaries(
+        {"language": st.sampled_from(["en", "it", "es", "ja"])}
+    ),
+    "length_constraints:number_sentences": st.fixed_dictionaries(
+        {"num_sentences": count, "relation": st.sampled_from(["less than", "at least", "exactly"])}
+    ),
+    "length_constraints:number_paragraphs": st.fixed_dictionaries({"num_paragraphs": count}),
+    "length_constraints:number_words": st.fixed_dictionaries(
+        {"num_words": count, "relation": st.sampled_from(["less than", "at least", "exactly"])}
+    ),
+    "length_constraints:nth_paragraph_first_word": st.integers(1, 6).flatmap(
+        lambda n: st.fixed_dictionaries(
+            {"num_paragraphs": st.just(n), "nth_paragraph": st.integers(1, n), "first_word": nonblank}
+        )
+    ),
+    "detectable_content:number_placeholders": st.fixed_dictionaries({"num_placeholders": count}),
+    "detectable_content:postscript": st.fixed_dictionaries(
+        {"postscript_marker": st.one_of(st.sampled_from(["P.S.", "P.P.S"]), nonblank)}
+    ),
+    "detectable_format:number_bullet_lists": st.fixed_dictionaries({"num_bullets": count}),
+    "detectable_format:constrained_response": st.none(),
+    "detectable_format:number_highlighted_sections": st.fixed_dictionaries({"num_highlights": count}),
+    "detectable_format:multiple_sections": st.fixed_dictionaries(
+        {
+            "section_spliter": st.one_of(st.sampled_from(["Section", "SECTION", "*"]), nonblank),
+            "num_sections": count,
+        }
+    ),
+    "detectable_format:json_format": st.none(),
+    "detectable_format:title": st.none(),
+    "combination:two_responses": st.none(),
+    "combination:repeat_prompt": st.fixed_dictionaries({"prompt_to_repeat": nonblank}),
+    "startend:end_checker": st.fixed_dictionaries({"end_phrase": nonblank}),
+    "startend:quotation": st.none(),
+    "change_case:capital_word_frequency": st.fixed_dictionaries(
+        {"capital_frequency": count, "capital_relation": relation}
+    ),
+    "change_case:english_capital": st.none(),
+    "change_case:english_lowercase": st.none(),
+    "punctuation:no_comma": st.none(),
+}
+
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=12)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def mutated(plausible: st.SearchStrategy, keys: list[str]) -> st.SearchStrategy:
+    """Plausible rows, and now and then one with a key dropped or a value replaced by arbitrary JSON."""
+    broken = st.tuples(
+        plausible,
+        st.sets(st.sampled_from(keys), max_size=1),
+        st.dictionaries(st.sampled_from([*keys, "stray"]), json_values, max_size=1),
+    ).map(lambda t: {**{k: v for k, v in t[0].items() if k not in t[1]}, **t[2]})
+    return st.one_of(plausible, plausible, broken)
+
+
+def jsonl_lines(rows: st.SearchStrategy) -> st.SearchStrategy:
+    """Rows, and in some files one junk line: blank, a JSON value that is not an object, or broken JSON."""
+    junk = st.one_of(json_values.map(json.dumps), st.sampled_from(["", "  ", "{", "nul", '{"a": 1,}']))
+    return st.tuples(
+        st.lists(rows.map(json.dumps), max_size=4),
+        st.one_of(st.none(), st.none(), junk),
+        st.integers(0, 4),
+    ).map(lambda t: "\n".join(t[0] if t[1] is None else [*t[0][: t[2]], t[1], *t[0][t[2] :]]))
+
+
+def write(data: bytes | str) -> Path:
+    with tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False) as handle:
+        handle.write(data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data)
+    return Path(handle.name)
+
+
+# ---- checks -------------------------------------------------------------------------------------------
+
+
+def test_the_kwargs_table_covers_every_instruction():
+    assert set(KWARGS) == set(INSTRUCTION_IDS)
+
+
+@pytest.mark.parametrize("instruction_id", INSTRUCTION_IDS)
+@settings(max_examples=12, deadline=None)
+@given(data=st.data(), response=structured_text, loose=st.booleans())
+def test_check_with_drawn_kwargs_on_structured_text(instruction_id, data, response, loose):
+    kwargs = data.draw(KWARGS[instruction_id])
+    assert isinstance(check(instruction_id, response, kwargs, loose=loose), bool)
+
+
+garbage = st.one_of(json_values, st.floats(), st.sampled_from(["less than", "exactly", "x", " "]))
+
+
+@FUZZ
+@given(
+    instruction_id=st.one_of(st.sampled_from(INSTRUCTION_IDS), st.text(max_size=20)),
+    kwargs=st.one_of(
+        st.none(),
+        st.dictionaries(
+            st.sampled_from(
+                ["keywords", "keyword", "frequency", "relation", "letter", "let_frequency", "let_relation",
+                 "language", "num_sentences", "num_paragraphs", "nth_paragraph", "first_word", "num_words",
+                 "num_placeholders", "postscript_marker", "num_bullets", "num_highlights", "section_spliter",
+                 "num_sections", "prompt_to_repeat", "end_phrase", "capital_frequency", "capital_relation",
+                 "forbidden_words", "unknown"]
+            ),
+            garbage,
+            max_size=4,
+        ),
+    ),
+    response=structured_text,
+)  # fmt: skip
+def test_check_with_garbage_kwargs_answers_or_refuses(instruction_id, kwargs, response):
+    try:
+        assert isinstance(check(instruction_id, response, kwargs), bool)
+    except CheckError as e:
+        one_line(e)
+
+
+@FUZZ
+@given(ids=st.lists(st.sampled_from(INSTRUCTION_IDS), max_size=4), response=structured_text)
+def test_check_all_without_kwargs_answers_or_refuses(ids, response):
+    try:
+        assert len(check_all(ids, [None] * len(ids), response)) == len(ids)
+    except CheckError as e:
+        one_line(e)
+
+
+# ---- language and fluency -----------------------------------------------------------------------------
+
+WORDS = {
+    "it": ["il", "gatto", "dorme", "sempre", "sul", "divano", "perché", "la", "casa", "è", "molto", "calda"],
+    "en": [
+        "the",
+        "cat",
+        "always",
+        "sleeps",
+        "on",
+        "the",
+        "sofa",
+        "because",
+        "the",
+        "house",
+        "is",
+        "very",
+        "warm",
+    ],
+    "es": [
+        "el",
+        "gato",
+        "siempre",
+        "duerme",
+        "en",
+        "el",
+        "sofá",
+        "porque",
+        "la",
+        "casa",
+        "es",
+        "muy",
+        "cálida",
+    ],
+    "de": [
+        "die",
+        "Katze",
+        "schläft",
+        "immer",
+        "auf",
+        "dem",
+        "Sofa",
+        "weil",
+        "das",
+        "Haus",
+        "sehr",
+        "warm",
+        "ist",
+    ],
+}
+sentence = st.sampled_from(sorted(WORDS)).flatmap(
+    lambda lang: st.lists(st.sampled_from(WORDS[lang]), min_size=1, max_size=9).map(" ".join)
+)
+mixed_text = st.lists(
+    st.tuples(
+        st.one_of(sentence, st.text(max_size=10)), st.sampled_from([". ", "! ", "\n", "\n- ", "? ", ""])
+    ),
+    max_size=6,
+).map(lambda parts: "".join(s + sep for s, sep in parts))
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=mixed_text, lang=st.sampled_from(LANGUAGES))
+def test_language_metrics_on_mixed_language_text(text, lang):
+    assert detect_language(text) in (*LANGUAGES, "und")
+    share = sentence_share(text, lang)
+    rate = code_switching_rate(text)
+    assert math.isnan(share) or 0.0 <= share <= 1.0
+    assert math.isnan(rate) or 0.0 <= rate <= 1.0
+    assert 0.0 <= share_in_language([text, text.upper(), ""], lang) <= 1.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(text=st.text(max_size=30), lang=st.text(max_size=4).filter(lambda s: s not in LANGUAGES))
+def test_language_metrics_refuse_unknown_languages(text, lang):
+    for fn in (lambda: sentence_share(text, lang), lambda: share_in_language([text], lang)):
+        with pytest.raises(InvalidArgumentError) as info:
+            fn()
+        one_line(info.value)
+
+
+loop = st.tuples(
+    st.lists(st.sampled_from(["the", "cat", "Il", "gatto", "a", "B"]), min_size=1, max_size=4),
+    st.integers(1, 12),
+    st.sampled_from([" ", ", ", "\n", " 1. "]),
+)
+
+
+@FUZZ
+@given(parts=loop, noise=structured_text, n=st.integers(1, 8), ppl=st.floats(allow_nan=False))
+def test_fluency_metrics_on_loops_and_noise(parts, noise, n, ppl):
+    cycle, times, sep = parts
+    text = sep.join(cycle * times)
+    assert longest_repeated_run(text) >= (times if len(cycle) <= 4 else 1)
+    for sample in (text, noise + text, text + noise):
+        assert 0.0 <= repeated_ngram_rate(sample, n) <= 1.0
+        assert longest_repeated_run(sample) >= 1
+        if ppl > 0:
+            assert isinstance(is_degenerate(sample, perplexity=ppl), bool)
+        else:
+            with pytest.raises(InvalidArgumentError):
+                is_degenerate(sample, perplexity=ppl)
+
+
+# ---- data loaders -------------------------------------------------------------------------------------
+
+
+@FUZZ
+@given(data=st.one_of(st.binary(max_size=300), jsonl_lines(json_values).map(str.encode)))
+def test_read_jsonl_on_arbitrary_bytes(data):
+    path = write(data)
+    try:
+        rows = read_jsonl(path)
+    except DataError as e:
+        one_line(e)
+        assert str(path) in str(e)
+    else:
+        assert all(isinstance(row, dict) for row in rows)
+        assert len(rows) == sum(1 for line in data.decode("utf-8").split("\n") if line.strip())
+    finally:
+        path.unlink()
+
+
+@FUZZ
+@given(text=st.text(max_size=200))
+def test_read_jsonl_on_arbitrary_text(text):
+    path = write(text)
+    try:
+        read_jsonl(path)
+    except DataError as e:
+        one_line(e)
+    finally:
+        path.unlink()
+
+
+IFEVAL_ROW = mutated(
+    st.integers(1, 3).flatmap(
+        lambda n: st.fixed_dictionaries(
+            {
+                "key": st.one_of(st.integers(0, 10**6), st.text(max_size=3)),
+                "prompt": nonblank,
+                "instruction_id_list": st.lists(st.sampled_from(INSTRUCTION_IDS), min_size=n, max_size=n),
+                "kwargs": st.lists(
+                    st.one_of(st.none(), st.dictionaries(st.text(max_size=6), json_scalars, max_size=3)),
+                    min_size=n,
+                    max_size=n,
+                ),
+            }
+        )
+    ),
+    ["key", "prompt", "instruction_id_list", "kwargs"],
+)
+
+
+@FUZZ
+@given(content=jsonl_lines(IFEVAL_ROW))
+def test_load_ifeval_on_arbitrary_objects(content):
+    path = write(content)
+    try:
+        loaded = datasets.load_ifeval(path)
+    except (DataError, InvalidArgumentError) as e:
+        one_line(e)
+    else:
+        assert loaded.items and all(item.prompt.strip() for item in loaded.items)
+        assert all(len(item.kwargs) == len(item.instruction_id_list) for item in loaded.items)
+    finally:
+        path.unlink()
+
+
+LABELS = ["A", "B", "C", "D", "E", "1", "2", "3"]
+
+
+def mc_row(n: int) -> st.SearchStrategy:
+    """A plausible multiple-choice row with ``n`` choices, in the plain or one of ARC's layouts."""
+    texts = st.lists(nonblank, min_size=n, max_size=n)
+    labels = st.lists(st.sampled_from(LABELS), min_size=n, max_size=n, unique=True)
+    choices = st.one_of(
+        texts,
+        st.fixed_dictionaries({"text": texts, "label": labels}),
+        st.fixed_dictionaries({"text": texts, "label": st.one_of(st.integers(), st.floats(), json_values)}),
+        st.tuples(texts, labels).map(lambda t: [{"text": a, "label": b} for a, b in zip(*t, strict=True)]),
+    )
+    return st.fixed_dictionaries(
+        {
+            "question": st.one_of(nonblank, st.fixed_dictionaries({"stem": nonblank})),
+            "choices": choices,
+            "answer": st.one_of(st.integers(0, n - 1), st.integers(-1, 6)),
+        },
+        optional={
+            "id": st.one_of(st.text(max_size=4), st.integers()),
+            "split": st.sampled_from(["train", "test", "validation", "dev"]),
+            "answerKey": st.sampled_from([*LABELS, " A ", ""]),
+        },
+    )
+
+
+MC_ROW = mutated(
+    st.integers(2, 5).flatmap(mc_row), ["id", "split", "question", "choices", "answer", "answerKey"]
+)
+
+
+@settings(FUZZ, max_examples=200)
+@given(content=jsonl_lines(MC_ROW), split=st.sampled_from([None, "test", "train"]))
+def test_load_multiple_choice_on_arbitrary_objects(content, split):
+    path = write(content)
+    try:
+        items = datasets.load_multiple_choice(path, split=split)
+    except (DataError, InvalidArgumentError) as e:
+        one_line(e)
+    else:
+        for item in items:
+            assert len(item.choices) >= 2 and 0 <= item.answer < len(item.choices)
+            assert item.question.strip() and all(c.strip() for c in item.choices)
+    finally:
+        path.unlink()
+
+
+# ---- artifact loaders ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("artifacts")
+    rows = torch.randn(3, 16, generator=torch.Generator().manual_seed(5))
+    vec = SteeringVector.from_directions(rows, layers=(1, 2, 3), model_name="fuzz")
+    return (
+        vec,
+        vec.save(directory / "v.safetensors").read_bytes(),
+        vec.to_gguf(directory / "v.gguf").read_bytes(),
+    )
+
+
+def load_bytes(data: bytes, suffix: str):
+    with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as handle:
+        handle.write(data)
+    path = Path(handle.name)
+    try:
+        return SteeringVector.load(path) if suffix == ".safetensors" else SteeringVector.from_gguf(path)
+    finally:
+        path.unlink()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), kind=st.sampled_from([".safetensors", ".gguf"]))
+def test_tampered_artifacts_are_refused_or_unchanged(saved, data, kind):
+    """Flip, cut or overwrite bytes of a saved vector: either ArtifactError or exactly the original vector."""
+    vec, safetensors_bytes, gguf_bytes = saved
+    original = bytearray(safetensors_bytes if kind == ".safetensors" else gguf_bytes)
+    how = data.draw(st.sampled_from(["flip", "cut", "splice"]))
+    if how == "flip":
+        for _ in range(data.draw(st.integers(1, 3))):
+            at = data.draw(st.integers(0, len(original) - 1))
+            original[at] ^= data.draw(st.integers(1, 255))
+    elif how == "cut":
+        original = original[: data.draw(st.integers(0, len(original) - 1))]
+    else:
+        at = data.draw(st.integers(0, len(original)))
+        original[at : at + 4] = data.draw(st.binary(min_size=1, max_size=8))
+    assume(bytes(original) != (safetensors_bytes if kind == ".safetensors" else gguf_bytes))
+    try:
+        loaded = load_bytes(bytes(original), kind)
+    except ArtifactError as e:
+        one_line(e)
+    else:
+        # Only bytes that carry no meaning (alignment padding, a GGUF KV that the loader does not read,
+        # a JSON separator that parses the same) can change and still load.
+        if kind == ".gguf":
+            assert torch.equal(loaded.directions, vec.directions) and loaded.layers == vec.layers
+        else:
+            assert loaded == vec
+
+
+@FUZZ
+@given(data=st.binary(max_size=400), kind=st.sampled_from([".safetensors", ".gguf"]))
+def test_arbitrary_bytes_are_not_a_vector(data, kind):
+    with pytest.raises(ArtifactError) as info:
+        load_bytes(data, kind)
+    one_line(info.value)
+
+
+@FUZZ
+@given(prefix=st.sampled_from([b"GGUF", b"GGUF\x03\x00\x00\x00"]), rest=st.binary(max_size=200))
+def test_gguf_magic_then_garbage_is_refused(prefix, rest):
+    with pytest.raises(ArtifactError) as info:
+        load_bytes(prefix + rest, ".gguf")
+    one_line(info.value)
