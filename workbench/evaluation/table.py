@@ -1,0 +1,91 @@
+"""One tidy table of every text score of a set of responses, one row per (item, response)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+
+from workbench.datasets import Item
+from workbench.errors import InvalidArgumentError, ShapeMismatchError
+from workbench.evaluation.checks import check_all
+from workbench.evaluation.fluency import is_degenerate, longest_repeated_run, repeated_ngram_rate
+from workbench.evaluation.language import LANGUAGES, code_switching_rate, detect_language, sentence_share
+from workbench.evaluation.perplexity import perplexity
+from workbench.evaluation.text import count_sentences, count_words
+from workbench.models import Model
+
+__all__ = ["evaluate"]
+
+
+def evaluate(
+    responses: Sequence[str],
+    items: Sequence[Item],
+    *,
+    model: Model | None = None,
+    prompts: Sequence[str] | None = None,
+    loose: bool = False,
+    language: str = "it",
+) -> pd.DataFrame:
+    """Score ``responses[i]`` against ``items[i]``'s instructions and for language and fluency.
+
+    Columns: ``id, behaviour, response, words, sentences``; ``follows`` (every instruction of the item
+    passes, strict), ``follows_loose`` (IFEval's loose scoring) and ``check:<instruction_id>`` per id (strict;
+    with ``loose`` also ``check_loose:<instruction_id>``), missing where an item lacks that id; ``language``
+    (detected), ``in_target_language``, ``sentence_share_<language>``, ``code_switching``;
+    ``repeated_ngram_rate``, ``longest_repeated_run``; ``perplexity`` under ``model`` given the ``prompts``
+    the responses answered (only when both are given); ``degenerate`` (with that perplexity when known).
+    """
+    if isinstance(responses, str):
+        raise InvalidArgumentError("evaluate takes a list of responses; wrap a single text in [...]")
+    if len(responses) != len(items):
+        raise ShapeMismatchError(f"got {len(responses)} responses for {len(items)} items: give one per item")
+    if language not in LANGUAGES:
+        raise InvalidArgumentError(f"language {language!r} is not detectable here; use one of {LANGUAGES}")
+    if (model is None) != (prompts is None):
+        raise InvalidArgumentError("perplexity needs both model and prompts: pass both or neither")
+    for i, (response, item) in enumerate(zip(responses, items, strict=True)):
+        if not isinstance(response, str):
+            raise InvalidArgumentError(f"response {i} is not a string ({type(response).__name__})")
+        if not isinstance(item, Item):
+            raise InvalidArgumentError(f"items must be datasets.Item objects, got {type(item).__name__}")
+    ppl = perplexity(model, prompts, responses) if model is not None and prompts is not None else None
+    rows = []
+    for i, (response, item) in enumerate(zip(responses, items, strict=True)):
+        ids, kwargs = list(item.instruction_id_list), list(item.kwargs)
+        strict = check_all(ids, kwargs, response)
+        relaxed = check_all(ids, kwargs, response, loose=True)
+        detected = detect_language(response)
+        loose_columns = (
+            {f"check_loose:{name}": ok for name, ok in zip(ids, relaxed, strict=True)} if loose else {}
+        )
+        row = {
+            "id": item.id,
+            "behaviour": item.behaviour,
+            "response": response,
+            "words": count_words(response),
+            "sentences": count_sentences(response),
+            "follows": all(strict),
+            "follows_loose": all(relaxed),
+            **{f"check:{name}": passed for name, passed in zip(ids, strict, strict=True)},
+            **loose_columns,
+            "language": detected,
+            "in_target_language": detected == language,
+            f"sentence_share_{language}": sentence_share(response, language),
+            "code_switching": code_switching_rate(response),
+            "repeated_ngram_rate": repeated_ngram_rate(response),
+            "longest_repeated_run": longest_repeated_run(response),
+        }
+        known = ppl is not None and math.isfinite(ppl[i]) and ppl[i] > 0
+        if ppl is not None:
+            row["perplexity"] = ppl[i]
+        row["degenerate"] = is_degenerate(response, perplexity=ppl[i] if known else None)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    checks = [c for c in frame.columns if c.startswith(("check:", "check_loose:"))]
+    checks = sorted(checks, key=lambda c: c.startswith("check_loose:"))
+    frame[checks] = frame[checks].astype("boolean")
+    rest = [c for c in frame.columns if c not in checks]
+    at = rest.index("follows_loose") + 1
+    return frame[[*rest[:at], *checks, *rest[at:]]]
