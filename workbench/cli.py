@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -65,8 +66,9 @@ def steer(
     from workbench.steering import Intervention
     from workbench.vectors import SteeringVector
 
-    loaded = load_model(model)
+    # Check the vector and the intervention before the (slow) model load.
     iv = Intervention(SteeringVector.load(vector), layer, mode, coef, positions)
+    loaded = load_model(model)
     plain, steered = generate(
         loaded, [prompt, prompt], max_new_tokens=max_new_tokens, interventions=[[], [iv]]
     )
@@ -82,19 +84,28 @@ def vector_build(
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the .safetensors vector."),
     model: str = typer.Option("smollm2-135m-instruct", help="Model spec."),
     method: str = typer.Option("diff_in_means", help="diff_in_means, pca or probe."),
-    position: str = typer.Option("last", help="last or mean."),
+    position: str = typer.Option("last", help="last, mean or an int token index."),
     split: str = typer.Option("train", help="Dataset split to build from."),
 ) -> None:
     """Build a steering vector at every layer from a contrastive dataset."""
     from workbench.activations import collect
     from workbench.datasets import load
+    from workbench.errors import InvalidArgumentError
     from workbench.models import load_model
-    from workbench.vectors import SteeringVector
+    from workbench.paths import check_writable
+    from workbench.vectors import METHODS, SteeringVector
 
-    loaded = load_model(model)
+    # Check the cheap arguments before the (slow) model load.
+    check_writable(out)
     data = load(dataset, split)
-    pos = collect(loaded, data.positive, position=position, progress=True)
-    neg = collect(loaded, data.negative, position=position, progress=True)
+    if method not in METHODS:
+        raise InvalidArgumentError(f"unknown method {method!r}; use one of {', '.join(sorted(METHODS))}")
+    where: str | int = int(position) if re.fullmatch(r"-?[0-9]+", position) else position
+    if where not in ("last", "mean") and not isinstance(where, int):
+        raise InvalidArgumentError(f"unknown position {position!r}: use 'last', 'mean' or an int token index")
+    loaded = load_model(model)
+    pos = collect(loaded, data.positive, position=where, progress=True)
+    neg = collect(loaded, data.negative, position=where, progress=True)
     vec = SteeringVector.from_activations(pos, neg, method, dataset=data.name, dataset_hash=data.hash)
     typer.echo(str(vec.save(out)))
 
@@ -121,6 +132,368 @@ def vector_export(
     from workbench.vectors import SteeringVector
 
     typer.echo(str(SteeringVector.load(path).to_gguf(out)))
+
+
+@app.command()
+@one_line_errors
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="Tiny settings for CI (timings are not checked)."),
+    model: str = typer.Option("smollm2-135m-instruct", help="Model spec."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write the table as JSON (.json) or CSV."),
+    device: str = typer.Option(None, help="cpu, cuda or cuda:N (default: cuda when available)."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    random_llama_1b: bool = typer.Option(
+        False, "--random-llama-1b", help="Benchmark a random ~1.1B Llama (SmolLM2 tokenizer) instead."
+    ),
+    threads: int = typer.Option(None, help="Torch CPU threads (1 gives the steadiest ratios)."),
+    only: str = typer.Option(None, help="Comma-separated items to run (1-7)."),
+) -> None:
+    """Measure speed and memory ratios (steering overhead, vs raw Hugging Face, sweeps, KV cache)."""
+    from workbench.bench import main as bench_main
+
+    bench_main(
+        model=model,
+        quick=quick,
+        out=out,
+        device=device,
+        dtype=dtype,
+        random_1b=random_llama_1b,
+        threads=threads,
+        items=only.split(",") if only else None,
+        echo=typer.echo,
+    )
+
+
+# ---- studies, reports and the pipeline's steps, each under one run directory with a manifest ----------
+
+STUDY_NAMES = ("format", "length", "composition", "ablation", "italian", "base_model")
+
+
+def _numbers(text: str, kind: type, what: str) -> list[Any]:
+    """``"6,10,14"`` → ``[6, 10, 14]``; a one-line error for anything else."""
+    from workbench.errors import InvalidArgumentError
+
+    try:
+        values = [kind(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise InvalidArgumentError(
+            f"{what} must be comma-separated numbers like 1,2,4, got {text!r}"
+        ) from None
+    if not values:
+        raise InvalidArgumentError(f"{what} is empty: give comma-separated numbers like 1,2,4")
+    return values
+
+
+def _position(text: str) -> str | int:
+    from workbench.errors import InvalidArgumentError
+
+    where: str | int = int(text) if re.fullmatch(r"-?[0-9]+", text) else text
+    if where not in ("last", "mean") and not isinstance(where, int):
+        raise InvalidArgumentError(f"unknown position {text!r}: use 'last', 'mean' or an int token index")
+    return where
+
+
+def _step_manifest(
+    run: Path,
+    command: str,
+    configuration: dict[str, Any],
+    loaded: Any,
+    timings: dict[str, float],
+    started: str,
+) -> Path:
+    from datetime import UTC, datetime
+
+    from workbench.studies.report import write_manifest
+
+    return write_manifest(
+        run,
+        {
+            "command": command,
+            "configuration": configuration,
+            "model": {
+                "name": loaded.name,
+                "weights_hash": loaded.weights_hash,
+                "source": loaded.source,
+                "load_seconds": round(loaded.load_seconds, 1),
+            },
+            "seeds": {"generation": "greedy decoding (no sampling)", **configuration.get("seeds", {})},
+            "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
+            "started": started,
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
+
+
+def _started() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@app.command()
+@one_line_errors
+def report(
+    quick: bool = typer.Option(False, "--quick", help="CI-sized scale (few prompts, 3 candidate layers)."),
+    out: Path = typer.Option(Path("runs/report"), "--out", "-o", help="Run directory."),
+    model: str = typer.Option("smollm2-135m-instruct", "--model", help="Model spec."),
+) -> None:
+    """Run every study (format, length, composition, ablation, Italian, base model); write report.md/.html.
+
+    A rerun with the same --out reuses the studies that finished with the same configuration.
+    """
+    from workbench.studies.report import run_report
+
+    typer.echo(str(run_report(model, quick=quick, out_dir=out)))
+
+
+@app.command()
+@one_line_errors
+def study(
+    name: str = typer.Argument(..., help="format, length, composition, ablation, italian or base_model."),
+    quick: bool = typer.Option(False, "--quick", help="CI-sized scale (few prompts, 3 candidate layers)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run directory (default runs/study-NAME)."),
+    model: str = typer.Option("smollm2-135m-instruct", "--model", help="Model spec."),
+) -> None:
+    """Run one study; writes its tables, figures, manifest.json and report.md under the run directory."""
+    from workbench.errors import InvalidArgumentError
+    from workbench.studies.report import run_report
+
+    if name not in STUDY_NAMES:
+        raise InvalidArgumentError(f"unknown study {name!r}; choose from {', '.join(STUDY_NAMES)}")
+    run = out or Path("runs") / f"study-{name}"
+    typer.echo(str(run_report(model, quick=quick, out_dir=run, studies=[name])))
+
+
+@app.command("collect")
+@one_line_errors
+def collect_command(
+    dataset: str = typer.Argument(..., help="A bundled dataset name (see workbench.datasets.names())."),
+    split: str = typer.Option("train", help="train, validation, test or all."),
+    position: str = typer.Option("last", help="last, mean or an int token index."),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Activations file (default runs/collect-DATASET-SPLIT/activations.safetensors).",
+    ),
+    model: str = typer.Option("smollm2-135m-instruct", "--model", help="Model spec."),
+    variant: str = typer.Option(None, help="italian only: it or en_answer_it."),
+    batch_size: int = typer.Option(16, help="Prompts per forward pass."),
+) -> None:
+    """Collect residual-stream activations (every layer) of a dataset's positive and negative prompts.
+
+    Writes one safetensors file (tensors positive, negative [n, layer, d_model] and layers; provenance in
+    its metadata) and manifest.json in the same folder.
+    """
+    import os
+    import time
+
+    import torch
+    from safetensors.torch import save_file
+
+    from workbench.activations import collect
+    from workbench.datasets import load
+    from workbench.models import load_model
+    from workbench.paths import check_writable
+
+    started = _started()
+    where = _position(position)
+    target = out or Path("runs") / f"collect-{dataset}-{split}" / "activations.safetensors"
+    check_writable(target)
+    data = load(dataset, split, variant=variant)
+    loaded = load_model(model)
+    tick = time.perf_counter()
+    pos = collect(loaded, data.positive, position=where, batch_size=batch_size, progress=True)
+    neg = collect(loaded, data.negative, position=where, batch_size=batch_size, progress=True)
+    seconds = time.perf_counter() - tick
+    target.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "settings": json.dumps(pos.settings),
+        "layers": json.dumps(list(pos.layers)),
+        "dataset": data.name,
+        "variant": str(variant),
+        "split": split,
+        "dataset_hash": data.hash,
+        "positive_prompts_hash": pos.prompts_hash,
+        "negative_prompts_hash": neg.prompts_hash,
+    }
+    tmp = target.with_name(f".{target.name}.tmp")
+    tensors = {"positive": pos.tensor, "negative": neg.tensor, "layers": torch.tensor(pos.layers)}
+    save_file(tensors, tmp, metadata=metadata)
+    os.replace(tmp, target)
+    configuration = {
+        "dataset": dataset,
+        "variant": variant,
+        "split": split,
+        "position": where,
+        "n": len(data),
+    }
+    _step_manifest(
+        target.parent,
+        "collect",
+        configuration,
+        loaded,
+        {"load_model": loaded.load_seconds, "collect": seconds},
+        started,
+    )
+    typer.echo(str(target))
+
+
+@app.command("layers")
+@one_line_errors
+def layers_command(
+    dataset: str = typer.Argument(..., help="A bundled dataset name (see workbench.datasets.names())."),
+    quick: bool = typer.Option(
+        False, "--quick", help="8 validation prompts, 24 tokens, sweep the top 3 layers."
+    ),
+    out: Path = typer.Option(None, "--out", "-o", help="Run directory (default runs/layers-DATASET)."),
+    model: str = typer.Option("smollm2-135m-instruct", "--model", help="Model spec."),
+    variant: str = typer.Option(None, help="italian only: it or en_answer_it."),
+    coefs: str = typer.Option("1,2,4", help="Comma-separated add coefficients (diff-norm units)."),
+    top_k: int = typer.Option(None, help="Sweep only the k best layers of the cheap ranking."),
+) -> None:
+    """Score every layer for steering a dataset's behaviour: probes, projections and a steering sweep.
+
+    Writes layers.{csv,parquet} (one row per layer), signals.csv (each signal's pick), summary.csv (the
+    sweep), the figure layers.{png,svg} and manifest.json.
+    """
+    import time
+
+    from workbench.layers import find_layers
+    from workbench.models import load_model
+    from workbench.plots import save_figure
+    from workbench.studies.report import markdown_table
+
+    started = _started()
+    run = out or Path("runs") / f"layers-{dataset}"
+    strengths = _numbers(coefs, float, "--coefs")
+    settings = (
+        {"n_validation": 8, "max_new_tokens": 24, "top_k": top_k or 3}
+        if quick
+        else {"n_validation": 24, "max_new_tokens": 40, "top_k": top_k}
+    )
+    loaded = load_model(model)
+    tick = time.perf_counter()
+    found = find_layers(
+        loaded, dataset, variant=variant, coefs=strengths, out_dir=run, progress=True, **settings
+    )
+    seconds = time.perf_counter() - tick
+    frame = found.to_frame()
+    frame.to_csv(run / "layers.csv", index=False)
+    frame.to_parquet(run / "layers.parquet", index=False)
+    found.signals().to_csv(run / "signals.csv", index=False)
+    found.summary.to_csv(run / "summary.csv", index=False)
+    save_figure(found.plot(), run / "layers")
+    configuration = {"dataset": dataset, "variant": variant, "coefs": strengths, "quick": quick, **settings}
+    _step_manifest(
+        run,
+        "layers",
+        configuration,
+        loaded,
+        {"load_model": loaded.load_seconds, "find_layers": seconds},
+        started,
+    )
+    typer.echo(markdown_table(found.signals()))
+    typer.echo(str(run))
+
+
+@app.command("sweep")
+@one_line_errors
+def sweep_command(
+    dataset: str = typer.Argument(..., help="A bundled dataset name (see workbench.datasets.names())."),
+    layers: str = typer.Option(..., "--layers", help="Comma-separated block indices, e.g. 6,10,14."),
+    coefs: str = typer.Option(
+        "1,2,4", "--coefs", help="Comma-separated add coefficients, e.g. -2,2 or =-2,2."
+    ),
+    mode: str = typer.Option("add", help="add, set_projection or ablate (the last two take no coefs)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run directory (default runs/sweep-DATASET)."),
+    model: str = typer.Option("smollm2-135m-instruct", "--model", help="Model spec."),
+    variant: str = typer.Option(None, help="italian only: it or en_answer_it."),
+    n_train: int = typer.Option(96, help="Train pairs for the diff-in-means vector."),
+    n_validation: int = typer.Option(24, help="Validation prompts to steer."),
+    max_new_tokens: int = typer.Option(40, help="Tokens to generate per response."),
+    scale: str = typer.Option("diff_norm", help="Units of --coefs: diff_norm, residual_norm or absolute."),
+) -> None:
+    """Steer a dataset's validation prompts over layers × coefficients; score compliance and degeneration.
+
+    Writes rows.{csv,parquet}, summary.csv, choice.json (Stolfo et al.'s rule), vector.safetensors, the
+    heatmap sweep.{png,svg} and manifest.json; the sweep's rows are cached under parts/ and a rerun
+    resumes.
+    """
+    import dataclasses
+    import time
+
+    from workbench.activations import collect
+    from workbench.datasets import ContrastiveSet, load
+    from workbench.errors import InvalidArgumentError
+    from workbench.models import load_model
+    from workbench.plots import plot_sweep_heatmaps, save_figure
+    from workbench.studies.report import markdown_table
+    from workbench.sweeps import choose, grid, summarize, sweep
+    from workbench.vectors import SteeringVector
+
+    started = _started()
+    blocks = _numbers(layers, int, "--layers")
+    strengths = _numbers(coefs, float, "--coefs")
+    configs = grid(blocks, mode=mode, coefs=strengths)
+    train, validation = load(dataset, "train", variant=variant), load(dataset, "validation", variant=variant)
+    for what, value, limit in (
+        ("--n-train", n_train, len(train)),
+        ("--n-validation", n_validation, len(validation)),
+    ):
+        if not 1 <= value <= limit:
+            raise InvalidArgumentError(f"{what} must be from 1 to {limit}, got {value}")
+    run = out or Path("runs") / f"sweep-{dataset}"
+    loaded = load_model(model)
+    for block in blocks:
+        loaded.layer_check(block)
+    timings: dict[str, float] = {"load_model": loaded.load_seconds}
+    tick = time.perf_counter()
+    train = ContrastiveSet(train.name, train.split, train.items[:n_train], train.variant)
+    pos = collect(loaded, train.positive, layers=blocks, progress=True)
+    neg = collect(loaded, train.negative, layers=blocks, progress=True)
+    vector = SteeringVector.from_activations(pos, neg, dataset=train.name, dataset_hash=train.hash)
+    timings["vector"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    prompts = ContrastiveSet(
+        validation.name, validation.split, validation.items[:n_validation], validation.variant
+    )
+    rows = sweep(
+        loaded,
+        vector,
+        prompts,
+        configs,
+        scale=scale,
+        max_new_tokens=max_new_tokens,
+        out_dir=run / "parts",
+        progress=True,
+    )
+    timings["sweep"] = time.perf_counter() - tick
+    summary = summarize(rows)
+    choice = choose(summary)
+    rows.to_parquet(run / "rows.parquet", index=False)
+    rows.to_csv(run / "rows.csv", index=False)
+    summary.to_csv(run / "summary.csv", index=False)
+    (run / "choice.json").write_text(json.dumps(dataclasses.asdict(choice), indent=1))
+    vector.save(run / "vector.safetensors")
+    save_figure(plot_sweep_heatmaps(summary), run / "sweep")
+    configuration = {
+        "dataset": dataset,
+        "variant": variant,
+        "layers": blocks,
+        "coefs": strengths,
+        "mode": mode,
+        "scale": scale,
+        "n_train": n_train,
+        "n_validation": n_validation,
+        "max_new_tokens": max_new_tokens,
+    }
+    _step_manifest(run, "sweep", configuration, loaded, timings, started)
+    typer.echo(markdown_table(summary))
+    typer.echo(
+        f"choice: {choice.config} (compliance {choice.compliance:.2f}, unsteered {choice.baseline_compliance:.2f})"
+    )
+    typer.echo(str(run))
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""Reusable studies: each returns a StudyResult (tidy rows, a headline table, figures)."""
