@@ -1,0 +1,76 @@
+"""The benchmark harness on the tiny model: every row present, identical outputs, files written (no timings)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tests.conftest import build_tiny_model
+from workbench.bench import ITEMS, QUICK, interleaved, peak_rss, run
+from workbench.cli import app
+
+
+@pytest.fixture(scope="module")
+def report():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield run(build_tiny_model(seed=3), quick=True)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_every_row_is_there(report):
+    items = [row.item for row in report.rows]
+    assert set(items) == set(ITEMS)
+    assert items.count("1") == 2 * len(QUICK.batch_sizes)
+    assert items.count("4") == 2  # the sweep as specified, and an informative small one
+    assert all(items.count(i) == 1 for i in ITEMS if i not in ("1", "4"))
+    for row in report.rows:
+        if row.item == "7":
+            assert row.value is None and row.detail == "not measured yet"
+        else:
+            assert row.value is not None and math.isfinite(row.value) and row.value > 0, row
+            assert row.met is None  # quick settings judge no timing
+    assert report.meta["settings"] == "quick"
+
+
+def test_identical_output_columns_hold(report):
+    checked = [(row.item, row.identical) for row in report.rows if row.identical is not None]
+    assert [item for item, _ in checked] == ["2", "4", "4", "5"]
+    assert all(same for _, same in checked), checked
+
+
+def test_table_and_files(report, tmp_path):
+    text = report.table()
+    assert all(f"\n{item} " in text for item in ITEMS)
+    data = json.loads(report.write(tmp_path / "bench.json").read_text())
+    assert len(data["rows"]) == len(report.rows) and data["meta"]["model"] == "tiny-llama"
+    with open(report.write(tmp_path / "bench.csv")) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["item"] for r in rows] == [r.item for r in report.rows]
+
+
+def test_measuring_helpers():
+    calls = []
+    timed = interleaved(
+        type("C", (), {"measure": lambda self, fn: (1.0, fn())})(),
+        {"a": lambda: calls.append("a") or 1, "b": lambda: calls.append("b") or 2},
+        2,
+    )
+    assert calls == ["a", "b", "b", "a"] and timed == {"a": (1.0, 1), "b": (1.0, 2)}
+    with peak_rss() as peak:
+        block = torch.ones(64 * 2**20 // 4)
+        del block
+    assert peak["bytes"] >= 48 * 2**20
+
+
+def test_cli_has_a_bench_command():
+    result = CliRunner().invoke(app, ["bench", "--help"])
+    assert result.exit_code == 0
+    assert "--quick" in result.output and "--random-llama-1b" in result.output
