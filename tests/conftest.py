@@ -49,10 +49,9 @@ def build_tiny_tokenizer():
     return fast
 
 
-def build_tiny_model(seed: int = 0, n_layers: int = 4):
+def build_tiny_hf(seed: int = 0, n_layers: int = 4):
+    """A randomly initialised Llama (d_model 64) and its tokenizer, as plain Hugging Face objects."""
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from workbench.models import from_hf
 
     tokenizer = build_tiny_tokenizer()
     config = LlamaConfig(
@@ -72,12 +71,29 @@ def build_tiny_model(seed: int = 0, n_layers: int = 4):
     hf = LlamaForCausalLM(config)
     # Random weights rarely emit EOS; keep generation lengths fixed and comparable.
     hf.generation_config.eos_token_id = tokenizer.eos_token_id
+    return hf, tokenizer
+
+
+def build_tiny_model(seed: int = 0, n_layers: int = 4):
+    from workbench.models import from_hf
+
+    hf, tokenizer = build_tiny_hf(seed, n_layers)
     return from_hf(hf, tokenizer, "tiny-llama", device="cpu")
 
 
 @pytest.fixture(scope="session")
 def tiny():
     return build_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """The tiny model saved as a local Hugging Face directory, so commands can load it by path."""
+    hf, tokenizer = build_tiny_hf()
+    folder = tmp_path_factory.mktemp("tiny_hf")
+    hf.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
 
 
 @pytest.fixture(scope="session")

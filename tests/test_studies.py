@@ -226,33 +226,6 @@ def test_cli_refuses_bad_arguments_before_loading(args):
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """The tiny model saved as a local Hugging Face directory, so the commands can load it by path."""
-    import torch
-    from conftest import build_tiny_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = build_tiny_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_hf")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
 def _manifest_of(folder):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["model"]["weights_hash"] and manifest["versions"]["torch"]
