@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,7 +139,47 @@ def collect(
     path = _cache_path(key)
     if cache and path.exists():
         return Activations(load_file(path)["tensor"], layers, prompts_hash, settings)
-    out = torch.empty(len(texts), len(layers), model.d_model)
+    batches = list(length_batches(model, texts, batch_size, formatted=chat))
+
+    def forwards() -> Iterator[tuple[list[int], dict[str, Tensor], Tensor]]:
+        for batch in batches:
+            encoded = model.encode([texts[i] for i in batch], formatted=chat)
+            if isinstance(position, int):
+                shortest = int(encoded["attention_mask"].sum(1).min())
+                if not -shortest <= position < shortest:
+                    raise InvalidArgumentError(
+                        f"position {position} is outside a prompt of {shortest} tokens: use a smaller index"
+                    )
+            yield batch, dict(encoded), encoded["attention_mask"]
+
+    out = _capture(model, len(texts), layers, hook, forwards(), position, progress)
+    if cache:
+        _store(path, out, settings)
+    return Activations(out, layers, prompts_hash, settings)
+
+
+def _store(path: Path, tensor: Tensor, settings: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"tensor": tensor}, tmp, metadata={"settings": json.dumps(settings)})
+    os.replace(tmp, path)
+
+
+def _capture(
+    model: Model,
+    n: int,
+    layers: tuple[int, ...],
+    hook: str,
+    forwards: Iterable[tuple[list[int], dict[str, Tensor], Tensor]],
+    position: str | int,
+    progress: bool,
+) -> Float[Tensor, "n layer d_model"]:
+    """Run each ``(rows, forward kwargs, mask)`` and keep ``_select(x, mask, position)`` at every layer.
+
+    For ``position="mean"`` the mask says which positions are averaged (the prompt's real tokens, or a
+    response's tokens).
+    """
+    out = torch.empty(n, len(layers), model.d_model)
     slot = {layer: j for j, layer in enumerate(layers)}
     last = max(layers)
     batch_out: dict[int, Tensor] = {}
@@ -153,26 +193,111 @@ def collect(
         return x
 
     hooks = [(_hook_name(layer, hook), capture) for layer in layers]
-    batches = list(length_batches(model, texts, batch_size, formatted=chat))
     with torch.inference_mode(), model.bridge.hooks(fwd_hooks=hooks), direct_forward(model):
-        for batch in tqdm(batches, desc="collect", disable=not progress):
-            encoded = model.encode([texts[i] for i in batch], formatted=chat)
-            state["mask"] = encoded["attention_mask"]
-            if isinstance(position, int):
-                shortest = int(encoded["attention_mask"].sum(1).min())
-                if not -shortest <= position < shortest:
-                    raise InvalidArgumentError(
-                        f"position {position} is outside a prompt of {shortest} tokens: use a smaller index"
-                    )
+        for batch, kwargs, mask in tqdm(list(forwards), desc="collect", disable=not progress):
+            state["mask"] = mask
             with contextlib.suppress(_StopForward):
-                model.hf_model(**encoded, use_cache=False)
+                model.hf_model(**kwargs, use_cache=False)
             index = torch.tensor(batch)
             for layer, j in slot.items():
                 out[index, j] = batch_out[layer].cpu()
-    acts = Activations(out, layers, prompts_hash, settings)
+    return out
+
+
+def _response_ids(model: Model, text: str, response: str, *, chat: bool) -> tuple[list[int], int]:
+    """Token ids of ``text`` followed by ``response``, and how many of them are the response's.
+
+    The response is tokenized on its own after the prompt's tokens (so the boundary is exact), with a
+    space before it when the prompt does not end in whitespace (a base model's ``A:``).
+    """
+    head = model.tokenizer(text, add_special_tokens=not (chat and model.is_chat))["input_ids"]
+    tail_text = response if text[-1:].isspace() else f" {response}"
+    tail = model.tokenizer(tail_text, add_special_tokens=False)["input_ids"]
+    return [*head, *tail], len(tail)
+
+
+def collect_responses(
+    model: Model,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    *,
+    layers: Sequence[int] | None = None,
+    hook: str = "resid_post",
+    chat: bool = True,
+    batch_size: int = 16,
+    cache: bool = True,
+    progress: bool = False,
+) -> Activations:
+    """Mean activation over the *response* tokens of each ``prompt + response``, at ``layers`` (default all).
+
+    The prompt gets the chat format when ``chat``; the response's tokens follow it as the model would
+    have written them, and only their positions are averaged (the prompt's are not). Use it on
+    contrastive completions, e.g. the model's own answers when asked in Italian and in English, both
+    appended to the same English prompt. ``settings["position"]`` is ``"response_mean"``; caching works
+    as in :func:`collect`, keyed by prompts and responses.
+    """
+    texts = format_prompts(model, prompts, chat=chat)
+    if isinstance(responses, str) or len(responses) != len(texts):
+        raise InvalidArgumentError(
+            f"got {len(texts)} prompts but {1 if isinstance(responses, str) else len(responses)} "
+            "responses: give one response per prompt"
+        )
+    layers = tuple(range(model.n_layers)) if layers is None else tuple(model.layer_check(b) for b in layers)
+    if not layers:
+        raise InvalidArgumentError("layers is empty: pass at least one block index, or None for all")
+    if hook not in HOOKS:
+        raise InvalidArgumentError(f"unknown hook {hook!r}: use one of {', '.join(HOOKS)}")
+    sequences = []
+    for i, (text, response) in enumerate(zip(texts, responses, strict=True)):
+        if not isinstance(response, str) or not response.strip():
+            raise InvalidArgumentError(f"response {i} is empty: a response-token mean needs response tokens")
+        ids, n = _response_ids(model, text, response, chat=chat)
+        if len(ids) > model.n_ctx:
+            raise InvalidArgumentError(
+                f"prompt {i} with its response has {len(ids)} tokens, more than {model.name}'s context "
+                f"of {model.n_ctx}: shorten it"
+            )
+        sequences.append((ids, n))
+    settings = {
+        "model_name": model.name,
+        "weights_hash": model.weights_hash,
+        "hook": hook,
+        "position": "response_mean",
+        "chat": chat,
+        "n_layers": model.n_layers,
+    }
+    prompts_hash = _prompts_hash([*texts, *(f"\x00{r}" for r in responses)])
+    key = hashlib.sha256(json.dumps([settings, layers, prompts_hash], sort_keys=True).encode()).hexdigest()
+    path = _cache_path(key[:32])
+    if cache and path.exists():
+        return Activations(load_file(path)["tensor"], layers, prompts_hash, settings)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0]))
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    forwards = (_padded(model, [sequences[i] for i in batch], batch) for batch in batches)
+    out = _capture(model, len(texts), layers, hook, forwards, "mean", progress)
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({"tensor": out}, tmp, metadata={"settings": json.dumps(settings)})
-        os.replace(tmp, path)
-    return acts
+        _store(path, out, settings)
+    return Activations(out, layers, prompts_hash, settings)
+
+
+def _padded(
+    model: Model, sequences: list[tuple[list[int], int]], batch: list[int]
+) -> tuple[list[int], dict[str, Tensor], Tensor]:
+    """Left-padded ids, attention mask and position ids, and the mask of each row's last ``n`` tokens."""
+    width = max(len(ids) for ids, _ in sequences)
+    pad = model.tokenizer.pad_token_id
+    input_ids = torch.full((len(sequences), width), 0 if pad is None else pad, dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    response = torch.zeros((len(sequences), width), dtype=torch.long)
+    for r, (ids, n) in enumerate(sequences):
+        input_ids[r, width - len(ids) :] = torch.tensor(ids)
+        attention[r, width - len(ids) :] = 1
+        response[r, width - n :] = 1
+    kwargs = {
+        "input_ids": input_ids.to(model.device),
+        "attention_mask": attention.to(model.device),
+        "position_ids": (attention.cumsum(-1) - 1).clamp_min(0).to(model.device),
+    }
+    return batch, kwargs, response.to(model.device)
