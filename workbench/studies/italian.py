@@ -25,6 +25,7 @@ from workbench.activations import collect
 from workbench.datasets import ContrastiveSet, load, load_multiple_choice
 from workbench.errors import ModelLoadError
 from workbench.evaluation import code_switching_rate, detect_language, is_degenerate, sentence_share
+from workbench.evaluation.fluency import MAX_PERPLEXITY
 from workbench.evaluation.multiple_choice import multiple_choice
 from workbench.evaluation.perplexity import perplexity
 from workbench.generation import generate
@@ -93,8 +94,10 @@ def _language_rows(model: Model, prompts: list[str], responses: list[str]) -> pd
             "sentence_share_it": [sentence_share(r, "it") for r in responses],
             "code_switching": [code_switching_rate(r) for r in responses],
             "perplexity": ppl,
+            # The perplexity is under the generating model itself, where greedy text always scores low:
+            # only its ceiling (word salad) counts, not the reference paper's floor for a separate model.
             "degenerate": [
-                is_degenerate(r, perplexity=None if math.isnan(p) else p)
+                is_degenerate(r) or (not math.isnan(p) and p > MAX_PERPLEXITY)
                 for r, p in zip(responses, ppl, strict=True)
             ],
         }
