@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 #: Every study of the report, in report order.
-STUDIES = ("format", "length", "composition", "ablation", "italian", "base_model")
+STUDIES = ("format", "length", "composition", "ablation", "italian", "base_model", "frontier")
 #: Seeds of the random-direction control of the ablation study.
 ABLATION_SEEDS = (0, 1, 2)
 #: Candidate layers of a quick report, as fractions of the depth (CI-sized sweeps).
@@ -184,6 +184,7 @@ _TITLES = {
     "ablation": "Ablation of instruction directions, with the instruction in the prompt",
     "italian": "Italian answers by steering (Scalena et al.)",
     "base_model": "Italian on the multilingual base model (Gemma 3 270M)",
+    "frontier": "Quality frontier: steering that lands without breaking the model",
 }
 
 
@@ -310,10 +311,18 @@ def _base_model(model: Model | None, scale: Scale, out: Path, progress: bool) ->
     return "not run: the Gemma 3 270M base model is not installed" if result is None else result
 
 
+def _frontier(model: Model | None, scale: Scale, out: Path, progress: bool) -> StudyResult | str:
+    from workbench.studies.frontier import frontier_study
+
+    assert model is not None
+    return frontier_study(model, scale, out, progress=progress)
+
+
 RUNNERS: dict[str, Runner] = {
     **{name: _instruction_runner(name) for name in ("format", "length", "composition", "ablation")},
     "italian": _italian,
     "base_model": _base_model,
+    "frontier": _frontier,
 }
 
 

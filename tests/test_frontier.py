@@ -1,0 +1,265 @@
+"""The quality frontier: response-token activations, recipes, Pareto fronts and the clean-rate rule."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import PROMPTS, build_tiny_model
+from workbench import frontier
+from workbench.activations import collect_responses
+from workbench.errors import InvalidArgumentError
+from workbench.frontier import Recipe, choose, is_real_italian, pareto_front
+from workbench.steering import Intervention
+from workbench.vectors import SteeringVector
+
+ANSWERS = ["Paris is the capital.", "An apple", "Light scatters in the air.", "Boil it.", "Cats and dogs."]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+
+
+# ---- response-token activations ---------------------------------------------------------------------
+
+
+def test_response_mean_matches_a_manual_mean_over_the_response_positions(tiny):
+    acts = collect_responses(tiny, PROMPTS, ANSWERS, layers=[1, 3], batch_size=3, cache=False)
+    for i in (0, 4):
+        head = tiny.encode([tiny.format_chat(PROMPTS[i])], formatted=True)["input_ids"][0]
+        tail = torch.tensor(tiny.tokenizer(ANSWERS[i], add_special_tokens=False)["input_ids"])
+        tokens = torch.cat([head, tail])[None]
+        _, cache = tiny.bridge.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_resid_post"))
+        for j, layer in enumerate((1, 3)):
+            expected = cache[f"blocks.{layer}.hook_resid_post"][0, len(head) :].mean(0)
+            assert torch.allclose(acts.tensor[i, j], expected, atol=1e-4)
+            prompt_mean = cache[f"blocks.{layer}.hook_resid_post"][0].mean(0)
+            assert not torch.allclose(acts.tensor[i, j], prompt_mean, atol=1e-3)
+
+
+def test_response_mean_is_batch_size_invariant_and_cached(tiny):
+    one = collect_responses(tiny, PROMPTS, ANSWERS, batch_size=1, cache=False).tensor
+    many = collect_responses(tiny, PROMPTS, ANSWERS, batch_size=5)
+    assert (one - many.tensor).abs().max() <= 1e-4
+    assert many.settings["position"] == "response_mean"
+    again = collect_responses(tiny, PROMPTS, ANSWERS, batch_size=5)
+    assert torch.equal(again.tensor, many.tensor)
+    other = collect_responses(tiny, PROMPTS, [*ANSWERS[:-1], "Dogs."], batch_size=5)
+    assert not torch.equal(other.tensor[-1], many.tensor[-1])
+
+
+def test_response_mean_refuses_bad_inputs(tiny):
+    with pytest.raises(InvalidArgumentError, match="one response per prompt"):
+        collect_responses(tiny, PROMPTS, ANSWERS[:2], cache=False)
+    with pytest.raises(InvalidArgumentError, match="response 1 is empty"):
+        collect_responses(tiny, PROMPTS[:2], ["ok", " "], cache=False)
+
+
+# ---- recipes ---------------------------------------------------------------------------------------
+
+
+def _vector() -> SteeringVector:
+    pos = torch.randn(6, 4, 64, generator=torch.Generator().manual_seed(0)) + 1.0
+    neg = torch.randn(6, 4, 64, generator=torch.Generator().manual_seed(1))
+    return SteeringVector.from_activations(pos, neg)
+
+
+def test_recipe_strength_means_the_same_at_every_layer():
+    vector = _vector()
+    ivs = Recipe(layers=(1, 2, 3), strength=0.1).interventions(vector)
+    assert [iv.layer for iv in ivs] == [1, 2, 3]
+    for iv in ivs:
+        assert iv.scale == "absolute"
+        assert iv.amount() == pytest.approx(0.1 * vector.stats[iv.layer].resid_norm)
+    (dn,) = Recipe(layers=(2,), strength=2.0, scale="diff_norm").interventions(vector)
+    assert dn.amount() == pytest.approx(2.0 * vector.stats[2].diff_norm)
+
+
+def test_set_projection_strength_interpolates_between_the_sets():
+    vector = _vector()
+    stats = vector.stats[1]
+    (pos,) = Recipe(layers=(1,), mode="set_projection", strength=1.0).interventions(vector)
+    (neg,) = Recipe(layers=(1,), mode="set_projection", strength=0.0).interventions(vector)
+    (far,) = Recipe(layers=(1,), mode="set_projection", strength=2.0).interventions(vector)
+    assert pos.amount() == pytest.approx(stats.pos_mean_proj)
+    assert neg.amount() == pytest.approx(stats.neg_mean_proj)
+    assert far.amount() == pytest.approx(2 * stats.pos_mean_proj - stats.neg_mean_proj)
+
+
+def test_recipe_names_are_distinct_and_round_trip():
+    recipes = [
+        Recipe(),
+        Recipe(prompt="instruction"),
+        Recipe("response", (6, 7, 8), strength=0.05),
+        Recipe("response", (6, 7, 8), strength=0.05, positions="generated"),
+        Recipe("response", (6, 7, 8), strength=0.05, decay_tokens=20),
+        Recipe("response", (6, 7, 8), strength=0.05, norm_preserving=True),
+        Recipe("mean", (6, 8), strength=0.05, prompt="instruction"),
+    ]
+    assert len({r.name for r in recipes}) == len(recipes)
+    assert recipes[2].name == "response L6-8 add 0.05rn all"
+    for r in recipes:
+        assert Recipe.from_json(r.to_json()) == r
+    assert [r.span(30) for r in (recipes[0], Recipe(layers=(3,)), recipes[2], Recipe(layers=range(30)))] == [
+        "none",
+        "one layer",
+        "band",
+        "all layers",
+    ]
+    with pytest.raises(InvalidArgumentError, match="unknown source"):
+        Recipe("first")
+    with pytest.raises(InvalidArgumentError, match="unknown recipe fields"):
+        Recipe.from_json({"source": "last", "colour": "red"})
+
+
+# ---- Pareto front and choice ---------------------------------------------------------------------------
+
+
+def test_pareto_front_on_hand_made_points():
+    points = pd.DataFrame(
+        {
+            "target_rate": [0.9, 0.5, 0.9, 0.2, 0.6, 0.1, 0.9, float("nan")],
+            "degeneration": [0.8, 0.1, 0.9, 0.0, 0.1, 0.5, 0.8, 0.0],
+        }
+    )
+    # 0 and 6 tie (neither dominates the other); 2 is dominated by 0; 1 by 4; 5 by 3; NaN never counts.
+    assert pareto_front(points).tolist() == [True, False, False, True, True, False, True, False]
+    two = pareto_front(points.assign(ppl=[5, 5, 1, 5, 5, 5, 9, 1]), minimize=("degeneration", "ppl"))
+    assert two.tolist() == [True, False, True, True, True, False, False, False]
+    with pytest.raises(InvalidArgumentError, match="no column"):
+        pareto_front(points, maximize=("clean_rate",))
+
+
+def _summary(rows: list[tuple[str, bool, str, float, float, float, int]]) -> pd.DataFrame:
+    columns = ["recipe", "steered", "prompt", "clean_rate", "degeneration", "perplexity", "n_layers_steered"]
+    return pd.DataFrame(rows, columns=columns).assign(
+        target_rate=lambda f: f["clean_rate"] + f["degeneration"]
+    )
+
+
+def test_choose_takes_the_best_clean_rate_of_steering_alone():
+    summary = _summary(
+        [
+            ("instruction", False, "instruction", 0.9, 0.0, 3.0, 0),  # not steering alone
+            ("steer+instruction", True, "instruction", 0.8, 0.0, 3.0, 1),  # not steering alone
+            ("high target, degenerate", True, "plain", 0.2, 0.8, 40.0, 1),
+            ("best clean", True, "plain", 0.5, 0.3, 9.0, 30),
+            ("same clean, less degenerate", True, "plain", 0.5, 0.1, 12.0, 30),
+            ("same again, more layers", True, "plain", 0.5, 0.1, 12.0, 31),
+        ]
+    )
+    assert choose(summary)["recipe"] == "same clean, less degenerate"
+    assert choose(summary.iloc[[0, 1, 2, 3]])["recipe"] == "best clean"
+    with pytest.raises(InvalidArgumentError, match="no steered recipe"):
+        choose(summary.iloc[[0, 1]])
+
+
+def test_real_italian_needs_every_sentence_not_just_the_label():
+    italian = "Il tè si prepara con acqua calda. Lascia in infusione per tre minuti prima di berlo."
+    mixed = (
+        "Il tè si prepara con acqua calda. Then you should wait for three minutes. "
+        "After that, pour it into a cup and enjoy it with milk."
+    )
+    assert is_real_italian(italian)
+    assert not is_real_italian(mixed)
+    assert not is_real_italian("Boil the water, then add the tea leaves and wait.")
+    assert not math.isnan(frontier.MIN_ITALIAN_SHARE)
+
+
+# ---- running on the tiny model ---------------------------------------------------------------------
+
+
+def test_run_recipes_scores_every_row_and_batches_configurations(tiny, monkeypatch):
+    behaviour = frontier.Behaviour("bullets", "bullet_lists", 6)
+    vectors = frontier.build_vectors(tiny, behaviour, 6, sources=("last", "mean"))
+    assert {v.provenance["source"] for v in vectors.values()} == {"last", "mean"}
+    assert vectors["mean"].stats[2].resid_norm == vectors["last"].stats[2].resid_norm
+    recipes = [
+        Recipe(),
+        Recipe(prompt="instruction"),
+        Recipe("last", (1,), strength=0.5),
+        Recipe("mean", (1, 2), strength=0.3, positions="generated", decay_tokens=3),
+    ]
+    calls = []
+    real = frontier.generate
+    monkeypatch.setattr(frontier, "generate", lambda *a, **k: calls.append(k) or real(*a, **k))
+    rows = frontier.run_recipes(tiny, behaviour, vectors, recipes, "validation", 3)
+    assert len(calls) == 2  # the unsteered completions, then every steered row in one call
+    assert all(isinstance(iv, Intervention) for row in calls[1]["interventions"] for iv in row)
+    assert len(rows) == 4 * 3 and rows["recipe"].tolist()[:3] == ["plain"] * 3
+    assert (rows["clean"] == rows["on_target"] & ~rows["degenerate"]).all()
+    summary = frontier.summarize(rows, recipes, tiny.n_layers)
+    assert summary["recipe"].tolist() == [r.name for r in recipes]
+    assert summary["n"].eq(3).all() and summary["clean_rate"].between(0, 1).all()
+    again = frontier.run_recipes(tiny, behaviour, vectors, recipes[:2], "validation", 3)
+    assert len(calls) == 2  # unsteered answers come from the completion cache
+    pd.testing.assert_series_equal(again["response"], rows["response"][:6], check_names=False)
+
+
+# ---- the study on the tiny model -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def writer():
+    """The tiny model, kept from writing only whitespace (which strips to an empty answer)."""
+    model = build_tiny_model()
+    vocab = model.tokenizer.get_vocab().values()
+    model.hf_model.generation_config.suppress_tokens = [
+        i for i in vocab if not model.tokenizer.decode([i]).strip()
+    ]
+    return model
+
+
+def test_frontier_study_writes_table_figure_and_choice(writer, tmp_path):
+    from workbench.studies import frontier as study
+    from workbench.studies.common import Scale
+
+    scale = Scale(n_train=6, n_validation=3, n_test=3, max_new_tokens=5, layers=None)
+    result = study.frontier_study(
+        writer, scale, tmp_path, behaviours=["bullets"], base_model=False, quick=False
+    )
+    table = result.table
+    assert table["setting"].tolist() == [
+        "unsteered",
+        "instruction in prompt",
+        "steering",
+        "steering + instruction",
+    ]
+    assert table[["target_rate", "clean_rate", "degeneration"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert (table["n"] == 3).all()
+    folder = tmp_path / "frontier"
+    assert {p.suffix for p in result.figures} == {".png", ".svg"} and all(p.exists() for p in result.figures)
+    validation = pd.read_csv(folder / "sweep_validation.csv")
+    assert set(validation["stage"]) == {"baseline", "coarse", "refine"}
+    assert len(validation) == 2 + 27 + len(set(validation.loc[validation["stage"] == "refine", "recipe"]))
+    chosen = study.json.loads((folder / "chosen.json").read_text())[0]
+    assert Recipe.from_json(chosen["recipe"]).name == table.loc[2, "recipe"]
+    steered = validation[validation["steered"] & (validation["prompt"] == "plain")]
+    assert (
+        validation.set_index("recipe").loc[table.loc[2, "recipe"], "clean_rate"]
+        == steered["clean_rate"].max()
+    )
+
+
+def test_full_grid_covers_every_method():
+    from workbench.studies import frontier as study
+
+    grid = study.coarse_grid(30)
+    assert {r.source for r in grid} == {"last", "mean", "response"}
+    assert {r.span(30) for r in grid} == {"one layer", "band", "all layers"}
+    assert len({r.name for r in grid}) == len(grid) == 27
+    band = next(r for r in grid if r.span(30) == "band")
+    vector = SteeringVector.from_activations(torch.randn(6, 30, 8), torch.randn(6, 30, 8))
+    variants = study.refinements(band, 40, vector)
+    assert {r.positions for r in variants} == {"all", "prompt", "response", "generated"}
+    assert {r.mode for r in variants} == {"add", "set_projection"}
+    assert any(r.decay_tokens == 20 for r in variants) and any(r.norm_preserving for r in variants)
+    assert len({r.name for r in variants}) == len(variants)
+    (dn,) = [r for r in variants if r.scale == "diff_norm"]
+    added = sum(iv.amount() for iv in dn.interventions(vector))
+    assert added == pytest.approx(sum(iv.amount() for iv in band.interventions(vector)), rel=1e-2)
+    assert study.spans(4)["band"] == (1, 2)  # a band has at least two layers

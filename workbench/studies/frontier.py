@@ -1,0 +1,372 @@
+"""The quality frontier study: which steering recipe lands a behaviour without breaking the model.
+
+Per behaviour (:data:`workbench.frontier.BEHAVIOURS`), on the validation split:
+
+1. a coarse grid: every vector source (last prompt token, mean over prompt tokens, mean over the response
+   tokens of contrastive completions) × one layer / a band of layers / all layers × three per-layer
+   strengths (``add`` in residual-norm units, every position);
+2. refinements of the :data:`TOP_K` coarse recipes with the best clean rate: positions (``prompt``,
+   ``response``, ``generated``), a strength decaying linearly to zero, the norm-preserving variant,
+   ``set_projection`` at the same layers, half and 1.5 times the strength, and the strength in
+   ``diff_norm`` units (same mean added norm, another profile over the layers).
+
+The recipe with the best clean rate (on target and not degenerate) is chosen
+(:func:`workbench.frontier.choose`); the test split then compares unsteered, the instruction in the prompt
+(for Italian also the fully Italian prompt), the chosen recipe, and the chosen recipe with the instruction.
+The frontier figure plots every validation recipe. A full-scale run also steers Italian on the
+multilingual Gemma 3 270M base model, when it is installed. Validation and test rows are cached in the
+study folder, so a rerun with the same settings resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from workbench.errors import InvalidArgumentError, ModelLoadError
+from workbench.frontier import (
+    BEHAVIOURS,
+    SOURCES,
+    Behaviour,
+    NoCompletionsError,
+    Recipe,
+    build_vectors,
+    cached_rows,
+    choose,
+    plot_frontier,
+    rank,
+    run_recipes,
+    summarize,
+)
+from workbench.models import Model, load_model
+from workbench.plots import save_figure
+from workbench.studies.common import Scale, StudyResult
+from workbench.vectors import SteeringVector
+
+__all__ = [
+    "QUICK_BEHAVIOURS",
+    "BehaviourResult",
+    "baselines",
+    "coarse_grid",
+    "frontier_study",
+    "refinements",
+    "search",
+    "spans",
+]
+
+#: Behaviours of a quick (CI-sized) run.
+QUICK_BEHAVIOURS = ("italian",)
+#: Per-layer ``add`` strengths (residual-norm units) of the coarse grid, by span.
+STRENGTHS = {"one layer": (0.15, 0.3, 0.6), "band": (0.03, 0.06, 0.12), "all layers": (0.008, 0.016, 0.032)}
+#: Depth fractions of the single layer and of the band's first and last layers.
+ONE_LAYER, BAND = 0.3, (0.2, 0.45)
+#: Coarse recipes that seed the refinements.
+TOP_K = 2
+#: Test settings, in table order.
+SETTINGS = ("unsteered", "instruction in prompt", "Italian prompt", "steering", "steering + instruction")
+
+
+def spans(n_layers: int) -> dict[str, tuple[int, ...]]:
+    """The layers steered at once: one layer, a band in the lower middle, or all layers."""
+    last = n_layers - 1
+    lo, hi = (round(f * last) for f in BAND)
+    return {
+        "one layer": (round(ONE_LAYER * last),),
+        "band": tuple(range(lo, max(hi, lo + 1) + 1)),
+        "all layers": tuple(range(n_layers)),
+    }
+
+
+def baselines(behaviour: Behaviour) -> list[Recipe]:
+    """Unsteered, the instruction in the prompt and, for Italian, the fully Italian prompt."""
+    kinds = ["plain", "instruction"] + (["native"] if behaviour.instruction_variant else [])
+    return [Recipe(prompt=kind) for kind in kinds]
+
+
+def coarse_grid(n_layers: int, sources: Sequence[str] = SOURCES, *, quick: bool = False) -> list[Recipe]:
+    """Every source × span × strength (``add``, all positions); ``quick``: the band at its larger strength.
+
+    Needs at least two layers (so that the band differs from the single layer).
+    """
+    chosen = {"band": spans(n_layers)["band"]} if quick else spans(n_layers)
+    return [
+        Recipe(source, layers, strength=strength)
+        for source in sources
+        for span, layers in chosen.items()
+        for strength in (STRENGTHS[span][-1:] if quick else STRENGTHS[span])
+    ]
+
+
+def refinements(recipe: Recipe, max_new_tokens: int, vector: SteeringVector) -> list[Recipe]:
+    """Variants of one ``add`` recipe: positions, a linear decay, norm preservation, set_projection,
+    half and 1.5 times the strength, and ``diff_norm`` units with the same mean added norm over its layers."""
+    stats = [vector.stats[b] for b in recipe.layers]
+    per_diff = sum(s.resid_norm or 0.0 for s in stats) / sum(s.diff_norm for s in stats)
+    vary: list[dict[str, object]] = [{"positions": p} for p in ("prompt", "response", "generated")]
+    vary += [{"decay_tokens": max_new_tokens // 2}, {"norm_preserving": True}]
+    vary += [{"mode": "set_projection", "strength": 1.0}]
+    vary += [{"strength": round(recipe.strength * f, 6)} for f in (0.5, 1.5)]
+    vary += [{"scale": "diff_norm", "strength": round(recipe.strength * per_diff, 3)}]
+    return [dataclasses.replace(recipe, **change) for change in vary]  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass
+class BehaviourResult:
+    """One behaviour on one model: the validation summary, the chosen recipe and the test rows."""
+
+    model: str
+    behaviour: Behaviour
+    vectors: dict[str, SteeringVector]
+    validation: pd.DataFrame
+    chosen: Recipe
+    test_rows: pd.DataFrame
+    notes: list[str]
+
+
+def _budgeted(behaviour: Behaviour, scale: Scale) -> Behaviour:
+    return dataclasses.replace(behaviour, max_new_tokens=min(behaviour.max_new_tokens, scale.max_new_tokens))
+
+
+def _key(model: Model, behaviour: Behaviour, scale: Scale, split: str, recipes: Sequence[Recipe]) -> dict:
+    return {
+        "model": model.weights_hash,
+        "behaviour": dataclasses.asdict(behaviour),
+        "n_train": scale.n_train,
+        "n": scale.n_validation if split == "validation" else scale.n_test,
+        "split": split,
+        "recipes": [r.name for r in recipes],
+    }
+
+
+def search(
+    model: Model,
+    behaviour: Behaviour,
+    scale: Scale,
+    out: Path,
+    *,
+    quick: bool = False,
+    progress: bool = False,
+) -> tuple[dict[str, SteeringVector], pd.DataFrame, Recipe, list[str]]:
+    """Build the vectors, run the coarse grid and the refinements on validation; choose by clean rate.
+
+    Returns the vectors, the validation summary (column ``stage``: baseline, coarse, refine), the
+    chosen recipe and notes on how the vectors were built.
+    """
+    vectors, notes = _vectors(model, behaviour, scale, progress)
+    stem = f"{model.name}_{behaviour.name}"
+
+    def stage(name: str, recipes: list[Recipe]) -> pd.DataFrame:
+        key = _key(model, behaviour, scale, "validation", recipes)
+        rows = cached_rows(
+            out / f"rows_{stem}_{name}.parquet",
+            key,
+            lambda: run_recipes(
+                model,
+                behaviour,
+                vectors,
+                recipes,
+                "validation",
+                scale.n_validation,
+                batch_size=scale.batch_size,
+                progress=progress,
+            ),
+        )
+        return summarize(rows, recipes, model.n_layers)
+
+    first = baselines(behaviour) + coarse_grid(model.n_layers, tuple(vectors), quick=quick)
+    summary = stage("coarse", first).assign(
+        stage=lambda f: f["steered"].map({True: "coarse", False: "baseline"})
+    )
+    if not quick:
+        seen = set(summary["recipe"])
+        lookup = {r.name: r for r in first}
+        seeds = [lookup[name] for name in rank(summary)["recipe"].head(TOP_K)]
+        extra = [
+            r
+            for seed in seeds
+            for r in refinements(seed, behaviour.max_new_tokens, vectors[seed.source])
+            if r.name not in seen
+        ]
+        extra = list({r.name: r for r in extra}.values())
+        summary = pd.concat([summary, stage("refine", extra).assign(stage="refine")], ignore_index=True)
+        first += extra
+    picked = choose(summary)["recipe"]
+    return vectors, summary, next(r for r in first if r.name == picked), notes
+
+
+def _vectors(
+    model: Model, behaviour: Behaviour, scale: Scale, progress: bool
+) -> tuple[dict[str, SteeringVector], list[str]]:
+    """Every source's vector; the response source is left out, with a note, when the answers cannot make it."""
+    build = functools.partial(build_vectors, model, behaviour, scale.n_train, batch_size=scale.batch_size)
+    vectors = build(sources=("last", "mean"), progress=progress)
+    try:
+        vectors |= build(sources=("response",), progress=progress)
+    except NoCompletionsError as e:
+        return vectors, [f"{model.name} / {behaviour.name}: no response-token vector ({e})"]
+    pairs = vectors["response"].provenance.get("completion_pairs")
+    return vectors, [f"{model.name} / {behaviour.name}: response-token vector from {pairs} completion pairs"]
+
+
+def _test_recipes(behaviour: Behaviour, chosen: Recipe) -> dict[str, Recipe]:
+    settings = dict(zip(SETTINGS[:2], baselines(behaviour)[:2], strict=True))
+    if behaviour.instruction_variant:
+        settings["Italian prompt"] = Recipe(prompt="native")
+    settings["steering"] = chosen
+    settings["steering + instruction"] = dataclasses.replace(chosen, prompt="instruction")
+    return settings
+
+
+def run_behaviour(
+    model: Model,
+    behaviour: Behaviour,
+    scale: Scale,
+    out: Path,
+    *,
+    quick: bool = False,
+    progress: bool = False,
+) -> BehaviourResult:
+    """:func:`search` on validation, then the test settings of the chosen recipe."""
+    behaviour = _budgeted(behaviour, scale)
+    vectors, validation, chosen, notes = search(model, behaviour, scale, out, quick=quick, progress=progress)
+    settings = _test_recipes(behaviour, chosen)
+    recipes = list(settings.values())
+    rows = cached_rows(
+        out / f"rows_{model.name}_{behaviour.name}_test.parquet",
+        _key(model, behaviour, scale, "test", recipes),
+        lambda: run_recipes(
+            model,
+            behaviour,
+            vectors,
+            recipes,
+            "test",
+            scale.n_test,
+            batch_size=scale.batch_size,
+            progress=progress,
+        ),
+    )
+    label = {r.name: s for s, r in settings.items()}
+    rows = rows.assign(setting=rows["recipe"].map(label))
+    return BehaviourResult(model.name, behaviour, vectors, validation, chosen, rows, notes)
+
+
+def _table(result: BehaviourResult) -> pd.DataFrame:
+    rows = result.test_rows
+    table = (
+        rows.groupby("setting", sort=False)
+        .agg(
+            recipe=("recipe", "first"),
+            target_rate=("on_target", "mean"),
+            clean_rate=("clean", "mean"),
+            degeneration=("degenerate", "mean"),
+            perplexity=("perplexity", "median"),
+            ifeval_rate=("follows_ifeval", "mean"),
+            n=("on_target", "size"),
+        )
+        .reset_index()
+    )
+    table.insert(0, "behaviour", result.behaviour.name)
+    table.insert(0, "model", result.model)
+    return table
+
+
+def _methods(result: BehaviourResult) -> pd.DataFrame:
+    """Best validation clean and target rates by each method knob (steering alone)."""
+    alone = result.validation[result.validation["steered"] & (result.validation["prompt"] == "plain")]
+    frames = []
+    for knob in ("source", "span", "mode", "positions", "decay_tokens", "norm_preserving"):
+        best = alone.groupby(knob)[["clean_rate", "target_rate"]].max().reset_index()
+        frames.append(
+            best.rename(columns={knob: "value"}).assign(knob=knob, value=lambda f: f["value"].astype(str))
+        )
+    methods = pd.concat(frames, ignore_index=True)[["knob", "value", "clean_rate", "target_rate"]]
+    methods.insert(0, "behaviour", result.behaviour.name)
+    methods.insert(0, "model", result.model)
+    return methods
+
+
+def _notes(result: BehaviourResult) -> list[str]:
+    table = _table(result).set_index("setting")
+    v = result.validation.set_index("recipe").loc[result.chosen.name]
+    steered, instructed = (
+        table.loc["steering", "clean_rate"],
+        table.loc["instruction in prompt", "clean_rate"],
+    )
+    verdict = "meets" if steered >= instructed else "misses"
+    return [
+        *result.notes,
+        f"{result.model} / {result.behaviour.name}: chosen `{result.chosen.name}` (validation clean "
+        f"{v['clean_rate']:.2f}, target {v['target_rate']:.2f}, degeneration {v['degeneration']:.2f}); "
+        f"test clean {steered:.2f} vs {instructed:.2f} with the instruction in the prompt ({verdict} the goal)",
+    ]
+
+
+def _gemma() -> Model | None:
+    try:
+        return load_model("gemma3-270m")
+    except ModelLoadError:
+        return None
+
+
+def frontier_study(
+    model: Model,
+    scale: Scale,
+    out_dir: str | os.PathLike[str],
+    *,
+    behaviours: Sequence[str] | None = None,
+    base_model: bool | None = None,
+    quick: bool | None = None,
+    progress: bool = False,
+) -> StudyResult:
+    """The quality frontier of every behaviour on ``model`` (and Italian on Gemma 3 270M with ``base_model``).
+
+    ``quick`` (default: the scale has no more validation prompts than :meth:`Scale.quick`) runs the quick
+    grid (the band at one strength, no refinements) on :data:`QUICK_BEHAVIOURS`, without the base model. Table columns: ``model, behaviour,
+    setting, recipe, target_rate, clean_rate, degeneration, perplexity, ifeval_rate, n`` (test split).
+    The folder also holds ``sweep_validation.csv`` (every recipe), ``methods.csv`` (best rates per knob),
+    ``chosen.json`` and one ``frontier_<model>_<behaviour>`` figure per behaviour.
+    """
+    quick = scale.n_validation <= Scale.quick().n_validation if quick is None else quick
+    names = list(behaviours or (QUICK_BEHAVIOURS if quick else BEHAVIOURS))
+    unknown = [n for n in names if n not in BEHAVIOURS]
+    if unknown or not names:
+        raise InvalidArgumentError(f"unknown or no behaviours {unknown}: use some of {', '.join(BEHAVIOURS)}")
+    out = Path(out_dir) / "frontier"
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(model, BEHAVIOURS[n]) for n in names]
+    notes = []
+    if base_model if base_model is not None else not quick:
+        gemma = _gemma()
+        if gemma is None:
+            notes.append("Gemma 3 270M is not installed: its Italian frontier was not run")
+        else:
+            jobs.append((gemma, BEHAVIOURS["italian"]))
+    results = [run_behaviour(m, b, scale, out, quick=quick, progress=progress) for m, b in jobs]
+    figures = []
+    for r in results:
+        title = (
+            f"{r.behaviour.name} on {r.model}: validation recipes ({r.behaviour.max_new_tokens} new tokens)"
+        )
+        figures += save_figure(
+            plot_frontier(r.validation, title, r.chosen.name), out / f"frontier_{r.model}_{r.behaviour.name}"
+        )
+        notes += _notes(r)
+    table = pd.concat([_table(r) for r in results], ignore_index=True)
+    pd.concat([r.validation.assign(model=r.model, behaviour=r.behaviour.name) for r in results]).to_csv(
+        out / "sweep_validation.csv", index=False
+    )
+    pd.concat([_methods(r) for r in results]).to_csv(out / "methods.csv", index=False)
+    chosen = [
+        {"model": r.model, "behaviour": r.behaviour.name, "recipe": r.chosen.to_json()} for r in results
+    ]
+    (out / "chosen.json").write_text(json.dumps(chosen, indent=1) + "\n", encoding="utf-8")
+    rows = pd.concat([r.test_rows.assign(model=r.model, behaviour=r.behaviour.name) for r in results])
+    return StudyResult(
+        name="frontier", rows=rows.reset_index(drop=True), table=table, figures=figures, notes=notes
+    )
