@@ -278,3 +278,15 @@ def test_smol_perplexity_of_its_own_greedy_answers(smol):
     answers = generate(smol, prompts, max_new_tokens=32)
     values = perplexity(smol, prompts, answers)
     assert all(math.isfinite(v) and 1 <= v < 20 for v in values), values
+
+
+def test_evaluate_is_public_and_the_checks_load_without_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from workbench.evaluation import check; assert 'torch' not in sys.modules; "
+        "import workbench as wb; from workbench.evaluation import evaluate; "
+        "assert wb.evaluate is evaluate and evaluate.__module__ == 'workbench.evaluation.table'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

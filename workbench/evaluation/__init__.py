@@ -1,4 +1,12 @@
-"""Score responses: IFEval's verifiable checks, language identification, fluency signals, text counts."""
+"""Score responses: IFEval's verifiable checks, language identification, fluency signals, text counts.
+
+``evaluate`` (one results row per response, :mod:`workbench.evaluation.table`) is imported on first use,
+so the text-only checks load without torch; model-based scoring lives in
+:mod:`workbench.evaluation.perplexity` and :mod:`workbench.evaluation.multiple_choice`.
+"""
+
+import importlib
+from typing import Any
 
 from workbench.evaluation.checks import INSTRUCTION_IDS, check, check_all
 from workbench.evaluation.fluency import is_degenerate, longest_repeated_run, repeated_ngram_rate
@@ -20,6 +28,7 @@ __all__ = [
     "count_sentences",
     "count_words",
     "detect_language",
+    "evaluate",
     "is_degenerate",
     "longest_repeated_run",
     "repeated_ngram_rate",
@@ -27,3 +36,9 @@ __all__ = [
     "share_in_language",
     "split_sentences",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "evaluate":
+        return importlib.import_module("workbench.evaluation.table").evaluate
+    raise AttributeError(f"module 'workbench.evaluation' has no attribute {name!r}")

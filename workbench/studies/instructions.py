@@ -39,7 +39,7 @@ from workbench.activations import collect
 from workbench.datasets import ContrastiveSet, Item, load
 from workbench.datasets import names as dataset_names
 from workbench.errors import InvalidArgumentError
-from workbench.evaluation import check_all, count_sentences, count_words, is_degenerate
+from workbench.evaluation import evaluate
 from workbench.generation import generate
 from workbench.models import Model
 from workbench.plots import save_figure
@@ -219,32 +219,8 @@ def select(
 
 
 def _score(responses: Sequence[str], items: Sequence[Item]) -> pd.DataFrame:
-    """Words, sentences, strict compliance (all, and ``check:<id>`` per instruction), degeneration.
-
-    :func:`workbench.evaluation.table.evaluate` where it exists (also language and repetition columns);
-    otherwise the same core columns from the individual checks.
-    """
-    try:
-        from workbench.evaluation.table import evaluate
-    except ImportError:
-        evaluate = None
-    if evaluate is not None:
-        return evaluate(list(responses), list(items)).drop(columns=["id", "response"])
-    rows = []
-    for response, item in zip(responses, items, strict=True):
-        ids, kwargs = list(item.instruction_id_list), list(item.kwargs)
-        passed = check_all(ids, kwargs, response)
-        rows.append(
-            {
-                "behaviour": item.behaviour,
-                "words": count_words(response),
-                "sentences": count_sentences(response),
-                "follows": all(passed),
-                **{f"check:{i}": ok for i, ok in zip(ids, passed, strict=True)},
-                "degenerate": is_degenerate(response),
-            }
-        )
-    return pd.DataFrame(rows)
+    """:func:`workbench.evaluation.evaluate`'s columns (checks, counts, language, degeneration) per response."""
+    return evaluate(list(responses), list(items)).drop(columns=["id", "response"])
 
 
 @dataclass(frozen=True)
