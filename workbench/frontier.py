@@ -8,9 +8,9 @@ the mode, a per-layer strength, the positions, a schedule over generated tokens 
 variant, plus which prompt it answers (plain, with the instruction, or the native Italian one).
 
 :func:`run_recipes` generates every (recipe, prompt) row in one batched call and scores each response:
-``on_target``, ``degenerate`` (repetition, or a perplexity above
-:data:`~workbench.evaluation.fluency.MAX_PERPLEXITY`), ``perplexity`` under the unsteered model and
-``clean`` (on target and not degenerate). :func:`summarize` gives one row per recipe,
+``on_target``, ``degenerate`` (:func:`degenerate_answer`: a loop, a 3-gram repeat rate above :data:`MAX_REPEAT`, or
+word salad), ``perplexity`` under the unsteered model and ``clean`` (on target and not degenerate).
+Scoring (:func:`score`) is separate from generating (:func:`answer`), so cached answers are rescored. :func:`summarize` gives one row per recipe,
 :func:`pareto_front` the non-dominated ones, :func:`choose` the steered recipe with the best clean rate
 and :func:`plot_frontier` the figure.
 """
@@ -63,6 +63,7 @@ __all__ = [
     "Behaviour",
     "NoCompletionsError",
     "Recipe",
+    "answer",
     "behaviour",
     "build_vectors",
     "cached_rows",
@@ -76,6 +77,7 @@ __all__ = [
     "plot_frontier",
     "rank",
     "run_recipes",
+    "score",
     "summarize",
 ]
 
@@ -87,9 +89,10 @@ PROMPTS = ("plain", "instruction", "native")
 #: Fewest filtered completion pairs for a response vector; below it every pair is used.
 MIN_PAIRS = 4
 #: Degenerate above this share of repeated word 3-grams. The workbench's own limit (0.5) lets through
-#: loops that say a sentence twice or nest the same JSON object again and again (0.39-0.5 here);
-#: unsteered answers of the bundled model stay at or below 0.31 at 96 tokens and 0.11 at 40.
-MAX_REPEAT = 0.3
+#: loops that say a sentence twice or nest the same JSON object again and again (0.39-0.5 on SmolLM2),
+#: and steered "Italian" that repeats a clause ("L'amore di X è un'ammoniero di Y, ma non è
+#: un'ammoniero di Y": 0.22-0.29); 60 unsteered English answers of 40 tokens stay at or below 0.11.
+MAX_REPEAT = 0.2
 #: Real Italian: at least this share of the identifiable sentences is Italian (and so is the whole text).
 MIN_ITALIAN_SHARE = 0.8
 
@@ -457,28 +460,22 @@ class Recipe:
 # ---- running and scoring ----------------------------------------------------------------------------------
 
 
-def _score(
-    model: Model,
-    behaviour: Behaviour,
-    items: Sequence[Item],
-    prompts: Sequence[str],
-    responses: Sequence[str],
-) -> pd.DataFrame:
-    ppl = perplexity(model, list(prompts), list(responses))
-    target = [behaviour.on_target(item, r) for item, r in zip(items, responses, strict=True)]
-    degenerate = [degenerate_answer(r, p) for r, p in zip(responses, ppl, strict=True)]
-    return pd.DataFrame(
-        {
-            "follows_ifeval": [follows(item, r) for item, r in zip(items, responses, strict=True)],
-            "on_target": target,
-            "degenerate": degenerate,
-            "clean": [t and not d for t, d in zip(target, degenerate, strict=True)],
-            "perplexity": ppl,
-        }
+def score(behaviour: Behaviour, rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` (from :func:`answer`) with ``follows_ifeval`` (IFEval's strict check), ``on_target``,
+    ``degenerate`` (:func:`degenerate_answer`) and ``clean`` (on target and not degenerate)."""
+    items = {item.id: item for split in set(rows["split"]) for item in behaviour.items(split).items}
+    pairs = list(zip(rows["id"].map(items), rows["response"], rows["perplexity"], strict=True))
+    target = [behaviour.on_target(item, r) for item, r, _ in pairs]
+    degenerate = [degenerate_answer(r, p) for _, r, p in pairs]
+    return rows.assign(
+        follows_ifeval=[follows(item, r) for item, r, _ in pairs],
+        on_target=target,
+        degenerate=degenerate,
+        clean=[t and not d for t, d in zip(target, degenerate, strict=True)],
     )
 
 
-def run_recipes(
+def answer(
     model: Model,
     behaviour: Behaviour,
     vectors: dict[str, SteeringVector],
@@ -489,12 +486,11 @@ def run_recipes(
     batch_size: int = 32,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Generate and score one row per (recipe, item) of the first ``n`` items of ``split``.
+    """Generate one row per (recipe, item) of the first ``n`` items of ``split``, not yet scored.
 
     Unsteered rows come from :func:`complete` (cached); every steered row runs in one batched
-    :func:`~workbench.generation.generate` call with per-row interventions. Perplexity is under the
-    unsteered model, given the prompt the response answered. Columns: ``recipe, split, id, prompt,
-    response, on_target, degenerate, clean, perplexity``.
+    :func:`~workbench.generation.generate` call with per-row interventions. Columns: ``recipe, split,
+    id, prompt, response, perplexity`` (under the unsteered model, given the prompt answered).
     """
     names = [r.name for r in recipes]
     if len(set(names)) != len(names):
@@ -522,17 +518,32 @@ def run_recipes(
         responses |= {(r.name, i): a for (r, i), a in zip(steered, answers, strict=True)}
     texts = [prompts[r.prompt][i] for r, i in jobs]
     answers = [responses[(r.name, i)] for r, i in jobs]
-    scores = _score(model, behaviour, [items[i] for _, i in jobs], texts, answers)
-    base = pd.DataFrame(
+    return pd.DataFrame(
         {
             "recipe": [r.name for r, _ in jobs],
             "split": split,
             "id": [items[i].id for _, i in jobs],
             "prompt": texts,
             "response": answers,
+            "perplexity": perplexity(model, texts, answers),
         }
     )
-    return pd.concat([base, scores], axis=1)
+
+
+def run_recipes(
+    model: Model,
+    behaviour: Behaviour,
+    vectors: dict[str, SteeringVector],
+    recipes: Sequence[Recipe],
+    split: str,
+    n: int,
+    *,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """:func:`answer` then :func:`score`: one scored row per (recipe, item)."""
+    rows = answer(model, behaviour, vectors, recipes, split, n, batch_size=batch_size, progress=progress)
+    return score(behaviour, rows)
 
 
 def summarize(rows: pd.DataFrame, recipes: Sequence[Recipe], n_layers: int) -> pd.DataFrame:

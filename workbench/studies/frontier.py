@@ -5,7 +5,8 @@ Per behaviour (:data:`workbench.frontier.BEHAVIOURS`), on the validation split:
 1. a coarse grid: every vector source (last prompt token, mean over prompt tokens, mean over the response
    tokens of contrastive completions) × one layer / a band of layers / all layers × three per-layer
    strengths (``add`` in residual-norm units, every position);
-2. refinements of the :data:`TOP_K` coarse recipes with the best clean rate: positions (``prompt``,
+2. refinements of the :data:`TOP_K` coarse recipes with the best clean rate (ties: the higher target
+   rate, which leaves the most for a refinement to turn clean): positions (``prompt``,
    ``response``, ``generated``), a strength decaying linearly to zero, the norm-preserving variant,
    ``set_projection`` at the same layers, half and 1.5 times the strength, and the strength in
    ``diff_norm`` units (same mean added norm, another profile over the layers).
@@ -15,7 +16,7 @@ The recipe with the best clean rate (on target and not degenerate) is chosen
 (for Italian also the fully Italian prompt), the chosen recipe, and the chosen recipe with the instruction.
 The frontier figure plots every validation recipe. A full-scale run also steers Italian on the
 multilingual Gemma 3 270M base model, when it is installed. Validation and test rows are cached in the
-study folder, so a rerun with the same settings resumes.
+study folder (unscored), so a rerun with the same settings resumes and rescoring needs no generation.
 """
 
 from __future__ import annotations
@@ -36,12 +37,13 @@ from workbench.frontier import (
     Behaviour,
     NoCompletionsError,
     Recipe,
+    answer,
     build_vectors,
     cached_rows,
     choose,
     plot_frontier,
     rank,
-    run_recipes,
+    score,
     summarize,
 )
 from workbench.models import Model, load_model
@@ -60,8 +62,9 @@ __all__ = [
     "spans",
 ]
 
-#: Behaviours of a quick (CI-sized) run.
+#: Behaviours of a quick (CI-sized) run, and the most it runs of each size (a smoke run, not a result).
 QUICK_BEHAVIOURS = ("italian",)
+QUICK_CAPS = {"n_train": 8, "n_validation": 6, "n_test": 6, "max_new_tokens": 16}
 #: Per-layer ``add`` strengths (residual-norm units) of the coarse grid, by span.
 STRENGTHS = {"one layer": (0.15, 0.3, 0.6), "band": (0.03, 0.06, 0.12), "all layers": (0.008, 0.016, 0.032)}
 #: Depth fractions of the single layer and of the band's first and last layers.
@@ -166,7 +169,7 @@ def search(
         rows = cached_rows(
             out / f"rows_{stem}_{name}.parquet",
             key,
-            lambda: run_recipes(
+            lambda: answer(
                 model,
                 behaviour,
                 vectors,
@@ -177,7 +180,7 @@ def search(
                 progress=progress,
             ),
         )
-        return summarize(rows, recipes, model.n_layers)
+        return summarize(score(behaviour, rows), recipes, model.n_layers)
 
     first = baselines(behaviour) + coarse_grid(model.n_layers, tuple(vectors), quick=quick)
     summary = stage("coarse", first).assign(
@@ -186,7 +189,8 @@ def search(
     if not quick:
         seen = set(summary["recipe"])
         lookup = {r.name: r for r in first}
-        seeds = [lookup[name] for name in rank(summary)["recipe"].head(TOP_K)]
+        ranked = rank(summary).sort_values(["clean_rate", "target_rate"], ascending=False, kind="stable")
+        seeds = [lookup[name] for name in ranked["recipe"].head(TOP_K)]
         extra = [
             r
             for seed in seeds
@@ -240,7 +244,7 @@ def run_behaviour(
     rows = cached_rows(
         out / f"rows_{model.name}_{behaviour.name}_test.parquet",
         _key(model, behaviour, scale, "test", recipes),
-        lambda: run_recipes(
+        lambda: answer(
             model,
             behaviour,
             vectors,
@@ -251,6 +255,7 @@ def run_behaviour(
             progress=progress,
         ),
     )
+    rows = score(behaviour, rows)
     label = {r.name: s for s, r in settings.items()}
     rows = rows.assign(setting=rows["recipe"].map(label))
     return BehaviourResult(model.name, behaviour, vectors, validation, chosen, rows, notes)
@@ -327,12 +332,15 @@ def frontier_study(
     """The quality frontier of every behaviour on ``model`` (and Italian on Gemma 3 270M with ``base_model``).
 
     ``quick`` (default: the scale has no more validation prompts than :meth:`Scale.quick`) runs the quick
-    grid (the band at one strength, no refinements) on :data:`QUICK_BEHAVIOURS`, without the base model. Table columns: ``model, behaviour,
+    grid (the band at one strength, no refinements) on :data:`QUICK_BEHAVIOURS`, with the scale capped
+    at :data:`QUICK_CAPS` and without the base model. Table columns: ``model, behaviour,
     setting, recipe, target_rate, clean_rate, degeneration, perplexity, ifeval_rate, n`` (test split).
     The folder also holds ``sweep_validation.csv`` (every recipe), ``methods.csv`` (best rates per knob),
     ``chosen.json`` and one ``frontier_<model>_<behaviour>`` figure per behaviour.
     """
     quick = scale.n_validation <= Scale.quick().n_validation if quick is None else quick
+    if quick:
+        scale = dataclasses.replace(scale, **{k: min(getattr(scale, k), v) for k, v in QUICK_CAPS.items()})
     names = list(behaviours or (QUICK_BEHAVIOURS if quick else BEHAVIOURS))
     unknown = [n for n in names if n not in BEHAVIOURS]
     if unknown or not names:
