@@ -1,0 +1,89 @@
+"""How well does the unsteered model follow each bundled instruction, and how well does it answer the
+multiple-choice set? The reference point every steering number is compared with.
+
+For every instruction dataset (``workbench.datasets.names("instruction")`` and the rest but ``italian``), the
+first ``--n`` test items are answered greedily with and without the instruction in the prompt, in one
+batched :func:`workbench.generate` call, and checked with the item's IFEval checks (strict and loose).
+The bundled parallel multiple-choice test set is scored in English and in Italian. Writes under ``--out``:
+``checks.{parquet,csv}`` (one row per instruction), ``responses.parquet``, ``multiple_choice.csv`` and
+``table.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import workbench as wb
+from workbench.datasets import load, load_multiple_choice, names
+from workbench.evaluation import check_all
+from workbench.evaluation.multiple_choice import multiple_choice
+from workbench.studies.report import markdown_table
+
+
+def instruction_rows(model: wb.Model, n: int, max_new_tokens: int, batch_size: int) -> pd.DataFrame:
+    """One row per (instruction, item, setting) with strict and loose compliance."""
+    sets = [load(name, "test") for name in names() if name != "italian"]
+    items = [(data.name, item) for data in sets for item in data.items[:n]]
+    prompts = [item.query for _, item in items] + [item.prompt for _, item in items]
+    responses = wb.generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    rows = []
+    for k, response in enumerate(responses):
+        name, item = items[k % len(items)]
+        ids, kwargs = item.instruction_id_list, item.kwargs
+        rows.append(
+            {
+                "instruction": name,
+                "id": item.id,
+                "setting": "with_instruction" if k >= len(items) else "no_instruction",
+                "response": response,
+                "strict": all(check_all(ids, kwargs, response)),
+                "loose": all(check_all(ids, kwargs, response, loose=True)),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--out", type=Path, default=Path("runs/unsteered_baseline"))
+    parser.add_argument("--n", type=int, default=24, help="test items per instruction")
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=48)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    model = wb.load_model(args.model)
+    rows = instruction_rows(model, args.n, args.max_new_tokens, args.batch_size)
+    rows.to_parquet(args.out / "responses.parquet", index=False)
+    checks = rows.pivot_table(index="instruction", columns="setting", values=["strict", "loose"], sort=False)
+    checks.columns = [f"{setting}:{kind}" for kind, setting in checks.columns]
+    checks = checks.reset_index()
+    checks.to_parquet(args.out / "checks.parquet", index=False)
+    checks.to_csv(args.out / "checks.csv", index=False)
+    mc = []
+    for language in ("en", "it"):
+        scored = multiple_choice(model, load_multiple_choice("bundled", language=language, split=None))
+        mc.append({"language": language, "accuracy": scored["correct"].mean(), "n": len(scored)})
+    mc_table = pd.DataFrame(mc)
+    mc_table.to_csv(args.out / "multiple_choice.csv", index=False)
+    seconds = time.perf_counter() - start
+    text = (
+        f"# Unsteered {args.model}: {args.n} test items per instruction, {args.max_new_tokens} new tokens, "
+        f"greedy ({seconds:.0f} s)\n\n{markdown_table(checks)}\n\n## Multiple choice (all splits)\n\n"
+        f"{markdown_table(mc_table)}\n"
+    )
+    (args.out / "table.md").write_text(text, encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
