@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from tests.conftest import build_tiny_model
-from workbench.bench import ITEMS, QUICK, interleaved, peak_rss, run
+from workbench.bench import ITEMS, QUICK, Timed, interleaved, peak_rss, round_spread, run
 from workbench.cli import app
 
 
@@ -63,7 +63,12 @@ def test_measuring_helpers():
         {"a": lambda: calls.append("a") or 1, "b": lambda: calls.append("b") or 2},
         2,
     )
-    assert calls == ["a", "b", "b", "a"] and timed == {"a": (1.0, 1), "b": (1.0, 2)}
+    assert calls == ["a", "b", "b", "a"]
+    assert timed == {"a": (1.0, 1, (1.0, 1.0)), "b": (1.0, 2, (1.0, 1.0))}
+    assert round_spread(timed, "a", "b") == "; per round 1.000–1.000"
+    steady = {"x": Timed(2.0, None, (2.0, 3.0)), "y": Timed(2.0, None, (2.0, 2.0))}
+    assert round_spread(steady, "x", "y") == "; per round 1.000–1.500"
+    assert round_spread({"x": Timed(1.0, None, (1.0,)), "y": Timed(1.0, None, (1.0,))}, "x", "y") == ""
     with peak_rss() as peak:
         block = torch.ones(64 * 2**20 // 4)
         del block

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -175,19 +175,32 @@ class Clock:
         return self.now() - start, result
 
 
-def interleaved(
-    clock: Clock, fns: dict[str, Callable[[], Any]], repeats: int
-) -> dict[str, tuple[float, Any]]:
-    """Run each function in turn, ``repeats`` rounds; the fastest time of each and its last result."""
-    best: dict[str, float] = {}
+class Timed(NamedTuple):
+    """One side of an interleaved measurement: its fastest time, its last result, and every round's time."""
+
+    seconds: float
+    result: Any
+    rounds: tuple[float, ...]
+
+
+def interleaved(clock: Clock, fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, Timed]:
+    """Run each function in turn, ``repeats`` rounds: the fastest time of each, its last result, every time."""
+    rounds: dict[str, list[float]] = {name: [] for name in fns}
     results: dict[str, Any] = {}
     names = list(fns)
     for round_no in range(max(1, repeats)):
         for name in names if round_no % 2 == 0 else names[::-1]:  # alternate the order between rounds
-            fn = fns[name]
-            seconds, results[name] = clock.measure(fn)
-            best[name] = min(best.get(name, float("inf")), seconds)
-    return {name: (best[name], results[name]) for name in fns}
+            seconds, results[name] = clock.measure(fns[name])
+            rounds[name].append(seconds)
+    return {name: Timed(min(rounds[name]), results[name], tuple(rounds[name])) for name in fns}
+
+
+def round_spread(timed: dict[str, Timed], numerator: str, denominator: str) -> str:
+    """The range of the ratio taken round by round (each round's pair ran back to back): how steady it was."""
+    ratios = [a / b for a, b in zip(timed[numerator].rounds, timed[denominator].rounds, strict=True) if b > 0]
+    if len(ratios) < 2:
+        return ""
+    return f"; per round {min(ratios):.3f}–{max(ratios):.3f}"
 
 
 def _status_kb(field_name: str) -> int | None:
@@ -380,7 +393,8 @@ def _steering_overhead(ctx: _Context) -> list[Row]:
                     f"steered ÷ unsteered tokens/s, batch {batch}, {label}",
                     plain / timed[key][0],
                     "≥ 0.95",
-                    detail=f"{per_token / timed[key][0]:.1f} vs {per_token / plain:.1f} tok/s, {tokens} new tokens",
+                    detail=f"{per_token / timed[key][0]:.1f} vs {per_token / plain:.1f} tok/s, {tokens} new tokens"
+                    + round_spread(timed, "plain", key),
                 )
             )
     return rows
@@ -428,7 +442,7 @@ def _versus_raw_generate(ctx: _Context) -> list[Row]:
             "≥ 0.90",
             identical=same,
             detail=f"{per_token / timed['workbench'][0]:.1f} vs {per_token / timed['raw'][0]:.1f} tok/s; "
-            "raw = separate HF model, SDPA, torch forward hook",
+            "raw = separate HF model, SDPA, torch forward hook" + round_spread(timed, "raw", "workbench"),
         )
     ]
 
@@ -463,7 +477,8 @@ def _versus_raw_forward(ctx: _Context) -> list[Row]:
             timed["collect"][0] / timed["raw"][0],
             "≤ 1.15",
             detail=f"{timed['collect'][0]:.2f} s vs {timed['raw'][0]:.2f} s; raw = base model with "
-            f"output_hidden_states, same batches; max |diff| {diff:.1e}",
+            f"output_hidden_states, same batches; max |diff| {diff:.1e}"
+            + round_spread(timed, "collect", "raw"),
         )
     ]
 
@@ -633,6 +648,9 @@ def run(
         start = time.perf_counter()
         new = RUNNERS[item](ctx)
         ctx.log(f"item {item} done in {time.perf_counter() - start:.0f} s")
+        for row in new:  # as soon as measured: long runs show their numbers before the table
+            value = "-" if row.value is None else f"{row.value:.3f}"
+            ctx.log(f"  {row.name}: {value} (target {row.target}) {row.detail}")
         rows += new
     if settings != FULL:  # targets are for the full sizes; small runs check the harness, not the speed
         rows = [replace(row, met=None) for row in rows]
@@ -715,11 +733,13 @@ __all__ = [
     "Report",
     "Row",
     "Settings",
+    "Timed",
     "bench_prompts",
     "interleaved",
     "main",
     "peak_rss",
     "plain_copy",
     "random_llama_1b",
+    "round_spread",
     "run",
 ]
