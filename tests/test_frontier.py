@@ -234,8 +234,11 @@ def test_frontier_study_writes_table_figure_and_choice(writer, tmp_path):
     folder = tmp_path / "frontier"
     assert {p.suffix for p in result.figures} == {".png", ".svg"} and all(p.exists() for p in result.figures)
     validation = pd.read_csv(folder / "sweep_validation.csv")
-    assert set(validation["stage"]) == {"baseline", "coarse", "refine"}
-    assert len(validation) == 2 + 27 + len(set(validation.loc[validation["stage"] == "refine", "recipe"]))
+    assert set(validation["stage"]) == {"baseline", "coarse", "refine", "refine2"}
+    effects = pd.read_csv(folder / "sweep_refinements.csv")
+    assert set(effects["seed"]) <= set(validation.loc[validation["stage"] != "baseline", "recipe"])
+    assert "linear decay" in set(effects["change"])
+    assert len(validation) == len(set(validation["recipe"])) > 2 + 27
     chosen = study.json.loads((folder / "chosen.json").read_text())[0]
     assert Recipe.from_json(chosen["recipe"]).name == table.loc[2, "recipe"]
     steered = validation[validation["steered"] & (validation["prompt"] == "plain")]
@@ -254,7 +257,7 @@ def test_full_grid_covers_every_method():
     assert len({r.name for r in grid}) == len(grid) == 27
     band = next(r for r in grid if r.span(30) == "band")
     vector = SteeringVector.from_activations(torch.randn(6, 30, 8), torch.randn(6, 30, 8))
-    variants = study.refinements(band, 40, vector)
+    variants = list(study.refinements(band, 40, vector).values())
     assert {r.positions for r in variants} == {"all", "prompt", "response", "generated"}
     assert {r.mode for r in variants} == {"add", "set_projection"}
     assert any(r.decay_tokens == 20 for r in variants) and any(r.norm_preserving for r in variants)

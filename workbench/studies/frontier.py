@@ -5,8 +5,8 @@ Per behaviour (:data:`workbench.frontier.BEHAVIOURS`), on the validation split:
 1. a coarse grid: every vector source (last prompt token, mean over prompt tokens, mean over the response
    tokens of contrastive completions) × one layer / a band of layers / all layers × three per-layer
    strengths (``add`` in residual-norm units, every position);
-2. refinements of the :data:`TOP_K` coarse recipes with the best clean rate (ties: the higher target
-   rate, which leaves the most for a refinement to turn clean): positions (``prompt``,
+2. :data:`ROUNDS` rounds of refinements of the :data:`TOP_K` recipes so far with the best clean rate
+   (ties: the higher target rate, which leaves the most for a refinement to turn clean): positions (``prompt``,
    ``response``, ``generated``), a strength decaying linearly to zero, the norm-preserving variant,
    ``set_projection`` at the same layers, half and 1.5 times the strength, and the strength in
    ``diff_norm`` units (same mean added norm, another profile over the layers).
@@ -69,8 +69,8 @@ QUICK_CAPS = {"n_train": 8, "n_validation": 6, "n_test": 6, "max_new_tokens": 16
 STRENGTHS = {"one layer": (0.15, 0.3, 0.6), "band": (0.03, 0.06, 0.12), "all layers": (0.008, 0.016, 0.032)}
 #: Depth fractions of the single layer and of the band's first and last layers.
 ONE_LAYER, BAND = 0.3, (0.2, 0.45)
-#: Coarse recipes that seed the refinements.
-TOP_K = 2
+#: Recipes that seed each round of refinements, and how many rounds.
+TOP_K, ROUNDS = 2, 2
 #: Test settings, in table order.
 SETTINGS = ("unsteered", "instruction in prompt", "Italian prompt", "steering", "steering + instruction")
 
@@ -106,17 +106,22 @@ def coarse_grid(n_layers: int, sources: Sequence[str] = SOURCES, *, quick: bool 
     ]
 
 
-def refinements(recipe: Recipe, max_new_tokens: int, vector: SteeringVector) -> list[Recipe]:
-    """Variants of one ``add`` recipe: positions, a linear decay, norm preservation, set_projection,
-    half and 1.5 times the strength, and ``diff_norm`` units with the same mean added norm over its layers."""
+def refinements(recipe: Recipe, max_new_tokens: int, vector: SteeringVector) -> dict[str, Recipe]:
+    """Variants of one ``add`` recipe, by what changed: positions, a linear decay, norm preservation,
+    set_projection, half and 1.5 times the strength, and ``diff_norm`` units with the same mean added
+    norm over its layers (another profile over the layers)."""
     stats = [vector.stats[b] for b in recipe.layers]
     per_diff = sum(s.resid_norm or 0.0 for s in stats) / sum(s.diff_norm for s in stats)
-    vary: list[dict[str, object]] = [{"positions": p} for p in ("prompt", "response", "generated")]
-    vary += [{"decay_tokens": max_new_tokens // 2}, {"norm_preserving": True}]
-    vary += [{"mode": "set_projection", "strength": 1.0}]
-    vary += [{"strength": round(recipe.strength * f, 6)} for f in (0.5, 1.5)]
-    vary += [{"scale": "diff_norm", "strength": round(recipe.strength * per_diff, 3)}]
-    return [dataclasses.replace(recipe, **change) for change in vary]  # type: ignore[arg-type]
+    vary: dict[str, dict[str, object]] = {
+        f"positions={p}": {"positions": p} for p in ("prompt", "response", "generated")
+    }
+    if recipe.positions != "prompt":  # a schedule over generated tokens does nothing to the prompt
+        vary["linear decay"] = {"decay_tokens": max_new_tokens // 2}
+    vary["norm-preserving"] = {"norm_preserving": True}
+    vary["set_projection"] = {"mode": "set_projection", "strength": 1.0}
+    vary |= {f"strength x{f:g}": {"strength": round(recipe.strength * f, 6)} for f in (0.5, 1.5)}
+    vary["diff_norm units"] = {"scale": "diff_norm", "strength": round(recipe.strength * per_diff, 3)}
+    return {label: dataclasses.replace(recipe, **change) for label, change in vary.items()}  # type: ignore[arg-type]
 
 
 @dataclasses.dataclass
@@ -186,22 +191,26 @@ def search(
     summary = stage("coarse", first).assign(
         stage=lambda f: f["steered"].map({True: "coarse", False: "baseline"})
     )
-    if not quick:
-        seen = set(summary["recipe"])
-        lookup = {r.name: r for r in first}
+    recipes = {r.name: r for r in first}
+    used: set[str] = set()
+    for round_no in range(1, 1 if quick else ROUNDS + 1):
         ranked = rank(summary).sort_values(["clean_rate", "target_rate"], ascending=False, kind="stable")
-        seeds = [lookup[name] for name in ranked["recipe"].head(TOP_K)]
-        extra = [
-            r
-            for seed in seeds
-            for r in refinements(seed, behaviour.max_new_tokens, vectors[seed.source])
-            if r.name not in seen
-        ]
-        extra = list({r.name: r for r in extra}.values())
-        summary = pd.concat([summary, stage("refine", extra).assign(stage="refine")], ignore_index=True)
-        first += extra
-    picked = choose(summary)["recipe"]
-    return vectors, summary, next(r for r in first if r.name == picked), notes
+        seeds = [recipes[name] for name in ranked["recipe"] if name not in used][:TOP_K]
+        used |= {seed.name for seed in seeds}
+        extra: dict[str, tuple[str, str, Recipe]] = {}  # name -> (seed, change, recipe)
+        for seed in seeds:
+            for change, r in refinements(seed, behaviour.max_new_tokens, vectors[seed.source]).items():
+                if r.name not in recipes and r.name not in extra:
+                    extra[r.name] = (seed.name, change, r)
+        if not extra:
+            break
+        name = "refine" if round_no == 1 else f"refine{round_no}"
+        refined = stage(name, [r for _, _, r in extra.values()]).assign(
+            stage=name, seed=[s for s, _, _ in extra.values()], change=[c for _, c, _ in extra.values()]
+        )
+        summary = pd.concat([summary, refined], ignore_index=True)
+        recipes |= {r.name: r for _, _, r in extra.values()}
+    return vectors, summary, recipes[choose(summary)["recipe"]], notes
 
 
 def _vectors(
@@ -285,7 +294,7 @@ def _methods(result: BehaviourResult) -> pd.DataFrame:
     """Best validation clean and target rates by each method knob (steering alone)."""
     alone = result.validation[result.validation["steered"] & (result.validation["prompt"] == "plain")]
     frames = []
-    for knob in ("source", "span", "mode", "positions", "decay_tokens", "norm_preserving"):
+    for knob in ("source", "span", "mode", "positions", "decay_tokens", "norm_preserving", "scale"):
         best = alone.groupby(knob)[["clean_rate", "target_rate"]].max().reset_index()
         frames.append(
             best.rename(columns={knob: "value"}).assign(knob=knob, value=lambda f: f["value"].astype(str))
@@ -294,6 +303,18 @@ def _methods(result: BehaviourResult) -> pd.DataFrame:
     methods.insert(0, "behaviour", result.behaviour.name)
     methods.insert(0, "model", result.model)
     return methods
+
+
+def _refinement_effects(result: BehaviourResult) -> pd.DataFrame:
+    """Each refinement against the coarse recipe it varies: change in clean, target and degeneration rates."""
+    summary = result.validation.set_index("recipe")
+    refined = result.validation[result.validation["stage"].str.startswith("refine")]
+    columns = ["clean_rate", "target_rate", "degeneration"]
+    seeds = summary.loc[refined["seed"], columns].to_numpy()
+    effects = refined[["recipe", "seed", "change"]].assign(
+        **{f"delta_{c}": refined[c].to_numpy() - seeds[:, j] for j, c in enumerate(columns)}
+    )
+    return effects.assign(model=result.model, behaviour=result.behaviour.name)
 
 
 def _notes(result: BehaviourResult) -> list[str]:
@@ -336,6 +357,7 @@ def frontier_study(
     at :data:`QUICK_CAPS` and without the base model. Table columns: ``model, behaviour,
     setting, recipe, target_rate, clean_rate, degeneration, perplexity, ifeval_rate, n`` (test split).
     The folder also holds ``sweep_validation.csv`` (every recipe), ``methods.csv`` (best rates per knob),
+    ``sweep_refinements.csv`` (each refinement against its seed),
     ``chosen.json`` and one ``frontier_<model>_<behaviour>`` figure per behaviour.
     """
     quick = scale.n_validation <= Scale.quick().n_validation if quick is None else quick
@@ -370,6 +392,9 @@ def frontier_study(
         out / "sweep_validation.csv", index=False
     )
     pd.concat([_methods(r) for r in results]).to_csv(out / "methods.csv", index=False)
+    effects = [_refinement_effects(r) for r in results if "seed" in r.validation]
+    if effects:
+        pd.concat(effects).to_csv(out / "sweep_refinements.csv", index=False)
     chosen = [
         {"model": r.model, "behaviour": r.behaviour.name, "recipe": r.chosen.to_json()} for r in results
     ]
