@@ -365,3 +365,13 @@ def test_unreachable_hub_says_what_to_do(monkeypatch):
     _fake_hub(monkeypatch, load_dataset)
     with pytest.raises(DataError, match="download it first or pass the path of a local JSONL file"):
         datasets.load_multiple_choice("allenai/ai2_arc:ARC-Easy", split="validation")
+
+
+def test_head_keeps_the_first_items_and_the_set_identity():
+    from workbench.datasets import load
+
+    data = load("italian", "validation", variant="it")
+    head = data.head(3)
+    assert head.items == data.items[:3]
+    assert (head.name, head.split, head.variant) == (data.name, data.split, "it")
+    assert head.hash != data.hash and data.head(None) == data

@@ -424,7 +424,7 @@ def sweep_command(
     import time
 
     from workbench.activations import collect
-    from workbench.datasets import ContrastiveSet, load
+    from workbench.datasets import load
     from workbench.errors import InvalidArgumentError
     from workbench.models import load_model
     from workbench.plots import plot_sweep_heatmaps, save_figure
@@ -449,15 +449,13 @@ def sweep_command(
         loaded.layer_check(block)
     timings: dict[str, float] = {"load_model": loaded.load_seconds}
     tick = time.perf_counter()
-    train = ContrastiveSet(train.name, train.split, train.items[:n_train], train.variant)
+    train = train.head(n_train)
     pos = collect(loaded, train.positive, layers=blocks, progress=True)
     neg = collect(loaded, train.negative, layers=blocks, progress=True)
     vector = SteeringVector.from_activations(pos, neg, dataset=train.name, dataset_hash=train.hash)
     timings["vector"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    prompts = ContrastiveSet(
-        validation.name, validation.split, validation.items[:n_validation], validation.variant
-    )
+    prompts = validation.head(n_validation)
     rows = sweep(
         loaded,
         vector,

@@ -78,6 +78,10 @@ class ContrastiveSet:
     def __len__(self) -> int:
         return len(self.items)
 
+    def head(self, n: int | None) -> ContrastiveSet:
+        """The same set with only its first ``n`` items (all of them for None)."""
+        return dataclasses.replace(self, items=self.items[:n])
+
     @property
     def positive(self) -> list[str]:
         """The prompts that carry the behaviour (instruction appended, or the Italian query)."""

@@ -187,8 +187,7 @@ class Behaviour:
 
     def items(self, split: str, n: int | None = None, *, variant: str | None = None) -> ContrastiveSet:
         """The first ``n`` items of ``split`` (positive prompts of ``variant``, default :attr:`variant`)."""
-        data = load(self.dataset, split, variant=variant or self.variant)
-        return ContrastiveSet(data.name, data.split, data.items[:n], variant=data.variant)
+        return load(self.dataset, split, variant=variant or self.variant).head(n)
 
     def prompts(self, split: str, n: int | None, kind: str) -> list[str]:
         """The prompts of one :data:`PROMPTS` kind, in item order."""

@@ -223,9 +223,7 @@ def find_layers(
     cheap = _cheap_signals(probes, projection)
     swept = tuple(sorted(rank_layers(cheap)[:top_k])) if top_k is not None else layers
     configs = grid(swept, mode=mode, coefs=coefs)
-    prompts = ContrastiveSet(
-        validation.name, validation.split, validation.items[:n_validation], validation.variant
-    )
+    prompts = validation.head(n_validation)
     results = sweep(
         model,
         vector,

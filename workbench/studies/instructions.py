@@ -36,7 +36,7 @@ import torch
 from matplotlib.figure import Figure
 
 from workbench.activations import collect
-from workbench.datasets import ContrastiveSet, Item, load
+from workbench.datasets import Item, load
 from workbench.datasets import names as dataset_names
 from workbench.errors import InvalidArgumentError
 from workbench.evaluation import evaluate
@@ -80,10 +80,6 @@ JSON_TOKENS = 96
 # ---- shared steps -------------------------------------------------------------------------------------
 
 
-def _subset(data: ContrastiveSet, n: int) -> ContrastiveSet:
-    return ContrastiveSet(data.name, data.split, data.items[:n], variant=data.variant)
-
-
 def candidate_layers(model: Model, scale: Scale) -> list[int]:
     """``scale.layers``, or every ``n_layers // 8``-th block from the first such block to the last but one."""
     if scale.layers is not None:
@@ -103,7 +99,7 @@ def _budget(name: str, scale: Scale, json_tokens: int | None = None) -> int:
 
 def build_vector(model: Model, name: str, scale: Scale) -> SteeringVector:
     """Diff-in-means at the last prompt token, every layer, from the first ``scale.n_train`` train pairs."""
-    train = _subset(load(name, "train"), scale.n_train)
+    train = load(name, "train").head(scale.n_train)
     pos = collect(model, train.positive, batch_size=scale.batch_size)
     neg = collect(model, train.negative, batch_size=scale.batch_size)
     return SteeringVector.from_activations(pos, neg, dataset=name, dataset_hash=train.hash)
@@ -183,7 +179,7 @@ def select(
     rows = sweep(
         model,
         vector,
-        _subset(load(name, "validation"), scale.n_validation),
+        load(name, "validation").head(scale.n_validation),
         configs,
         scale="diff_norm",
         max_new_tokens=tokens,
@@ -348,7 +344,7 @@ def format_study(
     for name in names:
         iv = chosen[name].intervention
         tokens = _budget(name, scale, json_tokens)
-        for item in _subset(load(name, "test"), scale.n_test).items:
+        for item in load(name, "test").head(scale.n_test).items:
             for setting in SETTINGS:
                 steered = setting.endswith("+steering") and iv is not None
                 jobs.append(
@@ -436,7 +432,7 @@ def length_study(
     layer = picked.layer
     verbose_vector = build_vector(model, verbose, scale)
     vectors = {concise: picked.vector, verbose: verbose_vector}
-    queries = _subset(load(concise, "test"), scale.n_test).items
+    queries = load(concise, "test").head(scale.n_test).items
     jobs = []
     for label, vector in vectors.items():
         for c in coefs:
@@ -446,7 +442,7 @@ def length_study(
                     _Job({"part": "curve", "vector": label, "coef": float(c)}, item, item.query, ivs, tokens)
                 )
     steering = picked.or_add(max((c for c in coefs if c > 0), default=2.0))
-    for item in _subset(load(at_most, "test"), scale.n_test).items:
+    for item in load(at_most, "test").head(scale.n_test).items:
         for setting, prompt, ivs in (
             ("no instruction", item.query, ()),
             ("no instruction + concise steering", item.query, (steering,)),
@@ -563,8 +559,8 @@ def composition_study(
     layer = f_iv.layer
     summed = f_sel.vector.select(layer) * f_sel.add_coef + l_sel.vector.select(layer) * l_sel.add_coef
     sum_iv = Intervention(summed, layer, "add", 1.0, scale="diff_norm")
-    f_items = _subset(load(format_name, "test"), scale.n_test).items
-    l_items = _subset(load(length_name, "test"), scale.n_test).items
+    f_items = load(format_name, "test").head(scale.n_test).items
+    l_items = load(length_name, "test").head(scale.n_test).items
     settings: list[tuple[str, bool, tuple[Intervention, ...]]] = [
         ("no instruction", False, ()),
         ("both instructions in the prompt", True, ()),
@@ -667,7 +663,7 @@ def ablation_study(
             settings.append(("random_layer", s, True, (Intervention(rnd, layer, "ablate"),)))
             settings.append(("random_all", s, True, tuple(Intervention(rnd, b, "ablate") for b in every)))
         tokens = _budget(name, scale)
-        for item in _subset(load(name, "test"), scale.n_test).items:
+        for item in load(name, "test").head(scale.n_test).items:
             for setting, seed, instructed, ivs in settings:
                 labels = {"instruction": name, "layer": layer, "setting": setting, "seed": seed}
                 jobs.append(_Job(labels, item, item.prompt if instructed else item.query, ivs, tokens))

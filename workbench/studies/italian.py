@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.activations import collect
-from workbench.datasets import ContrastiveSet, load, load_multiple_choice
+from workbench.datasets import load, load_multiple_choice
 from workbench.errors import ModelLoadError
 from workbench.evaluation import code_switching_rate, detect_language, is_degenerate, sentence_share
 from workbench.evaluation.fluency import MAX_PERPLEXITY
@@ -39,10 +39,6 @@ from workbench.vectors import SteeringVector
 VARIANTS = ("it", "en_answer_it")
 
 
-def _subset(data: ContrastiveSet, n: int) -> ContrastiveSet:
-    return ContrastiveSet(data.name, data.split, data.items[:n], variant=data.variant)
-
-
 def _candidate_layers(model: Model, scale: Scale) -> list[int]:
     if scale.layers is not None:
         return list(scale.layers)
@@ -52,7 +48,7 @@ def _candidate_layers(model: Model, scale: Scale) -> list[int]:
 
 def build_vector(model: Model, variant: str, n: int) -> SteeringVector:
     """English → Italian direction at every layer from ``n`` train pairs of one prompt variant."""
-    train = _subset(load("italian", "train", variant=variant), n)
+    train = load("italian", "train", variant=variant).head(n)
     pos = collect(model, train.positive)
     neg = collect(model, train.negative)
     return SteeringVector.from_activations(pos, neg, dataset=f"italian:{variant}", dataset_hash=train.hash)
@@ -62,7 +58,7 @@ def choose_config(
     model: Model, vector: SteeringVector, scale: Scale, out_dir: Path
 ) -> tuple[Intervention | None, pd.DataFrame]:
     """Sweep layers (set_projection, and add at 2 and 4 diff-norms) on validation English prompts."""
-    validation = _subset(load("italian", "validation", variant="it"), scale.n_validation)
+    validation = load("italian", "validation", variant="it").head(scale.n_validation)
     configs = [Config()]
     for layer in _candidate_layers(model, scale):
         configs += [Config(layer, "set_projection"), Config(layer, "add", 2.0), Config(layer, "add", 4.0)]
@@ -177,7 +173,7 @@ def italian_study(
                 else f"{iv.mode} at layer {iv.layer}, coef {iv.coef}"
             )
         )
-    test = {variant: _subset(load("italian", "test", variant=variant), scale.n_test) for variant in VARIANTS}
+    test = {variant: load("italian", "test", variant=variant).head(scale.n_test) for variant in VARIANTS}
     english, italian, asked = test["it"].negative, test["it"].positive, test["en_answer_it"].positive
     settings: list[tuple[str, list[str], list[Intervention]]] = [
         ("English prompt", english, []),
