@@ -25,6 +25,7 @@ from torch import Tensor
 
 from workbench.batching import format_prompts
 from workbench.errors import InvalidArgumentError, ShapeMismatchError
+from workbench.fastpath import direct_forward
 from workbench.models import Model
 from workbench.steering import Intervention, steer_rows, tracking
 
@@ -115,6 +116,7 @@ def _forward(
         tracker = stack.enter_context(tracking(model))
         stack.enter_context(tracker.declared(width - lengths))
         stack.enter_context(steer_rows(model, [interventions]))
+        stack.enter_context(direct_forward(model))  # hooks first: the fast path plans on entry
         logits = model.hf_model(
             input_ids=input_ids,
             attention_mask=mask,
