@@ -234,18 +234,22 @@ def test_frontier_study_writes_table_figure_and_choice(writer, tmp_path):
     folder = tmp_path / "frontier"
     assert {p.suffix for p in result.figures} == {".png", ".svg"} and all(p.exists() for p in result.figures)
     validation = pd.read_csv(folder / "sweep_validation.csv")
-    assert set(validation["stage"]) == {"baseline", "coarse", "refine", "refine2"}
+    assert set(validation["stage"]) == {"baseline", "coarse", "refine", "refine2", "confirm"}
+    confirm = validation[validation["stage"] == "confirm"]
+    assert (confirm["n"] == study.CONFIRM * 3).all() and len(confirm) == 1 + study.CONFIRM_K
+    validation = validation[validation["stage"] != "confirm"]
+    assert set(confirm["recipe"]) <= set(validation["recipe"])
     effects = pd.read_csv(folder / "sweep_refinements.csv")
     assert set(effects["seed"]) <= set(validation.loc[validation["stage"] != "baseline", "recipe"])
     assert "linear decay" in set(effects["change"])
     assert len(validation) == len(set(validation["recipe"])) > 2 + 27
     chosen = study.json.loads((folder / "chosen.json").read_text())[0]
     assert Recipe.from_json(chosen["recipe"]).name == table.loc[2, "recipe"]
-    steered = validation[validation["steered"] & (validation["prompt"] == "plain")]
-    assert (
-        validation.set_index("recipe").loc[table.loc[2, "recipe"], "clean_rate"]
-        == steered["clean_rate"].max()
-    )
+    # the finalists are the best of the sweep; the choice is the best of them on the larger set
+    finalists = confirm[confirm["steered"]]
+    assert set(finalists["recipe"]) == set(study.rank(validation)["recipe"][: study.CONFIRM_K])
+    chosen_row = finalists.set_index("recipe").loc[table.loc[2, "recipe"]]
+    assert chosen_row["clean_rate"] == finalists["clean_rate"].max()
 
 
 def test_full_grid_covers_every_method():

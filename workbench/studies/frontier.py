@@ -11,8 +11,12 @@ Per behaviour (:data:`workbench.frontier.BEHAVIOURS`), on the validation split:
    ``set_projection`` at the same layers, half and 1.5 times the strength, and the strength in
    ``diff_norm`` units (same mean added norm, another profile over the layers).
 
-The recipe with the best clean rate (on target and not degenerate) is chosen
-(:func:`workbench.frontier.choose`); the test split then compares unsteered, the instruction in the prompt
+3. a confirmation round: the :data:`CONFIRM_K` best recipes so far (:func:`workbench.frontier.rank`) and
+   the unsteered baseline run again on :data:`CONFIRM` times as many validation prompts (ten prompts
+   measure a rate only to about ±0.15, and a grid of ~70 recipes picks its luckiest).
+
+The confirmed recipe with the best clean rate (on target and not degenerate) is chosen
+(:func:`workbench.frontier.choose` on the confirmation round); the test split then compares unsteered, the instruction in the prompt
 (for Italian also the fully Italian prompt), the chosen recipe, and the chosen recipe with the instruction.
 The frontier figure plots every validation recipe. A full-scale run also steers Italian on the
 multilingual Gemma 3 270M base model, when it is installed. Validation and test rows are cached in the
@@ -52,6 +56,7 @@ from workbench.studies.common import Scale, StudyResult
 from workbench.vectors import SteeringVector
 
 __all__ = [
+    "FULL_SCALE",
     "QUICK_BEHAVIOURS",
     "BehaviourResult",
     "baselines",
@@ -62,6 +67,10 @@ __all__ = [
     "spans",
 ]
 
+#: The full-scale run (the report's and analyses/quality_frontier.py's): 48 train pairs, 10 validation and
+#: 20 test prompts, each behaviour's own token budget (at most 64). About 70 recipes per behaviour make
+#: this study the report's largest, so it runs on fewer prompts than :meth:`Scale.full`.
+FULL_SCALE = Scale(n_train=48, n_validation=10, n_test=20, max_new_tokens=64, layers=None, batch_size=60)
 #: Behaviours of a quick (CI-sized) run, and the most it runs of each size (a smoke run, not a result).
 QUICK_BEHAVIOURS = ("italian",)
 QUICK_CAPS = {"n_train": 8, "n_validation": 6, "n_test": 6, "max_new_tokens": 16}
@@ -71,6 +80,8 @@ STRENGTHS = {"one layer": (0.15, 0.3, 0.6), "band": (0.03, 0.06, 0.12), "all lay
 ONE_LAYER, BAND = 0.3, (0.2, 0.45)
 #: Recipes that seed each round of refinements, and how many rounds.
 TOP_K, ROUNDS = 2, 2
+#: Finalists of the confirmation round, and how many times the validation prompts they run on.
+CONFIRM_K, CONFIRM = 4, 3
 #: Test settings, in table order.
 SETTINGS = ("unsteered", "instruction in prompt", "Italian prompt", "steering", "steering + instruction")
 
@@ -136,6 +147,16 @@ class BehaviourResult:
     test_rows: pd.DataFrame
     notes: list[str]
 
+    @property
+    def sweep(self) -> pd.DataFrame:
+        """The validation summary without the confirmation round: one row per recipe, all on the same prompts."""
+        return self.validation[self.validation["stage"] != "confirm"]
+
+    @property
+    def confirmed(self) -> pd.DataFrame:
+        """The confirmation round's rows (the unsteered baseline and the finalists); empty in a quick run."""
+        return self.validation[self.validation["stage"] == "confirm"]
+
 
 def _budgeted(behaviour: Behaviour, scale: Scale) -> Behaviour:
     return dataclasses.replace(behaviour, max_new_tokens=min(behaviour.max_new_tokens, scale.max_new_tokens))
@@ -161,16 +182,18 @@ def search(
     quick: bool = False,
     progress: bool = False,
 ) -> tuple[dict[str, SteeringVector], pd.DataFrame, Recipe, list[str]]:
-    """Build the vectors, run the coarse grid and the refinements on validation; choose by clean rate.
+    """Build the vectors, run the coarse grid, the refinements and the confirmation round on validation;
+    choose by clean rate in the confirmation round.
 
-    Returns the vectors, the validation summary (column ``stage``: baseline, coarse, refine), the
+    Returns the vectors, the validation summary (column ``stage``: baseline, coarse, refine, refine2,
+    and one row per finalist with stage ``confirm``, whose rates are on the larger validation set), the
     chosen recipe and notes on how the vectors were built.
     """
     vectors, notes = _vectors(model, behaviour, scale, progress)
     stem = f"{model.name}_{behaviour.name}"
 
-    def stage(name: str, recipes: list[Recipe]) -> pd.DataFrame:
-        key = _key(model, behaviour, scale, "validation", recipes)
+    def stage(name: str, recipes: list[Recipe], n: int = scale.n_validation) -> pd.DataFrame:
+        key = _key(model, behaviour, dataclasses.replace(scale, n_validation=n), "validation", recipes)
         rows = cached_rows(
             out / f"rows_{stem}_{name}.parquet",
             key,
@@ -180,7 +203,7 @@ def search(
                 vectors,
                 recipes,
                 "validation",
-                scale.n_validation,
+                n,
                 batch_size=scale.batch_size,
                 progress=progress,
             ),
@@ -210,7 +233,12 @@ def search(
         )
         summary = pd.concat([summary, refined], ignore_index=True)
         recipes |= {r.name: r for _, _, r in extra.values()}
-    return vectors, summary, recipes[choose(summary)["recipe"]], notes
+    if quick:
+        return vectors, summary, recipes[choose(summary)["recipe"]], notes
+    finalists = [recipes[name] for name in rank(summary)["recipe"][:CONFIRM_K]]
+    confirmed = stage("confirm", [Recipe(), *finalists], CONFIRM * scale.n_validation)
+    summary = pd.concat([summary, confirmed.assign(stage="confirm")], ignore_index=True)
+    return vectors, summary, recipes[choose(confirmed)["recipe"]], notes
 
 
 def _vectors(
@@ -292,7 +320,7 @@ def _table(result: BehaviourResult) -> pd.DataFrame:
 
 def _methods(result: BehaviourResult) -> pd.DataFrame:
     """Best validation clean and target rates by each method knob (steering alone)."""
-    alone = result.validation[result.validation["steered"] & (result.validation["prompt"] == "plain")]
+    alone = result.sweep[result.sweep["steered"] & (result.sweep["prompt"] == "plain")]
     frames = []
     for knob in ("source", "span", "mode", "positions", "decay_tokens", "norm_preserving", "scale"):
         best = alone.groupby(knob)[["clean_rate", "target_rate"]].max().reset_index()
@@ -307,8 +335,8 @@ def _methods(result: BehaviourResult) -> pd.DataFrame:
 
 def _refinement_effects(result: BehaviourResult) -> pd.DataFrame:
     """Each refinement against the coarse recipe it varies: change in clean, target and degeneration rates."""
-    summary = result.validation.set_index("recipe")
-    refined = result.validation[result.validation["stage"].str.startswith("refine")]
+    summary = result.sweep.set_index("recipe")
+    refined = result.sweep[result.sweep["stage"].str.startswith("refine")]
     columns = ["clean_rate", "target_rate", "degeneration"]
     seeds = summary.loc[refined["seed"], columns].to_numpy()
     effects = refined[["recipe", "seed", "change"]].assign(
@@ -319,7 +347,8 @@ def _refinement_effects(result: BehaviourResult) -> pd.DataFrame:
 
 def _notes(result: BehaviourResult) -> list[str]:
     table = _table(result).set_index("setting")
-    v = result.validation.set_index("recipe").loc[result.chosen.name]
+    rounds = result.confirmed if len(result.confirmed) else result.sweep
+    v = rounds.set_index("recipe").loc[result.chosen.name]
     steered, instructed = (
         table.loc["steering", "clean_rate"],
         table.loc["instruction in prompt", "clean_rate"],
@@ -327,7 +356,8 @@ def _notes(result: BehaviourResult) -> list[str]:
     verdict = "meets" if steered >= instructed else "misses"
     return [
         *result.notes,
-        f"{result.model} / {result.behaviour.name}: chosen `{result.chosen.name}` (validation clean "
+        f"{result.model} / {result.behaviour.name}: chosen `{result.chosen.name}` ({v['n']} validation "
+        f"prompts: clean "
         f"{v['clean_rate']:.2f}, target {v['target_rate']:.2f}, degeneration {v['degeneration']:.2f}); "
         f"test clean {steered:.2f} vs {instructed:.2f} with the instruction in the prompt ({verdict} the goal)",
     ]
@@ -384,7 +414,7 @@ def frontier_study(
             f"{r.behaviour.name} on {r.model}: validation recipes ({r.behaviour.max_new_tokens} new tokens)"
         )
         figures += save_figure(
-            plot_frontier(r.validation, title, r.chosen.name), out / f"frontier_{r.model}_{r.behaviour.name}"
+            plot_frontier(r.sweep, title, r.chosen.name), out / f"frontier_{r.model}_{r.behaviour.name}"
         )
         notes += _notes(r)
     table = pd.concat([_table(r) for r in results], ignore_index=True)

@@ -312,10 +312,11 @@ def _base_model(model: Model | None, scale: Scale, out: Path, progress: bool) ->
 
 
 def _frontier(model: Model | None, scale: Scale, out: Path, progress: bool) -> StudyResult | str:
-    from workbench.studies.frontier import frontier_study
+    from workbench.studies.frontier import FULL_SCALE, frontier_study
 
     assert model is not None
-    return frontier_study(model, scale, out, progress=progress)
+    quick = scale.n_validation <= Scale.quick().n_validation
+    return frontier_study(model, scale if quick else FULL_SCALE, out, quick=quick, progress=progress)
 
 
 RUNNERS: dict[str, Runner] = {

@@ -1,0 +1,62 @@
+"""Reproduce the quality frontier (issue #9): every behaviour on SmolLM2, Italian on Gemma 3 270M.
+
+    .venv/bin/python analyses/quality_frontier.py --out runs/quality_frontier
+    .venv/bin/python analyses/quality_frontier.py --behaviours italian json --no-base-model   # a part
+    .venv/bin/python analyses/quality_frontier.py --model gemma3-270m --behaviours italian --no-base-model
+
+Writes ``<out>/frontier/`` (table, rows, sweep_validation.csv, methods.csv, chosen.json, one frontier figure
+per behaviour as PNG + SVG) and ``<out>/frontier/timings.json``, and prints the test table. Validation
+and test rows are cached in that folder, so a rerun (or a run with more behaviours) resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from workbench.frontier import BEHAVIOURS
+from workbench.models import load_model
+from workbench.studies.frontier import FULL_SCALE, frontier_study
+from workbench.studies.report import markdown_table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/quality_frontier"))
+    parser.add_argument("--behaviours", nargs="+", default=list(BEHAVIOURS), choices=list(BEHAVIOURS))
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="Model spec of the main model.")
+    parser.add_argument("--no-base-model", action="store_true", help="Skip Italian on Gemma 3 270M.")
+    parser.add_argument("--threads", type=int, default=None, help="Torch CPU threads.")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tick = time.perf_counter()
+    model = load_model(args.model)
+    result = frontier_study(
+        model,
+        FULL_SCALE,
+        args.out,
+        behaviours=args.behaviours,
+        base_model=not args.no_base_model,
+        progress=True,
+    )
+    seconds = time.perf_counter() - tick
+    folder = result.write(args.out)
+    timing = {
+        "seconds": round(seconds, 1),
+        "model": args.model,
+        "behaviours": args.behaviours,
+        "base_model": not args.no_base_model,
+    }
+    (folder / "timings.json").write_text(json.dumps(timing, indent=1) + "\n")
+    print(markdown_table(result.table))
+    print("\n".join(result.notes))
+    print(f"{seconds:.0f} s; outputs in {folder}")
+
+
+if __name__ == "__main__":
+    main()
