@@ -11,7 +11,8 @@ Per behaviour (:data:`workbench.frontier.BEHAVIOURS`), on the validation split:
    ``set_projection`` at the same layers, half and 1.5 times the strength, and the strength in
    ``diff_norm`` units (same mean added norm, another profile over the layers).
 
-3. a confirmation round: the :data:`CONFIRM_K` best recipes so far (:func:`workbench.frontier.rank`) and
+3. a confirmation round: the :data:`CONFIRM_K` best recipes so far (:func:`workbench.frontier.rank`;
+   recipes that wrote the same validation answers count once) and
    the unsteered baseline run again on :data:`CONFIRM` times as many validation prompts (ten prompts
    measure a rate only to about ±0.15, and a grid of ~70 recipes picks its luckiest).
 
@@ -192,6 +193,8 @@ def search(
     vectors, notes = _vectors(model, behaviour, scale, progress)
     stem = f"{model.name}_{behaviour.name}"
 
+    answers: dict[str, tuple[str, ...]] = {}  # recipe -> its validation answers, to spot equivalent recipes
+
     def stage(name: str, recipes: list[Recipe], n: int = scale.n_validation) -> pd.DataFrame:
         key = _key(model, behaviour, dataclasses.replace(scale, n_validation=n), "validation", recipes)
         rows = cached_rows(
@@ -208,6 +211,8 @@ def search(
                 progress=progress,
             ),
         )
+        for recipe, group in rows.groupby("recipe", sort=False):
+            answers.setdefault(str(recipe), tuple(group.sort_values("id")["response"]))
         return summarize(score(behaviour, rows), recipes, model.n_layers)
 
     first = baselines(behaviour) + coarse_grid(model.n_layers, tuple(vectors), quick=quick)
@@ -235,7 +240,12 @@ def search(
         recipes |= {r.name: r for _, _, r in extra.values()}
     if quick:
         return vectors, summary, recipes[choose(summary)["recipe"]], notes
-    finalists = [recipes[name] for name in rank(summary)["recipe"][:CONFIRM_K]]
+    # Recipes that wrote the same answers are one finalist (e.g. a decay on prompt-only steering, which
+    # never reaches a generated token): keep the first of each.
+    first_of: dict[tuple[str, ...], str] = {}
+    for name in rank(summary)["recipe"]:
+        first_of.setdefault(answers[name], name)
+    finalists = [recipes[name] for name in list(first_of.values())[:CONFIRM_K]]
     confirmed = stage("confirm", [Recipe(), *finalists], CONFIRM * scale.n_validation)
     summary = pd.concat([summary, confirmed.assign(stage="confirm")], ignore_index=True)
     return vectors, summary, recipes[choose(confirmed)["recipe"]], notes
