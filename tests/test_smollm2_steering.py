@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from workbench import presets
 from workbench.activations import collect
 from workbench.datasets import load
-from workbench.frontier import BEHAVIOURS, Recipe, build_vectors, is_json_answer
+from workbench.frontier import BEHAVIOURS, is_json_answer
 from workbench.generation import generate
 from workbench.steering import Intervention, steer
 from workbench.vectors import SteeringVector
@@ -44,13 +45,17 @@ def test_set_projection_and_ablate_on_smollm2(smol, json_vector):
     assert (after @ u).abs().max() > 1e-2
 
 
-def test_json_vector_without_the_instruction_makes_answers_json(smol):
-    """The JSON direction (mean over prompt tokens, 48 train pairs) added at layer 9 over the prompt only,
-    at 0.6 of that layer's mean residual norm (the frontier study's pick), on 20 held-out test prompts
-    without the instruction, 48 new tokens, greedy; answers parse as JSON by :func:`is_json_answer`."""
+def test_json_preset_without_the_instruction_makes_answers_json(smol, tmp_path, monkeypatch):
+    """The ``json`` preset: the JSON-instruction direction (diff-in-means of the mean over prompt tokens,
+    48 train pairs with vs without the instruction) added at layer 9 over the prompt only, at 0.6 of that
+    layer's mean residual norm; on 20 held-out test prompts without the instruction, 48 new tokens,
+    greedy, answers parse as JSON by :func:`is_json_answer`."""
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    steering = presets.load(smol, "json")
+    (iv,) = steering
+    assert (iv.layer, iv.mode, iv.positions) == (9, "add", "prompt")
+    assert iv.vector.provenance["dataset"] == "json_format" and presets.path(smol, "json").exists()
     behaviour = BEHAVIOURS["json"]
-    vector = build_vectors(smol, behaviour, 48, sources=("mean",))["mean"]
-    steering = Recipe("mean", (9,), strength=0.6, positions="prompt").interventions(vector)
     prompts = behaviour.prompts("test", 20, "plain")
     plain = generate(smol, prompts, max_new_tokens=behaviour.max_new_tokens)
     steered = generate(smol, prompts, max_new_tokens=behaviour.max_new_tokens, interventions=steering)

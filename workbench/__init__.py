@@ -23,7 +23,7 @@ _EXPORTS = {
     "generate": "workbench.generation",
     "evaluate": "workbench.evaluation",
 }
-_SUBMODULES = ("datasets", "evaluation", "errors", "models", "vectors", "steering")
+_SUBMODULES = ("datasets", "evaluation", "errors", "models", "vectors", "steering", "frontier", "presets")
 
 __all__ = [*_EXPORTS, *_SUBMODULES, "__version__"]
 

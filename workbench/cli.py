@@ -50,31 +50,45 @@ def models() -> None:
 @one_line_errors
 def steer(
     prompt: str = typer.Argument(..., help="The user prompt to answer."),
-    vector: Path = typer.Option(..., "--vector", "-v", help="A steering vector (.safetensors)."),
-    layer: int = typer.Option(..., "--layer", "-l", help="Block index to steer."),
+    vector: Path = typer.Option(None, "--vector", "-v", help="A steering vector (.safetensors)."),
+    layer: int = typer.Option(None, "--layer", "-l", help="Block index to steer (with --vector)."),
     coef: float = typer.Option(
         None, "--coef", "-c", help="Strength (add) or target projection (set_projection)."
     ),
     mode: str = typer.Option("add", help="add, set_projection or ablate."),
     positions: str = typer.Option("all", help="all, prompt, generated, last_prompt or response."),
+    preset: str = typer.Option(
+        None, "--preset", "-p", help="A named preset instead of --vector/--layer (see workbench.presets)."
+    ),
     model: str = typer.Option("smollm2-135m-instruct", help="Model spec."),
     max_new_tokens: int = typer.Option(64, help="Tokens to generate."),
 ) -> None:
-    """Print a prompt's unsteered and steered answers side by side."""
+    """Print a prompt's unsteered and steered answers side by side (a vector and layer, or a preset)."""
+    from workbench.errors import InvalidArgumentError
     from workbench.generation import generate
     from workbench.models import load_model
     from workbench.steering import Intervention
     from workbench.vectors import SteeringVector
 
-    # Check the vector and the intervention before the (slow) model load.
-    iv = Intervention(SteeringVector.load(vector), layer, mode, coef, positions)
-    loaded = load_model(model)
+    # Check the cheap arguments before the (slow) model load.
+    if (preset is None) == (vector is None) or (vector is None) != (layer is None):
+        raise InvalidArgumentError("give either --preset NAME or both --vector FILE and --layer N")
+    if preset is not None:
+        from workbench import presets
+
+        presets.get(preset)
+        loaded = load_model(model)
+        ivs = presets.load(loaded, preset, progress=True)
+    else:
+        ivs = [Intervention(SteeringVector.load(vector), layer, mode, coef, positions)]
+        loaded = load_model(model)
     plain, steered = generate(
-        loaded, [prompt, prompt], max_new_tokens=max_new_tokens, interventions=[[], [iv]]
+        loaded, [prompt, prompt], max_new_tokens=max_new_tokens, interventions=[[], ivs]
     )
-    typer.echo(
-        json.dumps({"prompt": prompt, "unsteered": plain, "steered": steered}, ensure_ascii=False, indent=2)
-    )
+    answer = {"prompt": prompt, "unsteered": plain, "steered": steered}
+    if preset is not None:
+        answer["preset"] = preset
+    typer.echo(json.dumps(answer, ensure_ascii=False, indent=2))
 
 
 @vector_app.command("build")
@@ -166,7 +180,7 @@ def bench(
 
 # ---- studies, reports and the pipeline's steps, each under one run directory with a manifest ----------
 
-STUDY_NAMES = ("format", "length", "composition", "ablation", "italian", "base_model")
+STUDY_NAMES = ("format", "length", "composition", "ablation", "italian", "base_model", "frontier")
 
 
 def _numbers(text: str, kind: type, what: str) -> list[Any]:
@@ -249,7 +263,9 @@ def report(
 @app.command()
 @one_line_errors
 def study(
-    name: str = typer.Argument(..., help="format, length, composition, ablation, italian or base_model."),
+    name: str = typer.Argument(
+        ..., help="format, length, composition, ablation, italian, base_model or frontier."
+    ),
     quick: bool = typer.Option(False, "--quick", help="CI-sized scale (few prompts, 3 candidate layers)."),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (default runs/study-NAME)."),
     model: str = typer.Option("smollm2-135m-instruct", "--model", help="Model spec."),
