@@ -71,11 +71,28 @@ PRESETS: dict[str, Preset] = {
             validation={_SMOL: "JSON 0.63, clean 0.33, degeneration 0.43 on 30 validation prompts"},
         ),
         Preset(
-            "italian",
-            "italian",
-            {_GEMMA: Recipe("response", tuple(range(18)), strength=0.008, positions="prompt")},
+            "one_sentence",
+            "one_sentence",
+            {
+                _SMOL: Recipe(
+                    "response", tuple(range(6, 14)), strength=0.12, decay_tokens=20, norm_preserving=True
+                )
+            },
             chosen_by=_CHOSEN,
-            validation={_GEMMA: "Italian 0.90, clean 0.70, degeneration 0.23 on 30 validation prompts"},
+            validation={_SMOL: "one sentence 0.93, clean 0.83, degeneration 0.10 on 30 validation prompts"},
+        ),
+        Preset(
+            "italian",
+            "italian",
+            {
+                _SMOL: Recipe("mean", tuple(range(6, 14)), strength=0.18, positions="generated"),
+                _GEMMA: Recipe("response", tuple(range(18)), strength=0.008, positions="prompt"),
+            },
+            chosen_by=_CHOSEN,
+            validation={
+                _SMOL: "Italian 0.77, clean 0.43, degeneration 0.47 on 30 validation prompts",
+                _GEMMA: "Italian 0.90, clean 0.70, degeneration 0.23 on 30 validation prompts",
+            },
         ),
     )
 }
