@@ -26,7 +26,7 @@ from workbench.models import Model, cache_dir
 from workbench.steering import Intervention
 from workbench.vectors import SteeringVector, workbench_version
 
-__all__ = ["PRESETS", "Preset", "build", "get", "load", "names", "path"]
+__all__ = ["PRESETS", "Preset", "build", "get", "load", "names", "path", "provenance"]
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,8 @@ class Preset:
 
 _SMOL, _GEMMA = "smollm2-135m-instruct", "gemma3-270m"
 _CHOSEN = "the frontier study's validation choice by clean rate, 2026-12-01 (analyses/quality_frontier.py)"
-#: The bundled presets: each behaviour whose steering lands on a bundled model (numbers: test split,
-#: 20 prompts, greedy, the behaviour's token budget; the README's frontier table has the rest).
+#: The bundled presets: the chosen recipe of each behaviour whose steering lands on a bundled model.
+#: ``validation``: its rates on the 30 confirmation prompts; the README's frontier table has the test split.
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
