@@ -12,13 +12,14 @@ Per behaviour (:data:`workbench.frontier.BEHAVIOURS`), on the validation split:
    ``diff_norm`` units (same mean added norm, another profile over the layers).
 
 3. a confirmation round: the :data:`CONFIRM_K` best recipes so far (:func:`workbench.frontier.rank`;
-   recipes that wrote the same validation answers count once) and
-   the unsteered baseline run again on :data:`CONFIRM` times as many validation prompts (ten prompts
-   measure a rate only to about ±0.15, and a grid of ~70 recipes picks its luckiest).
+   recipes that wrote the same validation answers count once) and the unsteered baseline run again on
+   :data:`CONFIRM` times as many validation prompts (ten prompts measure a rate only to about ±0.15,
+   and a grid of ~70 recipes picks its luckiest).
 
 The confirmed recipe with the best clean rate (on target and not degenerate) is chosen
-(:func:`workbench.frontier.choose` on the confirmation round); the test split then compares unsteered, the instruction in the prompt
-(for Italian also the fully Italian prompt), the chosen recipe, and the chosen recipe with the instruction.
+(:func:`workbench.frontier.choose` on the confirmation round); the test split then compares unsteered,
+the instruction in the prompt (for Italian also the fully Italian prompt), the chosen recipe, and the
+chosen recipe with the instruction.
 The frontier figure plots every validation recipe. A full-scale run also steers Italian on the
 multilingual Gemma 3 270M base model, when it is installed. Validation and test rows are cached in the
 study folder (unscored), so a rerun with the same settings resumes and rescoring needs no generation.
