@@ -146,6 +146,20 @@ def test_multiple_choice_matches_by_hand_log_likelihoods(tiny):
         assert row.correct == (row.pred == item.answer)
 
 
+def test_multiple_choice_runs_each_question_once_for_all_its_options(tiny):
+    shapes = []
+    embed = tiny.hf_model.get_input_embeddings()
+    handle = embed.register_forward_hook(lambda _m, args, _out: shapes.append(tuple(args[0].shape)))
+    try:
+        multiple_choice(tiny, MC_ITEMS)
+    finally:
+        handle.remove()
+    # One forward of the 3 questions, then one of the 3 + 4 + 2 options on their repeated KV cache.
+    assert [rows for rows, _ in shapes] == [3, 9]
+    longest_option = max(len(tiny.tokenizer(" " + c)["input_ids"]) for i in MC_ITEMS for c in i.choices)
+    assert shapes[1][1] <= longest_option + 1
+
+
 def test_multiple_choice_is_batch_size_invariant(tiny):
     one = multiple_choice(tiny, MC_ITEMS, batch_size=1, chat=False)
     many = multiple_choice(tiny, MC_ITEMS, batch_size=16, chat=False)

@@ -6,10 +6,12 @@ are not a prefix of the joint tokenization, a merge across the boundary, the con
 its own after the context's tokens). A space joins the two when neither side has whitespace at the
 boundary, as after ``"Answer:"`` or a base model's ``"A:"``; chat templates end in a newline and get none.
 
-Sequences are left-padded, sorted by length and run with position ids counted from each row's first real
-token, so scores do not depend on the batch size. Each forward declares where every row's context ends
-to the position tracker: under :func:`~workbench.steering.steer`, ``positions="prompt"`` steers the
-context and ``"generated"`` the continuation, as in generation.
+Contexts are left-padded, sorted by length and run with position ids counted from each row's first real
+token, so scores do not depend on the batch size. Each distinct context runs once: its KV cache is repeated
+for every continuation that follows it (a question's options), and the continuations run on it together.
+The position tracker is told that every context ends where the continuations start: under
+:func:`~workbench.steering.steer`, ``positions="prompt"`` steers the context and ``"generated"`` the
+continuation, as in generation.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ def continuation_logprobs(
     """Log-probability of each continuation token given its context and the tokens before it.
 
     ``contexts`` are the exact texts the model sees (``formatted`` when they carry the chat template);
-    ``interventions`` apply to every row while scoring. An empty continuation gives an empty tensor.
+    ``interventions`` apply to every row while scoring. ``batch_size`` counts distinct contexts per
+    forward. An empty continuation gives an empty tensor.
     """
     if len(contexts) != len(continuations):
         raise ShapeMismatchError(f"got {len(contexts)} contexts but {len(continuations)} continuations")
@@ -84,49 +87,83 @@ def continuation_logprobs(
             )
         if len(ids) == n:
             raise InvalidArgumentError(f"context {i} has no tokens: a continuation needs a context to follow")
-    scored = [i for i, (_, n) in enumerate(sequences) if n > 0]
+    # Continuations of the same context (a question's options) share one forward of that context.
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (ids, n) in enumerate(sequences):
+        if n > 0:
+            groups.setdefault(tuple(ids[: len(ids) - n]), []).append(i)
     results: list[Tensor] = [torch.zeros(0) for _ in sequences]
-    order = sorted(scored, key=lambda i: -len(sequences[i][0]))
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        logprobs = _forward(model, [sequences[i] for i in batch], list(interventions))
-        for i, row in zip(batch, logprobs, strict=True):
-            results[i] = row
+    heads = sorted(groups, key=len, reverse=True)
+    for start in range(0, len(heads), batch_size):
+        batch = heads[start : start + batch_size]
+        tails = [[sequences[i][0][len(head) :] for i in groups[head]] for head in batch]
+        logprobs = _forward(model, batch, tails, list(interventions))
+        for head, row in zip(batch, logprobs, strict=True):
+            for i, scores in zip(groups[head], row, strict=True):
+                results[i] = scores
     return results
 
 
 def _forward(
-    model: Model, sequences: list[tuple[list[int], int]], interventions: list[Intervention]
-) -> list[Tensor]:
-    """One left-padded forward; the log-probs of each row's last ``n`` tokens."""
-    width = max(len(ids) for ids, _ in sequences)
-    pad = model.tokenizer.pad_token_id
-    input_ids = torch.full((len(sequences), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for r, (ids, _) in enumerate(sequences):
-        input_ids[r, width - len(ids) :] = torch.tensor(ids)
-        mask[r, width - len(ids) :] = 1
-    input_ids, mask = input_ids.to(model.device), mask.to(model.device)
-    lengths = torch.tensor([n for _, n in sequences], device=model.device)
-    k = int(lengths.max())
-    # Only the last k + 1 positions need logits; most Hugging Face models can skip the rest.
-    supported = "logits_to_keep" in inspect.signature(model.hf_model.forward).parameters
-    keep = {"logits_to_keep": k + 1} if supported else {}
+    model: Model,
+    heads: list[tuple[int, ...]],
+    tails: list[list[list[int]]],
+    interventions: list[Intervention],
+) -> list[list[Tensor]]:
+    """Log-probs of every tail token: one left-padded forward of the heads (contexts), then one forward of
+    all tails (right-padded) on the heads' KV cache, each head's cache repeated once per tail."""
+    device, pad = model.device, model.tokenizer.pad_token_id
+    width = max(len(h) for h in heads)
+    head_ids = torch.full((len(heads), width), pad, dtype=torch.long)
+    head_mask = torch.zeros((len(heads), width), dtype=torch.long)
+    for r, ids in enumerate(heads):
+        head_ids[r, width - len(ids) :] = torch.tensor(ids)
+        head_mask[r, width - len(ids) :] = 1
+    owner = torch.tensor([r for r, row in enumerate(tails) for _ in row])
+    flat = [tail for row in tails for tail in row]
+    longest = max(len(t) for t in flat)
+    tail_ids = torch.full((len(flat), longest), pad, dtype=torch.long)
+    tail_mask = torch.zeros((len(flat), longest), dtype=torch.long)
+    for r, ids in enumerate(flat):
+        tail_ids[r, : len(ids)] = torch.tensor(ids)
+        tail_mask[r, : len(ids)] = 1
+    head_ids, head_mask, owner = head_ids.to(device), head_mask.to(device), owner.to(device)
+    tail_ids, tail_mask = tail_ids.to(device), tail_mask.to(device)
+    parameters = inspect.signature(model.hf_model.forward).parameters
+    # Only the last head position needs logits; most Hugging Face models can skip the rest.
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+    cache_name = "cache" if "cache" in parameters else "past_key_values"  # transformers >= 5.24: "cache"
     with ExitStack() as stack:
         tracker = stack.enter_context(tracking(model))
-        stack.enter_context(tracker.declared(width - lengths))
+        stack.enter_context(tracker.declared(torch.tensor([width], device=device)))  # tails are "generated"
         stack.enter_context(steer_rows(model, [interventions]))
         stack.enter_context(direct_forward(model))  # hooks first: the fast path plans on entry
-        logits = model.hf_model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
-            use_cache=False,
+        first = model.hf_model(
+            input_ids=head_ids,
+            attention_mask=head_mask,
+            position_ids=(head_mask.cumsum(-1) - 1).clamp_min(0),
+            use_cache=True,
             **keep,
-        ).logits
-    logprobs = logits[:, -k - 1 : -1].float().log_softmax(-1)
-    picked = logprobs.gather(-1, input_ids[:, -k:, None])[..., 0].cpu()
-    return [picked[r, k - n :] for r, (_, n) in enumerate(sequences)]
+        )
+        logits = first.logits[:, -1:][owner]
+        if longest > 1:  # the last tail token predicts nothing that is scored
+            cache = first.past_key_values
+            cache.reorder_cache(owner)
+            rest = model.hf_model(
+                input_ids=tail_ids[:, :-1],
+                attention_mask=torch.cat([head_mask[owner], tail_mask[:, :-1]], dim=1),
+                position_ids=head_mask.sum(-1)[owner, None] + torch.arange(longest - 1, device=device),
+                use_cache=True,
+                **{cache_name: cache},
+            ).logits
+            logits = torch.cat([logits, rest], dim=1)
+    logprobs = logits.float().log_softmax(-1).gather(-1, tail_ids[..., None])[..., 0].cpu()
+    picked = [logprobs[r, : len(t)] for r, t in enumerate(flat)]
+    out, k = [], 0
+    for row in tails:
+        out.append(picked[k : k + len(row)])
+        k += len(row)
+    return out
 
 
 def perplexity(
