@@ -110,3 +110,14 @@ PROMPTS = [
     "How do I boil an egg?",
     "Tell me about cats and dogs and why people like them so much.",
 ]
+
+
+@pytest.fixture(scope="session")
+def writer():
+    """The tiny model, kept from writing only whitespace (which strips to an empty answer)."""
+    model = build_tiny_model()
+    vocab = model.tokenizer.get_vocab().values()
+    model.hf_model.generation_config.suppress_tokens = [
+        i for i in vocab if not model.tokenizer.decode([i]).strip()
+    ]
+    return model

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import PROMPTS, build_tiny_model
+from tests.conftest import PROMPTS
 from workbench import frontier
 from workbench.activations import collect_responses
 from workbench.errors import InvalidArgumentError
@@ -201,17 +201,6 @@ def test_run_recipes_scores_every_row_and_batches_configurations(tiny, monkeypat
 
 
 # ---- the study on the tiny model -------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def writer():
-    """The tiny model, kept from writing only whitespace (which strips to an empty answer)."""
-    model = build_tiny_model()
-    vocab = model.tokenizer.get_vocab().values()
-    model.hf_model.generation_config.suppress_tokens = [
-        i for i in vocab if not model.tokenizer.decode([i]).strip()
-    ]
-    return model
 
 
 def test_frontier_study_writes_table_figure_and_choice(writer, tmp_path):

@@ -110,3 +110,30 @@ def test_steer_command_takes_a_preset(tiny_dir, monkeypatch):
     assert ok.exit_code == 0, ok.output
     answer = json.loads(ok.output[ok.output.index("{") :])
     assert answer["preset"] == "tiny" and set(answer) == {"prompt", "unsteered", "steered", "preset"}
+
+
+def test_presets_study_runs_each_preset_against_the_baselines(writer, tmp_path, monkeypatch):
+    from workbench.studies.common import Scale
+    from workbench.studies.frontier import presets_study
+
+    strong = Recipe("mean", (1, 2), strength=3.0)
+    monkeypatch.setitem(
+        presets.PRESETS, "tiny_bullets", Preset("tiny_bullets", "bullets", {"tiny-llama": strong})
+    )
+    scale = Scale(n_train=6, n_validation=20, n_test=3, max_new_tokens=5, layers=None, batch_size=8)
+    result = presets_study(writer, scale, tmp_path, base_model=False, quick=False)
+    table = result.table
+    assert table["setting"].tolist() == [
+        "unsteered",
+        "instruction in prompt",
+        "steering",
+        "steering + instruction",
+    ]
+    assert set(table["behaviour"]) == {"bullets"} and (table["n"] == 3).all()
+    assert table.loc[2, "recipe"] == strong.name
+    assert table.loc[3, "recipe"] == f"{strong.name} +instruction"
+    # The steered rows differ from the unsteered ones: the preset's vector was really applied.
+    rows = result.rows.set_index(["setting", "id"])["response"]
+    assert (rows["steering"] != rows["unsteered"]).any()
+    assert all(p.exists() for p in result.figures) and "tiny-llama / preset tiny_bullets" in result.notes[0]
+    assert presets.path(writer, "tiny_bullets").exists()  # the preset's vector was built and cached

@@ -154,10 +154,13 @@ def test_report_writes_everything_and_rerun_skips(tiny, tmp_path, monkeypatch):
     assert path == out / "report.md"
     manifest = json.loads((out / "manifest.json").read_text())
     studies = manifest["studies"]
+    # No preset was chosen for the tiny model: the presets study says how to search for one.
     assert {n: s["status"] for n, s in studies.items()} == {
-        **{n: "done" for n in report.STUDIES if n != "base_model"},
+        **{n: "done" for n in report.STUDIES if n not in ("base_model", "presets")},
         "base_model": "unavailable",
+        "presets": "unavailable",
     }
+    assert "workbench study frontier --model tiny-llama" in studies["presets"]["notes"][0]
     assert manifest["model"]["weights_hash"] == tiny.weights_hash
     assert manifest["configuration"]["scale"]["n_test"] == MICRO.n_test
     assert manifest["versions"]["torch"] and manifest["seeds"]["ablation_random_directions"]

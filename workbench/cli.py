@@ -180,7 +180,7 @@ def bench(
 
 # ---- studies, reports and the pipeline's steps, each under one run directory with a manifest ----------
 
-STUDY_NAMES = ("format", "length", "composition", "ablation", "italian", "base_model", "frontier")
+STUDY_NAMES = ("format", "length", "composition", "ablation", "italian", "base_model", "presets", "frontier")
 
 
 def _numbers(text: str, kind: type, what: str) -> list[Any]:
@@ -251,7 +251,8 @@ def report(
     out: Path = typer.Option(Path("runs/report"), "--out", "-o", help="Run directory."),
     model: str = typer.Option("smollm2-135m-instruct", "--model", help="Model spec."),
 ) -> None:
-    """Run every study (format, length, composition, ablation, Italian, base model); write report.md/.html.
+    """Run every study (format, length, composition, ablation, Italian, base model, presets); write
+    report.md/.html. The frontier search that chose the presets runs alone: `workbench study frontier`.
 
     A rerun with the same --out reuses the studies that finished with the same configuration.
     """
@@ -264,7 +265,9 @@ def report(
 @one_line_errors
 def study(
     name: str = typer.Argument(
-        ..., help="format, length, composition, ablation, italian, base_model or frontier."
+        ...,
+        help="format, length, composition, ablation, italian, base_model, presets or frontier (the search "
+        "for steering recipes; about an hour on 2 CPU cores at full scale).",
     ),
     quick: bool = typer.Option(False, "--quick", help="CI-sized scale (few prompts, 3 candidate layers)."),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (default runs/study-NAME)."),

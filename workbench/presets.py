@@ -26,7 +26,7 @@ from workbench.models import Model, cache_dir
 from workbench.steering import Intervention
 from workbench.vectors import SteeringVector, workbench_version
 
-__all__ = ["PRESETS", "Preset", "build", "get", "load", "names", "path", "provenance"]
+__all__ = ["PRESETS", "Preset", "available", "build", "get", "load", "names", "path", "provenance", "vector"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,11 @@ def names() -> list[str]:
     return sorted(PRESETS)
 
 
+def available(model: Model) -> list[str]:
+    """The preset names with a recipe chosen for ``model``."""
+    return [name for name in names() if model.name in PRESETS[name].recipes]
+
+
 def get(name: str) -> Preset:
     """The preset called ``name``, or a one-line error listing them."""
     if name not in PRESETS:
@@ -162,11 +167,16 @@ def _cached(model: Model, name: str, recipe: Recipe) -> tuple[SteeringVector, di
     return (vector, record) if fresh and vector.provenance.get("weights_hash") == model.weights_hash else None
 
 
+def vector(model: Model, name: str, *, progress: bool = False) -> SteeringVector:
+    """Preset ``name``'s vector for ``model`` (its recipe's layers), built on first use and cached on disk."""
+    recipe = get(name).recipe(model)
+    found, _ = _cached(model, name, recipe) or build(model, name, progress=progress)
+    return found
+
+
 def load(model: Model, name: str, *, progress: bool = False) -> list[Intervention]:
     """The interventions of preset ``name`` for ``model``, built on first use and cached on disk."""
-    recipe = get(name).recipe(model)
-    vector, _ = _cached(model, name, recipe) or build(model, name, progress=progress)
-    return recipe.interventions(vector)
+    return get(name).recipe(model).interventions(vector(model, name, progress=progress))
 
 
 def provenance(model: Model, name: str) -> dict[str, Any]:

@@ -10,26 +10,40 @@ import pandas as pd
 
 from workbench.errors import OutputPathError
 
+#: Depths (fractions of the last block's index) of the validation sweeps' candidate layers.
+DEPTHS = (0.2, 0.33, 0.47, 0.6, 0.73)
+#: Candidate depths of a quick (CI-sized) run.
+QUICK_DEPTHS = (0.25, 0.4, 0.55)
+
 
 @dataclass(frozen=True)
 class Scale:
-    """How big a study runs: ``quick`` for tests and CI, ``full`` for the report."""
+    """How big a study runs: ``quick`` for tests and CI, ``full`` for the report (about 50 min on 2 cores)."""
 
     n_train: int
     n_validation: int
     n_test: int
     max_new_tokens: int
-    layers: tuple[int, ...] | None  # candidate layers; None = every other layer
-    batch_size: int = 32
+    layers: tuple[int, ...] | None  # candidate layers; None: the blocks at ``depths`` of each model
+    batch_size: int = 64
     n_mc: int = 200  # multiple-choice questions per language
+    depths: tuple[float, ...] = DEPTHS
 
     @classmethod
     def quick(cls) -> Scale:
-        return cls(n_train=16, n_validation=8, n_test=8, max_new_tokens=24, layers=None, n_mc=40)
+        return cls(
+            n_train=16, n_validation=8, n_test=8, max_new_tokens=24, layers=None, n_mc=40, depths=QUICK_DEPTHS
+        )
 
     @classmethod
     def full(cls) -> Scale:
-        return cls(n_train=96, n_validation=24, n_test=40, max_new_tokens=64, layers=None)
+        return cls(n_train=64, n_validation=16, n_test=32, max_new_tokens=48, layers=None)
+
+    def candidate_layers(self, n_layers: int) -> list[int]:
+        """:attr:`layers`, or the distinct blocks at :attr:`depths` of a model with ``n_layers`` blocks."""
+        if self.layers is not None:
+            return list(self.layers)
+        return sorted({round(f * (n_layers - 1)) for f in self.depths})
 
 
 @dataclass

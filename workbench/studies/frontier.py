@@ -36,6 +36,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from workbench import presets
 from workbench.errors import InvalidArgumentError, ModelLoadError
 from workbench.frontier import (
     BEHAVIOURS,
@@ -64,6 +65,7 @@ __all__ = [
     "baselines",
     "coarse_grid",
     "frontier_study",
+    "presets_study",
     "refinements",
     "search",
     "spans",
@@ -287,6 +289,20 @@ def run_behaviour(
     """:func:`search` on validation, then the test settings of the chosen recipe."""
     behaviour = _budgeted(behaviour, scale)
     vectors, validation, chosen, notes = search(model, behaviour, scale, out, quick=quick, progress=progress)
+    rows = _test_rows(model, behaviour, vectors, chosen, scale, out, progress)
+    return BehaviourResult(model.name, behaviour, vectors, validation, chosen, rows, notes)
+
+
+def _test_rows(
+    model: Model,
+    behaviour: Behaviour,
+    vectors: dict[str, SteeringVector],
+    chosen: Recipe,
+    scale: Scale,
+    out: Path,
+    progress: bool,
+) -> pd.DataFrame:
+    """The test settings of ``chosen`` (rows cached in ``out``), scored, with a ``setting`` column."""
     settings = _test_recipes(behaviour, chosen)
     recipes = list(settings.values())
     rows = cached_rows(
@@ -305,12 +321,11 @@ def run_behaviour(
     )
     rows = score(behaviour, rows)
     label = {r.name: s for s, r in settings.items()}
-    rows = rows.assign(setting=rows["recipe"].map(label))
-    return BehaviourResult(model.name, behaviour, vectors, validation, chosen, rows, notes)
+    return rows.assign(setting=rows["recipe"].map(label))
 
 
-def _table(result: BehaviourResult) -> pd.DataFrame:
-    rows = result.test_rows
+def _table(model: str, behaviour: str, rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per test setting: the recipe and its rates."""
     table = (
         rows.groupby("setting", sort=False)
         .agg(
@@ -324,8 +339,8 @@ def _table(result: BehaviourResult) -> pd.DataFrame:
         )
         .reset_index()
     )
-    table.insert(0, "behaviour", result.behaviour.name)
-    table.insert(0, "model", result.model)
+    table.insert(0, "behaviour", behaviour)
+    table.insert(0, "model", model)
     return table
 
 
@@ -357,20 +372,15 @@ def _refinement_effects(result: BehaviourResult) -> pd.DataFrame:
 
 
 def _notes(result: BehaviourResult) -> list[str]:
-    table = _table(result).set_index("setting")
+    table = _table(result.model, result.behaviour.name, result.test_rows).set_index("setting")
     rounds = result.confirmed if len(result.confirmed) else result.sweep
     v = rounds.set_index("recipe").loc[result.chosen.name]
-    steered, instructed = (
-        table.loc["steering", "clean_rate"],
-        table.loc["instruction in prompt", "clean_rate"],
-    )
-    verdict = "meets" if steered >= instructed else "misses"
     return [
         *result.notes,
         f"{result.model} / {result.behaviour.name}: chosen `{result.chosen.name}` ({v['n']} validation "
         f"prompts: clean "
         f"{v['clean_rate']:.2f}, target {v['target_rate']:.2f}, degeneration {v['degeneration']:.2f}); "
-        f"test clean {steered:.2f} vs {instructed:.2f} with the instruction in the prompt ({verdict} the goal)",
+        + _verdict(table),
     ]
 
 
@@ -428,7 +438,7 @@ def frontier_study(
             plot_frontier(r.sweep, title, r.chosen.name), out / f"frontier_{r.model}_{r.behaviour.name}"
         )
         notes += _notes(r)
-    table = pd.concat([_table(r) for r in results], ignore_index=True)
+    table = pd.concat([_table(r.model, r.behaviour.name, r.test_rows) for r in results], ignore_index=True)
     pd.concat([r.validation.assign(model=r.model, behaviour=r.behaviour.name) for r in results]).to_csv(
         out / "sweep_validation.csv", index=False
     )
@@ -443,4 +453,81 @@ def frontier_study(
     rows = pd.concat([r.test_rows.assign(model=r.model, behaviour=r.behaviour.name) for r in results])
     return StudyResult(
         name="frontier", rows=rows.reset_index(drop=True), table=table, figures=figures, notes=notes
+    )
+
+
+def _verdict(table: pd.DataFrame) -> str:
+    steered = table.loc["steering", "clean_rate"]
+    instructed = table.loc["instruction in prompt", "clean_rate"]
+    goal = "meets" if steered >= instructed else "misses"
+    return (
+        f"test clean {steered:.2f} vs {instructed:.2f} with the instruction in the prompt ({goal} the goal)"
+    )
+
+
+def presets_study(
+    model: Model,
+    scale: Scale,
+    out_dir: str | os.PathLike[str],
+    *,
+    base_model: bool | None = None,
+    quick: bool | None = None,
+    progress: bool = False,
+) -> StudyResult | str:
+    """The bundled presets (the recipes :func:`frontier_study` chose) against the baselines, on the test split.
+
+    Per preset chosen for ``model`` (and, with ``base_model``, for Gemma 3 270M when it is installed): the
+    test settings of :func:`frontier_study` (unsteered, instruction in the prompt, Italian prompt, the
+    preset alone, the preset with the instruction) on ``scale.n_test`` prompts, each behaviour with its
+    own token budget. ``quick`` (default as :func:`frontier_study`): only the :data:`QUICK_BEHAVIOURS`
+    presets, at :data:`QUICK_CAPS`, without the base model. Returns a "not run" line when no preset was
+    chosen for ``model``. Writes under ``out_dir/presets``; table columns as :func:`frontier_study`'s; one
+    ``frontier_<model>_<behaviour>`` figure of the test settings per preset. Test rows are cached there.
+    """
+    quick = scale.n_validation <= Scale.quick().n_validation if quick is None else quick
+    if quick:
+        scale = dataclasses.replace(scale, **{k: min(getattr(scale, k), v) for k, v in QUICK_CAPS.items()})
+    wanted = [
+        n for n in presets.available(model) if not quick or presets.get(n).behaviour in QUICK_BEHAVIOURS
+    ]
+    if not wanted:
+        return (
+            f"not run: no preset was chosen for {model.name}; search for recipes with "
+            f"`workbench study frontier --model {model.name}`"
+        )
+    out = Path(out_dir) / "presets"
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(model, name) for name in wanted]
+    notes = []
+    if base_model if base_model is not None else not quick:
+        gemma = _gemma()
+        if gemma is None:
+            notes.append("Gemma 3 270M is not installed: its presets were not run")
+        else:
+            jobs += [(gemma, name) for name in presets.available(gemma)]
+    tables, frames, figures = [], [], []
+    for loaded, name in jobs:
+        preset = presets.get(name)
+        behaviour = _budgeted(BEHAVIOURS[preset.behaviour], scale)
+        recipe = preset.recipe(loaded)
+        vector = presets.vector(loaded, name, progress=progress)
+        rows = _test_rows(loaded, behaviour, {recipe.source: vector}, recipe, scale, out, progress)
+        table = _table(loaded.name, behaviour.name, rows)
+        recipes = list(_test_recipes(behaviour, recipe).values())
+        title = f"preset {name} on {loaded.name}: test settings ({behaviour.max_new_tokens} new tokens)"
+        summary = summarize(rows, recipes, loaded.n_layers)
+        figures += save_figure(
+            plot_frontier(summary, title, recipe.name), out / f"frontier_{loaded.name}_{behaviour.name}"
+        )
+        recorded = preset.validation.get(loaded.name, "no validation record")
+        notes.append(
+            f"{loaded.name} / preset {name}: `{recipe.name}` (validation: {recorded}); "
+            + _verdict(table.set_index("setting"))
+        )
+        tables.append(table)
+        frames.append(rows.assign(model=loaded.name, behaviour=behaviour.name, preset=name))
+    notes.append(f"recipes chosen by the frontier search ({presets.get(wanted[0]).chosen_by})")
+    rows = pd.concat(frames, ignore_index=True)
+    return StudyResult(
+        name="presets", rows=rows, table=pd.concat(tables, ignore_index=True), figures=figures, notes=notes
     )

@@ -61,12 +61,12 @@ __all__ = [
     "select",
 ]
 
-#: The format instructions of :func:`format_study` (IFEval-verifiable, bundled datasets).
+#: The format instructions of :func:`format_study` (IFEval-verifiable, bundled datasets). ``uppercase`` is
+#: left out: SmolLM2 ignores both case instructions, and ``lowercase`` already shows it.
 FORMATS = (
     "json_format",
     "bullet_lists",
     "lowercase",
-    "uppercase",
     "no_comma",
     "title",
     "highlighted_sections",
@@ -81,11 +81,8 @@ JSON_TOKENS = 96
 
 
 def candidate_layers(model: Model, scale: Scale) -> list[int]:
-    """``scale.layers``, or every ``n_layers // 8``-th block from the first such block to the last but one."""
-    if scale.layers is not None:
-        return [model.layer_check(int(b)) for b in scale.layers]
-    step = max(1, model.n_layers // 8)
-    return list(range(step, model.n_layers - 1, step))
+    """The scale's candidate layers for ``model`` (:meth:`Scale.candidate_layers`), each checked."""
+    return [model.layer_check(int(b)) for b in scale.candidate_layers(model.n_layers)]
 
 
 def _budget(name: str, scale: Scale, json_tokens: int | None = None) -> int:

@@ -3,8 +3,9 @@
 Two vectors, both diff-in-means at the last prompt token: English vs fully Italian prompts (``it``) and
 English vs "English question, answer in Italian" prompts (``en_answer_it``). The layer and strength are
 chosen on the validation split by the share of Italian answers among non-degenerate configurations
-(Stolfo et al.'s rule, :func:`workbench.sweeps.choose`); the test split then compares six settings, and the
-bundled parallel multiple-choice set shows which questions steering gains or loses.
+(Stolfo et al.'s rule, :func:`workbench.sweeps.choose`); the test split then compares the prompt baselines
+with each steering that won (and the quality frontier's ``italian`` preset), and the bundled parallel
+multiple-choice set shows which questions steering gains or loses.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from workbench import presets
 from workbench.activations import collect
 from workbench.datasets import load, load_multiple_choice
 from workbench.errors import ModelLoadError
@@ -33,17 +35,11 @@ from workbench.models import Model, load_model
 from workbench.plots import save_figure
 from workbench.steering import Intervention
 from workbench.studies.common import Scale, StudyResult
+from workbench.studies.instructions import candidate_layers
 from workbench.sweeps import Config, choose, summarize, sweep
 from workbench.vectors import SteeringVector
 
 VARIANTS = ("it", "en_answer_it")
-
-
-def _candidate_layers(model: Model, scale: Scale) -> list[int]:
-    if scale.layers is not None:
-        return list(scale.layers)
-    step = max(1, model.n_layers // 8)
-    return list(range(step, model.n_layers - 1, step))
 
 
 def build_vector(model: Model, variant: str, n: int) -> SteeringVector:
@@ -60,7 +56,7 @@ def choose_config(
     """Sweep layers (set_projection, and add at 2 and 4 diff-norms) on validation English prompts."""
     validation = load("italian", "validation", variant="it").head(scale.n_validation)
     configs = [Config()]
-    for layer in _candidate_layers(model, scale):
+    for layer in candidate_layers(model, scale):
         configs += [Config(layer, "set_projection"), Config(layer, "add", 2.0), Config(layer, "add", 4.0)]
     rows = sweep(
         model,
@@ -127,25 +123,25 @@ def _upset(correct: pd.DataFrame, path: Path) -> list[Path]:
 
 
 def _multiple_choice(
-    model: Model, steering: Intervention | None, n: int, out: Path
+    model: Model, steerings: dict[str, list[Intervention]], n: int, out: Path
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
+    """Accuracy per language, unsteered and under each steering, and the questions each one gains or loses."""
     frames = []
-    for language, steered in product(("en", "it"), (False, True)):
-        if steered and steering is None:
-            continue
+    for language in ("en", "it"):
         items = load_multiple_choice("bundled", language=language, split="test")[:n]
-        scored = multiple_choice(model, items, interventions=[steering] if steered else None)
-        frames.append(scored.assign(config=f"{language}{' + steering' if steered else ''}"))
+        frames.append(multiple_choice(model, items).assign(config=language))
+        for label, interventions in steerings.items():
+            scored = multiple_choice(model, items, interventions=interventions)
+            frames.append(scored.assign(config=f"{language} + steering ({label})"))
     rows = pd.concat(frames, ignore_index=True)
     accuracy = rows.groupby("config", sort=False)["correct"].mean().rename("accuracy").reset_index()
-    wide = rows.pivot(index="id", columns="config", values="correct").astype(bool)
+    wide = rows.pivot(index="id", columns="config", values="correct").astype(bool)[list(accuracy["config"])]
     changes = []
-    for language in ("en", "it"):
-        steered = f"{language} + steering"
-        if steered in wide:
-            gained = int((wide[steered] & ~wide[language]).sum())
-            lost = int((~wide[steered] & wide[language]).sum())
-            changes.append({"config": steered, "gained": gained, "lost": lost})
+    for language, label in product(("en", "it"), steerings):
+        steered = f"{language} + steering ({label})"
+        gained = int((wide[steered] & ~wide[language]).sum())
+        lost = int((~wide[steered] & wide[language]).sum())
+        changes.append({"config": steered, "gained": gained, "lost": lost})
     table = accuracy.merge(
         pd.DataFrame(changes, columns=["config", "gained", "lost"]), on="config", how="left"
     )
@@ -155,7 +151,11 @@ def _multiple_choice(
 def italian_study(
     model: Model, scale: Scale, out_dir: str | os.PathLike[str], *, name: str = "italian"
 ) -> StudyResult:
-    """Italian answers on English prompts by steering; fluency; multiple-choice accuracy gained and lost."""
+    """Italian answers on English prompts by steering; fluency; multiple-choice accuracy gained and lost.
+
+    Steering configurations: each paper vector (``it``, ``en_answer_it``) where its validation sweep beat
+    no steering, and the ``italian`` preset (the quality frontier's recipe) where one exists for ``model``.
+    """
     out = Path(out_dir) / name
     out.mkdir(parents=True, exist_ok=True)
     vectors = {variant: build_vector(model, variant, scale.n_train) for variant in VARIANTS}
@@ -180,10 +180,13 @@ def italian_study(
         ("English prompt, 'answer in Italian'", asked, []),
         ("Italian prompt", italian, []),
     ]
-    for variant, iv in chosen.items():
-        if iv is not None:
-            settings.append((f"English prompt + steering ({variant})", english, [iv]))
-            settings.append((f"Italian prompt + steering ({variant})", italian, [iv]))
+    steerings = {variant: [iv] for variant, iv in chosen.items() if iv is not None}
+    if "italian" in presets.available(model):  # the quality frontier's recipe, for comparison
+        steerings["preset"] = presets.load(model, "italian")
+        notes.append(f"preset italian: `{presets.get('italian').recipe(model).name}`")
+    for label, ivs in steerings.items():
+        settings.append((f"English prompt + steering ({label})", english, ivs))
+        settings.append((f"Italian prompt + steering ({label})", italian, ivs))
     prompts = [p for _, ps, _ in settings for p in ps]
     rows_ivs = [ivs for _, ps, ivs in settings for _ in ps]
     responses = generate(
@@ -209,8 +212,10 @@ def italian_study(
         .reset_index()
     )
     figures = []
-    best = chosen.get("it") or chosen.get("en_answer_it")
-    mc_rows, mc_table, upset = _multiple_choice(model, best, scale.n_mc, out)
+    # Multiple choice under the better-placed paper vector (``it`` first) and the preset.
+    best = next((label for label in VARIANTS if label in steerings), None)
+    mc_steerings = {label: steerings[label] for label in (best, "preset") if label in steerings}
+    mc_rows, mc_table, upset = _multiple_choice(model, mc_steerings, scale.n_mc, out)
     figures += upset
     mc_table.to_csv(out / "multiple_choice.csv", index=False)
     mc_rows.to_parquet(out / "multiple_choice.parquet", index=False)

@@ -43,7 +43,7 @@ from workbench.studies.common import Scale, StudyResult
 
 __all__ = [
     "ABLATION_SEEDS",
-    "QUICK_DEPTHS",
+    "EXTRA_STUDIES",
     "STUDIES",
     "StudyError",
     "markdown_table",
@@ -54,14 +54,15 @@ __all__ = [
 ]
 
 #: Every study of the report, in report order.
-STUDIES = ("format", "length", "composition", "ablation", "italian", "base_model", "frontier")
+STUDIES = ("format", "length", "composition", "ablation", "italian", "base_model", "presets")
+#: Studies that run on request only: the frontier search that chose the presets (about an hour on 2 CPU
+#: cores at full scale, so not part of the report).
+EXTRA_STUDIES = ("frontier",)
 #: Seeds of the random-direction control of the ablation study.
 ABLATION_SEEDS = (0, 1, 2)
-#: Candidate layers of a quick report, as fractions of the depth (CI-sized sweeps).
-QUICK_DEPTHS = (0.25, 0.4, 0.55)
 MANIFEST = "manifest.json"
 #: Folders a study may write (the base-model study writes ``italian_base_model``); only these are ever removed.
-STUDY_DIRS = (*STUDIES, "italian_base_model")
+STUDY_DIRS = (*STUDIES, *EXTRA_STUDIES, "italian_base_model")
 _PACKAGES = (
     "torch",
     "transformers",
@@ -139,14 +140,9 @@ def _read_manifest(run: Path) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
-def report_scale(model: Model | None, quick: bool) -> Scale:
-    """:meth:`Scale.full`, or for ``quick`` :meth:`Scale.quick` with the :data:`QUICK_DEPTHS` layers."""
-    if not quick:
-        return Scale.full()
-    if model is None:
-        return Scale.quick()
-    layers = sorted({min(model.n_layers - 1, round(f * (model.n_layers - 1))) for f in QUICK_DEPTHS})
-    return dataclasses.replace(Scale.quick(), layers=tuple(layers))
+def report_scale(quick: bool) -> Scale:
+    """:meth:`Scale.quick` or :meth:`Scale.full`."""
+    return Scale.quick() if quick else Scale.full()
 
 
 # ---- rendering ---------------------------------------------------------------------------------------
@@ -184,6 +180,7 @@ _TITLES = {
     "ablation": "Ablation of instruction directions, with the instruction in the prompt",
     "italian": "Italian answers by steering (Scalena et al.)",
     "base_model": "Italian on the multilingual base model (Gemma 3 270M)",
+    "presets": "Presets: the quality frontier's chosen recipes on held-out prompts",
     "frontier": "Quality frontier: steering that lands without breaking the model",
 }
 
@@ -219,7 +216,7 @@ def _render(run: Path, manifest: Mapping[str, Any], tables: Mapping[str, pd.Data
     md = [f"# {title}", "", *head, ""]
     body = [f"<h1>{html.escape(title)}</h1>", *(f"<p>{html.escape(line)}</p>" for line in head)]
     studies = manifest.get("studies", {})
-    for name in STUDIES:
+    for name in (*STUDIES, *EXTRA_STUDIES):
         info = studies.get(name)
         if info is None:
             continue
@@ -319,10 +316,20 @@ def _frontier(model: Model | None, scale: Scale, out: Path, progress: bool) -> S
     return frontier_study(model, scale if quick else FULL_SCALE, out, quick=quick, progress=progress)
 
 
+def _presets(model: Model | None, scale: Scale, out: Path, progress: bool) -> StudyResult | str:
+    from workbench.studies.frontier import FULL_SCALE, presets_study
+
+    assert model is not None
+    quick = scale.n_validation <= Scale.quick().n_validation
+    # The full scale is the frontier search's own, so the test numbers reproduce the search's.
+    return presets_study(model, scale if quick else FULL_SCALE, out, quick=quick, progress=progress)
+
+
 RUNNERS: dict[str, Runner] = {
     **{name: _instruction_runner(name) for name in ("format", "length", "composition", "ablation")},
     "italian": _italian,
     "base_model": _base_model,
+    "presets": _presets,
     "frontier": _frontier,
 }
 
@@ -349,7 +356,8 @@ def run_report(
     scale: Scale | None = None,
     progress: bool = True,
 ) -> Path:
-    """Run ``studies`` (default :data:`STUDIES`) on ``model_spec`` (a spec or a loaded Model) into ``out_dir``.
+    """Run ``studies`` (default :data:`STUDIES`; also :data:`EXTRA_STUDIES`) on ``model_spec`` (a spec or a
+    loaded Model) into ``out_dir``.
 
     ``scale`` overrides the quick/full scale (:func:`report_scale`). Returns the path of ``report.md``.
     Studies already finished in ``out_dir`` with the same configuration are reused, not rerun. A study
@@ -357,9 +365,9 @@ def run_report(
     :class:`StudyError` is raised at the end.
     """
     wanted = list(STUDIES if studies is None else studies)
-    unknown = [s for s in wanted if s not in STUDIES]
+    unknown = [s for s in wanted if s not in RUNNERS]
     if unknown or not wanted:
-        raise InvalidArgumentError(f"unknown or no studies {unknown}; choose from {', '.join(STUDIES)}")
+        raise InvalidArgumentError(f"unknown or no studies {unknown}; choose from {', '.join(RUNNERS)}")
     run = Path(out_dir)
     try:
         run.mkdir(parents=True, exist_ok=True)
@@ -376,7 +384,7 @@ def run_report(
         model = load_model(model_spec)
     else:
         model = None
-    scale = scale or report_scale(model, quick)
+    scale = scale or report_scale(quick)
     configuration = {
         "model": model.name if model is not None else str(model_spec),
         "weights_hash": model.weights_hash if model is not None else None,
