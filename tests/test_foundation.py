@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -22,7 +23,7 @@ def test_chat_format_carries_special_tokens_once(tiny):
 
 
 def test_base_format_is_question_answer(tiny):
-    base = type(tiny)(**{**tiny.__dict__, "is_chat": False})
+    base = dataclasses.replace(tiny, is_chat=False)
     assert base.format_chat("Why?") == "Q: Why?\nA:"
 
 

@@ -82,6 +82,40 @@ def test_kv_cached_equals_full_recompute(tiny, mode, positions):
     assert cached == full
 
 
+SHARED = "Tell me about cats and dogs and why people like them so much. "
+
+
+@pytest.mark.parametrize(
+    ("mode", "positions"), list(itertools.product(["add", "set_projection", "ablate"], POSITIONS))
+)
+def test_shared_prompt_prefix_runs_once_and_changes_nothing(tiny, mode, positions):
+    vec = extracted_vector(tiny)
+    coef = {"add": 40.0, "set_projection": 30.0, "ablate": None}[mode]
+    configs = [
+        [Intervention(vec, 1, mode, coef, positions)],
+        [],
+        [Intervention(vec, 2, "add", 20.0, positions, decay_tokens=4, norm_preserving=True)],
+    ]
+    prompts = [SHARED + p for p in PROMPTS[:4]] * 3
+    rows = [c for c in configs for _ in range(4)]
+    shared = generate(tiny, prompts, max_new_tokens=8, interventions=rows, chat=False)
+    alone = generate(tiny, prompts, max_new_tokens=8, interventions=rows, chat=False, share_prefix=False)
+    full = generate(tiny, prompts, max_new_tokens=8, interventions=rows, chat=False, use_cache=False)
+    assert shared == alone == full
+    # The first forward is the shared prefix, once per steering configuration. (The hook that sees it sits
+    # on a bridge wrapper, which sends forwards through the bridge: a separate call.)
+    widths = []
+    embed = tiny.hf_model.get_input_embeddings()
+    handle = embed.register_forward_hook(lambda _m, args, _out: widths.append(tuple(args[0].shape)))
+    try:
+        generate(tiny, prompts, max_new_tokens=2, interventions=rows, chat=False)
+    finally:
+        handle.remove()
+    prefix = len(tiny.tokenizer(SHARED)["input_ids"])
+    assert widths[0] == (len(configs), prefix) and widths[1][0] == len(prompts)
+    assert len(set(shared)) >= 3  # the configurations write different text
+
+
 def test_steering_changes_greedy_text(tiny):
     vec = random_vector(tiny)
     plain = generate(tiny, PROMPTS, max_new_tokens=10)

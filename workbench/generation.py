@@ -1,13 +1,21 @@
-"""Batched generation with the KV cache, optional steering, and per-row steering configurations."""
+"""Batched generation with the KV cache, optional steering, and per-row steering configurations.
+
+A batch whose prompts open with the same tokens (a chat template's system prompt: 24 of SmolLM2's ~40 prompt
+tokens) runs that prefix once per distinct steering configuration, not once per row: its KV cache is
+repeated for every row of the configuration, the rest of each prompt is left-padded after it, and
+position ids count real tokens only, so each row computes what it would alone.
+"""
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import Any
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import StoppingCriteriaList, StopStringCriteria
 
@@ -20,6 +28,8 @@ from workbench.steering import Intervention, steer_rows, tracking
 Interventions = Sequence[Intervention] | Sequence[Sequence[Intervention]] | None
 
 _STOPS: weakref.WeakKeyDictionary[Any, StopStringCriteria] = weakref.WeakKeyDictionary()
+#: Shortest shared prompt prefix (tokens) worth its own forward pass.
+MIN_SHARED_PREFIX = 8
 
 
 def _stopping(model: Model) -> dict[str, Any]:
@@ -68,6 +78,7 @@ def generate(
     interventions: Interventions = None,
     use_cache: bool = True,
     min_new_tokens: int = 0,
+    share_prefix: bool = True,
     progress: bool = False,
 ) -> list[str]:
     """Generate a response to each prompt; returns only the response text, in the prompts' order.
@@ -75,7 +86,8 @@ def generate(
     ``interventions`` is a list applied to every prompt, or a list of lists, one per prompt (each row
     of a batch carries its own configuration). ``use_cache=False`` re-runs the whole sequence at every
     step (the reference loop, for checks). ``min_new_tokens`` keeps end-of-turn from stopping a row
-    earlier (equal lengths, for timing). Greedy output does not depend on ``batch_size``.
+    earlier (equal lengths, for timing). ``share_prefix=False`` runs every row's whole prompt (the
+    reference, for checks). Greedy output does not depend on ``batch_size``.
     """
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InvalidArgumentError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
@@ -94,10 +106,19 @@ def generate(
     batches = list(length_batches(model, texts, batch_size, formatted=chat))
     for batch_no, batch in enumerate(tqdm(batches, desc="generate", disable=not progress)):
         encoded = model.encode([texts[i] for i in batch], formatted=chat)
+        row_ivs = [shared + (rows[i] if rows is not None else []) for i in batch]
+        prefix = _shared_prefix(encoded) if share_prefix and use_cache else 0
+        if prefix >= MIN_SHARED_PREFIX:
+            encoded = _after_prefix(encoded, prefix, tokenizer.pad_token_id)
         prompt_len = encoded["input_ids"].shape[1]
         with ExitStack() as stack:
             tracker = stack.enter_context(tracking(model))
             stack.enter_context(tracker.declared(torch.tensor([prompt_len])))
+            cache = (
+                _prefix_cache(model, encoded["input_ids"][0, :prefix], row_ivs)
+                if prefix >= MIN_SHARED_PREFIX
+                else None
+            )
             stack.enter_context(steer_rows(model, [shared]))
             if rows is not None:
                 stack.enter_context(steer_rows(model, [rows[i] for i in batch]))
@@ -106,6 +127,7 @@ def generate(
                 torch.manual_seed(seed + batch_no)
             output = model.hf_model.generate(
                 **encoded,
+                **({} if cache is None else {_cache_name(model): cache}),
                 max_new_tokens=max_new_tokens,
                 do_sample=do_sample,
                 use_cache=use_cache,
@@ -119,6 +141,59 @@ def generate(
         for i, text in zip(batch, texts_out, strict=True):
             responses[i] = _cut(text, model.stop_strings)
     return responses
+
+
+def _shared_prefix(encoded: dict[str, Tensor]) -> int:
+    """How many tokens every (left-padded) row opens with, leaving each row at least one more token."""
+    lengths = encoded["attention_mask"].sum(-1)
+    width, shortest = encoded["input_ids"].shape[1], int(lengths.min())
+    if shortest < 2:
+        return 0
+    starts = width - lengths
+    index = starts[:, None] + torch.arange(shortest - 1, device=starts.device)
+    heads = encoded["input_ids"].gather(1, index)
+    same = (heads == heads[:1]).all(0).long()
+    return int(same.cumprod(0).sum())
+
+
+def _after_prefix(encoded: dict[str, Tensor], prefix: int, pad: int) -> dict[str, Tensor]:
+    """The batch with the shared prefix first and each row's rest left-padded after it."""
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    lengths = mask.sum(-1)
+    rest = int(lengths.max()) - prefix
+    out_ids = torch.full((ids.shape[0], prefix + rest), pad, dtype=ids.dtype, device=ids.device)
+    out_mask = torch.zeros_like(out_ids, dtype=mask.dtype)
+    for r, n in enumerate(lengths.tolist()):
+        out_ids[r, :prefix] = ids[r, ids.shape[1] - n : ids.shape[1] - n + prefix]
+        out_ids[r, prefix + rest - (n - prefix) :] = ids[r, ids.shape[1] - (n - prefix) :]
+        out_mask[r, :prefix] = 1
+        out_mask[r, prefix + rest - (n - prefix) :] = 1
+    return {"input_ids": out_ids, "attention_mask": out_mask}
+
+
+def _cache_name(model: Model) -> str:
+    parameters = inspect.signature(model.hf_model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"  # transformers >= 5.24: "cache"
+
+
+def _prefix_cache(model: Model, prefix: Tensor, row_ivs: list[list[Intervention]]) -> Any:
+    """The KV cache of ``prefix`` for every row: one forward per distinct steering configuration."""
+    groups: dict[tuple[int, ...], int] = {}
+    owner = [groups.setdefault(tuple(id(iv) for iv in ivs), len(groups)) for ivs in row_ivs]
+    configs = list({tuple(id(iv) for iv in ivs): ivs for ivs in row_ivs}.values())
+    with steer_rows(model, configs), direct_forward(model):
+        out = model.hf_model(
+            input_ids=prefix[None].expand(len(configs), -1),
+            use_cache=True,
+            **({"logits_to_keep": 1} if _keeps_logits(model) else {}),
+        )
+    cache = out.past_key_values
+    cache.reorder_cache(torch.tensor(owner, device=prefix.device))
+    return cache
+
+
+def _keeps_logits(model: Model) -> bool:
+    return "logits_to_keep" in inspect.signature(model.hf_model.forward).parameters
 
 
 def _cut(text: str, stops: tuple[str, ...]) -> str:
