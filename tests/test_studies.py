@@ -35,6 +35,14 @@ def _written(result, run_dir):
     return folder
 
 
+def test_candidate_layers_sit_at_the_same_depths_of_any_model():
+    assert Scale.full().candidate_layers(30) == [6, 10, 14, 17, 21]  # SmolLM2-135M
+    assert Scale.full().candidate_layers(18) == [3, 6, 8, 10, 12]  # Gemma 3 270M
+    assert Scale.quick().candidate_layers(30) == [7, 12, 16]
+    assert Scale.quick().candidate_layers(2) == [0, 1]  # distinct blocks only
+    assert MICRO.candidate_layers(30) == [1, 2]  # explicit layers win
+
+
 def test_format_study_table(tiny, run_dir):
     result = instructions.format_study(tiny, MICRO, run_dir)
     table = result.table

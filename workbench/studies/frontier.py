@@ -384,6 +384,15 @@ def _notes(result: BehaviourResult) -> list[str]:
     ]
 
 
+def _quick(scale: Scale, quick: bool | None) -> tuple[Scale, bool]:
+    """The scale a run uses and whether it is quick (default: no more validation prompts than
+    :meth:`Scale.quick`); a quick run is capped at :data:`QUICK_CAPS`."""
+    quick = scale.n_validation <= Scale.quick().n_validation if quick is None else quick
+    if quick:
+        scale = dataclasses.replace(scale, **{k: min(getattr(scale, k), v) for k, v in QUICK_CAPS.items()})
+    return scale, quick
+
+
 def _gemma() -> Model | None:
     try:
         return load_model("gemma3-270m")
@@ -411,9 +420,7 @@ def frontier_study(
     ``sweep_refinements.csv`` (each refinement against its seed),
     ``chosen.json`` and one ``frontier_<model>_<behaviour>`` figure per behaviour.
     """
-    quick = scale.n_validation <= Scale.quick().n_validation if quick is None else quick
-    if quick:
-        scale = dataclasses.replace(scale, **{k: min(getattr(scale, k), v) for k, v in QUICK_CAPS.items()})
+    scale, quick = _quick(scale, quick)
     names = list(behaviours or (QUICK_BEHAVIOURS if quick else BEHAVIOURS))
     unknown = [n for n in names if n not in BEHAVIOURS]
     if unknown or not names:
@@ -484,9 +491,7 @@ def presets_study(
     chosen for ``model``. Writes under ``out_dir/presets``; table columns as :func:`frontier_study`'s; one
     ``frontier_<model>_<behaviour>`` figure of the test settings per preset. Test rows are cached there.
     """
-    quick = scale.n_validation <= Scale.quick().n_validation if quick is None else quick
-    if quick:
-        scale = dataclasses.replace(scale, **{k: min(getattr(scale, k), v) for k, v in QUICK_CAPS.items()})
+    scale, quick = _quick(scale, quick)
     wanted = [
         n for n in presets.available(model) if not quick or presets.get(n).behaviour in QUICK_BEHAVIOURS
     ]

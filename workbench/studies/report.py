@@ -308,29 +308,24 @@ def _base_model(model: Model | None, scale: Scale, out: Path, progress: bool) ->
     return "not run: the Gemma 3 270M base model is not installed" if result is None else result
 
 
-def _frontier(model: Model | None, scale: Scale, out: Path, progress: bool) -> StudyResult | str:
-    from workbench.studies.frontier import FULL_SCALE, frontier_study
+def _frontier_runner(name: str) -> Runner:
+    def run(model: Model | None, scale: Scale, out: Path, progress: bool) -> StudyResult | str:
+        from workbench.studies import frontier
 
-    assert model is not None
-    quick = scale.n_validation <= Scale.quick().n_validation
-    return frontier_study(model, scale if quick else FULL_SCALE, out, quick=quick, progress=progress)
+        assert model is not None
+        quick = scale.n_validation <= Scale.quick().n_validation
+        # At full size both run at the search's own scale, so the presets' test numbers reproduce it.
+        study = getattr(frontier, f"{name}_study")
+        return study(model, scale if quick else frontier.FULL_SCALE, out, quick=quick, progress=progress)
 
-
-def _presets(model: Model | None, scale: Scale, out: Path, progress: bool) -> StudyResult | str:
-    from workbench.studies.frontier import FULL_SCALE, presets_study
-
-    assert model is not None
-    quick = scale.n_validation <= Scale.quick().n_validation
-    # The full scale is the frontier search's own, so the test numbers reproduce the search's.
-    return presets_study(model, scale if quick else FULL_SCALE, out, quick=quick, progress=progress)
+    return run
 
 
 RUNNERS: dict[str, Runner] = {
     **{name: _instruction_runner(name) for name in ("format", "length", "composition", "ablation")},
     "italian": _italian,
     "base_model": _base_model,
-    "presets": _presets,
-    "frontier": _frontier,
+    **{name: _frontier_runner(name) for name in ("presets", "frontier")},
 }
 
 
