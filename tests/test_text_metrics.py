@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +13,7 @@ from workbench.errors import InvalidArgumentError
 from workbench.evaluation.fluency import (
     MAX_NGRAM_REPEAT_RATE,
     MAX_RUN,
+    has_character_loop,
     is_degenerate,
     longest_repeated_run,
     repeated_ngram_rate,
@@ -131,6 +133,9 @@ NORMAL = [
     "months: you will be surprised by how far you have come.",
     "Ha ha ha, that is a good one! I think that that joke works.",
     "42",
+    "The world population grew from 1000000000 people in 1804 to 8000000000 in 2022.",
+    "| year | sales |\n|------|-------|\n| 2019 | 10% |\n| 2020 | 12% |\n| 2021 | 15% |\n----------------",
+    "Version 3.11.1 of the resolver uses 1.1.1.1 and 8.8.8.8 by default, then 9.9.9.9 as a fallback.",
 ]
 
 DEGENERATE = [
@@ -150,6 +155,11 @@ DEGENERATE = [
     "",
     "   \n ",
     "... !!! ???",
+    # Number salad from a steered base model (Gemma 3 270M): no letter words to repeat.
+    "1001:10)D:10=1=1=1=1=1=1=1=1=1=1=1=1=1=1=1=1=1=1",
+    "1001:10.10,10,5,10,5,10,5,10,10,10,5,10,10,5,10,",
+    "10001001:100100010010010010010010010010010010010",
+    "151.1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,",
 ]
 
 
@@ -167,7 +177,7 @@ def test_looping_or_empty_text_is_degenerate(text: str) -> None:
 
 def test_thresholds_separate_the_samples_with_margin() -> None:
     normal_rate = max(repeated_ngram_rate(t) for t in NORMAL)
-    loops = [t for t in DEGENERATE if t.strip(" \n.!?")]
+    loops = [t for t in DEGENERATE if len(re.findall("[^\\W\\d_]+", t)) > 2]  # loops of words
     caught = [
         repeated_ngram_rate(t) > MAX_NGRAM_REPEAT_RATE or longest_repeated_run(t) > MAX_RUN for t in loops
     ]
@@ -188,6 +198,22 @@ def test_thresholds_separate_the_samples_with_margin() -> None:
 )
 def test_repeated_ngram_rate(text: str, n: int, rate: float) -> None:
     assert repeated_ngram_rate(text, n) == pytest.approx(rate)
+
+
+@pytest.mark.parametrize(
+    ("text", "loop"),
+    [
+        ("=1" * 8, True),  # 8 copies of a 2-character cycle
+        ("=1" * 7, False),
+        ("x" + "100" * 8, True),
+        ("ah" * 9, True),
+        ("-" * 40, False),  # a rule line: one character, no letter or digit
+        ("1" + "0" * 20, False),  # a big number: one repeated digit
+        ("-|" * 12, False),  # a cycle without a letter or digit
+    ],
+)
+def test_character_loops(text: str, loop: bool) -> None:
+    assert has_character_loop(text) is loop
 
 
 def test_repeated_ngram_rate_refuses_n_below_one() -> None:

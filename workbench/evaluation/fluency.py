@@ -1,7 +1,9 @@
 """Text-only signs of degenerate generation: repeated n-grams, looping runs, perplexity out of range.
 
 Tokens are lower-cased words of letters, so punctuation, case and list numbering (``1. The cat 2. The cat``)
-do not hide a loop. The thresholds were set on the hand-made samples in ``tests/test_text_metrics.py``:
+do not hide a loop; :func:`is_degenerate` also runs the same checks with numbers of two or more digits as
+words, and looks for a short cycle of characters repeated back to back, so loops without letters
+(``10,10,5,10,5``, ``1.1:10=1=1=1=1=1``, a steered base model's number salad) are caught too. The thresholds were set on the hand-made samples in ``tests/test_text_metrics.py``:
 ordinary English and Italian answers of 10-300 words have a 3-gram repeat rate of at most 0.03 and no
 repeated run, looping ones a rate of 0.5-0.9 or runs of 6-12 copies; the limits sit between, with room for
 natural repetition (``ha ha ha``, ``that that``).
@@ -15,11 +17,13 @@ import re
 from workbench.errors import InvalidArgumentError
 
 __all__ = [
+    "MAX_CHAR_RUN",
     "MAX_CYCLE",
     "MAX_NGRAM_REPEAT_RATE",
     "MAX_PERPLEXITY",
     "MAX_RUN",
     "MIN_PERPLEXITY",
+    "has_character_loop",
     "is_degenerate",
     "longest_repeated_run",
     "repeated_ngram_rate",
@@ -34,6 +38,10 @@ MAX_CYCLE = 4
 MAX_RUN = 4
 """Degenerate when some 1-4 word cycle repeats back to back more than this many times."""
 
+MAX_CHAR_RUN = 7
+"""Degenerate when a cycle of 2-6 characters holding a letter or digit repeats back to back more than this
+many times (``=1=1=1…``, ``100100100…``); one repeated character (``1000000000``, ``--------``) is not a loop."""
+
 MIN_PERPLEXITY = 2.5
 """Degenerate below this perplexity under the reference model: the reference paper's rule (text that a
 model finds this predictable is a loop or boilerplate)."""
@@ -42,6 +50,8 @@ MAX_PERPLEXITY = 1000.0
 """Degenerate above this perplexity under the reference model: word salad, broken tokens, wrong script."""
 
 _LETTER_WORD = re.compile(r"[^\W\d_]+")
+_WORD_OR_NUMBER = re.compile(r"[^\W\d_]+|\d{2,}")  # one-digit numbers are list and section numbering
+_CHAR_CYCLE = re.compile(r"(.{2,6}?)\1{" + str(MAX_CHAR_RUN) + ",}", re.DOTALL)
 
 
 def _tokens(text: str) -> list[str]:
@@ -52,7 +62,10 @@ def repeated_ngram_rate(text: str, n: int = 3) -> float:
     """Share of the word ``n``-grams of ``text`` that repeat an earlier one; 0.0 with no n-gram at all."""
     if n < 1:
         raise InvalidArgumentError(f"n must be at least 1, got {n}")
-    tokens = _tokens(text)
+    return _ngram_rate(_tokens(text), n)
+
+
+def _ngram_rate(tokens: list[str], n: int) -> float:
     grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
     if not grams:
         return 0.0
@@ -65,7 +78,10 @@ def longest_repeated_run(text: str) -> int:
     ``"the the the"`` gives 3 (a one-word cycle), ``"I am I am I am I"`` gives 3 (``I am`` three times and
     a partial fourth, which does not count).
     """
-    tokens = _tokens(text)
+    return _run(_tokens(text))
+
+
+def _run(tokens: list[str]) -> int:
     best = 1 if tokens else 0
     for cycle in range(1, MAX_CYCLE + 1):
         matching = 0
@@ -75,14 +91,27 @@ def longest_repeated_run(text: str) -> int:
     return best
 
 
+def has_character_loop(text: str) -> bool:
+    """Whether a cycle of 2-6 characters, not all the same and holding a letter or digit, repeats back to
+    back more than `MAX_CHAR_RUN` times."""
+    return any(
+        len(set(cycle)) > 1 and re.search(r"[^\W_]", cycle)
+        for cycle in (m.group(1) for m in _CHAR_CYCLE.finditer(text))
+    )
+
+
 def is_degenerate(text: str, *, perplexity: float | None = None) -> bool:
     """Whether ``text`` is degenerate: no word or number at all, a 3-gram repeat rate above
-    `MAX_NGRAM_REPEAT_RATE`, a run longer than `MAX_RUN`, or (given the text's ``perplexity`` under a
-    reference model) a perplexity below `MIN_PERPLEXITY` or above `MAX_PERPLEXITY`."""
+    `MAX_NGRAM_REPEAT_RATE` or a run longer than `MAX_RUN` (of words, or of words and numbers), a
+    character loop (:func:`has_character_loop`), or (given the text's ``perplexity`` under a reference
+    model) a perplexity below `MIN_PERPLEXITY` or above `MAX_PERPLEXITY`."""
     if perplexity is not None and (math.isnan(perplexity) or perplexity <= 0):
         raise InvalidArgumentError(f"perplexity must be a positive number or None, got {perplexity!r}")
     if not re.search(r"\w", text):
         return True
-    if repeated_ngram_rate(text, 3) > MAX_NGRAM_REPEAT_RATE or longest_repeated_run(text) > MAX_RUN:
+    for tokens in (_tokens(text), _WORD_OR_NUMBER.findall(text.lower())):
+        if _ngram_rate(tokens, 3) > MAX_NGRAM_REPEAT_RATE or _run(tokens) > MAX_RUN:
+            return True
+    if has_character_loop(text):
         return True
     return perplexity is not None and not MIN_PERPLEXITY <= perplexity <= MAX_PERPLEXITY
