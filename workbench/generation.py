@@ -8,7 +8,6 @@ position ids count real tokens only, so each row computes what it would alone.
 
 from __future__ import annotations
 
-import inspect
 import weakref
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -127,7 +126,7 @@ def generate(
                 torch.manual_seed(seed + batch_no)
             output = model.hf_model.generate(
                 **encoded,
-                **({} if cache is None else {_cache_name(model): cache}),
+                **({} if cache is None else {model.cache_argument: cache}),
                 max_new_tokens=max_new_tokens,
                 do_sample=do_sample,
                 use_cache=use_cache,
@@ -171,11 +170,6 @@ def _after_prefix(encoded: dict[str, Tensor], prefix: int, pad: int) -> dict[str
     return {"input_ids": out_ids, "attention_mask": out_mask}
 
 
-def _cache_name(model: Model) -> str:
-    parameters = inspect.signature(model.hf_model.forward).parameters
-    return "cache" if "cache" in parameters else "past_key_values"  # transformers >= 5.24: "cache"
-
-
 def _prefix_cache(model: Model, prefix: Tensor, row_ivs: list[list[Intervention]]) -> Any:
     """The KV cache of ``prefix`` for every row: one forward per distinct steering configuration."""
     groups: dict[tuple[int, ...], int] = {}
@@ -185,15 +179,11 @@ def _prefix_cache(model: Model, prefix: Tensor, row_ivs: list[list[Intervention]
         out = model.hf_model(
             input_ids=prefix[None].expand(len(configs), -1),
             use_cache=True,
-            **({"logits_to_keep": 1} if _keeps_logits(model) else {}),
+            **({"logits_to_keep": 1} if model.skips_logits else {}),
         )
     cache = out.past_key_values
     cache.reorder_cache(torch.tensor(owner, device=prefix.device))
     return cache
-
-
-def _keeps_logits(model: Model) -> bool:
-    return "logits_to_keep" in inspect.signature(model.hf_model.forward).parameters
 
 
 def _cut(text: str, stops: tuple[str, ...]) -> str:

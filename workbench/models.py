@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import json
 import os
 import time
@@ -96,6 +97,18 @@ class Model:
         messages = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": user})
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    @property
+    def cache_argument(self) -> str:
+        """The forward's KV-cache keyword: ``cache`` from transformers 5.24, ``past_key_values`` before."""
+        return (
+            "cache" if "cache" in inspect.signature(self.hf_model.forward).parameters else "past_key_values"
+        )
+
+    @property
+    def skips_logits(self) -> bool:
+        """Whether the forward takes ``logits_to_keep`` (computes logits only for the last positions)."""
+        return "logits_to_keep" in inspect.signature(self.hf_model.forward).parameters
 
     def encode(self, texts: list[str], *, formatted: bool) -> dict[str, torch.Tensor]:
         """Left-padded token ids and attention mask. Chat-formatted text already holds its special tokens."""

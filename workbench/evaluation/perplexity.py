@@ -16,13 +16,12 @@ continuation, as in generation.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Sequence
 from contextlib import ExitStack
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from workbench.batching import format_prompts
@@ -129,10 +128,6 @@ def _forward(
         tail_mask[r, : len(ids)] = 1
     head_ids, head_mask, owner = head_ids.to(device), head_mask.to(device), owner.to(device)
     tail_ids, tail_mask = tail_ids.to(device), tail_mask.to(device)
-    parameters = inspect.signature(model.hf_model.forward).parameters
-    # Only the last head position needs logits; most Hugging Face models can skip the rest.
-    keep = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
-    cache_name = "cache" if "cache" in parameters else "past_key_values"  # transformers >= 5.24: "cache"
     with ExitStack() as stack:
         tracker = stack.enter_context(tracking(model))
         stack.enter_context(tracker.declared(torch.tensor([width], device=device)))  # tails are "generated"
@@ -143,9 +138,9 @@ def _forward(
             attention_mask=head_mask,
             position_ids=(head_mask.cumsum(-1) - 1).clamp_min(0),
             use_cache=True,
-            **keep,
+            **({"logits_to_keep": 1} if model.skips_logits else {}),  # only the last position is scored
         )
-        logits = first.logits[:, -1:][owner]
+        logprobs = _token_logprobs(first.logits[:, -1:][owner], tail_ids[:, :1])
         if longest > 1:  # the last tail token predicts nothing that is scored
             cache = first.past_key_values
             cache.reorder_cache(owner)
@@ -154,15 +149,28 @@ def _forward(
                 attention_mask=torch.cat([head_mask[owner], tail_mask[:, :-1]], dim=1),
                 position_ids=head_mask.sum(-1)[owner, None] + torch.arange(longest - 1, device=device),
                 use_cache=True,
-                **{cache_name: cache},
+                **{model.cache_argument: cache},
             ).logits
-            logits = torch.cat([logits, rest], dim=1)
-    logprobs = logits.float().log_softmax(-1).gather(-1, tail_ids[..., None])[..., 0].cpu()
+            logprobs = torch.cat([logprobs, _token_logprobs(rest, tail_ids[:, 1:])], dim=1)
     picked = [logprobs[r, : len(t)] for r, t in enumerate(flat)]
     out, k = [], 0
     for row in tails:
         out.append(picked[k : k + len(row)])
         k += len(row)
+    return out
+
+
+def _token_logprobs(
+    logits: Float[Tensor, "rows seq vocab"], ids: Int[Tensor, "rows seq"]
+) -> Float[Tensor, "rows seq"]:
+    """``log_softmax(logits)`` at ``ids``, on the CPU, a few rows at a time: a whole batch's log-softmax over
+    Gemma's 262k-token vocabulary would be another copy of gigabytes of logits."""
+    out = torch.empty(ids.shape, dtype=torch.float32)
+    step = max(1, 2**26 // max(1, logits.shape[1] * logits.shape[2]))  # about 256 MB of float32 at a time
+    for start in range(0, len(ids), step):
+        chunk = logits[start : start + step].float()
+        picked = chunk.gather(-1, ids[start : start + step, :, None])[..., 0] - chunk.logsumexp(-1)
+        out[start : start + step] = picked.cpu()
     return out
 
 
