@@ -92,7 +92,7 @@ def run_notebook(
         timeout=900,
         resources={"metadata": {"path": str(work)}},
     )
-    client.execute()
+    client.execute(cleanup_kc=True)  # shut the kernel down: a kernel we pass in is otherwise left running
     text = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("output_type") == "stream")
     line = next(line for line in text.splitlines() if line.startswith(MARKER))
     return json.loads(line[len(MARKER) :])
