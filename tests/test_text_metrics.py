@@ -208,7 +208,9 @@ def test_repeated_ngram_rate(text: str, n: int, rate: float) -> None:
         ("x" + "100" * 8, True),
         ("ah" * 9, True),
         ("-" * 40, False),  # a rule line: one character, no letter or digit
-        ("1" + "0" * 20, False),  # a big number: one repeated digit
+        ("1" + "0" * 15, False),  # 10^15: one repeated digit
+        ("1" + "0" * 16, True),
+        ("100%100%100%4102222222222222222222222", True),  # number salad from a steered base model
         ("-|" * 12, False),  # a cycle without a letter or digit
     ],
 )

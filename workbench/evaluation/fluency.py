@@ -22,6 +22,7 @@ __all__ = [
     "MAX_NGRAM_REPEAT_RATE",
     "MAX_PERPLEXITY",
     "MAX_RUN",
+    "MAX_SAME_CHAR",
     "MIN_PERPLEXITY",
     "has_character_loop",
     "is_degenerate",
@@ -40,7 +41,11 @@ MAX_RUN = 4
 
 MAX_CHAR_RUN = 7
 """Degenerate when a cycle of 2-6 characters holding a letter or digit repeats back to back more than this
-many times (``=1=1=1…``, ``100100100…``); one repeated character (``1000000000``, ``--------``) is not a loop."""
+many times (``=1=1=1…``, ``100100100…``); one repeated character is `MAX_SAME_CHAR`'s."""
+
+MAX_SAME_CHAR = 15
+"""Degenerate when one letter or digit repeats back to back more than this many times (``2222…``); a
+number as big as 10^15 is still fluent."""
 
 MIN_PERPLEXITY = 2.5
 """Degenerate below this perplexity under the reference model: the reference paper's rule (text that a
@@ -52,6 +57,7 @@ MAX_PERPLEXITY = 1000.0
 _LETTER_WORD = re.compile(r"[^\W\d_]+")
 _WORD_OR_NUMBER = re.compile(r"[^\W\d_]+|\d{2,}")  # one-digit numbers are list and section numbering
 _CHAR_CYCLE = re.compile(r"(.{2,6}?)\1{" + str(MAX_CHAR_RUN) + ",}", re.DOTALL)
+_SAME_CHAR = re.compile(r"([^\W_])\1{" + str(MAX_SAME_CHAR) + ",}")
 
 
 def _tokens(text: str) -> list[str]:
@@ -93,7 +99,9 @@ def _run(tokens: list[str]) -> int:
 
 def has_character_loop(text: str) -> bool:
     """Whether a cycle of 2-6 characters, not all the same and holding a letter or digit, repeats back to
-    back more than `MAX_CHAR_RUN` times."""
+    back more than `MAX_CHAR_RUN` times, or one letter or digit more than `MAX_SAME_CHAR` times."""
+    if _SAME_CHAR.search(text):
+        return True
     return any(
         len(set(cycle)) > 1 and re.search(r"[^\W_]", cycle)
         for cycle in (m.group(1) for m in _CHAR_CYCLE.finditer(text))
