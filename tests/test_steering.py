@@ -216,3 +216,11 @@ def test_transfer_to_a_model_with_the_same_shape(tiny):
     assert moved != generate(other, PROMPTS, max_new_tokens=6)
     assert iv.describe(other)["transfer"] is True
     assert iv.describe(tiny)["transfer"] is False
+
+
+def test_labels_name_mode_layer_and_coefficient(tiny):
+    vec = random_vector(tiny)
+    assert Intervention(vec, 2, "add", 2.0).label == "add@2x2"
+    assert Intervention(vec, 1, "add", 0.25).label == "add@1x0.25"
+    assert Intervention(vec, 3, "set_projection").label == "set_projection@3"
+    assert Intervention(vec, 0, "ablate").label == "ablate@0"

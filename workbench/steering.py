@@ -79,6 +79,11 @@ class Intervention:
     def hook_name(self) -> str:
         return f"blocks.{self.layer}.hook_resid_post"
 
+    @property
+    def label(self) -> str:
+        """Short name for tables and notes: ``add@10x2``, ``set_projection@12``."""
+        return f"{self.mode}@{self.layer}" + ("" if self.coef is None else f"x{self.coef:g}")
+
     def direction(self) -> Float[Tensor, " d_model"]:
         return self.vector.direction(self.layer)
 

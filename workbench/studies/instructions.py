@@ -270,13 +270,7 @@ def _run(model: Model, jobs: Sequence[_Job], scale: Scale, *, progress: bool = F
         {
             "id": [job.item.id for job in jobs],
             "prompt": [job.prompt for job in jobs],
-            "interventions": [
-                "; ".join(
-                    f"{iv.mode}@{iv.layer}" + ("" if iv.coef is None else f"x{iv.coef:g}")
-                    for iv in job.interventions
-                )
-                for job in jobs
-            ],
+            "interventions": ["; ".join(iv.label for iv in job.interventions) for job in jobs],
             "max_new_tokens": [job.max_new_tokens for job in jobs],
             "response": responses,
         }
@@ -598,8 +592,7 @@ def composition_study(
 
     def how(sel: Selected, iv: Intervention) -> str:
         chosen = "chosen on validation" if sel.intervention is not None else "fallback, steering did not win"
-        coef = "" if iv.coef is None else f"x{iv.coef:g}"
-        return f"{sel.name}: {iv.mode}@{iv.layer}{coef} ({chosen})"
+        return f"{sel.name}: {iv.label} ({chosen})"
 
     notes = [
         how(f_sel, f_iv),

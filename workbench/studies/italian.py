@@ -167,11 +167,7 @@ def italian_study(
         iv = chosen[variant]
         notes.append(
             f"vector {variant}: "
-            + (
-                "no steering beats the unsteered model"
-                if iv is None
-                else f"{iv.mode} at layer {iv.layer}, coef {iv.coef}"
-            )
+            + ("no steering beats the unsteered model" if iv is None else f"chose {iv.label}")
         )
     test = {variant: load("italian", "test", variant=variant).head(scale.n_test) for variant in VARIANTS}
     english, italian, asked = test["it"].negative, test["it"].positive, test["en_answer_it"].positive
