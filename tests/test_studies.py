@@ -43,6 +43,11 @@ def test_candidate_layers_sit_at_the_same_depths_of_any_model():
     assert MICRO.candidate_layers(30) == [1, 2]  # explicit layers win
 
 
+def test_quick_scales_are_told_from_full_ones():
+    assert Scale.quick().is_quick and MICRO.is_quick
+    assert not Scale.full().is_quick
+
+
 def test_format_study_table(tiny, run_dir):
     result = instructions.format_study(tiny, MICRO, run_dir)
     table = result.table

@@ -39,6 +39,11 @@ class Scale:
     def full(cls) -> Scale:
         return cls(n_train=64, n_validation=16, n_test=32, max_new_tokens=48, layers=None)
 
+    @property
+    def is_quick(self) -> bool:
+        """A CI-sized scale: no more validation prompts than :meth:`quick`'s."""
+        return self.n_validation <= Scale.quick().n_validation
+
     def candidate_layers(self, n_layers: int) -> list[int]:
         """:attr:`layers`, or the distinct blocks at :attr:`depths` of a model with ``n_layers`` blocks."""
         if self.layers is not None:

@@ -387,7 +387,7 @@ def _notes(result: BehaviourResult) -> list[str]:
 def _quick(scale: Scale, quick: bool | None) -> tuple[Scale, bool]:
     """The scale a run uses and whether it is quick (default: no more validation prompts than
     :meth:`Scale.quick`); a quick run is capped at :data:`QUICK_CAPS`."""
-    quick = scale.n_validation <= Scale.quick().n_validation if quick is None else quick
+    quick = scale.is_quick if quick is None else quick
     if quick:
         scale = dataclasses.replace(scale, **{k: min(getattr(scale, k), v) for k, v in QUICK_CAPS.items()})
     return scale, quick

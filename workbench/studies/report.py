@@ -313,9 +313,9 @@ def _frontier_runner(name: str) -> Runner:
         from workbench.studies import frontier
 
         assert model is not None
-        quick = scale.n_validation <= Scale.quick().n_validation
         # At full size both run at the search's own scale, so the presets' test numbers reproduce it.
         study = getattr(frontier, f"{name}_study")
+        quick = scale.is_quick
         return study(model, scale if quick else frontier.FULL_SCALE, out, quick=quick, progress=progress)
 
     return run
