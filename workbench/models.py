@@ -99,6 +99,15 @@ class Model:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     @property
+    def fingerprint(self) -> str:
+        """What changes this model's outputs: weights hash, dtype and device type (for cache keys)."""
+        return f"{self.weights_hash[:32]}-{self.dtype}-{self.device.type}".replace("torch.", "")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf_model.parameters()).dtype
+
+    @property
     def cache_argument(self) -> str:
         """The forward's KV-cache keyword: ``cache`` from transformers 5.24, ``past_key_values`` before."""
         return (
