@@ -668,3 +668,44 @@ def test_to_gguf_argument_checks(vec, tmp_path):
         vec.to_gguf(tmp_path / "v.gguf", coef=math.nan)
     path = vec.to_gguf(tmp_path / "v.gguf", model_hint="llama")
     assert read_gguf(path)[0]["controlvector.model_hint"] == "llama"
+
+
+# ---- from_dataset: the one call from data to vector --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "variant", "tag"), [("json_format", None, "json_format"), ("italian", "it", "italian:it")]
+)
+def test_from_dataset_equals_collecting_by_hand(tiny, tmp_path, monkeypatch, name, variant, tag):
+    from workbench.activations import collect
+    from workbench.datasets import load
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "a"))
+    data = load(name, "train", variant=variant).head(5)
+    vector = SteeringVector.from_dataset(tiny, data, layers=[1, 3], method="pca", batch_size=2)
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "b"))  # the hand-written path computes afresh
+    pos = collect(tiny, data.positive, layers=[1, 3], cache=False)
+    neg = collect(tiny, data.negative, layers=[1, 3], cache=False)
+    by_hand = SteeringVector.from_activations(pos, neg, "pca", dataset=tag, dataset_hash=data.hash)
+    assert vector.layers == (1, 3)
+    torch.testing.assert_close(vector.directions, by_hand.directions, rtol=0, atol=1e-6)
+    for layer in vector.layers:
+        assert vector.stats[layer].diff_norm == pytest.approx(by_hand.stats[layer].diff_norm, rel=1e-6)
+    drop = ("created",)
+    assert {k: v for k, v in vector.provenance.items() if k not in drop} == {
+        k: v for k, v in by_hand.provenance.items() if k not in drop
+    }
+    assert vector.provenance["dataset"] == tag and vector.provenance["dataset_hash"] == data.hash
+    assert vector.provenance["method"] == "pca" and vector.provenance["position"] == "last"
+
+
+def test_from_dataset_passes_position_and_chat(tiny, tmp_path, monkeypatch):
+    from workbench.datasets import load
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    data = load("json_format", "train").head(4)
+    last = SteeringVector.from_dataset(tiny, data, layers=[2])
+    mean = SteeringVector.from_dataset(tiny, data, layers=[2], position="mean", chat=False)
+    assert mean.provenance["position"] == "mean" and mean.provenance["chat"] is False
+    assert last.provenance["chat"] is True
+    assert abs(cosine(last, mean)[2]) < 0.999  # another position rule gives another direction

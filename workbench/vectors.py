@@ -33,11 +33,11 @@ import numbers
 import os
 import secrets
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -52,6 +52,10 @@ from workbench.errors import (
     ShapeMismatchError,
     WorkbenchError,
 )
+
+if TYPE_CHECKING:
+    from workbench.datasets import ContrastiveSet
+    from workbench.models import Model
 
 ARTIFACT_TYPE = "steering_vector"
 FORMAT_VERSION = "1"
@@ -546,6 +550,35 @@ class SteeringVector:
             created=_now(),
         )
         return cls(torch.stack(rows).float(), pos.layers, stats, provenance)
+
+    @classmethod
+    def from_dataset(
+        cls,
+        model: Model,
+        dataset: ContrastiveSet,
+        *,
+        layers: Sequence[int] | None = None,
+        position: str | int = "last",
+        method: str | Method = "diff_in_means",
+        batch_size: int = 16,
+        chat: bool = True,
+        progress: bool = False,
+    ) -> SteeringVector:
+        """The one call from data to vector: collect ``dataset``'s positive and negative prompts, then extract.
+
+        Collects the residual stream (``blocks.{b}.hook_resid_post``) of ``dataset.positive`` and
+        ``dataset.negative`` at ``layers`` (default all) and ``position`` (``"last"``, ``"mean"`` or an int
+        token index) with :func:`workbench.activations.collect` (cached), then calls :meth:`from_activations`
+        with ``method`` and the dataset's name (``name:variant`` when it has a variant) and hash as
+        provenance. Like repeng's ``ControlVector.train`` and steering-vectors' ``train_steering_vector``.
+        """
+        from workbench.activations import collect
+
+        kw = {"layers": layers, "position": position, "batch_size": batch_size, "chat": chat}
+        pos = collect(model, dataset.positive, progress=progress, **kw)
+        neg = collect(model, dataset.negative, progress=progress, **kw)
+        name = f"{dataset.name}:{dataset.variant}" if dataset.variant else dataset.name
+        return cls.from_activations(pos, neg, method, dataset=name, dataset_hash=dataset.hash)
 
     @classmethod
     def from_directions(
