@@ -7,10 +7,11 @@ prompt's tokens, or the mean over the *response* tokens of contrastive completio
 the mode, a per-layer strength, the positions, a schedule over generated tokens and the norm-preserving
 variant, plus which prompt it answers (plain, with the instruction, or the native Italian one).
 
-:func:`run_recipes` generates every (recipe, prompt) row in one batched call and scores each response:
-``on_target``, ``degenerate`` (:func:`degenerate_answer`: a loop, a 3-gram repeat rate above :data:`MAX_REPEAT`, or
-word salad), ``perplexity`` under the unsteered model and ``clean`` (on target and not degenerate).
-Scoring (:func:`score`) is separate from generating (:func:`answer`), so cached answers are rescored. :func:`summarize` gives one row per recipe,
+:func:`run_recipes` generates every (recipe, prompt) row in one batched call and scores each response
+with the definitions in :mod:`workbench.evaluation` (targets in :mod:`~workbench.evaluation.targets`,
+degeneration in :mod:`~workbench.evaluation.fluency`): ``on_target``, ``degenerate``, ``perplexity`` under
+the unsteered model and ``clean`` (on target and not degenerate). Scoring (:func:`score`) is separate
+from generating (:func:`answer`), so cached answers are rescored. :func:`summarize` gives one row per recipe,
 :func:`pareto_front` the non-dominated ones, :func:`choose` the steered recipe with the best clean rate
 and :func:`plot_frontier` the figure.
 """
@@ -20,9 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,15 +37,15 @@ from torch import Tensor
 from workbench.activations import Activations, collect, collect_responses
 from workbench.datasets import ContrastiveSet, Item, load
 from workbench.errors import InvalidArgumentError
-from workbench.evaluation import (
-    check_all,
-    detect_language,
-    is_degenerate,
-    repeated_ngram_rate,
-    sentence_share,
-)
-from workbench.evaluation.fluency import MAX_PERPLEXITY
+from workbench.evaluation.fluency import MAX_REPEAT, degenerate_answer
 from workbench.evaluation.perplexity import perplexity
+from workbench.evaluation.targets import (
+    MIN_ITALIAN_SHARE,
+    follows,
+    is_real_italian,
+    on_target,
+    starts_json,
+)
 from workbench.generation import generate
 from workbench.models import Model, cache_dir
 from workbench.positions import check_positions
@@ -78,6 +77,7 @@ __all__ = [
     "rank",
     "run_recipes",
     "score",
+    "starts_json",
     "summarize",
 ]
 
@@ -86,95 +86,19 @@ SOURCES = ("last", "mean", "response")
 #: Which prompt a recipe answers: the plain query, the query with the instruction, or the native prompt
 #: (the fully Italian query for ``italian``; the instructed prompt for the others).
 PROMPTS = ("plain", "instruction", "native")
+#: Deprecated name of :func:`~workbench.evaluation.targets.starts_json` (which is not JSON compliance).
+is_json_answer = starts_json
 #: Fewest filtered completion pairs for a response vector; below it every pair is used.
 MIN_PAIRS = 4
-#: Degenerate above this share of repeated word 3-grams. The workbench's own limit (0.5) lets through
-#: loops that say a sentence twice or nest the same JSON object again and again (0.39-0.5 on SmolLM2),
-#: and steered "Italian" that repeats a clause ("L'amore di X è un'ammoniero di Y, ma non è
-#: un'ammoniero di Y": 0.22-0.29); 60 unsteered English answers of 40 tokens stay at or below 0.11.
-MAX_REPEAT = 0.2
-#: Real Italian: at least this share of the identifiable sentences is Italian (and so is the whole text).
-MIN_ITALIAN_SHARE = 0.8
-
-
-_FENCES = ("```json", "```Json", "```JSON", "```")
-_PARTIAL = re.compile(r"[\w.+\-]+$")  # a number or literal cut off by the token budget
-
-
-def degenerate_answer(text: str, perplexity: float = math.nan) -> bool:
-    """:func:`~workbench.evaluation.is_degenerate`, a 3-gram repeat rate above :data:`MAX_REPEAT`, or a
-    perplexity above :data:`~workbench.evaluation.fluency.MAX_PERPLEXITY` (word salad).
-
-    The perplexity floor of ``is_degenerate`` is not used: greedy answers of a small model are often
-    that predictable without looping.
-    """
-    if is_degenerate(text) or repeated_ngram_rate(text) > MAX_REPEAT:
-        return True
-    return not math.isnan(perplexity) and perplexity > MAX_PERPLEXITY
-
-
-def _open_brackets(body: str) -> tuple[str, bool] | None:
-    """The closing brackets of the containers still open at the end of ``body``, and whether it ends
-    inside a string; None when brackets mismatch or text follows the closed top-level value."""
-    stack: list[str] = []
-    in_string = escaped = False
-    for i, ch in enumerate(body):
-        if in_string:
-            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
-        elif ch == '"':
-            in_string = True
-        elif ch in "{[":
-            stack.append("}" if ch == "{" else "]")
-        elif ch in "}]":
-            matched = bool(stack) and stack.pop() == ch
-            if not matched or (not stack and body[i + 1 :].strip()):
-                return None
-    return "".join(reversed(stack)), in_string
-
-
-def is_json_answer(text: str) -> bool:
-    """The answer is a JSON object or array (after an optional ``` fence): it parses, or it was cut off by
-    the token budget and parses once its last partial token is completed and its brackets closed.
-
-    Prose before or after the JSON fails, as in IFEval's strict check, which this relaxes only for
-    truncation: a short budget cannot close a long object.
-    """
-    body = text.strip()
-    for fence in _FENCES:
-        body = body.removeprefix(fence)
-    body = body.removesuffix("```").strip()
-    if not body.startswith(("{", "[")):
-        return False
-    state = _open_brackets(body)
-    if state is None:
-        return False
-    closers, in_string = state
-    cut = _PARTIAL.sub("", body).rstrip()  # drop a cut-off value, but only where a value may stand
-    heads = [body + '"'] if in_string else [body, *([cut] if cut.endswith((":", ",", "[")) else [])]
-    for head in (h.rstrip() for h in heads):
-        for candidate in (head, head.removesuffix(","), f"{head} null", f"{head}: null"):
-            try:
-                json.loads(candidate + closers)
-            except ValueError:
-                continue
-            return True
-    return False
-
-
-def is_real_italian(text: str) -> bool:
-    """Italian by language ID of the whole text and of at least :data:`MIN_ITALIAN_SHARE` of its sentences."""
-    if detect_language(text) != "it":
-        return False
-    share = sentence_share(text, "it")
-    return not math.isnan(share) and share >= MIN_ITALIAN_SHARE
 
 
 @dataclass(frozen=True)
 class Behaviour:
     """A behaviour to steer towards: its bundled dataset, its token budget and what counts as on target.
 
-    ``target``: ``ifeval`` (the dataset's IFEval check), ``json`` (:func:`is_json_answer`) or
-    ``italian`` (:func:`is_real_italian`). ``variant`` is the ``italian`` dataset's positive prompt used for the vectors and the native prompt
+    ``target``: one of :data:`~workbench.evaluation.targets.TARGETS` (``ifeval``: the dataset's IFEval
+    check; ``json_format_strict``, ``starts_json``, ``italian``), scored by
+    :func:`~workbench.evaluation.targets.on_target`. ``variant`` is the ``italian`` dataset's positive prompt used for the vectors and the native prompt
     (``it``); ``instruction_variant`` the one used as "instruction in the prompt" (``en_answer_it``).
     """
 
@@ -201,23 +125,14 @@ class Behaviour:
 
     def on_target(self, item: Item, response: str) -> bool:
         """Whether ``response`` shows the behaviour, by :attr:`target`."""
-        if self.target == "json":
-            return is_json_answer(response)
-        if self.target == "italian":
-            return is_real_italian(response)
-        return follows(item, response)
-
-
-def follows(item: Item, response: str) -> bool:
-    """IFEval's strict check of every instruction of ``item``."""
-    return all(check_all(list(item.instruction_id_list), list(item.kwargs), response))
+        return on_target(self.target, item, response)
 
 
 #: The behaviours of the frontier study; bullets get 64 tokens so that three can fit.
 BEHAVIOURS: dict[str, Behaviour] = {
     b.name: b
     for b in (
-        Behaviour("json", "json_format", 48, target="json"),
+        Behaviour("json", "json_format", 48, target="json_format_strict"),
         Behaviour("bullets", "bullet_lists", 64),
         Behaviour("one_sentence", "one_sentence", 40),
         Behaviour("italian", "italian", 40, "italian", variant="it", instruction_variant="en_answer_it"),
@@ -460,7 +375,8 @@ class Recipe:
 
 
 def score(behaviour: Behaviour, rows: pd.DataFrame) -> pd.DataFrame:
-    """``rows`` (from :func:`answer`) with ``follows_ifeval`` (IFEval's strict check), ``on_target``,
+    """``rows`` (from :func:`answer`) with ``follows_ifeval`` (IFEval's strict check), ``starts_json``
+    (:func:`~workbench.evaluation.targets.starts_json`, not compliance), ``on_target``,
     ``degenerate`` (:func:`degenerate_answer`) and ``clean`` (on target and not degenerate)."""
     items = {item.id: item for split in set(rows["split"]) for item in behaviour.items(split).items}
     pairs = list(zip(rows["id"].map(items), rows["response"], rows["perplexity"], strict=True))
@@ -468,6 +384,7 @@ def score(behaviour: Behaviour, rows: pd.DataFrame) -> pd.DataFrame:
     degenerate = [degenerate_answer(r, p) for _, r, p in pairs]
     return rows.assign(
         follows_ifeval=[follows(item, r) for item, r, _ in pairs],
+        starts_json=[starts_json(r) for _, r, _ in pairs],
         on_target=target,
         degenerate=degenerate,
         clean=[t and not d for t, d in zip(target, degenerate, strict=True)],
@@ -551,6 +468,7 @@ def summarize(rows: pd.DataFrame, recipes: Sequence[Recipe], n_layers: int) -> p
     stats = rows.groupby("recipe", sort=False).agg(
         target_rate=("on_target", "mean"),
         ifeval_rate=("follows_ifeval", "mean"),
+        starts_json_rate=("starts_json", "mean"),
         clean_rate=("clean", "mean"),
         degeneration=("degenerate", "mean"),
         perplexity=("perplexity", "median"),

@@ -21,9 +21,11 @@ __all__ = [
     "MAX_CYCLE",
     "MAX_NGRAM_REPEAT_RATE",
     "MAX_PERPLEXITY",
+    "MAX_REPEAT",
     "MAX_RUN",
     "MAX_SAME_CHAR",
     "MIN_PERPLEXITY",
+    "degenerate_answer",
     "has_character_loop",
     "is_degenerate",
     "longest_repeated_run",
@@ -32,6 +34,12 @@ __all__ = [
 
 MAX_NGRAM_REPEAT_RATE = 0.5
 """Degenerate above this share of repeated word 3-grams."""
+
+MAX_REPEAT = 0.2
+"""The frontier's stricter limit on the share of repeated word 3-grams (see :func:`degenerate_answer`):
+0.5 lets through loops that say a sentence twice or nest the same JSON object again and again (0.39-0.5
+on SmolLM2), and steered "Italian" that repeats a clause (0.22-0.29); 60 unsteered English answers of 40
+tokens stay at or below 0.11."""
 
 MAX_CYCLE = 4
 """Longest word cycle (in words) that `longest_repeated_run` looks for."""
@@ -123,3 +131,15 @@ def is_degenerate(text: str, *, perplexity: float | None = None) -> bool:
     if has_character_loop(text):
         return True
     return perplexity is not None and not MIN_PERPLEXITY <= perplexity <= MAX_PERPLEXITY
+
+
+def degenerate_answer(text: str, perplexity: float = math.nan) -> bool:
+    """The frontier's rule: :func:`is_degenerate` without perplexity, a 3-gram repeat rate above
+    `MAX_REPEAT`, or a perplexity above `MAX_PERPLEXITY` (word salad); NaN means unknown.
+
+    The perplexity floor of ``is_degenerate`` is not used: greedy answers of a small model are often that
+    predictable without looping.
+    """
+    if is_degenerate(text) or repeated_ngram_rate(text) > MAX_REPEAT:
+        return True
+    return not math.isnan(perplexity) and perplexity > MAX_PERPLEXITY
