@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from tests.conftest import PROMPTS
-from workbench.activations import collect
+from workbench.activations import BYPASS_WARNING, collect
 from workbench.errors import InvalidArgumentError, ModelLoadError
 from workbench.generation import generate
 from workbench.models import load_model
+from workbench.steering import Intervention, steer
+from workbench.vectors import SteeringVector
 
 
 def test_chat_format_carries_special_tokens_once(tiny):
@@ -71,6 +73,38 @@ def test_collect_disk_cache_is_read_back(tiny, tmp_path, monkeypatch):
     assert torch.equal(first.tensor, second.tensor)
     with pytest.raises(AssertionError):
         collect(tiny, PROMPTS, layers=[0, 1])  # another key: must run the model
+
+
+def test_steering_inside_collect_does_not_poison_the_cache(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    vector = SteeringVector.from_directions(torch.ones(1, tiny.d_model) * 3.0, layers=[1])
+    plain = collect(tiny, PROMPTS, layers=[2], cache=False).tensor
+    with steer(tiny, Intervention(vector, 1, coef=20.0)), pytest.warns(UserWarning, match=BYPASS_WARNING):
+        steered = collect(tiny, PROMPTS, layers=[2]).tensor
+    assert (steered - plain).abs().max() > 1.0  # the steering reached the capture
+    assert not (tmp_path / "activations").exists()  # and was not stored
+    assert torch.allclose(collect(tiny, PROMPTS, layers=[2]).tensor, plain, atol=1e-5)
+    with steer(tiny, Intervention(vector, 1, coef=20.0)), pytest.warns(UserWarning, match=BYPASS_WARNING):
+        again = collect(tiny, PROMPTS, layers=[2]).tensor  # a cached plain entry is not served either
+    assert torch.allclose(again, steered, atol=1e-5)
+    handle = tiny.hf_model.model.layers[0].register_forward_hook(lambda *_: None)  # a user's torch hook
+    try:
+        with pytest.warns(UserWarning, match=BYPASS_WARNING):
+            collect(tiny, PROMPTS, layers=[2])
+    finally:
+        handle.remove()
+
+
+def test_collect_cache_keys_on_dtype(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    full = load_model(tiny_dir, device="cpu")
+    half = load_model(tiny_dir, device="cpu", dtype="bfloat16")
+    assert full.weights_hash == half.weights_hash and full.fingerprint != half.fingerprint
+    a = collect(full, PROMPTS[:2], layers=[1]).tensor
+    b = collect(half, PROMPTS[:2], layers=[1]).tensor
+    assert len(list((tmp_path / "activations").glob("*.safetensors"))) == 2
+    assert not torch.equal(a, b)
+    assert torch.equal(collect(half, PROMPTS[:2], layers=[1]).tensor, b)
 
 
 def test_collect_refusals(tiny):

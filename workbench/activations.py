@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 
 from workbench.batching import format_prompts, length_batches
 from workbench.errors import InvalidArgumentError
-from workbench.fastpath import direct_forward
+from workbench.fastpath import direct_forward, hooked
 from workbench.models import Model, cache_dir
+from workbench.runs import atomic_write
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,37 @@ def _select(x: Tensor, mask: Tensor, position: str | int) -> Tensor:
     return x[torch.arange(x.shape[0]), index]
 
 
-def _cache_path(key: str) -> Path:
+#: Bumped when what a cached capture holds changes (v2: position ids under left padding).
+CACHE_VERSION = 2
+BYPASS_WARNING = "collect: hooks are active, the activation cache is bypassed"
+
+
+def _settings(model: Model, hook: str, position: str | int, chat: bool) -> dict[str, Any]:
+    return {
+        "model_name": model.name,
+        "weights_hash": model.weights_hash,
+        "fingerprint": model.fingerprint,
+        "hook": hook,
+        "position": position,
+        "chat": chat,
+        "is_chat": model.is_chat,
+        "n_layers": model.n_layers,
+    }
+
+
+def _cache_path(
+    model: Model, settings: dict[str, Any], layers: tuple[int, ...], prompts_hash: str, cache: bool
+) -> Path | None:
+    """Where this capture is cached, or None: caching is off, or hooks are active (steering or user hooks
+    change the activations, so they are neither read from nor written to the cache)."""
+    if not cache:
+        return None
+    active = hooked(model)
+    if active:
+        warnings.warn(f"{BYPASS_WARNING} ({', '.join(active[:3])})", stacklevel=3)
+        return None
+    blob = json.dumps([CACHE_VERSION, settings, layers, prompts_hash], sort_keys=True)
+    key = hashlib.sha256(blob.encode()).hexdigest()[:32]
     return cache_dir() / "activations" / f"{key}.safetensors"
 
 
@@ -112,9 +143,12 @@ def collect(
 
     ``position``: ``"last"`` (last real prompt token), ``"mean"`` (mean over the prompt's real tokens,
     padding excluded) or an int index into the real tokens (negative counts from the end). Only the
-    needed hook points are hooked, and the forward stops after the last needed layer. With ``cache``,
-    results are stored under the workbench cache keyed by model weights, prompts, layers, hook and
-    position, and a second identical call reads them.
+    needed hook points are hooked, and the forward stops after the last needed layer. Position ids count
+    each row's real tokens (left padding does not shift absolute positions). With ``cache``, results are
+    stored under the workbench cache keyed by ``model.fingerprint`` (weights, dtype, device type), prompts
+    as formatted, layers, hook and position, and a second identical call reads them. While any hook is
+    registered on the model (inside :func:`~workbench.steering.steer`, user hooks) the cache is neither
+    read nor written, with a warning.
     """
     texts = format_prompts(model, prompts, chat=chat)
     layers = tuple(range(model.n_layers)) if layers is None else tuple(model.layer_check(b) for b in layers)
@@ -124,20 +158,10 @@ def collect(
         raise InvalidArgumentError(f"unknown hook {hook!r}: use one of {', '.join(HOOKS)}")
     if not (position in ("last", "mean") or (isinstance(position, int) and not isinstance(position, bool))):
         raise InvalidArgumentError(f"unknown position {position!r}: use 'last', 'mean' or an int token index")
-    settings = {
-        "model_name": model.name,
-        "weights_hash": model.weights_hash,
-        "hook": hook,
-        "position": position,
-        "chat": chat,
-        "n_layers": model.n_layers,
-    }
+    settings = _settings(model, hook, position, chat)
     prompts_hash = _prompts_hash(texts)
-    key = hashlib.sha256(json.dumps([settings, layers, prompts_hash], sort_keys=True).encode()).hexdigest()[
-        :32
-    ]
-    path = _cache_path(key)
-    if cache and path.exists():
+    path = _cache_path(model, settings, layers, prompts_hash, cache)
+    if path is not None and path.exists():
         return Activations(load_file(path)["tensor"], layers, prompts_hash, settings)
     batches = list(length_batches(model, texts, batch_size, formatted=chat))
 
@@ -150,19 +174,18 @@ def collect(
                     raise InvalidArgumentError(
                         f"position {position} is outside a prompt of {shortest} tokens: use a smaller index"
                     )
-            yield batch, dict(encoded), encoded["attention_mask"]
+            mask = encoded["attention_mask"]
+            yield batch, {**encoded, "position_ids": (mask.cumsum(-1) - 1).clamp_min(0)}, mask
 
     out = _capture(model, len(texts), layers, hook, forwards(), position, progress)
-    if cache:
+    if path is not None:
         _store(path, out, settings)
     return Activations(out, layers, prompts_hash, settings)
 
 
 def _store(path: Path, tensor: Tensor, settings: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"tensor": tensor}, tmp, metadata={"settings": json.dumps(settings)})
-    os.replace(tmp, path)
+    metadata = {"settings": json.dumps(settings)}
+    atomic_write(path, lambda tmp: save_file({"tensor": tensor}, tmp, metadata=metadata), "activation cache")
 
 
 def _capture(
@@ -258,18 +281,10 @@ def collect_responses(
                 f"of {model.n_ctx}: shorten it"
             )
         sequences.append((ids, n))
-    settings = {
-        "model_name": model.name,
-        "weights_hash": model.weights_hash,
-        "hook": hook,
-        "position": "response_mean",
-        "chat": chat,
-        "n_layers": model.n_layers,
-    }
+    settings = _settings(model, hook, "response_mean", chat)
     prompts_hash = _prompts_hash([*texts, *(f"\x00{r}" for r in responses)])
-    key = hashlib.sha256(json.dumps([settings, layers, prompts_hash], sort_keys=True).encode()).hexdigest()
-    path = _cache_path(key[:32])
-    if cache and path.exists():
+    path = _cache_path(model, settings, layers, prompts_hash, cache)
+    if path is not None and path.exists():
         return Activations(load_file(path)["tensor"], layers, prompts_hash, settings)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -277,7 +292,7 @@ def collect_responses(
     batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     forwards = (_padded(model, [sequences[i] for i in batch], batch) for batch in batches)
     out = _capture(model, len(texts), layers, hook, forwards, "mean", progress)
-    if cache:
+    if path is not None:
         _store(path, out, settings)
     return Activations(out, layers, prompts_hash, settings)
 
