@@ -1,22 +1,37 @@
 """The one grid runner: jobs -> batched generation with per-row interventions -> raw completions -> scored rows.
 
-A grid is cut into fixed :class:`Chunk` s; an *executor* generates each chunk's responses. The default,
-:class:`LocalExecutor`, runs them one after another on the loaded model; :mod:`workbench.distributed`
-runs them on Ray actors. Whoever drives the grid writes each finished chunk as a parquet part of raw
-responses (never scores), so a rerun recomputes only missing chunks and scores are always recomputed.
+:func:`run_grid` cuts a grid of :class:`Job` s into fixed :class:`Chunk` s; an *executor* generates each
+chunk's responses. The default, :class:`LocalExecutor`, runs them one after another on the loaded model;
+:mod:`workbench.distributed` runs them on Ray actors. The driver writes each finished chunk as a parquet
+part of raw responses (never scores) under ``out_dir``, beside a manifest of everything that changes the
+responses, so a rerun generates only missing rows and scores are always recomputed by the scorer given.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
+import pandas as pd
+
+from workbench.errors import InvalidArgumentError
 from workbench.generation import generate
 from workbench.models import Model
+from workbench.runs import atomic_text, atomic_write, json_default
 from workbench.steering import Intervention
 
-__all__ = ["Chunk", "Executor", "LocalExecutor"]
+__all__ = ["GRID_MANIFEST", "Chunk", "Executor", "Job", "LocalExecutor", "Scorer", "run_chunk", "run_grid"]
+
+#: The manifest of an ``out_dir``: model fingerprint, generation settings and the caller's key.
+GRID_MANIFEST = "grid.json"
+#: Takes the rows of a grid (``setting``, knobs, ``id``, ``prompt``, ``interventions``, ``response``) and
+#: returns them with score columns added.
+Scorer = Callable[[pd.DataFrame], pd.DataFrame]
 
 
 @dataclass(frozen=True)
@@ -37,7 +52,7 @@ class Executor(Protocol):
     def map(self, chunks: Sequence[Chunk]) -> Iterator[tuple[int, list[str]]]: ...
 
 
-def run_chunk(model: Model, chunk: Chunk) -> list[str]:
+def run_chunk(model: Model, chunk: Chunk, *, progress: bool = False) -> list[str]:
     """The responses of one chunk on ``model`` (greedy unless ``generate_kwargs`` says otherwise)."""
     return generate(
         model,
@@ -46,6 +61,7 @@ def run_chunk(model: Model, chunk: Chunk) -> list[str]:
         batch_size=chunk.batch_size,
         chat=chunk.chat,
         interventions=chunk.interventions,
+        progress=progress,
         **chunk.generate_kwargs,  # type: ignore[arg-type]
     )
 
@@ -59,4 +75,182 @@ class LocalExecutor:
 
     def map(self, chunks: Sequence[Chunk]) -> Iterator[tuple[int, list[str]]]:
         for index, chunk in enumerate(chunks):
-            yield index, run_chunk(self.model, chunk)
+            yield index, run_chunk(self.model, chunk, progress=self.progress)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of a grid: ``prompt`` (of item ``id``) answered under ``interventions``, labelled ``setting``.
+
+    ``knobs`` become columns of the rows (layer, mode, coef, ...). Jobs with the same prompt and the same
+    interventions are one generation: their response is generated once and shared.
+    """
+
+    setting: str
+    id: str
+    prompt: str
+    interventions: tuple[Intervention, ...] = ()
+    knobs: Mapping[str, object] = field(default_factory=dict)
+
+
+def _digest(payload: object) -> str:
+    text = json.dumps(payload, sort_keys=True, default=json_default, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class _Keys:
+    """Row keys: a hash of the prompt and of what every intervention does (direction, amount, knobs)."""
+
+    def __init__(self) -> None:
+        self._directions: dict[tuple[int, int], str] = {}
+
+    def direction(self, iv: Intervention) -> str:
+        slot = (id(iv.vector), iv.layer)
+        if slot not in self._directions:
+            data = iv.direction().detach().float().cpu().contiguous().numpy().astype("<f4").tobytes()
+            self._directions[slot] = hashlib.sha256(data).hexdigest()
+        return self._directions[slot]
+
+    def row(self, job: Job) -> str:
+        steering = [
+            [
+                iv.layer,
+                iv.mode,
+                iv.amount(),
+                iv.positions,
+                iv.decay_tokens,
+                iv.norm_preserving,
+                self.direction(iv),
+            ]
+            for iv in job.interventions
+        ]
+        return _digest([job.prompt, steering])[:32]
+
+
+@dataclass
+class _Store:
+    """An ``out_dir`` of parquet parts of raw responses (columns ``key, setting, id, prompt,
+    interventions, knobs, response``) and its manifest; refuses a directory made with other settings."""
+
+    root: Path
+
+    def open(self, settings: Mapping[str, object]) -> dict[str, str]:
+        """Check or write the manifest; the responses stored so far, by row key."""
+        path = self.root / GRID_MANIFEST
+        wanted = json.loads(json.dumps(dict(settings), sort_keys=True, default=json_default))
+        if path.exists():
+            found = json.loads(path.read_text(encoding="utf-8"))
+            changed = sorted(k for k in {*found, *wanted} if found.get(k) != wanted.get(k))
+            if changed:
+                raise InvalidArgumentError(
+                    f"{self.root} holds a grid with other settings ({', '.join(changed)} differ); "
+                    "pass a new out_dir"
+                )
+        else:
+            atomic_text(path, json.dumps(wanted, indent=1, sort_keys=True), "grid manifest")
+        parts = sorted(self.root.glob("part-*.parquet"))
+        if not parts:
+            return {}
+        stored = pd.concat([pd.read_parquet(p, columns=["key", "response"]) for p in parts])
+        return dict(zip(stored["key"], stored["response"], strict=True))
+
+    def write(self, part: pd.DataFrame) -> None:
+        name = _digest(part["key"].tolist())[:16]
+        atomic_write(
+            self.root / f"part-{name}.parquet", lambda tmp: part.to_parquet(tmp, index=False), "part"
+        )
+
+
+def _label(job: Job) -> str:
+    return "; ".join(iv.label for iv in job.interventions)
+
+
+def _part(jobs: Sequence[Job], keys: Sequence[str], responses: Sequence[str]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "key": list(keys),
+            "setting": [j.setting for j in jobs],
+            "id": [j.id for j in jobs],
+            "prompt": [j.prompt for j in jobs],
+            "interventions": [_label(j) for j in jobs],
+            "knobs": [json.dumps(dict(j.knobs), sort_keys=True, default=json_default) for j in jobs],
+            "response": list(responses),
+        }
+    )
+
+
+def run_grid(
+    model: Model,
+    jobs: Sequence[Job],
+    *,
+    max_new_tokens: int,
+    score: Scorer | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    key: Mapping[str, object] | None = None,
+    chunk_size: int = 128,
+    batch_size: int = 32,
+    chat: bool = True,
+    generate_kwargs: Mapping[str, object] | None = None,
+    executor: Executor | None = None,
+    on_chunk: Callable[[pd.DataFrame], None] | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Generate every job's response and score the rows; one row per job, in job order.
+
+    The distinct generations (prompt and interventions) are cut, in job order, into fixed chunks of
+    ``chunk_size``; each chunk's missing rows are one :class:`Chunk` for ``executor`` (default
+    :class:`LocalExecutor`), so a resumed grid batches exactly as an uninterrupted one. With ``out_dir``,
+    each finished chunk is written as a parquet part of raw responses (never scores) and a rerun
+    generates only what no part holds; the directory's manifest (:data:`GRID_MANIFEST`: model fingerprint,
+    ``max_new_tokens``, ``chat``, ``generate_kwargs`` and the caller's ``key``) must match. ``on_chunk``
+    sees each new part once it is saved. Rows: ``setting``, the knobs' columns, ``id, prompt,
+    interventions`` (labels), ``response``, then what ``score`` adds; scores are computed on every call.
+    """
+    if not jobs:
+        raise InvalidArgumentError("the grid has no jobs: give at least one (setting, item, prompt)")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise InvalidArgumentError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    settings = {
+        "model": model.name,
+        "fingerprint": model.fingerprint,
+        "max_new_tokens": max_new_tokens,
+        "chat": chat,
+        "generate_kwargs": dict(generate_kwargs or {}),
+        **dict(key or {}),
+    }
+    keys = _Keys()
+    row_keys = [keys.row(job) for job in jobs]
+    first = dict(zip(reversed(row_keys), reversed(jobs), strict=True))
+    distinct = list(dict.fromkeys(row_keys))
+    store = _Store(Path(out_dir)) if out_dir is not None else None
+    done = store.open(settings) if store is not None else {}
+    chunks, members = [], []
+    for start in range(0, len(distinct), chunk_size):
+        todo = [k for k in distinct[start : start + chunk_size] if k not in done]
+        if todo:
+            chunks.append(
+                Chunk(
+                    [first[k].prompt for k in todo],
+                    [list(first[k].interventions) for k in todo],
+                    max_new_tokens,
+                    batch_size,
+                    chat,
+                    dict(generate_kwargs or {}),
+                )
+            )
+            members.append(todo)
+    for index, responses in (executor or LocalExecutor(model, progress)).map(chunks):
+        part = _part([first[k] for k in members[index]], members[index], responses)
+        if store is not None:
+            store.write(part)
+        done |= dict(zip(members[index], responses, strict=True))
+        if on_chunk is not None:
+            on_chunk(part)
+    rows = pd.DataFrame([{"setting": j.setting, **j.knobs} for j in jobs])
+    rows = rows.assign(
+        id=[j.id for j in jobs],
+        prompt=[j.prompt for j in jobs],
+        interventions=[_label(j) for j in jobs],
+        response=[done[k] for k in row_keys],
+    )
+    return rows if score is None else score(rows)
