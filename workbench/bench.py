@@ -25,9 +25,7 @@ disturb far less than wall time; otherwise it is wall time (CUDA synchronised).
 from __future__ import annotations
 
 import contextlib
-import csv
 import ctypes
-import datetime
 import gc
 import importlib.resources
 import json
@@ -44,6 +42,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import pandas as pd
 import torch
 
 from workbench.activations import collect
@@ -51,6 +50,7 @@ from workbench.batching import format_prompts, length_batches
 from workbench.errors import InvalidArgumentError
 from workbench.generation import generate
 from workbench.models import DEFAULT_SPEC, Model
+from workbench.runs import atomic_text, utc_now, write_frame
 from workbench.steering import Intervention
 from workbench.vectors import SteeringVector
 
@@ -141,18 +141,11 @@ class Report:
 
     def write(self, path: str | os.PathLike[str]) -> Path:
         """Write the table as JSON (``.json``) or CSV (any other suffix)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix.lower() == ".json":
+        if Path(path).suffix.lower() == ".json":
             payload = {"meta": self.meta, "rows": [asdict(r) for r in self.rows]}
-            path.write_text(json.dumps(payload, indent=2) + "\n")
-            return path
-        with open(path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=[*asdict(self.rows[0]).keys(), *self.meta])
-            writer.writeheader()
-            for row in self.rows:
-                writer.writerow({**asdict(row), **self.meta})
-        return path
+            return atomic_text(path, json.dumps(payload, indent=2) + "\n", "benchmark table")
+        frame = pd.DataFrame([{**asdict(row), **self.meta} for row in self.rows])
+        return write_frame(frame, path, "benchmark table")
 
 
 # ---- measuring -------------------------------------------------------------------------------------------
@@ -662,7 +655,7 @@ def run(
     if settings != FULL:  # targets are for the full sizes; small runs check the harness, not the speed
         rows = [replace(row, met=None) for row in rows]
     meta = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "model": model.name,
         "device": str(model.device),
         "machine": f"{platform.machine()} {os.cpu_count()}-core {platform.system()}",

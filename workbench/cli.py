@@ -232,9 +232,7 @@ def _step_manifest(
     timings: dict[str, float],
     started: str,
 ) -> Path:
-    from datetime import UTC, datetime
-
-    from workbench.studies.report import write_manifest
+    from workbench.runs import utc_now, write_manifest
 
     return write_manifest(
         run,
@@ -250,15 +248,9 @@ def _step_manifest(
             "seeds": {"generation": "greedy decoding (no sampling)", **configuration.get("seeds", {})},
             "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
             "started": started,
-            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            "finished": utc_now(),
         },
     )
-
-
-def _started() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @app.command()
@@ -331,8 +323,9 @@ def collect_command(
     from workbench.datasets import load
     from workbench.models import load_model
     from workbench.paths import check_writable
+    from workbench.runs import utc_now
 
-    started = _started()
+    started = utc_now()
     where = _position(position)
     target = out or Path("runs") / f"collect-{dataset}-{split}" / "activations.safetensors"
     check_writable(target)
@@ -398,9 +391,9 @@ def layers_command(
     from workbench.layers import find_layers
     from workbench.models import load_model
     from workbench.plots import save_figure
-    from workbench.studies.report import markdown_table
+    from workbench.runs import markdown_table, utc_now, write_frame
 
-    started = _started()
+    started = utc_now()
     run = out or Path("runs") / f"layers-{dataset}"
     strengths = _numbers(coefs, float, "--coefs")
     settings = (
@@ -415,10 +408,13 @@ def layers_command(
     )
     seconds = time.perf_counter() - tick
     frame = found.to_frame()
-    frame.to_csv(run / "layers.csv", index=False)
-    frame.to_parquet(run / "layers.parquet", index=False)
-    found.signals().to_csv(run / "signals.csv", index=False)
-    found.summary.to_csv(run / "summary.csv", index=False)
+    for path, table in (
+        ("layers.csv", frame),
+        ("layers.parquet", frame),
+        ("signals.csv", found.signals()),
+        ("summary.csv", found.summary),
+    ):
+        write_frame(table, run / path)
     save_figure(found.plot(), run / "layers")
     configuration = {"dataset": dataset, "variant": variant, "coefs": strengths, "quick": quick, **settings}
     _step_manifest(
@@ -464,11 +460,11 @@ def sweep_command(
     from workbench.errors import InvalidArgumentError
     from workbench.models import load_model
     from workbench.plots import plot_sweep_heatmaps, save_figure
-    from workbench.studies.report import markdown_table
+    from workbench.runs import atomic_text, markdown_table, utc_now, write_frame
     from workbench.sweeps import choose, grid, summarize, sweep
     from workbench.vectors import SteeringVector
 
-    started = _started()
+    started = utc_now()
     blocks = _numbers(layers, int, "--layers")
     strengths = _numbers(coefs, float, "--coefs")
     configs = grid(blocks, mode=mode, coefs=strengths)
@@ -505,10 +501,9 @@ def sweep_command(
     timings["sweep"] = time.perf_counter() - tick
     summary = summarize(rows)
     choice = choose(summary)
-    rows.to_parquet(run / "rows.parquet", index=False)
-    rows.to_csv(run / "rows.csv", index=False)
-    summary.to_csv(run / "summary.csv", index=False)
-    (run / "choice.json").write_text(json.dumps(dataclasses.asdict(choice), indent=1))
+    for path, table in (("rows.parquet", rows), ("rows.csv", rows), ("summary.csv", summary)):
+        write_frame(table, run / path)
+    atomic_text(run / "choice.json", json.dumps(dataclasses.asdict(choice), indent=1), "choice")
     vector.save(run / "vector.safetensors")
     save_figure(plot_sweep_heatmaps(summary), run / "sweep")
     configuration = {

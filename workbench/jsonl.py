@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from workbench.errors import DataError, InvalidArgumentError, OutputPathError
+from workbench.errors import DataError, InvalidArgumentError
+from workbench.runs import atomic_write
 
 
 def read_jsonl_numbered(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, Any]]]:
@@ -49,21 +49,14 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> None:
-    """Write one JSON object per line, atomically (a temporary file in the same folder, then a rename).
+    """Write one JSON object per line, atomically (:func:`workbench.runs.atomic_write`).
 
     Raises OutputPathError when the folder cannot be written, InvalidArgumentError for a row that is not a
     JSON-serialisable object; either way an existing file is left as it was.
     """
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise OutputPathError(
-            f"cannot write {path} ({e.strerror or e}); choose an existing, writable folder"
-        ) from None
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
             for number, row in enumerate(rows, start=1):
                 if not isinstance(row, dict):
                     raise InvalidArgumentError(
@@ -76,12 +69,5 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) ->
                         f"row {number} for {path} is not JSON-serialisable ({e}): pass plain values"
                     ) from None
                 f.write(line + "\n")
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputPathError(
-            f"cannot write {path} ({e.strerror or e}); choose a writable file path"
-        ) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write, "JSON Lines file")

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from workbench.errors import InvalidArgumentError, ModelLoadError
+from workbench.runs import atomic_write
 
 DEFAULT_SPEC = "smollm2-135m-instruct"
 BASE_FORMAT = "Q: {user}\nA:"
@@ -223,13 +224,10 @@ def _load_gguf(gguf: Path, dtype: torch.dtype) -> tuple[Any, Any, str]:
         ) from exc
     weights_hash = _file_sha256([gguf])
     model.config.architectures = [type(model).__name__]
-    cached.mkdir(parents=True, exist_ok=True)
-    tmp = cached / "model.safetensors.tmp"
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     if not model.config.tie_word_embeddings and "lm_head.weight" in model.state_dict():
         state["lm_head.weight"] = model.state_dict()["lm_head.weight"].contiguous()
-    save_file(state, tmp)
-    os.replace(tmp, cached / "model.safetensors")
+    atomic_write(cached / "model.safetensors", lambda tmp: save_file(state, tmp), "dequantized model")
     model.config.to_json_file(cached / "config.json")
     tokenizer.save_pretrained(cached)
     (cached / "workbench.json").write_text(json.dumps({"weights_hash": weights_hash, "source": str(gguf)}))

@@ -6,6 +6,7 @@ then one rename), so a crash never leaves a half-written artifact under its fina
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import json
@@ -32,6 +33,7 @@ __all__ = [
     "package_versions",
     "read_manifest",
     "utc_now",
+    "write_frame",
     "write_manifest",
 ]
 
@@ -68,13 +70,21 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object], 
             f"cannot write the {what} to {path} ({e.strerror or e}); choose a writable path"
         ) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. the parent is a file: there is nothing to remove
+            tmp.unlink(missing_ok=True)
     return path
 
 
 def atomic_text(path: str | os.PathLike[str], text: str, what: str = "file") -> Path:
     """:func:`atomic_write` of UTF-8 text."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), what)
+
+
+def write_frame(frame: pd.DataFrame, path: str | os.PathLike[str], what: str = "table") -> Path:
+    """:func:`atomic_write` of a table without its index: parquet for ``.parquet``, else CSV."""
+    if Path(path).suffix == ".parquet":
+        return atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False), what)
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False), what)
 
 
 def json_default(value: Any) -> Any:

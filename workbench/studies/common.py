@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from workbench.errors import OutputPathError
+from workbench.runs import write_frame
 
 #: Depths (fractions of the last block's index) of the validation sweeps' candidate layers.
 DEPTHS = (0.2, 0.33, 0.47, 0.6, 0.73)
@@ -64,15 +64,7 @@ class StudyResult:
     def write(self, out_dir: str | os.PathLike[str]) -> Path:
         """Write rows and table as parquet and CSV (atomic renames) under ``out_dir/name``."""
         target = Path(out_dir) / self.name
-        try:
-            target.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputPathError(
-                f"cannot create {target} ({exc.strerror}): choose a writable --out"
-            ) from None
         for stem, frame in (("rows", self.rows), ("table", self.table)):
-            for suffix, write in ((".parquet", frame.to_parquet), (".csv", frame.to_csv)):
-                tmp = target / f".{stem}{suffix}.tmp"
-                write(tmp, index=False)
-                os.replace(tmp, target / f"{stem}{suffix}")
+            for suffix in (".parquet", ".csv"):
+                write_frame(frame, target / f"{stem}{suffix}", f"{self.name} {stem}")
         return target

@@ -19,27 +19,33 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import html
 import importlib
-import importlib.metadata
 import json
-import math
 import os
-import platform
-import secrets
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from workbench.errors import InvalidArgumentError, OutputPathError, WorkbenchError
+from workbench.errors import InvalidArgumentError, WorkbenchError
 from workbench.models import DEFAULT_SPEC, Model, load_model
+from workbench.paths import check_writable
+from workbench.runs import (  # markdown_table, package_versions, write_manifest: re-exported for one release
+    MANIFEST,
+    json_default,
+    markdown_table,
+    package_versions,
+    read_manifest,
+    utc_now,
+    write_manifest,
+)
 from workbench.studies.common import Scale, StudyResult
+from workbench.studies.render import render
 
 __all__ = [
     "ABLATION_SEEDS",
@@ -60,213 +66,17 @@ STUDIES = ("format", "length", "composition", "ablation", "italian", "base_model
 EXTRA_STUDIES = ("frontier",)
 #: Seeds of the random-direction control of the ablation study.
 ABLATION_SEEDS = (0, 1, 2)
-MANIFEST = "manifest.json"
 #: Folders a study may write (the base-model study writes ``italian_base_model``); only these are ever removed.
 STUDY_DIRS = (*STUDIES, *EXTRA_STUDIES, "italian_base_model")
-_PACKAGES = (
-    "torch",
-    "transformers",
-    "transformer-lens",
-    "pandas",
-    "numpy",
-    "scikit-learn",
-    "lingua-language-detector",
-)
 
 
 class StudyError(WorkbenchError):
     """One or more studies of a report failed; the others and the report were still written."""
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def package_versions() -> dict[str, str | None]:
-    """Python, the workbench and the packages whose versions change results."""
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in ("steering-workbench", *_PACKAGES):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    if versions["steering-workbench"] is None:
-        import workbench
-
-        versions["steering-workbench"] = workbench.__version__
-    return versions
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OutputPathError(f"cannot write {path} ({e.strerror or e}); choose a writable --out") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
-
-
-def write_manifest(run_dir: str | os.PathLike[str], manifest: Mapping[str, Any]) -> Path:
-    """Write ``run_dir/manifest.json`` atomically, adding package versions if the manifest has none."""
-    run = Path(run_dir)
-    try:
-        run.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputPathError(f"cannot create {run} ({e.strerror or e}); choose a writable --out") from None
-    payload = dict(manifest)
-    payload.setdefault("versions", package_versions())
-    path = run / MANIFEST
-    _atomic_text(path, json.dumps(payload, indent=1, default=_json_default, ensure_ascii=False) + "\n")
-    return path
-
-
-def _read_manifest(run: Path) -> dict[str, Any]:
-    try:
-        found = json.loads((run / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
-
-
 def report_scale(quick: bool) -> Scale:
     """:meth:`Scale.quick` or :meth:`Scale.full`."""
     return Scale.quick() if quick else Scale.full()
-
-
-# ---- rendering ---------------------------------------------------------------------------------------
-
-
-def _cell(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A pipe table: ``DataFrame.to_markdown`` when tabulate is installed, else a hand-rolled one."""
-    try:
-        return frame.to_markdown(index=False, floatfmt=".3f")
-    except ImportError:
-        pass
-    header = [_cell(c) for c in frame.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
-    return "\n".join(lines)
-
-
-def _html_table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, border=0, na_rep="", float_format=lambda x: f"{x:.3f}", escape=True)
-
-
-_TITLES = {
-    "format": "Format instructions (Stolfo et al.'s table)",
-    "length": "Length: words and sentences against the coefficient",
-    "composition": "Composition: a format and a length vector together",
-    "ablation": "Ablation of instruction directions, with the instruction in the prompt",
-    "italian": "Italian answers by steering (Scalena et al.)",
-    "base_model": "Italian on the multilingual base model (Gemma 3 270M)",
-    "presets": "Presets: the quality frontier's chosen recipes on held-out prompts",
-    "frontier": "Quality frontier: steering that lands without breaking the model",
-}
-
-
-def _extra_tables(study_dir: Path) -> list[tuple[str, pd.DataFrame]]:
-    extras = []
-    for path in sorted(study_dir.glob("*.csv")):
-        if path.name in ("rows.csv", "table.csv") or path.name.startswith("sweep_"):
-            continue
-        try:
-            frame = pd.read_csv(path)
-        except (OSError, ValueError, pd.errors.EmptyDataError):
-            continue
-        for column in frame.select_dtypes("float").columns:  # integers with gaps come back as floats
-            values = frame[column].dropna()
-            if len(values) and (values == values.round()).all():
-                frame[column] = frame[column].astype("Int64")
-        extras.append((path.name, frame))
-    return extras
-
-
-def _render(run: Path, manifest: Mapping[str, Any], tables: Mapping[str, pd.DataFrame]) -> None:
-    """Write report.md and report.html from the manifest and the headline tables."""
-    config = manifest.get("configuration", {})
-    model = manifest.get("model", {})
-    title = f"Steering report: {model.get('name', config.get('model', '?'))}"
-    head = [
-        f"Model `{model.get('name')}` (weights sha256 `{str(model.get('weights_hash'))[:16]}…`), "
-        f"{'quick' if config.get('quick') else 'full'} scale `{json.dumps(config.get('scale'))}`.",
-        f"Started {manifest.get('started')}, last update {manifest.get('updated')}; "
-        f"workbench {manifest.get('versions', {}).get('steering-workbench')}.",
-    ]
-    md = [f"# {title}", "", *head, ""]
-    body = [f"<h1>{html.escape(title)}</h1>", *(f"<p>{html.escape(line)}</p>" for line in head)]
-    studies = manifest.get("studies", {})
-    for name in (*STUDIES, *EXTRA_STUDIES):
-        info = studies.get(name)
-        if info is None:
-            continue
-        heading = _TITLES.get(name, name)
-        status = str(info.get("status")) + (
-            " (stale: ran with another configuration)" if info.get("stale") else ""
-        )
-        timing = f"{info['seconds']:.0f} s" if isinstance(info.get("seconds"), int | float) else ""
-        md += [f"## {heading}", "", f"Status: {status}" + (f", {timing}" if timing else "") + ".", ""]
-        body += [f"<h2>{html.escape(heading)}</h2>", f"<p>Status: {html.escape(str(status))} {timing}</p>"]
-        if info.get("error"):
-            md += [f"Error: `{info['error']}`", ""]
-            body.append(f"<p>Error: <code>{html.escape(info['error'])}</code></p>")
-        notes = info.get("notes") or []
-        md += [f"- {note}" for note in notes] + ([""] if notes else [])
-        if notes:
-            body.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
-        if name in tables:
-            md += [markdown_table(tables[name]), ""]
-            body.append(_html_table(tables[name]))
-            study_dir = run / info.get("dir", name)
-            for file, frame in _extra_tables(study_dir):
-                where = f"{study_dir.name}/{file}"
-                md += [f"`{where}`:", "", markdown_table(frame), ""]
-                body += [f"<p><code>{html.escape(where)}</code></p>", _html_table(frame)]
-            sweeps = sorted(p.name for p in study_dir.glob("sweep_*.csv"))
-            if sweeps:
-                folder = study_dir.name
-                md += ["Validation sweeps: " + ", ".join(f"[{s}]({folder}/{s})" for s in sweeps), ""]
-                links = ", ".join(
-                    f'<a href="{html.escape(folder)}/{html.escape(s)}">{html.escape(s)}</a>' for s in sweeps
-                )
-                body.append(f"<p>Validation sweeps: {links}</p>")
-        for figure in info.get("figures", []):
-            if figure.endswith(".png"):
-                md += [f"![{name}]({figure})", ""]
-                body.append(
-                    f'<p><img src="{html.escape(figure)}" alt="{html.escape(name)}" style="max-width:100%"></p>'
-                )
-    style = (
-        "body{font-family:sans-serif;max-width:70em;margin:auto;padding:1em}"
-        "table{border-collapse:collapse;margin:1em 0;font-size:90%}"
-        "th,td{border:1px solid #ccc;padding:2px 6px;text-align:right}"
-    )
-    page = (
-        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
-    )
-    _atomic_text(run / "report.md", "\n".join(md).rstrip() + "\n")
-    _atomic_text(run / "report.html", page)
 
 
 # ---- running -----------------------------------------------------------------------------------------
@@ -329,17 +139,95 @@ RUNNERS: dict[str, Runner] = {
 }
 
 
-def _study_key(name: str, configuration: Mapping[str, Any]) -> str:
+def _study_key(name: str, configuration: dict[str, Any]) -> str:
     if name == "base_model":  # its own model: only the scale and the study matter
         relevant = {"quick": configuration.get("quick"), "scale": {**configuration["scale"], "layers": None}}
     else:
         relevant = dict(configuration)
-    text = json.dumps({"study": name, **relevant}, sort_keys=True, default=_json_default)
+    text = json.dumps({"study": name, **relevant}, sort_keys=True, default=json_default)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _log(message: str) -> None:
     print(f"[report {datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _manifest(model_spec: str | Model, model: Model | None, configuration: dict[str, Any], run: Path) -> dict:
+    """The run's manifest: this run's configuration, and the studies an earlier run of ``run`` recorded."""
+    started = utc_now()
+    previous = read_manifest(run)
+    done: dict[str, dict[str, Any]] = dict(previous.get("studies", {}))
+    return {
+        "command": "report",
+        "configuration": configuration,
+        "model": {
+            "spec": model_spec if isinstance(model_spec, str) else model_spec.name,
+            "name": configuration["model"],
+            "weights_hash": configuration["weights_hash"],
+            "source": getattr(model, "source", None),
+            "load_seconds": getattr(model, "load_seconds", None),
+        },
+        "seeds": {
+            "generation": "greedy decoding (no sampling)",
+            "ablation_random_directions": list(ABLATION_SEEDS),
+        },
+        "versions": package_versions(),
+        "started": previous.get("started", started) if done else started,
+        "this_run_started": started,
+        "studies": done,
+    }
+
+
+def _reusable_tables(
+    run: Path, studies: dict[str, dict[str, Any]], configuration: dict
+) -> dict[str, pd.DataFrame]:
+    """Tables of the finished studies of this configuration; the others are marked stale (kept on disk)."""
+    tables: dict[str, pd.DataFrame] = {}
+    for name, info in studies.items():
+        info.pop("stale", None)
+        table = run / info.get("dir", name) / "table.parquet"
+        if info.get("key") != _study_key(name, configuration):
+            info["stale"] = True
+        elif info.get("status") == "done" and table.exists():
+            tables[name] = pd.read_parquet(table)
+    return tables
+
+
+def _run_study(name: str, model: Model | None, scale: Scale, run: Path, progress: bool) -> tuple[dict, Any]:
+    """Run one study: its manifest entry (status, notes, figures, timing) and its table (None if none)."""
+    began, tick = utc_now(), time.perf_counter()
+    entry: dict[str, Any] = {"started": began}
+    table = None
+    try:
+        result = RUNNERS[name](model, scale, run, progress)
+    except Exception as e:  # recorded; the caller goes on with the other studies and raises at the end
+        entry |= {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+    else:
+        if isinstance(result, str):
+            entry |= {"status": "unavailable", "notes": [result]}
+        else:
+            result.write(run)
+            figures = [os.path.relpath(Path(p), run).replace(os.sep, "/") for p in result.figures]
+            entry |= {
+                "status": "done",
+                "dir": result.name,
+                "notes": list(result.notes),
+                "figures": figures,
+                "table": f"{result.name}/table.parquet",
+                "rows": len(result.rows),
+            }
+            table = result.table
+    entry |= {"finished": utc_now(), "seconds": round(time.perf_counter() - tick, 1)}
+    return entry, table
+
+
+def _load(model_spec: str | Model, wanted: Sequence[str]) -> Model | None:
+    if isinstance(model_spec, Model):
+        return model_spec
+    if all(s == "base_model" for s in wanted):  # the base-model study loads its own model
+        return None
+    _log(f"loading {model_spec}")
+    return load_model(model_spec)
 
 
 def run_report(
@@ -364,21 +252,9 @@ def run_report(
     if unknown or not wanted:
         raise InvalidArgumentError(f"unknown or no studies {unknown}; choose from {', '.join(RUNNERS)}")
     run = Path(out_dir)
-    try:
-        run.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputPathError(f"cannot create {run} ({e.strerror or e}); choose a writable --out") from None
-    started = _now()
+    check_writable(run / MANIFEST)  # before the model loads
     clock = time.perf_counter()
-    needs_model = any(s != "base_model" for s in wanted)
-    model: Model | None
-    if isinstance(model_spec, Model):
-        model = model_spec
-    elif needs_model:
-        _log(f"loading {model_spec}")
-        model = load_model(model_spec)
-    else:
-        model = None
+    model = _load(model_spec, wanted)
     scale = scale or report_scale(quick)
     configuration = {
         "model": model.name if model is not None else str(model_spec),
@@ -387,43 +263,17 @@ def run_report(
         "scale": dataclasses.asdict(scale),
         "ablation_seeds": list(ABLATION_SEEDS),
     }
-    previous = _read_manifest(run)
-    done: dict[str, dict[str, Any]] = dict(previous.get("studies", {}))
-    manifest: dict[str, Any] = {
-        "command": "report",
-        "configuration": configuration,
-        "model": {
-            "spec": model_spec if isinstance(model_spec, str) else model_spec.name,
-            "name": configuration["model"],
-            "weights_hash": configuration["weights_hash"],
-            "source": getattr(model, "source", None),
-            "load_seconds": getattr(model, "load_seconds", None),
-        },
-        "seeds": {
-            "generation": "greedy decoding (no sampling)",
-            "ablation_random_directions": list(ABLATION_SEEDS),
-        },
-        "versions": package_versions(),
-        "started": previous.get("started", started) if done else started,
-        "this_run_started": started,
-        "studies": done,
-    }
-    tables: dict[str, pd.DataFrame] = {}
-    for name, info in done.items():  # results of another configuration stay on disk but leave the report
-        info.pop("stale", None)
-        table = run / info.get("dir", name) / "table.parquet"
-        if info.get("key") != _study_key(name, configuration):
-            info["stale"] = True
-        elif info.get("status") == "done" and table.exists():
-            tables[name] = pd.read_parquet(table)
+    manifest = _manifest(model_spec, model, configuration, run)
+    done = manifest["studies"]
+    tables = _reusable_tables(run, done, configuration)
 
     def save() -> None:
-        manifest["updated"] = _now()
+        manifest["updated"] = utc_now()
         manifest["seconds_this_run"] = round(time.perf_counter() - clock, 1)
         write_manifest(run, manifest)
-        _render(run, manifest, tables)
+        render(run, manifest, tables, (*STUDIES, *EXTRA_STUDIES))
 
-    failures = []
+    save()
     for name in wanted:
         key = _study_key(name, configuration)
         old = done.get(name, {})
@@ -435,34 +285,15 @@ def run_report(
             shutil.rmtree(folder)  # outputs of another configuration
         tables.pop(name, None)
         _log(f"{name}: running")
-        began, tick = _now(), time.perf_counter()
-        entry: dict[str, Any] = {"key": key, "started": began}
-        try:
-            result = RUNNERS[name](model, scale, run, progress)
-        except Exception as e:  # record, go on with the other studies, raise at the end
-            entry |= {"status": "failed", "error": f"{type(e).__name__}: {e}"}
-            failures.append(name)
-        else:
-            if isinstance(result, str):
-                entry |= {"status": "unavailable", "notes": [result]}
-            else:
-                result.write(run)
-                figures = [os.path.relpath(Path(p), run) for p in result.figures]
-                entry |= {
-                    "status": "done",
-                    "dir": result.name,
-                    "notes": list(result.notes),
-                    "figures": [f.replace(os.sep, "/") for f in figures],
-                    "table": f"{result.name}/table.parquet",
-                    "rows": len(result.rows),
-                }
-                tables[name] = result.table
-        entry |= {"finished": _now(), "seconds": round(time.perf_counter() - tick, 1)}
-        done[name] = entry
+        entry, table = _run_study(name, model, scale, run, progress)
+        done[name] = {"key": key, **entry}
+        if table is not None:
+            tables[name] = table
         _log(f"{name}: {entry['status']} in {entry['seconds']:.0f} s")
         save()
-    manifest["finished"] = _now()
+    manifest["finished"] = utc_now()
     save()
+    failures = [n for n in wanted if done[n].get("status") == "failed"]
     if failures:
         errors = "; ".join(f"{n}: {done[n]['error']}" for n in failures)
         raise StudyError(f"{len(failures)} studies failed ({errors}); the report at {run} has the rest")

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from workbench.models import DEFAULT_SPEC, Model, load_model
+from workbench.runs import markdown_table
 from workbench.studies.common import Scale, StudyResult
-from workbench.studies.report import markdown_table
 
 Study = Callable[[Model, Scale, Path], StudyResult]
 
