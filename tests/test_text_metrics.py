@@ -13,6 +13,7 @@ from workbench.errors import InvalidArgumentError
 from workbench.evaluation.fluency import (
     MAX_NGRAM_REPEAT_RATE,
     MAX_RUN,
+    degenerate_answer,
     has_character_loop,
     is_degenerate,
     longest_repeated_run,
@@ -160,6 +161,9 @@ DEGENERATE = [
     "1001:10.10,10,5,10,5,10,5,10,10,10,5,10,10,5,10,",
     "10001001:100100010010010010010010010010010010010",
     "151.1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,",
+    # Loops the old 0.5 limit let through (the frontier's examples, 3-gram repeat rate 0.3-0.43):
+    "L'amore di Marco è un'ammoniero di Giulia, ma non è un'ammoniero di Giulia. L'amore di Marco è grande.",
+    "The sky is blue because of Rayleigh scattering. The sky is blue because of Rayleigh scattering.",
 ]
 
 
@@ -242,17 +246,26 @@ def test_longest_repeated_run(text: str, run: int) -> None:
 
 @pytest.mark.parametrize(
     ("perplexity", "degenerate"),
-    [(None, False), (1.0, True), (2.49, True), (2.5, False), (35.0, False), (1000.0, False), (1e4, True)],
+    [(None, False), (math.nan, False), (1.0, False), (35.0, False), (1000.0, False), (1e4, True)],
 )
-def test_perplexity_limits(perplexity: float | None, degenerate: bool) -> None:
+def test_only_word_salad_perplexity_is_degenerate(perplexity: float | None, degenerate: bool) -> None:
+    """A ceiling and no floor: greedy answers are often very predictable to the model that wrote them."""
     assert is_degenerate(NORMAL[0], perplexity=perplexity) is degenerate
 
 
-def test_infinite_perplexity_is_degenerate_and_nan_is_refused() -> None:
+def test_infinite_perplexity_is_degenerate_and_non_positive_is_refused() -> None:
     assert is_degenerate(NORMAL[0], perplexity=math.inf)
-    for bad in (math.nan, 0.0, -1.0):
+    for bad in (0.0, -1.0):
         with pytest.raises(InvalidArgumentError, match="perplexity"):
             is_degenerate(NORMAL[0], perplexity=bad)
+
+
+@pytest.mark.parametrize("text", [NORMAL[0], DEGENERATE[-1], ""])
+@pytest.mark.parametrize("perplexity", [math.nan, 12.0, 5000.0])
+def test_the_frontier_name_is_the_same_rule(text: str, perplexity: float) -> None:
+    with pytest.warns(DeprecationWarning, match="is_degenerate"):
+        old = degenerate_answer(text, perplexity)
+    assert old is is_degenerate(text, perplexity=perplexity)
 
 
 @settings(max_examples=100, deadline=None)

@@ -1,18 +1,27 @@
-"""Text-only signs of degenerate generation: repeated n-grams, looping runs, perplexity out of range.
+"""The one definition of a degenerate answer (:func:`is_degenerate`), used by every study, sweep and table.
+
+An answer is degenerate when it has no word or number, loops (a share of repeated word 3-grams above
+`MAX_NGRAM_REPEAT_RATE`, a 1-4 word cycle repeated more than `MAX_RUN` times, or a character loop), or,
+when its perplexity is known, is word salad: perplexity above `MAX_PERPLEXITY` under the **reference model,
+the unsteered model that answered**, given the prompt it answered
+(:func:`workbench.evaluation.perplexity.perplexity` outside any :func:`~workbench.steering.steer`).
 
 Tokens are lower-cased words of letters, so punctuation, case and list numbering (``1. The cat 2. The cat``)
-do not hide a loop; :func:`is_degenerate` also runs the same checks with numbers of two or more digits as
-words, and looks for a short cycle of characters repeated back to back, so loops without letters
-(``10,10,5,10,5``, ``1.1:10=1=1=1=1=1``, a steered base model's number salad) are caught too. The thresholds were set on the hand-made samples in ``tests/test_text_metrics.py``:
-ordinary English and Italian answers of 10-300 words have a 3-gram repeat rate of at most 0.03 and no
-repeated run, looping ones a rate of 0.5-0.9 or runs of 6-12 copies; the limits sit between, with room for
-natural repetition (``ha ha ha``, ``that that``).
+do not hide a loop; the same checks also run with numbers of two or more digits as words, and a short cycle
+of characters repeated back to back is a loop too, so loops without letters (``10,10,5,10,5``,
+``1.1:10=1=1=1``, a steered base model's number salad) are caught. The rule is the quality frontier's
+(issue 16 unified three): a repeat rate of 0.5 let through loops that say a sentence twice or nest the same
+JSON object again and again (0.39-0.5 on SmolLM2) and steered "Italian" that repeats a clause (0.22-0.29),
+while unsteered answers stay far below 0.2 (the hand-made samples in ``tests/test_text_metrics.py``: at most
+0.03). There is no perplexity floor: greedy answers of a small model are often very predictable without
+looping.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import warnings
 
 from workbench.errors import InvalidArgumentError
 
@@ -24,7 +33,6 @@ __all__ = [
     "MAX_REPEAT",
     "MAX_RUN",
     "MAX_SAME_CHAR",
-    "MIN_PERPLEXITY",
     "degenerate_answer",
     "has_character_loop",
     "is_degenerate",
@@ -32,14 +40,11 @@ __all__ = [
     "repeated_ngram_rate",
 ]
 
-MAX_NGRAM_REPEAT_RATE = 0.5
+MAX_NGRAM_REPEAT_RATE = 0.2
 """Degenerate above this share of repeated word 3-grams."""
 
-MAX_REPEAT = 0.2
-"""The frontier's stricter limit on the share of repeated word 3-grams (see :func:`degenerate_answer`):
-0.5 lets through loops that say a sentence twice or nest the same JSON object again and again (0.39-0.5
-on SmolLM2), and steered "Italian" that repeats a clause (0.22-0.29); 60 unsteered English answers of 40
-tokens stay at or below 0.11."""
+MAX_REPEAT = MAX_NGRAM_REPEAT_RATE
+"""Deprecated name of `MAX_NGRAM_REPEAT_RATE` (the frontier's)."""
 
 MAX_CYCLE = 4
 """Longest word cycle (in words) that `longest_repeated_run` looks for."""
@@ -55,12 +60,9 @@ MAX_SAME_CHAR = 15
 """Degenerate when one letter or digit repeats back to back more than this many times (``2222…``); a
 number as big as 10^15 is still fluent."""
 
-MIN_PERPLEXITY = 2.5
-"""Degenerate below this perplexity under the reference model: the reference paper's rule (text that a
-model finds this predictable is a loop or boilerplate)."""
-
 MAX_PERPLEXITY = 1000.0
-"""Degenerate above this perplexity under the reference model: word salad, broken tokens, wrong script."""
+"""Degenerate above this perplexity under the reference model (the unsteered model): word salad, broken
+tokens, wrong script."""
 
 _LETTER_WORD = re.compile(r"[^\W\d_]+")
 _WORD_OR_NUMBER = re.compile(r"[^\W\d_]+|\d{2,}")  # one-digit numbers are list and section numbering
@@ -117,12 +119,13 @@ def has_character_loop(text: str) -> bool:
 
 
 def is_degenerate(text: str, *, perplexity: float | None = None) -> bool:
-    """Whether ``text`` is degenerate: no word or number at all, a 3-gram repeat rate above
-    `MAX_NGRAM_REPEAT_RATE` or a run longer than `MAX_RUN` (of words, or of words and numbers), a
-    character loop (:func:`has_character_loop`), or (given the text's ``perplexity`` under a reference
-    model) a perplexity below `MIN_PERPLEXITY` or above `MAX_PERPLEXITY`."""
-    if perplexity is not None and (math.isnan(perplexity) or perplexity <= 0):
-        raise InvalidArgumentError(f"perplexity must be a positive number or None, got {perplexity!r}")
+    """Whether ``text`` is degenerate by the module's rule: no word or number, a 3-gram repeat rate above
+    `MAX_NGRAM_REPEAT_RATE` or a run longer than `MAX_RUN` (of words, or of words and numbers), a character
+    loop (:func:`has_character_loop`), or a ``perplexity`` under the reference model (the unsteered model)
+    above `MAX_PERPLEXITY`. ``perplexity`` None or NaN (what ``perplexity()`` gives an empty answer) means
+    unknown; zero or negative is refused."""
+    if perplexity is not None and perplexity <= 0:
+        raise InvalidArgumentError(f"perplexity must be a positive number, NaN or None, got {perplexity!r}")
     if not re.search(r"\w", text):
         return True
     for tokens in (_tokens(text), _WORD_OR_NUMBER.findall(text.lower())):
@@ -130,16 +133,12 @@ def is_degenerate(text: str, *, perplexity: float | None = None) -> bool:
             return True
     if has_character_loop(text):
         return True
-    return perplexity is not None and not MIN_PERPLEXITY <= perplexity <= MAX_PERPLEXITY
+    return perplexity is not None and perplexity > MAX_PERPLEXITY
 
 
 def degenerate_answer(text: str, perplexity: float = math.nan) -> bool:
-    """The frontier's rule: :func:`is_degenerate` without perplexity, a 3-gram repeat rate above
-    `MAX_REPEAT`, or a perplexity above `MAX_PERPLEXITY` (word salad); NaN means unknown.
-
-    The perplexity floor of ``is_degenerate`` is not used: greedy answers of a small model are often that
-    predictable without looping.
-    """
-    if is_degenerate(text) or repeated_ngram_rate(text) > MAX_REPEAT:
-        return True
-    return not math.isnan(perplexity) and perplexity > MAX_PERPLEXITY
+    """Deprecated: :func:`is_degenerate` (the frontier's rule, now the only one)."""
+    warnings.warn(
+        "degenerate_answer is deprecated: use workbench.evaluation.is_degenerate", DeprecationWarning, 2
+    )
+    return is_degenerate(text, perplexity=perplexity)

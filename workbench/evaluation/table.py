@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import pandas as pd
@@ -77,10 +76,9 @@ def evaluate(
             "repeated_ngram_rate": repeated_ngram_rate(response),
             "longest_repeated_run": longest_repeated_run(response),
         }
-        known = ppl is not None and math.isfinite(ppl[i]) and ppl[i] > 0
         if ppl is not None:
             row["perplexity"] = ppl[i]
-        row["degenerate"] = is_degenerate(response, perplexity=ppl[i] if known else None)
+        row["degenerate"] = is_degenerate(response, perplexity=ppl[i] if ppl is not None else None)
         rows.append(row)
     frame = pd.DataFrame(rows)
     checks = [c for c in frame.columns if c.startswith(("check:", "check_loose:"))]

@@ -10,7 +10,6 @@ multiple-choice set shows which questions steering gains or loses.
 
 from __future__ import annotations
 
-import math
 import os
 from itertools import product
 from pathlib import Path
@@ -27,9 +26,9 @@ from workbench.activations import collect
 from workbench.datasets import load, load_multiple_choice
 from workbench.errors import ModelLoadError
 from workbench.evaluation import code_switching_rate, detect_language, is_degenerate, sentence_share
-from workbench.evaluation.fluency import MAX_PERPLEXITY
 from workbench.evaluation.multiple_choice import multiple_choice
 from workbench.evaluation.perplexity import perplexity
+from workbench.evaluation.targets import is_real_italian
 from workbench.generation import generate
 from workbench.models import Model, load_model
 from workbench.plots import save_figure
@@ -77,6 +76,10 @@ def choose_config(
 
 
 def _language_rows(model: Model, prompts: list[str], responses: list[str]) -> pd.DataFrame:
+    """One row per answer: ``language`` (langdetect, whole answer), ``sentence_share_it``,
+    ``real_italian`` (:func:`~workbench.evaluation.targets.is_real_italian`), ``code_switching``,
+    ``perplexity`` under the unsteered model and ``degenerate`` (:func:`~workbench.evaluation.is_degenerate`
+    with that perplexity)."""
     ppl = perplexity(model, prompts, responses)
     return pd.DataFrame(
         {
@@ -85,13 +88,9 @@ def _language_rows(model: Model, prompts: list[str], responses: list[str]) -> pd
             "language": [detect_language(r) for r in responses],
             "sentence_share_it": [sentence_share(r, "it") for r in responses],
             "code_switching": [code_switching_rate(r) for r in responses],
+            "real_italian": [is_real_italian(r) for r in responses],
             "perplexity": ppl,
-            # The perplexity is under the generating model itself, where greedy text always scores low:
-            # only its ceiling (word salad) counts, not the reference paper's floor for a separate model.
-            "degenerate": [
-                is_degenerate(r) or (not math.isnan(p) and p > MAX_PERPLEXITY)
-                for r, p in zip(responses, ppl, strict=True)
-            ],
+            "degenerate": [is_degenerate(r, perplexity=p) for r, p in zip(responses, ppl, strict=True)],
         }
     )
 
@@ -200,8 +199,9 @@ def italian_study(
         .agg(
             answers_in_italian=("in_italian", "mean"),
             sentences_in_italian=("sentence_share_it", "mean"),
+            real_italian=("real_italian", "mean"),
             code_switching=("code_switching", "mean"),
-            degeneration=("degenerate", "mean"),
+            degenerate=("degenerate", "mean"),
             median_perplexity=("perplexity", "median"),
             n=("response", "size"),
         )
