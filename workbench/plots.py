@@ -1,4 +1,4 @@
-"""Figures (seaborn on bare matplotlib Figures, no pyplot state) and :func:`save_figure` for PNG + SVG."""
+"""Figures (seaborn on bare matplotlib Figures, no pyplot state) and :func:`save_figure` for PNG + SVG (atomic)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,17 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from workbench.errors import InvalidArgumentError, OutputPathError
+from workbench.errors import InvalidArgumentError
+from workbench.recipes import pareto_front
+from workbench.runs import atomic_write
 
-__all__ = ["plot_layer_signals", "plot_projection_histograms", "plot_sweep_heatmaps", "save_figure"]
+__all__ = [
+    "plot_frontier",
+    "plot_layer_signals",
+    "plot_projection_histograms",
+    "plot_sweep_heatmaps",
+    "save_figure",
+]
 
 _PICK_STYLES = {"probe_accuracy": ":", "projection_auroc": "--", "sweep": "-"}
 
@@ -25,16 +33,14 @@ def save_figure(fig: Figure, path: str | os.PathLike[str]) -> list[Path]:
         raise InvalidArgumentError(
             f"pass the path without a suffix ({base.with_suffix('')}); both are written"
         )
-    written = []
-    try:
-        base.parent.mkdir(parents=True, exist_ok=True)
-        for suffix in (".png", ".svg"):
-            target = base.with_name(base.name + suffix)
-            fig.savefig(target, dpi=150, bbox_inches="tight")
-            written.append(target)
-    except OSError as e:
-        raise OutputPathError(f"cannot write the figure to {base} ({e.strerror or e})") from None
-    return written
+    return [
+        atomic_write(
+            base.with_name(f"{base.name}.{kind}"),
+            lambda tmp, kind=kind: fig.savefig(tmp, format=kind, dpi=150, bbox_inches="tight"),
+            "figure",
+        )
+        for kind in ("png", "svg")
+    ]
 
 
 def plot_layer_signals(frame: pd.DataFrame, picks: Mapping[str, int | None] | None = None) -> Figure:
@@ -102,4 +108,82 @@ def plot_sweep_heatmaps(summary: pd.DataFrame) -> Figure:
         sns.heatmap(table, vmin=0, vmax=1, annot=True, fmt=".2f", cmap="viridis", ax=ax, cbar=k == 1)
         reference = f" (none: {base[column].iloc[0]:.2f})" if len(base) else ""
         ax.set_title(column + reference)
+    return fig
+
+
+def _front_line(ax: object, frame: pd.DataFrame, x: str) -> None:
+    alone = frame[frame["prompt"] == "plain"]
+    front = alone[pareto_front(alone, ("target_rate",), (x,))].sort_values(x)
+    ax.step(front[x], front["target_rate"], where="post", color="black", lw=1, label="Pareto front")  # type: ignore[attr-defined]
+
+
+def plot_frontier(summary: pd.DataFrame, title: str, chosen: str | None = None) -> Figure:
+    """Target rate against degeneration (left) and median perplexity (right, log), one point per recipe.
+
+    Colour: vector source; marker: span of layers; size: clean rate; the black step is the Pareto front
+    of steering alone (recipes on the plain prompt, the unsteered model included); baselines
+    (unsteered, instruction in the prompt) are red crosses and ``chosen`` is ringed. Since
+    clean ≥ target − degeneration, a point above the dashed line on the left is sure to beat the
+    instruction's clean rate; a point below it can only do so if its degenerate answers are off target.
+    """
+    fig = Figure(figsize=(11, 4.6), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    steered = summary[summary["steered"]]
+    base = summary[~summary["steered"]]
+    for ax, x in zip(axes, ("degeneration", "perplexity"), strict=True):
+        sns.scatterplot(
+            data=steered,
+            x=x,
+            y="target_rate",
+            hue="source",
+            style="span",
+            size="clean_rate",
+            sizes=(25, 160),
+            size_norm=(0, 1),
+            alpha=0.75,
+            ax=ax,
+            legend=ax is axes[1],
+        )
+        for row in base.itertuples():
+            ax.scatter(getattr(row, x), row.target_rate, marker="X", s=90, color="crimson", zorder=3)
+            ax.annotate(
+                row.recipe,
+                (getattr(row, x), row.target_rate),
+                fontsize=8,
+                xytext=(4, 4),
+                textcoords="offset points",
+                color="crimson",
+            )
+        _front_line(ax, summary, x)
+        if chosen is not None and chosen in set(summary["recipe"]):
+            pick = summary[summary["recipe"] == chosen].iloc[0]
+            ax.scatter(pick[x], pick["target_rate"], s=260, facecolors="none", edgecolors="black", lw=1.5)
+            ax.annotate(
+                f"chosen (clean {pick['clean_rate']:.2f})",
+                (pick[x], pick["target_rate"]),
+                fontsize=8,
+                xytext=(6, -12),
+                textcoords="offset points",
+            )
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_ylabel("target rate")
+    instructed = base[base["prompt"] == "instruction"]
+    if len(instructed):
+        c = float(instructed["clean_rate"].iloc[0])
+        axes[0].plot(
+            [0, 1 - c],
+            [c, 1],
+            ls="--",
+            lw=0.8,
+            color="crimson",
+            label="target − degeneration = instruction's clean rate",
+        )
+        axes[0].legend(fontsize="x-small", loc="lower right")
+    axes[0].set_xlim(-0.03, 1.03)
+    axes[0].set_xlabel("degeneration rate (repetition or perplexity > 1000)")
+    if (summary["perplexity"] > 0).any():  # empty answers have no perplexity
+        axes[1].set_xscale("log")
+    axes[1].set_xlabel("median perplexity under the unsteered model")
+    axes[1].legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle(title)
     return fig

@@ -1,4 +1,4 @@
-"""The quality frontier: response-token activations, recipes, Pareto fronts and the clean-rate rule."""
+"""Recipes: response-token activations, the setting type, Pareto fronts and the clean-rate rule."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from tests.conftest import PROMPTS
-from workbench import frontier
+from workbench import recipes as frontier
+from workbench import runner
 from workbench.activations import collect_responses
 from workbench.errors import InvalidArgumentError
-from workbench.frontier import Recipe, choose, is_real_italian, pareto_front
+from workbench.recipes import Recipe, choose, is_real_italian, pareto_front
 from workbench.steering import Intervention
 from workbench.vectors import SteeringVector
 
@@ -185,8 +186,8 @@ def test_run_recipes_scores_every_row_and_batches_configurations(tiny, monkeypat
         Recipe("mean", (1, 2), strength=0.3, positions="generated", decay_tokens=3),
     ]
     calls = []
-    real = frontier.generate
-    monkeypatch.setattr(frontier, "generate", lambda *a, **k: calls.append(k) or real(*a, **k))
+    real = runner.generate
+    monkeypatch.setattr(runner, "generate", lambda *a, **k: calls.append(k) or real(*a, **k))
     rows = frontier.run_recipes(tiny, behaviour, vectors, recipes, "validation", 3)
     assert len(calls) == 2  # the unsteered completions, then every steered row in one call
     assert all(isinstance(iv, Intervention) for row in calls[1]["interventions"] for iv in row)

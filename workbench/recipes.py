@@ -1,0 +1,422 @@
+"""Steering recipes: the one steering-setting type, the behaviours they aim at, and their clean-rate ranking.
+
+A :class:`Recipe` is one way to steer, serialisable (:meth:`Recipe.to_json`) and turned into
+:class:`~workbench.steering.Intervention` s by :meth:`Recipe.interventions`: where the vector comes from
+(:data:`SOURCES`: the last prompt token, the mean over the prompt's tokens, the mean over the *response*
+tokens of contrastive completions, or None: the vector given), which layers get it, the mode, a per-layer
+strength, the positions, a schedule over generated tokens and the norm-preserving variant, plus which
+prompt it answers (plain, with the instruction, or the native Italian one). Sweeps use it too
+(:func:`workbench.sweeps.grid`). Its :attr:`Recipe.label` is the short ``add@10x2`` form of
+:attr:`Intervention.label <workbench.steering.Intervention.label>`.
+
+A :class:`~workbench.behaviours.Behaviour` says what "on target" means and how many tokens to generate
+(the behaviours and their vectors live in :mod:`workbench.behaviours`, re-exported here). :func:`answer`
+generates every (recipe, item) row with :func:`~workbench.runner.run_grid` (raw responses and their
+perplexity under the unsteered model); :func:`score` scores them with the definitions in
+:mod:`workbench.evaluation`, so cached answers are always rescored. :func:`summarize_recipes` gives one
+row per recipe, :func:`pareto_front` the non-dominated ones, :func:`choose_clean` the steered recipe with
+the best clean rate; the figure is :func:`workbench.plots.plot_frontier`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from workbench.behaviours import (
+    BEHAVIOURS,
+    MIN_PAIRS,
+    PROMPTS,
+    SOURCES,
+    Behaviour,
+    NoCompletionsError,
+    behaviour,
+    build_vectors,
+    complete,
+)
+from workbench.errors import InvalidArgumentError
+from workbench.evaluation import is_degenerate
+from workbench.evaluation.perplexity import perplexity
+from workbench.evaluation.targets import MIN_ITALIAN_SHARE, follows, is_real_italian, starts_json
+from workbench.models import Model
+from workbench.positions import check_positions
+from workbench.runner import Executor, Job, run_grid
+from workbench.runs import atomic_text, atomic_write
+from workbench.steering import MODES, Intervention
+from workbench.vectors import SteeringVector
+
+__all__ = [
+    "BEHAVIOURS",
+    "MIN_ITALIAN_SHARE",
+    "MIN_PAIRS",
+    "PROMPTS",
+    "SCALES",
+    "SOURCES",
+    "Behaviour",
+    "NoCompletionsError",
+    "Recipe",
+    "answer",
+    "behaviour",
+    "build_vectors",
+    "cached_rows",
+    "choose",
+    "choose_clean",
+    "complete",
+    "follows",
+    "is_json_answer",
+    "is_real_italian",
+    "pareto_front",
+    "rank",
+    "run_recipes",
+    "score",
+    "starts_json",
+    "summarize",
+    "summarize_recipes",
+]
+
+#: What an ``add`` strength is measured in (see :class:`Recipe`).
+SCALES = ("residual_norm", "diff_norm", "absolute")
+#: Deprecated name of :func:`~workbench.evaluation.targets.starts_json` (which is not JSON compliance).
+is_json_answer = starts_json
+
+
+# ---- recipes ----------------------------------------------------------------------------------------------
+
+
+def _layers_text(layers: tuple[int, ...]) -> str:
+    if len(layers) > 1 and layers == tuple(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One steering setting. No ``layers``: no steering (a baseline).
+
+    ``source``: which of a behaviour's vectors (:data:`SOURCES`), or None for "the vector given" (sweeps).
+    ``strength``: for ``add``, the amount added at *each* layer in units of ``scale`` (``residual_norm``:
+    the layer's mean residual norm at the last prompt token; ``diff_norm``: the layer's raw
+    mean-difference norm; ``absolute``: residual units), so one knob means the same at every layer (None:
+    one diff-norm); for ``set_projection``, the target projection as ``neg + strength · (pos − neg)`` of
+    the two sets' mean projections (1 or None: the positive mean); ``ablate`` takes none.
+    ``decay_tokens`` > 0 fades ``add`` linearly to zero over that many generated tokens.
+    """
+
+    source: str | None = "last"
+    layers: tuple[int, ...] = ()
+    mode: str = "add"
+    strength: float | None = 0.0
+    scale: str = "residual_norm"
+    positions: str = "all"
+    decay_tokens: int = 0
+    norm_preserving: bool = False
+    prompt: str = "plain"
+
+    def __post_init__(self) -> None:
+        for value, allowed, what in (
+            (self.source, (*SOURCES, None), "source"),
+            (self.mode, MODES, "mode"),
+            (self.prompt, PROMPTS, "prompt kind"),
+            (self.scale, SCALES, "scale"),
+        ):
+            if value not in allowed:
+                raise InvalidArgumentError(
+                    f"unknown {what} {value!r}: use one of {', '.join(map(str, allowed))}"
+                )
+        check_positions(self.positions)
+        object.__setattr__(self, "layers", tuple(int(b) for b in self.layers))
+        if self.mode == "ablate":
+            if self.strength not in (None, 0, 0.0):
+                raise InvalidArgumentError("mode 'ablate' takes no strength: it always removes the direction")
+            object.__setattr__(self, "strength", None)
+
+    @property
+    def steered(self) -> bool:
+        return bool(self.layers)
+
+    @property
+    def label(self) -> str:
+        """The short label of every table, as :attr:`Intervention.label`: ``add@10x2``,
+        ``set_projection@6-8``, ``none``; `` +instruction`` when it answers another prompt than the
+        plain one."""
+        suffix = "" if self.prompt == "plain" else f" +{self.prompt}"
+        if not self.steered:
+            return "none" + suffix
+        coef = "" if self.strength is None else f"x{self.strength:g}"
+        return f"{self.mode}@{_layers_text(self.layers)}{coef}{suffix}"
+
+    @property
+    def name(self) -> str:
+        """A unique name: :attr:`label` for a recipe without a source; else every knob, e.g.
+        ``response L6-13 add 0.08rn all`` (or the prompt kind, e.g. ``instruction``, when unsteered)."""
+        if self.source is None:
+            return self.label
+        if not self.steered:
+            return self.prompt
+        unit = {"residual_norm": "rn", "diff_norm": "dn", "absolute": "abs"}[self.scale]
+        amount = "" if self.strength is None else f"{self.strength:g}{unit if self.mode == 'add' else 'sep'}"
+        parts = [self.source, f"L{_layers_text(self.layers)}", self.mode, amount, self.positions]
+        parts += [f"decay{self.decay_tokens}"] * bool(self.decay_tokens) + ["np"] * self.norm_preserving
+        return " ".join(p for p in parts if p) + ("" if self.prompt == "plain" else f" +{self.prompt}")
+
+    def span(self, n_layers: int) -> str:
+        """``none``, ``one layer``, ``band`` or ``all layers``."""
+        if not self.steered:
+            return "none"
+        if len(self.layers) == 1:
+            return "one layer"
+        return "all layers" if len(self.layers) == n_layers else "band"
+
+    def interventions(self, vector: SteeringVector) -> list[Intervention]:
+        """One :class:`Intervention` per layer, with the strength resolved to residual units."""
+        return [self._at(vector, layer) for layer in self.layers]
+
+    def _at(self, vector: SteeringVector, layer: int) -> Intervention:
+        knobs = {"positions": self.positions, "decay_tokens": self.decay_tokens}
+        knobs["norm_preserving"] = self.norm_preserving
+        if layer not in vector.stats:
+            raise InvalidArgumentError(f"the vector has no layer {layer}; it covers {list(vector.layers)}")
+        stats = vector.stats[layer]
+        coef: float | None = None
+        if self.mode == "set_projection" and self.strength is not None:
+            if stats.pos_mean_proj is None or stats.neg_mean_proj is None:
+                raise InvalidArgumentError(
+                    f"set_projection needs the sets' projections at layer {layer}; "
+                    "build the vector from activations"
+                )
+            coef = stats.neg_mean_proj + self.strength * (stats.pos_mean_proj - stats.neg_mean_proj)
+        elif self.mode == "add" and self.strength is not None:
+            units = {"residual_norm": stats.resid_norm, "diff_norm": stats.diff_norm, "absolute": 1.0}
+            unit = units[self.scale]
+            if unit is None:
+                raise InvalidArgumentError(
+                    f"the vector records no residual norm at layer {layer}: use diff_norm"
+                )
+            coef = self.strength * unit
+        return Intervention(vector, layer, self.mode, coef, **knobs)  # type: ignore[arg-type]
+
+    def to_json(self) -> dict[str, object]:
+        return {**dataclasses.asdict(self), "layers": list(self.layers)}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, object]) -> Recipe:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(obj) - fields)
+        if unknown:
+            raise InvalidArgumentError(f"unknown recipe fields {unknown}: a recipe has {sorted(fields)}")
+        return cls(**{**obj, "layers": tuple(obj.get("layers", ()))})  # type: ignore[arg-type]
+
+
+# ---- running and scoring ----------------------------------------------------------------------------------
+
+
+def score(behaviour: Behaviour, rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` (from :func:`answer`) with ``follows_ifeval`` (IFEval's strict check), ``on_target``,
+    ``degenerate`` (:func:`~workbench.evaluation.is_degenerate`, with the row's perplexity) and ``clean``
+    (on target and not degenerate)."""
+    items = {item.id: item for split in set(rows["split"]) for item in behaviour.items(split).items}
+    triples = list(zip(rows["id"].map(items), rows["response"], rows["perplexity"], strict=True))
+    target = [behaviour.on_target(item, r) for item, r, _ in triples]
+    degenerate = [is_degenerate(r, perplexity=float(p)) for _, r, p in triples]
+    return rows.assign(
+        follows_ifeval=[follows(item, r) for item, r, _ in triples],
+        on_target=target,
+        degenerate=degenerate,
+        clean=[t and not d for t, d in zip(target, degenerate, strict=True)],
+    )
+
+
+def _vector(vectors: dict[str, SteeringVector], recipe: Recipe) -> SteeringVector:
+    if recipe.source not in vectors:
+        raise InvalidArgumentError(
+            f"recipe {recipe.name!r} needs the {recipe.source!r} vector; vectors given: {sorted(vectors)}"
+        )
+    return vectors[recipe.source]  # type: ignore[index]
+
+
+def answer(
+    model: Model,
+    behaviour: Behaviour,
+    vectors: dict[str, SteeringVector],
+    recipes: Sequence[Recipe],
+    split: str,
+    n: int,
+    *,
+    batch_size: int = 32,
+    out_dir: str | os.PathLike[str] | None = None,
+    executor: Executor | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Generate one row per (recipe, item) of the first ``n`` items of ``split``, not yet scored.
+
+    Unsteered rows come from :func:`complete` (cached); steered rows from
+    :func:`~workbench.runner.run_grid` (parts under ``out_dir`` when given, chunks run by ``executor``).
+    Columns: ``recipe, split, id, prompt, response, perplexity`` (under the unsteered model, given the
+    prompt answered).
+    """
+    names = [r.name for r in recipes]
+    if len(set(names)) != len(names):
+        raise InvalidArgumentError("recipes repeat; give each configuration once")
+    items = behaviour.items(split, n).items
+    prompts = {kind: behaviour.prompts(split, n, kind) for kind in {r.prompt for r in recipes}}
+    jobs = [(r, i) for r in recipes for i in range(len(items))]
+    texts = [prompts[r.prompt][i] for r, i in jobs]
+    responses = [""] * len(jobs)
+    plain = [k for k, (r, _) in enumerate(jobs) if not r.steered]
+    steered = [k for k, (r, _) in enumerate(jobs) if r.steered]
+    if plain:
+        answers = complete(model, [texts[k] for k in plain], behaviour.max_new_tokens, batch_size=batch_size)
+        for k, a in zip(plain, answers, strict=True):
+            responses[k] = a
+    if steered:
+        built = {r.name: tuple(r.interventions(_vector(vectors, r))) for r in recipes if r.steered}
+        grid = [Job(jobs[k][0].name, items[jobs[k][1]].id, texts[k], built[jobs[k][0].name]) for k in steered]
+        rows = run_grid(
+            model,
+            grid,
+            max_new_tokens=behaviour.max_new_tokens,
+            batch_size=batch_size,
+            out_dir=out_dir,
+            executor=executor,
+            progress=progress,
+        )
+        for k, a in zip(steered, rows["response"], strict=True):
+            responses[k] = a
+    return pd.DataFrame(
+        {
+            "recipe": [r.name for r, _ in jobs],
+            "split": split,
+            "id": [items[i].id for _, i in jobs],
+            "prompt": texts,
+            "response": responses,
+            "perplexity": perplexity(model, texts, responses),
+        }
+    )
+
+
+def run_recipes(
+    model: Model,
+    behaviour: Behaviour,
+    vectors: dict[str, SteeringVector],
+    recipes: Sequence[Recipe],
+    split: str,
+    n: int,
+    *,
+    batch_size: int = 32,
+    out_dir: str | os.PathLike[str] | None = None,
+    executor: Executor | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """:func:`answer` then :func:`score`: one scored row per (recipe, item)."""
+    rows = answer(
+        model,
+        behaviour,
+        vectors,
+        recipes,
+        split,
+        n,
+        batch_size=batch_size,
+        out_dir=out_dir,
+        executor=executor,
+        progress=progress,
+    )
+    return score(behaviour, rows)
+
+
+def summarize_recipes(rows: pd.DataFrame, recipes: Sequence[Recipe], n_layers: int) -> pd.DataFrame:
+    """One row per recipe (in ``recipes`` order): its knobs and ``target_rate, ifeval_rate, clean_rate,
+    degeneration, perplexity`` (median), ``n``."""
+    stats = rows.groupby("recipe", sort=False).agg(
+        target_rate=("on_target", "mean"),
+        ifeval_rate=("follows_ifeval", "mean"),
+        clean_rate=("clean", "mean"),
+        degeneration=("degenerate", "mean"),
+        perplexity=("perplexity", "median"),
+        n=("on_target", "size"),
+    )
+    knobs = pd.DataFrame(
+        [
+            {
+                "recipe": r.name,
+                "label": r.label,
+                "steered": r.steered,
+                "span": r.span(n_layers),
+                "n_layers_steered": len(r.layers),
+                **{k: v for k, v in r.to_json().items() if k != "layers"},
+                "layers": " ".join(map(str, r.layers)),
+            }
+            for r in recipes
+        ]
+    )
+    return knobs.merge(stats, left_on="recipe", right_index=True, how="inner", validate="one_to_one")
+
+
+def pareto_front(
+    frame: pd.DataFrame,
+    maximize: Sequence[str] = ("target_rate",),
+    minimize: Sequence[str] = ("degeneration",),
+) -> pd.Series:
+    """Whether each row is on the Pareto front: no other row is at least as good on every objective and
+    strictly better on one. Rows with NaN in an objective are never on the front."""
+    if not maximize and not minimize:
+        raise InvalidArgumentError("the Pareto front needs at least one objective")
+    missing = [c for c in (*maximize, *minimize) if c not in frame]
+    if missing:
+        raise InvalidArgumentError(f"the frame has no column {missing[0]!r}: pass existing objective columns")
+    values = np.column_stack(
+        [frame[c].to_numpy(float) for c in maximize] + [-frame[c].to_numpy(float) for c in minimize]
+    )
+    finite = np.isfinite(values).all(axis=1)
+    front = np.zeros(len(frame), dtype=bool)
+    for i in np.flatnonzero(finite):
+        others = values[finite]
+        dominated = ((others >= values[i]).all(axis=1) & (others > values[i]).any(axis=1)).any()
+        front[i] = not dominated
+    return pd.Series(front, index=frame.index, name="pareto")
+
+
+def rank(summary: pd.DataFrame) -> pd.DataFrame:
+    """The steered recipes on plain prompts (steering alone), best clean rate first.
+
+    Ties go to lower degeneration, then lower perplexity, then fewer steered layers, then the recipe
+    listed first.
+    """
+    pool = summary[summary["steered"] & (summary["prompt"] == "plain")]
+    order = pool.assign(
+        _c=-pool["clean_rate"], _p=pool["perplexity"].fillna(np.inf), _k=np.arange(len(pool))
+    ).sort_values(["_c", "degeneration", "_p", "n_layers_steered", "_k"], kind="stable")
+    return order.drop(columns=["_c", "_p", "_k"])
+
+
+def choose_clean(summary: pd.DataFrame) -> pd.Series:
+    """The first recipe of :func:`rank`: steering alone with the best clean rate."""
+    ranked = rank(summary)
+    if ranked.empty:
+        raise InvalidArgumentError("no steered recipe on plain prompts to choose from: add one to the grid")
+    return ranked.iloc[0]
+
+
+#: The names these had before :mod:`workbench.sweeps` got its own (Stolfo et al.'s rule).
+summarize = summarize_recipes
+choose = choose_clean
+
+
+def cached_rows(path: Path, key: dict[str, object], run: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    """``run()``'s raw rows (never scores), stored at ``path`` (parquet) with ``key``; read back when the
+    key matches. Put everything that changes the rows in ``key`` (``model.fingerprint`` among them)."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    stamp = path.with_suffix(".key")
+    if path.exists() and stamp.exists() and stamp.read_text() == digest:
+        return pd.read_parquet(path)
+    rows = run()
+    atomic_write(path, lambda tmp: rows.to_parquet(tmp, index=False), "rows")
+    atomic_text(stamp, digest, "rows key")
+    return rows
