@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -137,3 +138,25 @@ def test_presets_study_runs_each_preset_against_the_baselines(writer, tmp_path, 
     assert (rows["steering"] != rows["unsteered"]).any()
     assert all(p.exists() for p in result.figures) and "tiny-llama / preset tiny_bullets" in result.notes[0]
     assert presets.path(writer, "tiny_bullets").exists()  # the preset's vector was built and cached
+
+
+def test_frontier_tables_name_their_metrics_and_keep_a_json_start_apart():
+    from workbench.studies.frontier import _table
+
+    rows = pd.DataFrame(
+        {
+            "setting": ["steering"] * 2,
+            "recipe": ["r"] * 2,
+            "response": ['{"a": {"a": {"a":', '{"a": 1}'],
+            "on_target": [False, True],
+            "clean": [False, True],
+            "degenerate": [False, False],
+            "perplexity": [3.0, 4.0],
+            "follows_ifeval": [False, True],
+        }
+    )
+    json_table = _table("m", frontier.BEHAVIOURS["json"], rows).iloc[0]
+    assert json_table["target"] == "json_format_strict" and json_table["target_rate"] == 0.5
+    assert json_table["starts_json"] == 1.0  # the cut-off loop starts a JSON object; it is not compliance
+    bullets = _table("m", frontier.BEHAVIOURS["bullets"], rows)
+    assert bullets.loc[0, "target"] == "ifeval" and "starts_json" not in bullets

@@ -38,6 +38,7 @@ import pandas as pd
 
 from workbench import presets
 from workbench.errors import InvalidArgumentError, ModelLoadError
+from workbench.evaluation.targets import starts_json
 from workbench.frontier import (
     BEHAVIOURS,
     SOURCES,
@@ -168,7 +169,7 @@ def _budgeted(behaviour: Behaviour, scale: Scale) -> Behaviour:
 
 def _key(model: Model, behaviour: Behaviour, scale: Scale, split: str, recipes: Sequence[Recipe]) -> dict:
     return {
-        "model": model.weights_hash,
+        "model": model.fingerprint,
         "behaviour": dataclasses.asdict(behaviour),
         "n_train": scale.n_train,
         "n": scale.n_validation if split == "validation" else scale.n_test,
@@ -324,22 +325,25 @@ def _test_rows(
     return rows.assign(setting=rows["recipe"].map(label))
 
 
-def _table(model: str, behaviour: str, rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per test setting: the recipe and its rates."""
-    table = (
-        rows.groupby("setting", sort=False)
-        .agg(
-            recipe=("recipe", "first"),
-            target_rate=("on_target", "mean"),
-            clean_rate=("clean", "mean"),
-            degeneration=("degenerate", "mean"),
-            perplexity=("perplexity", "median"),
-            ifeval_rate=("follows_ifeval", "mean"),
-            n=("on_target", "size"),
-        )
-        .reset_index()
-    )
-    table.insert(0, "behaviour", behaviour)
+def _table(model: str, behaviour: Behaviour, rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per test setting: the recipe and its rates. ``target`` names the metric of ``target_rate``
+    (:data:`~workbench.evaluation.targets.TARGETS`: JSON is IFEval's strict ``json_format_strict``);
+    ``degeneration`` is the share of :func:`~workbench.evaluation.is_degenerate`; the JSON behaviour also
+    shows ``starts_json`` (a JSON object or array, truncation allowed), which is not compliance."""
+    rates = {
+        "recipe": ("recipe", "first"),
+        "target_rate": ("on_target", "mean"),
+        "clean_rate": ("clean", "mean"),
+        "degeneration": ("degenerate", "mean"),
+        "perplexity": ("perplexity", "median"),
+        "ifeval_rate": ("follows_ifeval", "mean"),
+    }
+    if behaviour.target == "json_format_strict":
+        rows = rows.assign(starts_json=rows["response"].map(starts_json))
+        rates["starts_json"] = ("starts_json", "mean")
+    table = rows.groupby("setting", sort=False).agg(**rates, n=("on_target", "size")).reset_index()
+    table.insert(0, "target", behaviour.target)
+    table.insert(0, "behaviour", behaviour.name)
     table.insert(0, "model", model)
     return table
 
@@ -372,7 +376,7 @@ def _refinement_effects(result: BehaviourResult) -> pd.DataFrame:
 
 
 def _notes(result: BehaviourResult) -> list[str]:
-    table = _table(result.model, result.behaviour.name, result.test_rows).set_index("setting")
+    table = _table(result.model, result.behaviour, result.test_rows).set_index("setting")
     rounds = result.confirmed if len(result.confirmed) else result.sweep
     v = rounds.set_index("recipe").loc[result.chosen.name]
     return [
@@ -414,8 +418,9 @@ def frontier_study(
 
     ``quick`` (default: the scale has no more validation prompts than :meth:`Scale.quick`) runs the quick
     grid (the band at one strength, no refinements) on :data:`QUICK_BEHAVIOURS`, with the scale capped
-    at :data:`QUICK_CAPS` and without the base model. Table columns: ``model, behaviour,
-    setting, recipe, target_rate, clean_rate, degeneration, perplexity, ifeval_rate, n`` (test split).
+    at :data:`QUICK_CAPS` and without the base model. Table columns: ``model, behaviour, target,
+    setting, recipe, target_rate, clean_rate, degeneration, perplexity, ifeval_rate`` (``starts_json``
+    for JSON) ``, n`` (test split; see :func:`_table`).
     The folder also holds ``sweep_validation.csv`` (every recipe), ``methods.csv`` (best rates per knob),
     ``sweep_refinements.csv`` (each refinement against its seed),
     ``chosen.json`` and one ``frontier_<model>_<behaviour>`` figure per behaviour.
@@ -445,7 +450,7 @@ def frontier_study(
             plot_frontier(r.sweep, title, r.chosen.name), out / f"frontier_{r.model}_{r.behaviour.name}"
         )
         notes += _notes(r)
-    table = pd.concat([_table(r.model, r.behaviour.name, r.test_rows) for r in results], ignore_index=True)
+    table = pd.concat([_table(r.model, r.behaviour, r.test_rows) for r in results], ignore_index=True)
     pd.concat([r.validation.assign(model=r.model, behaviour=r.behaviour.name) for r in results]).to_csv(
         out / "sweep_validation.csv", index=False
     )
@@ -517,7 +522,7 @@ def presets_study(
         recipe = preset.recipe(loaded)
         vector = presets.vector(loaded, name, progress=progress)
         rows = _test_rows(loaded, behaviour, {recipe.source: vector}, recipe, scale, out, progress)
-        table = _table(loaded.name, behaviour.name, rows)
+        table = _table(loaded.name, behaviour, rows)
         recipes = list(_test_recipes(behaviour, recipe).values())
         title = f"preset {name} on {loaded.name}: test settings ({behaviour.max_new_tokens} new tokens)"
         summary = summarize(rows, recipes, loaded.n_layers)
