@@ -31,14 +31,15 @@ from workbench.layers import LayerReport, find_layers
 from workbench.models import load_model
 from workbench.plots import plot_projection_histograms, plot_sweep_heatmaps, save_figure
 from workbench.projection import direction_cosines
+from workbench.runs import atomic_text, write_frame
 
 BEHAVIOURS = ("json_format", "italian:it", "bullet_lists", "one_sentence", "lowercase")
 
 
 def write(frame: pd.DataFrame, path: Path, csv: bool = True) -> None:
-    frame.to_parquet(path.with_suffix(".parquet"), index=False)
+    write_frame(frame, path.with_suffix(".parquet"))
     if csv:
-        frame.to_csv(path.with_suffix(".csv"), index=False)
+        write_frame(frame, path.with_suffix(".csv"))
 
 
 def fmt_layer(layer: int | None, coef: float | None = None) -> str:
@@ -161,7 +162,7 @@ def main() -> None:
         write(pd.concat(cosine_frames, ignore_index=True), out / "cosines")
         write(pd.concat(layer_cosine_frames, ignore_index=True), out / "layer_cosines")
         timings["total"] = time.perf_counter() - start
-        (out / "timings.json").write_text(json.dumps(timings, indent=1))
+        atomic_text(out / "timings.json", json.dumps(timings, indent=1), "timings")
         settings = (
             f"SmolLM2-135M-Instruct, layers {layers}, add at coefs {args.coefs} × diff_norm (all positions), "
             f"{args.n_validation} validation prompts without their instruction, {args.max_new_tokens} new tokens, "
@@ -170,7 +171,7 @@ def main() -> None:
             "loss vs the sweep pick / Spearman across swept layers with the rule's per-layer compliance / with "
             "the layer's best compliance ignoring degeneration (nan: a constant side)."
         )
-        (out / "table.md").write_text(f"{settings}\n\n{HEADER}\n" + "\n".join(rows) + "\n")
+        atomic_text(out / "table.md", f"{settings}\n\n{HEADER}\n" + "\n".join(rows) + "\n", "table")
         print(f"{tag}: {timings[behaviour]:.0f} s", rows[-1], flush=True)
 
 

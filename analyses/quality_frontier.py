@@ -19,16 +19,17 @@ from pathlib import Path
 import torch
 
 from workbench.frontier import BEHAVIOURS
-from workbench.models import load_model
-from workbench.studies.frontier import FULL_SCALE, frontier_study
-from workbench.studies.report import markdown_table
+from workbench.models import DEFAULT_SPEC, load_model
+from workbench.runs import atomic_text, markdown_table
+from workbench.studies.common import Size
+from workbench.studies.frontier import frontier_study
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/quality_frontier"))
     parser.add_argument("--behaviours", nargs="+", default=list(BEHAVIOURS), choices=list(BEHAVIOURS))
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="Model spec of the main model.")
+    parser.add_argument("--model", default=DEFAULT_SPEC, help="Model spec of the main model.")
     parser.add_argument("--no-base-model", action="store_true", help="Skip Italian on Gemma 3 270M.")
     parser.add_argument("--threads", type=int, default=None, help="Torch CPU threads.")
     args = parser.parse_args()
@@ -38,7 +39,7 @@ def main() -> None:
     model = load_model(args.model)
     result = frontier_study(
         model,
-        FULL_SCALE,
+        Size.frontier(),
         args.out,
         behaviours=args.behaviours,
         base_model=not args.no_base_model,
@@ -52,7 +53,7 @@ def main() -> None:
         "behaviours": args.behaviours,
         "base_model": not args.no_base_model,
     }
-    (folder / "timings.json").write_text(json.dumps(timing, indent=1) + "\n")
+    atomic_text(folder / "timings.json", json.dumps(timing, indent=1) + "\n", "timings")
     print(markdown_table(result.table))
     print("\n".join(result.notes))
     print(f"{seconds:.0f} s; outputs in {folder}")

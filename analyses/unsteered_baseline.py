@@ -22,7 +22,8 @@ import workbench as wb
 from workbench.datasets import load, load_multiple_choice, names
 from workbench.evaluation import check_all
 from workbench.evaluation.multiple_choice import multiple_choice
-from workbench.studies.report import markdown_table
+from workbench.models import DEFAULT_SPEC
+from workbench.runs import atomic_text, markdown_table, write_frame
 
 
 def instruction_rows(model: wb.Model, n: int, max_new_tokens: int, batch_size: int) -> pd.DataFrame:
@@ -50,7 +51,7 @@ def instruction_rows(model: wb.Model, n: int, max_new_tokens: int, batch_size: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--model", default=DEFAULT_SPEC)
     parser.add_argument("--out", type=Path, default=Path("runs/unsteered_baseline"))
     parser.add_argument("--n", type=int, default=24, help="test items per instruction")
     parser.add_argument("--max-new-tokens", type=int, default=96)
@@ -59,29 +60,28 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     model = wb.load_model(args.model)
     rows = instruction_rows(model, args.n, args.max_new_tokens, args.batch_size)
-    rows.to_parquet(args.out / "responses.parquet", index=False)
+    write_frame(rows, args.out / "responses.parquet")
     checks = rows.pivot_table(index="instruction", columns="setting", values=["strict", "loose"], sort=False)
     checks.columns = [f"{setting}:{kind}" for kind, setting in checks.columns]
     checks = checks.reset_index()
-    checks.to_parquet(args.out / "checks.parquet", index=False)
-    checks.to_csv(args.out / "checks.csv", index=False)
+    for suffix in (".parquet", ".csv"):
+        write_frame(checks, args.out / f"checks{suffix}")
     mc = []
     for language in ("en", "it"):
         scored = multiple_choice(model, load_multiple_choice("bundled", language=language, split=None))
         mc.append({"language": language, "accuracy": scored["correct"].mean(), "n": len(scored)})
     mc_table = pd.DataFrame(mc)
-    mc_table.to_csv(args.out / "multiple_choice.csv", index=False)
+    write_frame(mc_table, args.out / "multiple_choice.csv")
     seconds = time.perf_counter() - start
     text = (
         f"# Unsteered {args.model}: {args.n} test items per instruction, {args.max_new_tokens} new tokens, "
         f"greedy ({seconds:.0f} s)\n\n{markdown_table(checks)}\n\n## Multiple choice (all splits)\n\n"
         f"{markdown_table(mc_table)}\n"
     )
-    (args.out / "table.md").write_text(text, encoding="utf-8")
+    atomic_text(args.out / "table.md", text, "table")
     print(text)
 
 

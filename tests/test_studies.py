@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from workbench.cli import app
 from workbench.studies import instructions, report
-from workbench.studies.common import Scale
+from workbench.studies.common import Scale, Size
 from workbench.studies.instructions import FORMATS, SETTINGS
 
 MICRO = Scale(n_train=6, n_validation=4, n_test=4, max_new_tokens=6, layers=(1, 2), batch_size=32)
@@ -36,16 +36,24 @@ def _written(result, run_dir):
 
 
 def test_candidate_layers_sit_at_the_same_depths_of_any_model():
-    assert Scale.full().candidate_layers(30) == [6, 10, 14, 17, 21]  # SmolLM2-135M
-    assert Scale.full().candidate_layers(18) == [3, 6, 8, 10, 12]  # Gemma 3 270M
-    assert Scale.quick().candidate_layers(30) == [7, 12, 16]
-    assert Scale.quick().candidate_layers(2) == [0, 1]  # distinct blocks only
+    assert Size.full().candidate_layers(30) == [6, 10, 14, 17, 21]  # SmolLM2-135M
+    assert Size.full().candidate_layers(18) == [3, 6, 8, 10, 12]  # Gemma 3 270M
+    assert Size.quick().candidate_layers(30) == [7, 12, 16]
+    assert Size.quick().candidate_layers(2) == [0, 1]  # distinct blocks only
     assert MICRO.candidate_layers(30) == [1, 2]  # explicit layers win
 
 
-def test_quick_scales_are_told_from_full_ones():
-    assert Scale.quick().is_quick and MICRO.is_quick
-    assert not Scale.full().is_quick
+def test_quick_sizes_are_told_from_full_ones():
+    assert Size.quick().is_quick and MICRO.is_quick
+    assert not Size.full().is_quick and not Size.frontier().is_quick
+    assert Size.named("quick") == Size.quick() and Size.named("full") == Size.full()
+    assert Scale is Size  # the former name
+
+
+def test_a_size_capped_at_another_keeps_the_smaller_counts():
+    capped = Size.full().at_most(MICRO)
+    assert (capped.n_train, capped.n_validation, capped.batch_size) == (6, 4, 32)
+    assert capped.layers is None and capped.depths == Size.full().depths  # only counts are capped
 
 
 def test_format_study_table(tiny, run_dir):
@@ -163,7 +171,7 @@ def test_report_writes_everything_and_rerun_skips(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(italian, "base_model_study", lambda scale, out_dir: None)
     out = tmp_path / "report"
-    path = report.run_report(tiny, quick=True, out_dir=out, scale=MICRO, progress=False)
+    path = report.run_report(tiny, quick=True, out_dir=out, size=MICRO, progress=False)
     assert path == out / "report.md"
     manifest = json.loads((out / "manifest.json").read_text())
     studies = manifest["studies"]
@@ -175,7 +183,7 @@ def test_report_writes_everything_and_rerun_skips(tiny, tmp_path, monkeypatch):
     }
     assert "workbench study frontier --model tiny-llama" in studies["presets"]["notes"][0]
     assert manifest["model"]["weights_hash"] == tiny.weights_hash
-    assert manifest["configuration"]["scale"]["n_test"] == MICRO.n_test
+    assert manifest["configuration"]["size"]["n_test"] == MICRO.n_test
     assert manifest["versions"]["torch"] and manifest["seeds"]["ablation_random_directions"]
     assert all(isinstance(s["seconds"], float) for s in studies.values())
     for name in ("format", "length", "composition", "ablation", "italian"):
@@ -194,7 +202,7 @@ def test_report_writes_everything_and_rerun_skips(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(tiny.hf_model, "generate", refuse)
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/table.parquet")}
-    report.run_report(tiny, quick=True, out_dir=out, scale=MICRO, progress=False)
+    report.run_report(tiny, quick=True, out_dir=out, size=MICRO, progress=False)
     assert before == {p: p.stat().st_mtime_ns for p in out.glob("*/table.parquet")}
     assert "| instruction |" in (out / "report.md").read_text()
 

@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import pandas as pd
 import torch
@@ -52,9 +52,14 @@ from workbench.generation import generate
 from workbench.models import DEFAULT_SPEC, Model
 from workbench.runs import atomic_text, utc_now, write_frame
 from workbench.steering import Intervention
+from workbench.studies.common import SizeName
 from workbench.vectors import SteeringVector
 
-ITEMS = ("1", "2", "3", "4", "5", "6", "7")
+#: The rows of the table, by number.
+Item = Literal["1", "2", "3", "4", "5", "6", "7"]
+ITEMS: tuple[Item, ...] = get_args(Item)
+#: What a clock measures: the process's CPU time or wall time.
+ClockKind = Literal["cpu", "wall"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ class Settings:
 
 
 FULL = Settings()
+#: A smoke test of every row (the targets are not judged at these sizes).
 QUICK = Settings(
     batch_sizes=(2, 4),
     new_tokens=6,
@@ -96,6 +102,9 @@ QUICK = Settings(
     memory_prompts=40,
     repeats=1,
 )
+
+#: The benchmark's sizes by the name a study's :class:`~workbench.studies.common.Size` goes by.
+SETTINGS: dict[SizeName, Settings] = {"quick": QUICK, "full": FULL}
 
 
 @dataclass
@@ -154,7 +163,7 @@ class Report:
 class Clock:
     """Process CPU time (``"cpu"``) or wall time (``"wall"``, CUDA synchronised)."""
 
-    def __init__(self, kind: str, device: torch.device) -> None:
+    def __init__(self, kind: ClockKind, device: torch.device) -> None:
         if kind not in ("cpu", "wall"):
             raise InvalidArgumentError(f"unknown clock {kind!r}: use 'cpu' or 'wall'")
         self.kind = kind
@@ -629,11 +638,11 @@ def run(
     quick: bool = False,
     settings: Settings | None = None,
     items: Sequence[str] | None = None,
-    clock: str | None = None,
+    clock: ClockKind | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Report:
     """Run the benchmarks on an already-loaded ``model`` and return the table."""
-    settings = settings or (QUICK if quick else FULL)
+    settings = settings or SETTINGS["quick" if quick else "full"]
     items = list(ITEMS) if items is None else [str(i) for i in items]
     unknown = [i for i in items if i not in RUNNERS]
     if unknown:
@@ -661,7 +670,7 @@ def run(
         "machine": f"{platform.machine()} {os.cpu_count()}-core {platform.system()}",
         "torch_threads": torch.get_num_threads(),
         "clock": clock,
-        "settings": "quick" if settings == QUICK else ("full" if settings == FULL else "custom"),
+        "settings": next((name for name, known in SETTINGS.items() if known == settings), "custom"),
     }
     return Report(rows, meta)
 
@@ -672,7 +681,7 @@ def random_llama_1b(
     """A randomly initialised ~1.1B-parameter Llama (hidden 2048, 16 layers) with the SmolLM2 tokenizer."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from workbench.models import DEFAULT_SPEC, _bundled_gguf, _dequantized_dir, from_hf, load_model
+    from workbench.models import _bundled_gguf, _dequantized_dir, from_hf, load_model
 
     directory = _dequantized_dir(_bundled_gguf(DEFAULT_SPEC))
     if not (directory / "tokenizer_config.json").exists():
@@ -700,7 +709,7 @@ def random_llama_1b(
 
 def main(
     *,
-    model: str = "smollm2-135m-instruct",
+    model: str = DEFAULT_SPEC,
     quick: bool = False,
     out: str | os.PathLike[str] | None = None,
     device: str | None = None,

@@ -8,7 +8,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -19,6 +19,25 @@ app = typer.Typer(
 )
 vector_app = typer.Typer(no_args_is_help=True, help="Build, inspect and export steering vectors.")
 app.add_typer(vector_app, name="vector")
+
+
+def _default_model() -> str:
+    from workbench.models import DEFAULT_SPEC
+
+    return DEFAULT_SPEC
+
+
+#: The ``--model`` option of every command; its default, ``workbench.models.DEFAULT_SPEC``, is read when a
+#: command runs, so that ``workbench --help`` does not import torch.
+ModelSpec = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        default_factory=_default_model,
+        help="Model spec: a bundled name (`workbench models`), a .gguf file or a local HF folder.",
+        show_default="the bundled SmolLM2",
+    ),
+]
 
 
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -77,7 +96,7 @@ def steer(
     preset: str = typer.Option(
         None, "--preset", "-p", help="A named preset instead of --vector/--layer (see workbench.presets)."
     ),
-    model: str = typer.Option("smollm2-135m-instruct", help="Model spec."),
+    model: ModelSpec = ...,
     max_new_tokens: int = typer.Option(64, help="Tokens to generate."),
 ) -> None:
     """Print a prompt's unsteered and steered answers side by side (a vector and layer, or a preset)."""
@@ -113,7 +132,7 @@ def steer(
 def vector_build(
     dataset: str = typer.Argument(..., help="A bundled dataset name (see workbench.datasets.names())."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the .safetensors vector."),
-    model: str = typer.Option("smollm2-135m-instruct", help="Model spec."),
+    model: ModelSpec = ...,
     method: str = typer.Option("diff_in_means", help="diff_in_means, pca or probe."),
     position: str = typer.Option("last", help="last, mean or an int token index."),
     split: str = typer.Option("train", help="Dataset split to build from."),
@@ -131,9 +150,7 @@ def vector_build(
     data = load(dataset, split)
     if method not in METHODS:
         raise InvalidArgumentError(f"unknown method {method!r}; use one of {', '.join(sorted(METHODS))}")
-    where: str | int = int(position) if re.fullmatch(r"-?[0-9]+", position) else position
-    if where not in ("last", "mean") and not isinstance(where, int):
-        raise InvalidArgumentError(f"unknown position {position!r}: use 'last', 'mean' or an int token index")
+    where = _position(position)
     loaded = load_model(model)
     pos = collect(loaded, data.positive, position=where, progress=True)
     neg = collect(loaded, data.negative, position=where, progress=True)
@@ -169,7 +186,7 @@ def vector_export(
 @one_line_errors
 def bench(
     quick: bool = typer.Option(False, "--quick", help="Tiny settings for CI (timings are not checked)."),
-    model: str = typer.Option("smollm2-135m-instruct", help="Model spec."),
+    model: ModelSpec = ...,
     out: Path = typer.Option(None, "--out", "-o", help="Write the table as JSON (.json) or CSV."),
     device: str = typer.Option(None, help="cpu, cuda or cuda:N (default: cuda when available)."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
@@ -196,8 +213,6 @@ def bench(
 
 
 # ---- studies, reports and the pipeline's steps, each under one run directory with a manifest ----------
-
-STUDY_NAMES = ("format", "length", "composition", "ablation", "italian", "base_model", "presets", "frontier")
 
 
 def _numbers(text: str, kind: type, what: str) -> list[Any]:
@@ -256,9 +271,9 @@ def _step_manifest(
 @app.command()
 @one_line_errors
 def report(
-    quick: bool = typer.Option(False, "--quick", help="CI-sized scale (few prompts, 3 candidate layers)."),
+    quick: bool = typer.Option(False, "--quick", help="A smoke test of every step at tiny sizes."),
     out: Path = typer.Option(Path("runs/report"), "--out", "-o", help="Run directory."),
-    model: str = typer.Option("smollm2-135m-instruct", "--model", help="Model spec."),
+    model: ModelSpec = ...,
 ) -> None:
     """Run every study (format, length, composition, ablation, Italian, base model, presets); write
     report.md/.html. The frontier search that chose the presets runs alone: `workbench study frontier`.
@@ -278,16 +293,13 @@ def study(
         help="format, length, composition, ablation, italian, base_model, presets or frontier (the search "
         "for steering recipes; about an hour on 2 CPU cores at full scale).",
     ),
-    quick: bool = typer.Option(False, "--quick", help="CI-sized scale (few prompts, 3 candidate layers)."),
+    quick: bool = typer.Option(False, "--quick", help="A smoke test of every step at tiny sizes."),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (default runs/study-NAME)."),
-    model: str = typer.Option("smollm2-135m-instruct", "--model", help="Model spec."),
+    model: ModelSpec = ...,
 ) -> None:
     """Run one study; writes its tables, figures, manifest.json and report.md under the run directory."""
-    from workbench.errors import InvalidArgumentError
     from workbench.studies.report import run_report
 
-    if name not in STUDY_NAMES:
-        raise InvalidArgumentError(f"unknown study {name!r}; choose from {', '.join(STUDY_NAMES)}")
     run = out or Path("runs") / f"study-{name}"
     typer.echo(str(run_report(model, quick=quick, out_dir=run, studies=[name])))
 
@@ -304,7 +316,7 @@ def collect_command(
         "-o",
         help="Activations file (default runs/collect-DATASET-SPLIT/activations.safetensors).",
     ),
-    model: str = typer.Option("smollm2-135m-instruct", "--model", help="Model spec."),
+    model: ModelSpec = ...,
     variant: str = typer.Option(None, help="italian only: it or en_answer_it."),
     batch_size: int = typer.Option(16, help="Prompts per forward pass."),
 ) -> None:
@@ -373,10 +385,10 @@ def collect_command(
 def layers_command(
     dataset: str = typer.Argument(..., help="A bundled dataset name (see workbench.datasets.names())."),
     quick: bool = typer.Option(
-        False, "--quick", help="8 validation prompts, 24 tokens, sweep the top 3 layers."
+        False, "--quick", help="A smoke test: Size.quick()'s prompts and tokens, sweep few layers."
     ),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (default runs/layers-DATASET)."),
-    model: str = typer.Option("smollm2-135m-instruct", "--model", help="Model spec."),
+    model: ModelSpec = ...,
     variant: str = typer.Option(None, help="italian only: it or en_answer_it."),
     coefs: str = typer.Option("1,2,4", help="Comma-separated add coefficients (diff-norm units)."),
     top_k: int = typer.Option(None, help="Sweep only the k best layers of the cheap ranking."),
@@ -386,21 +398,25 @@ def layers_command(
     Writes layers.{csv,parquet} (one row per layer), signals.csv (each signal's pick), summary.csv (the
     sweep), the figure layers.{png,svg} and manifest.json.
     """
+    import inspect
     import time
 
     from workbench.layers import find_layers
     from workbench.models import load_model
     from workbench.plots import save_figure
     from workbench.runs import markdown_table, utc_now, write_frame
+    from workbench.studies.common import Size
 
     started = utc_now()
     run = out or Path("runs") / f"layers-{dataset}"
     strengths = _numbers(coefs, float, "--coefs")
-    settings = (
-        {"n_validation": 8, "max_new_tokens": 24, "top_k": top_k or 3}
-        if quick
-        else {"n_validation": 24, "max_new_tokens": 40, "top_k": top_k}
-    )
+    if quick:
+        size = Size.quick()
+        settings = {"n_validation": size.n_validation, "max_new_tokens": size.max_new_tokens}
+        settings["top_k"] = top_k or len(size.depths)
+    else:  # find_layers' own sizes
+        defaults = inspect.signature(find_layers).parameters
+        settings = {k: defaults[k].default for k in ("n_validation", "max_new_tokens")} | {"top_k": top_k}
     loaded = load_model(model)
     tick = time.perf_counter()
     found = find_layers(
@@ -439,7 +455,7 @@ def sweep_command(
     ),
     mode: str = typer.Option("add", help="add, set_projection or ablate (the last two take no coefs)."),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (default runs/sweep-DATASET)."),
-    model: str = typer.Option("smollm2-135m-instruct", "--model", help="Model spec."),
+    model: ModelSpec = ...,
     variant: str = typer.Option(None, help="italian only: it or en_answer_it."),
     n_train: int = typer.Option(96, help="Train pairs for the diff-in-means vector."),
     n_validation: int = typer.Option(24, help="Validation prompts to steer."),

@@ -1,10 +1,11 @@
-"""What every study returns and how it is written: tidy rows, a headline table, figures."""
+"""What every study shares: its :class:`Size`, and what it returns and how that is written (:class:`StudyResult`)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 
@@ -15,10 +16,18 @@ DEPTHS = (0.2, 0.33, 0.47, 0.6, 0.73)
 #: Candidate depths of a quick (CI-sized) run.
 QUICK_DEPTHS = (0.25, 0.4, 0.55)
 
+#: The named sizes: ``quick`` (a smoke test of every step, for tests and CI) and ``full`` (the report's).
+SizeName = Literal["quick", "full"]
+_COUNTS = ("n_train", "n_validation", "n_test", "max_new_tokens", "batch_size", "n_mc")
+
 
 @dataclass(frozen=True)
-class Scale:
-    """How big a study runs: ``quick`` for tests and CI, ``full`` for the report (about 50 min on 2 cores)."""
+class Size:
+    """How big a study runs: prompts per split, tokens per answer, candidate layers, batch size.
+
+    :meth:`quick` is a smoke test of every step (tests, CI); :meth:`full` is the report's (about 50 min on
+    2 cores); :meth:`frontier` is the quality-frontier search's, whose grid is the report's largest.
+    """
 
     n_train: int
     n_validation: int
@@ -30,25 +39,43 @@ class Scale:
     depths: tuple[float, ...] = DEPTHS
 
     @classmethod
-    def quick(cls) -> Scale:
+    def quick(cls) -> Size:
         return cls(
             n_train=16, n_validation=8, n_test=8, max_new_tokens=24, layers=None, n_mc=40, depths=QUICK_DEPTHS
         )
 
     @classmethod
-    def full(cls) -> Scale:
+    def full(cls) -> Size:
         return cls(n_train=64, n_validation=16, n_test=32, max_new_tokens=48, layers=None)
+
+    @classmethod
+    def frontier(cls) -> Size:
+        """The frontier search's full size: about 70 recipes per behaviour, so fewer prompts than :meth:`full`."""
+        return cls(n_train=48, n_validation=10, n_test=20, max_new_tokens=64, layers=None, batch_size=60)
+
+    @classmethod
+    def named(cls, name: SizeName) -> Size:
+        """:meth:`quick` or :meth:`full` by name."""
+        return cls.quick() if name == "quick" else cls.full()
 
     @property
     def is_quick(self) -> bool:
-        """A CI-sized scale: no more validation prompts than :meth:`quick`'s."""
-        return self.n_validation <= Scale.quick().n_validation
+        """A CI-sized run: no more validation prompts than :meth:`quick`'s."""
+        return self.n_validation <= Size.quick().n_validation
+
+    def at_most(self, cap: Size) -> Size:
+        """This size with every count (prompts, tokens, batch, questions) capped at ``cap``'s."""
+        return replace(self, **{k: min(getattr(self, k), getattr(cap, k)) for k in _COUNTS})
 
     def candidate_layers(self, n_layers: int) -> list[int]:
         """:attr:`layers`, or the distinct blocks at :attr:`depths` of a model with ``n_layers`` blocks."""
         if self.layers is not None:
             return list(self.layers)
         return sorted({round(f * (n_layers - 1)) for f in self.depths})
+
+
+#: The former name of :class:`Size` (a study's size is not the ``scale`` unit of a coefficient).
+Scale = Size
 
 
 @dataclass

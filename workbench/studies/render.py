@@ -122,7 +122,7 @@ def render(
     page.heading(title, 1)
     page.paragraph(
         f"Model `{model.get('name')}` (weights sha256 `{str(model.get('weights_hash'))[:16]}…`), "
-        f"{'quick' if config.get('quick') else 'full'} scale `{json.dumps(config.get('scale'))}`."
+        f"{'quick' if config.get('quick') else 'full'} size `{json.dumps(config.get('size'))}`."
     )
     page.paragraph(
         f"Started {manifest.get('started')}, last update {manifest.get('updated')}; "

@@ -17,7 +17,6 @@ configuration, and runs the rest (a study that stopped half-way resumes from its
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib
 import json
@@ -26,6 +25,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from workbench.runs import (  # markdown_table, package_versions, write_manifest
     utc_now,
     write_manifest,
 )
-from workbench.studies.common import Scale, StudyResult
+from workbench.studies.common import Size, StudyResult
 from workbench.studies.render import render
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "markdown_table",
     "package_versions",
     "report_scale",
+    "report_size",
     "run_report",
     "write_manifest",
 ]
@@ -62,7 +63,7 @@ __all__ = [
 #: Every study of the report, in report order.
 STUDIES = ("format", "length", "composition", "ablation", "italian", "base_model", "presets")
 #: Studies that run on request only: the frontier search that chose the presets (about an hour on 2 CPU
-#: cores at full scale, so not part of the report).
+#: cores at full size, so not part of the report).
 EXTRA_STUDIES = ("frontier",)
 #: Seeds of the random-direction control of the ablation study.
 ABLATION_SEEDS = (0, 1, 2)
@@ -74,24 +75,45 @@ class StudyError(WorkbenchError):
     """One or more studies of a report failed; the others and the report were still written."""
 
 
-def report_scale(quick: bool) -> Scale:
-    """:meth:`Scale.quick` or :meth:`Scale.full`."""
-    return Scale.quick() if quick else Scale.full()
+def report_size(quick: bool) -> Size:
+    """:meth:`Size.quick` or :meth:`Size.full`."""
+    return Size.named("quick" if quick else "full")
+
+
+#: The former name of :func:`report_size`.
+report_scale = report_size
 
 
 # ---- running -----------------------------------------------------------------------------------------
 
-Runner = Callable[[Model | None, Scale, Path, bool], "StudyResult | str"]
+
+@dataclass(frozen=True)
+class _Run:
+    """What a study runner gets: the loaded model (None for the base-model study alone), size, folder."""
+
+    model: Model | None
+    size: Size
+    out: Path
+    quick: bool
+    progress: bool
+
+    @property
+    def loaded(self) -> Model:
+        if self.model is None:
+            raise InvalidArgumentError("this study needs a model: pass a spec or a loaded Model")
+        return self.model
+
+
+Runner = Callable[[_Run], "StudyResult | str"]
 
 
 def _instruction_runner(name: str) -> Runner:
-    def run(model: Model | None, scale: Scale, out: Path, progress: bool) -> StudyResult | str:
+    def run(job: _Run) -> StudyResult | str:
         from workbench.studies import instructions
 
-        assert model is not None
-        if name == "ablation":
-            return instructions.ablation_study(model, scale, out, seeds=ABLATION_SEEDS, progress=progress)
-        return getattr(instructions, f"{name}_study")(model, scale, out, progress=progress)
+        study = getattr(instructions, f"{name}_study")
+        knobs: dict[str, Any] = {"seeds": ABLATION_SEEDS} if name == "ablation" else {}
+        return study(job.loaded, job.size, job.out, progress=job.progress, **knobs)
 
     return run
 
@@ -105,28 +127,27 @@ def _italian_function(attribute: str) -> Callable[..., Any] | str:
     return function if callable(function) else f"not run: workbench.studies.italian has no {attribute}()"
 
 
-def _italian(model: Model | None, scale: Scale, out: Path, progress: bool) -> StudyResult | str:
+def _italian(job: _Run) -> StudyResult | str:
     function = _italian_function("italian_study")
-    return function if isinstance(function, str) else function(model, scale, out)
+    return function if isinstance(function, str) else function(job.loaded, job.size, job.out)
 
 
-def _base_model(model: Model | None, scale: Scale, out: Path, progress: bool) -> StudyResult | str:
+def _base_model(job: _Run) -> StudyResult | str:
     function = _italian_function("base_model_study")
     if isinstance(function, str):
         return function
-    result = function(dataclasses.replace(scale, layers=None), out)
+    result = function(replace(job.size, layers=None), job.out)
     return "not run: the Gemma 3 270M base model is not installed" if result is None else result
 
 
 def _frontier_runner(name: str) -> Runner:
-    def run(model: Model | None, scale: Scale, out: Path, progress: bool) -> StudyResult | str:
+    def run(job: _Run) -> StudyResult | str:
         from workbench.studies import frontier
 
-        assert model is not None
-        # At full size both run at the search's own scale, so the presets' test numbers reproduce it.
+        # At full size both run at the search's own size, so the presets' test numbers reproduce it.
+        size = job.size if job.quick else Size.frontier()
         study = getattr(frontier, f"{name}_study")
-        quick = scale.is_quick
-        return study(model, scale if quick else frontier.FULL_SCALE, out, quick=quick, progress=progress)
+        return study(job.loaded, size, job.out, quick=job.quick, progress=job.progress)
 
     return run
 
@@ -140,8 +161,8 @@ RUNNERS: dict[str, Runner] = {
 
 
 def _study_key(name: str, configuration: dict[str, Any]) -> str:
-    if name == "base_model":  # its own model: only the scale and the study matter
-        relevant = {"quick": configuration.get("quick"), "scale": {**configuration["scale"], "layers": None}}
+    if name == "base_model":  # its own model: only the size and the study matter
+        relevant = {"quick": configuration.get("quick"), "size": {**configuration["size"], "layers": None}}
     else:
         relevant = dict(configuration)
     text = json.dumps({"study": name, **relevant}, sort_keys=True, default=json_default)
@@ -193,21 +214,21 @@ def _reusable_tables(
     return tables
 
 
-def _run_study(name: str, model: Model | None, scale: Scale, run: Path, progress: bool) -> tuple[dict, Any]:
+def _run_study(name: str, job: _Run) -> tuple[dict, Any]:
     """Run one study: its manifest entry (status, notes, figures, timing) and its table (None if none)."""
     began, tick = utc_now(), time.perf_counter()
     entry: dict[str, Any] = {"started": began}
     table = None
     try:
-        result = RUNNERS[name](model, scale, run, progress)
+        result = RUNNERS[name](job)
     except Exception as e:  # recorded; the caller goes on with the other studies and raises at the end
         entry |= {"status": "failed", "error": f"{type(e).__name__}: {e}"}
     else:
         if isinstance(result, str):
             entry |= {"status": "unavailable", "notes": [result]}
         else:
-            result.write(run)
-            figures = [os.path.relpath(Path(p), run).replace(os.sep, "/") for p in result.figures]
+            result.write(job.out)
+            figures = [os.path.relpath(Path(p), job.out).replace(os.sep, "/") for p in result.figures]
             entry |= {
                 "status": "done",
                 "dir": result.name,
@@ -236,13 +257,13 @@ def run_report(
     quick: bool = False,
     out_dir: str | os.PathLike[str] = "runs/report",
     studies: Sequence[str] | None = None,
-    scale: Scale | None = None,
+    size: Size | None = None,
     progress: bool = True,
 ) -> Path:
     """Run ``studies`` (default :data:`STUDIES`; also :data:`EXTRA_STUDIES`) on ``model_spec`` (a spec or a
     loaded Model) into ``out_dir``.
 
-    ``scale`` overrides the quick/full scale (:func:`report_scale`). Returns the path of ``report.md``.
+    ``size`` overrides the quick/full size (:func:`report_size`). Returns the path of ``report.md``.
     Studies already finished in ``out_dir`` with the same configuration are reused, not rerun. A study
     that raises is recorded as failed in the manifest and the report, the remaining studies still run, and
     :class:`StudyError` is raised at the end.
@@ -255,17 +276,18 @@ def run_report(
     check_writable(run / MANIFEST)  # before the model loads
     clock = time.perf_counter()
     model = _load(model_spec, wanted)
-    scale = scale or report_scale(quick)
+    size = size or report_size(quick)
     configuration = {
         "model": model.name if model is not None else str(model_spec),
         "weights_hash": model.weights_hash if model is not None else None,
         "quick": quick,
-        "scale": dataclasses.asdict(scale),
+        "size": asdict(size),
         "ablation_seeds": list(ABLATION_SEEDS),
     }
     manifest = _manifest(model_spec, model, configuration, run)
     done = manifest["studies"]
     tables = _reusable_tables(run, done, configuration)
+    job = _Run(model, size, run, quick, progress)
 
     def save() -> None:
         manifest["updated"] = utc_now()
@@ -285,7 +307,7 @@ def run_report(
             shutil.rmtree(folder)  # outputs of another configuration
         tables.pop(name, None)
         _log(f"{name}: running")
-        entry, table = _run_study(name, model, scale, run, progress)
+        entry, table = _run_study(name, job)
         done[name] = {"key": key, **entry}
         if table is not None:
             tables[name] = table

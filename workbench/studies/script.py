@@ -11,9 +11,9 @@ import torch
 
 from workbench.models import DEFAULT_SPEC, Model, load_model
 from workbench.runs import markdown_table
-from workbench.studies.common import Scale, StudyResult
+from workbench.studies.common import Size, StudyResult
 
-Study = Callable[[Model, Scale, Path], StudyResult]
+Study = Callable[[Model, Size, Path], StudyResult]
 
 
 def script_parser(doc: str, study: str) -> argparse.ArgumentParser:
@@ -21,7 +21,7 @@ def script_parser(doc: str, study: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs") / study, help="Run directory.")
     parser.add_argument(
-        "--quick", action="store_true", help="CI-sized scale instead of the report's full one."
+        "--quick", action="store_true", help="A smoke test at tiny sizes instead of the report's full size."
     )
     parser.add_argument(
         "--model", default=DEFAULT_SPEC, help="Model spec: a bundled name, a .gguf file or a local HF folder."
@@ -31,12 +31,12 @@ def script_parser(doc: str, study: str) -> argparse.ArgumentParser:
 
 
 def run_script(args: argparse.Namespace, study: Study) -> StudyResult:
-    """Load ``args.model``, run ``study`` at the chosen scale, write its tables and print the headline table."""
+    """Load ``args.model``, run ``study`` at the chosen size, write its tables and print the headline table."""
     if args.threads:
         torch.set_num_threads(args.threads)
     tick = time.perf_counter()
     model = load_model(args.model)
-    result = study(model, Scale.quick() if args.quick else Scale.full(), args.out)
+    result = study(model, Size.named("quick" if args.quick else "full"), args.out)
     folder = result.write(args.out)
     print(markdown_table(result.table))
     print("\n".join(result.notes))
