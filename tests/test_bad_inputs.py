@@ -498,7 +498,7 @@ def a_file(tmp_path) -> Path:
 
 
 def test_save_vector_under_a_file(a_file, vec):
-    refuses(OutputPathError, lambda: vec.save(a_file / "v.safetensors"), "choose a writable file path")
+    refuses(OutputPathError, lambda: vec.save(a_file / "v.safetensors"), "choose a writable path")
 
 
 def test_export_gguf_under_a_file(a_file, vec):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from safetensors.torch import load_file, save_file
@@ -18,7 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from workbench.batching import format_prompts, length_batches
-from workbench.errors import InvalidArgumentError
+from workbench.errors import InvalidArgumentError, ShapeMismatchError
 from workbench.fastpath import direct_forward, hooked
 from workbench.models import Model, cache_dir
 from workbench.runs import atomic_write
@@ -61,6 +62,30 @@ class Activations:
             prompts_hash="",
             settings=settings,
         )
+
+    @classmethod
+    def coerce(cls, obj: Activations | Tensor, which: str) -> Activations:
+        """``obj`` if it is Activations, else a tensor ``[n, layer, d_model]`` wrapped; checks the shape."""
+        if isinstance(obj, Activations):
+            acts = obj
+        elif isinstance(obj, Tensor | np.ndarray):
+            tensor = torch.as_tensor(obj)
+            if tensor.ndim != 3:
+                raise InvalidArgumentError(
+                    f"{which} activations must have shape [n, layer, d_model], got {tuple(tensor.shape)}; "
+                    "for one layer add the axis with t[:, None, :]"
+                )
+            acts = cls.from_tensor(tensor)
+        else:
+            raise InvalidArgumentError(
+                f"{which} must be Activations or a tensor [n, layer, d_model], got {type(obj).__name__}"
+            )
+        if acts.tensor.ndim != 3 or acts.tensor.shape[1] != len(acts.layers):
+            raise ShapeMismatchError(
+                f"{which} activations have tensor shape {tuple(acts.tensor.shape)} but {len(acts.layers)} "
+                f"layers {acts.layers}; the tensor must be [n, len(layers), d_model]"
+            )
+        return acts
 
 
 HOOKS = ("resid_post", "resid_pre", "resid_mid", "attn_out", "mlp_out")
