@@ -1,0 +1,140 @@
+"""A LoRA adapter scored exactly as steering is: the same prompts, targets, degeneration rule and metrics.
+
+Per answer: ``on_target`` (:func:`~workbench.evaluation.targets.on_target`), ``perplexity`` under the
+*unmodified* model given the prompt answered, ``degenerate``
+(:func:`~workbench.evaluation.is_degenerate` with that perplexity) and ``clean`` (on target and not
+degenerate). Per model: multiple-choice accuracy on the bundled questions
+(:func:`~workbench.evaluation.multiple_choice.multiple_choice`) and the questions gained and lost against
+the unmodified model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from workbench.baselines.adapter import LoraAdapter, lora_applied
+from workbench.datasets import ITALIAN, ContrastiveSet, Item, load_multiple_choice
+from workbench.errors import InvalidArgumentError, ShapeMismatchError
+from workbench.evaluation import is_degenerate
+from workbench.evaluation.multiple_choice import multiple_choice
+from workbench.evaluation.perplexity import perplexity
+from workbench.evaluation.targets import TARGETS, on_target
+from workbench.generation import generate
+from workbench.models import Model
+
+__all__ = ["Evaluation", "evaluate_lora", "score_answers", "target_for"]
+
+
+def target_for(dataset: ContrastiveSet, target: str | None = None) -> str:
+    """The on-target rule for ``dataset``: ``target`` if given, else real Italian for the Italian set and
+    the items' own IFEval checks for every other."""
+    if target is None:
+        return "italian" if dataset.name == ITALIAN else "ifeval"
+    if target not in TARGETS:
+        raise InvalidArgumentError(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
+    return target
+
+
+def score_answers(
+    target: str, items: Sequence[Item], responses: Sequence[str], perplexities: Sequence[float] | None = None
+) -> pd.DataFrame:
+    """One row per answer: ``id, response, on_target, degenerate, clean`` (and ``perplexity`` when given)."""
+    if len(items) != len(responses) or (perplexities is not None and len(perplexities) != len(items)):
+        raise ShapeMismatchError(f"got {len(items)} items for {len(responses)} responses: give one per item")
+    ppl = list(perplexities) if perplexities is not None else [None] * len(items)
+    target_hit = [on_target(target, item, r) for item, r in zip(items, responses, strict=True)]
+    known = [p if p is not None and math.isfinite(p) and p > 0 else None for p in ppl]  # NaN: empty answer
+    degenerate = [is_degenerate(r, perplexity=p) for r, p in zip(responses, known, strict=True)]
+    frame = pd.DataFrame({"id": [item.id for item in items], "response": list(responses)})
+    if perplexities is not None:
+        frame["perplexity"] = ppl
+    return frame.assign(
+        on_target=target_hit,
+        degenerate=degenerate,
+        clean=[t and not d for t, d in zip(target_hit, degenerate, strict=True)],
+    )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """``answers``: one scored row per (config, item); ``summary``: per config ``target_rate, clean_rate,
+    degeneration, perplexity`` (median, unmodified model), ``n``; ``mc``: per (config, language)
+    ``accuracy, gained, lost`` against the unmodified model."""
+
+    answers: pd.DataFrame
+    summary: pd.DataFrame
+    mc: pd.DataFrame
+
+
+def evaluate_lora(
+    model: Model,
+    test: ContrastiveSet,
+    adapter: LoraAdapter,
+    *,
+    max_new_tokens: int = 64,
+    target: str | None = None,
+    with_positive: bool = False,
+    mc_languages: Sequence[str] = ("en", "it"),
+    n_mc: int | None = None,
+    batch_size: int = 16,
+) -> Evaluation:
+    """``adapter`` against the unmodified model on ``test``'s plain (negative) prompts, scored like steering.
+
+    ``with_positive`` adds both on the positive prompts (the instruction, or the Italian query).
+    ``mc_languages`` picks the bundled multiple-choice questions (test split, the first ``n_mc``).
+    """
+    rule = target_for(test, target)
+    kinds = {"": test.negative, **({" + positive prompt": test.positive} if with_positive else {})}
+    responses: dict[str, list[str]] = {}
+    for suffix, prompts in kinds.items():
+        responses[f"unmodified{suffix}"] = generate(
+            model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
+        )
+    with lora_applied(model, adapter):
+        for suffix, prompts in kinds.items():
+            responses[f"lora{suffix}"] = generate(
+                model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
+            )
+    frames = []
+    for config, answers in responses.items():
+        prompts = kinds[config.removeprefix("unmodified").removeprefix("lora")]
+        ppl = perplexity(model, prompts, answers, batch_size=batch_size)
+        frames.append(score_answers(rule, test.items, answers, ppl).assign(config=config))
+    rows = pd.concat(frames, ignore_index=True)
+    summary = rows.groupby("config", sort=False).agg(
+        target_rate=("on_target", "mean"),
+        clean_rate=("clean", "mean"),
+        degeneration=("degenerate", "mean"),
+        perplexity=("perplexity", "median"),
+        n=("clean", "size"),
+    )
+    return Evaluation(rows, summary.reset_index(), _mc(model, adapter, mc_languages, n_mc, batch_size))
+
+
+def _mc(
+    model: Model, adapter: LoraAdapter, languages: Sequence[str], n: int | None, batch_size: int
+) -> pd.DataFrame:
+    """Accuracy of the unmodified and the adapted model per language; questions gained and lost."""
+    rows = []
+    for language in languages:
+        items = load_multiple_choice("bundled", language=language, split="test")[:n]
+        base = multiple_choice(model, items, batch_size=batch_size)["correct"].to_numpy(bool)
+        with lora_applied(model, adapter):
+            adapted = multiple_choice(model, items, batch_size=batch_size)["correct"].to_numpy(bool)
+        rows.append(
+            {"config": "unmodified", "language": language, "accuracy": base.mean(), "gained": 0, "lost": 0}
+        )
+        rows.append(
+            {
+                "config": "lora",
+                "language": language,
+                "accuracy": adapted.mean(),
+                "gained": int((adapted & ~base).sum()),
+                "lost": int((~adapted & base).sum()),
+            }
+        )
+    return pd.DataFrame(rows, columns=["config", "language", "accuracy", "gained", "lost"])
