@@ -65,6 +65,7 @@ _STRUCTURES: weakref.WeakKeyDictionary[nn.Module, _Structure] = weakref.WeakKeyD
 _ACTIVE: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 _BRIDGE_ONLY: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 _WARNED: weakref.WeakKeyDictionary[nn.Module, set[str]] = weakref.WeakKeyDictionary()
+_ALIASES: set[int] = set()  # ids of the KV-cache alias hooks :func:`_bridge_cache` puts on attention wrappers
 
 
 class FastPathError(WorkbenchError):
@@ -142,7 +143,7 @@ def _output_hook(point: nn.Module) -> Any:
 def _internal_handles(structure: _Structure) -> set[int]:
     """Ids of the hooks blocks wire onto their own wrappers (split-qkv residual capture, hook_mlp_in); they
     only act for features whose hook points would already send a forward back to the bridge."""
-    return {
+    return _ALIASES | {
         handle.id
         for _, _, wrapper, _ in structure.swaps
         for handle in getattr(wrapper, "_capture_hook_handles", ())
@@ -228,6 +229,33 @@ def _leave(model: Model, reason: str, strict: bool | None) -> None:
         )
 
 
+def _cache_alias(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    if kwargs.get("cache") is not None and kwargs.get("past_key_values") is None:
+        kwargs["past_key_values"] = kwargs["cache"]
+    return args, kwargs
+
+
+@contextmanager
+def _bridge_cache(model: Model) -> Iterator[None]:
+    """While the bridge runs, hand its attention the KV cache under the name it reads.
+
+    TransformerLens 4.3's attention takes the cache from ``past_key_values``; transformers 5.24 passes it as
+    ``cache``, so without this every cached decoding step through the bridge attends to its own token alone.
+    """
+    handles = [
+        wrapper.register_forward_pre_hook(_cache_alias, with_kwargs=True)
+        for _, _, wrapper, _ in _structure(model).swaps
+        if hasattr(wrapper, "_update_kv_cache")
+    ]
+    _ALIASES.update(handle.id for handle in handles)
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+            _ALIASES.discard(handle.id)
+
+
 @contextmanager
 def bridge_only(model: Model) -> Iterator[Model]:
     """Within the block, every forward of ``model`` runs through the bridge's own modules (the reference)."""
@@ -251,13 +279,12 @@ def direct_forward(model: Model, *, strict: bool | None = None) -> Iterator[bool
     if model.bridge in _ACTIVE:
         yield True
         return
-    if model.bridge in _BRIDGE_ONLY:
-        yield False
-        return
-    plan = direct_plan(model)
+    plan = "bridge_only" if model.bridge in _BRIDGE_ONLY else direct_plan(model)
     if isinstance(plan, str):
-        _leave(model, plan, strict)
-        yield False
+        if plan != "bridge_only":
+            _leave(model, plan, strict)
+        with _bridge_cache(model):
+            yield False
         return
     structure = _structure(model)
     handles = []

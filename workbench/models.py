@@ -302,6 +302,18 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
+def _prefer_sdpa(hf_model: Any) -> None:
+    """Switch to SDPA attention where the architecture supports it (Gemma 2 does not: it keeps eager).
+
+    The bridge forces eager attention so it can hook attention patterns; residual-stream work does not
+    need those, and SDPA is faster. Hooks on the residual stream fire either way.
+    """
+    try:
+        hf_model.set_attn_implementation("sdpa")
+    except (ValueError, ImportError):
+        hf_model.set_attn_implementation("eager")
+
+
 def from_hf(
     hf_model: Any,
     tokenizer: Any,
@@ -325,12 +337,15 @@ def from_hf(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     hf_model = hf_model.to(device=device, dtype=dtype).eval()
-    bridge = TransformerBridge.boot_transformers(
-        name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
-    )
-    # The bridge forces eager attention so it can hook attention patterns; residual-stream work does
-    # not need those, and SDPA is faster. Hooks on the residual stream fire either way.
-    bridge.original_model.set_attn_implementation("sdpa")
+    try:
+        bridge = TransformerBridge.boot_transformers(
+            name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
+        )
+    except Exception as exc:  # TransformerLens raises many types for architectures it cannot wrap
+        raise ModelLoadError(
+            f"TransformerLens could not wrap {name} ({type(hf_model).__name__}): {_brief(exc)}"
+        ) from exc
+    _prefer_sdpa(bridge.original_model)
     bridge.eval()
     chat = bool(getattr(tokenizer, "chat_template", None)) if is_chat is None else is_chat
     return Model(
@@ -394,3 +409,16 @@ def available_models() -> list[dict[str, Any]]:
             present = is_fetched(known.spec)
         rows.append({"spec": known.spec, "description": known.description, "available_offline": present})
     return rows
+
+
+def gguf_path(spec: str) -> Path:
+    """The GGUF file of a known spec (assembled or fetched on first use), or ``spec`` itself as a path."""
+    return _bundled_gguf(spec) if spec in KNOWN_MODELS else Path(spec).expanduser()
+
+
+def hf_folder(spec: str) -> Path | None:
+    """The Hugging Face folder ``spec`` loads from: the dequantized cache of a known spec or a GGUF file
+    (written by its first :func:`load_model`), or a local folder as given; None for anything else."""
+    if spec in KNOWN_MODELS or spec.endswith(".gguf") or Path(spec).expanduser().is_file():
+        return _dequantized_dir(gguf_path(spec))
+    return Path(spec) if spec and Path(spec).is_dir() else None

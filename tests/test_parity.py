@@ -1,0 +1,214 @@
+"""Parity of the fast path with TransformerLens, per supported architecture.
+
+Each architecture in :data:`workbench.fastpath.ARCHITECTURES` gets a tiny random model built from its config
+(2 layers, d_model 64, the shared tiny tokenizer), saved as a local directory and loaded with ``load_model``,
+the way a user brings one. Checks, on a left-padded batch:
+
+- ``collect`` equals ``bridge.run_with_cache`` at every layer (last token and mean over real tokens);
+- batch composition does not change activations (batch 4 against batch 1);
+- steered greedy generation through the fast path equals the same steering through the bridge's own
+  modules (:func:`~workbench.fastpath.bridge_only`), for every mode and positions rule, one configuration
+  per row, with and without the KV cache; and the steered logits of a fixed continuation agree.
+
+The fast-path runs are strict (``WORKBENCH_STRICT_FASTPATH=1``): a silent fallback would fail them. The
+largest difference per architecture and check is printed as a matrix at the end of the module.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from tests.conftest import PROMPTS, build_tiny_tokenizer
+from workbench.activations import collect
+from workbench.fastpath import ARCHITECTURES, STRICT_ENV, bridge_only, direct_forward
+from workbench.generation import generate
+from workbench.models import Model, load_model
+from workbench.positions import POSITIONS
+from workbench.steering import MODES, Intervention, steer_rows, tracking
+from workbench.vectors import SteeringVector
+
+# Sliding windows shorter than the prompts, so the windowed layers are exercised too.
+EXTRA = {
+    "qwen3": {"head_dim": 16},
+    "mistral": {"sliding_window": 6},
+    "gemma2": {"head_dim": 16, "sliding_window": 6},
+    "gemma3_text": {"head_dim": 16, "sliding_window": 6},
+}
+MATRIX: dict[str, dict[str, float]] = {}
+CHECKS = ("collect vs run_with_cache", "batch 4 vs 1", "steered logits", "steered logits, KV cache")
+_MODELS: dict[str, Model] = {}
+
+
+def tiny_config(kind: str, tokenizer) -> object:
+    ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if kind == "gpt2":
+        return AutoConfig.for_model(
+            kind, vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=256, **ids
+        )
+    sizes = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 256,
+    }
+    if kind != "gpt_neox":
+        sizes["num_key_value_heads"] = 2
+    return AutoConfig.for_model(kind, **sizes, **ids, **EXTRA.get(kind, {}))
+
+
+@pytest.fixture
+def model(request, tmp_path_factory) -> Model:
+    kind = request.param
+    if kind not in _MODELS:
+        tokenizer = build_tiny_tokenizer()
+        torch.manual_seed(0)
+        hf = AutoModelForCausalLM.from_config(tiny_config(kind, tokenizer))
+        folder = tmp_path_factory.mktemp(f"tiny_{kind}")
+        hf.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        _MODELS[kind] = load_model(str(folder), device="cpu")
+        assert _MODELS[kind].hf_model.config.model_type == kind
+    return _MODELS[kind]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def print_matrix(request):
+    yield
+    if not MATRIX:
+        return
+    lines = ["", "fast path vs TransformerLens bridge: max |difference| (float32, CPU)"]
+    lines.append(f"{'architecture':<13}" + "".join(f"{c:>28}" for c in CHECKS))
+    for kind, row in MATRIX.items():
+        lines.append(f"{kind:<13}" + "".join(f"{row.get(c, float('nan')):>28.1e}" for c in CHECKS))
+    with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        print("\n".join(lines))
+
+
+def record(kind: str, check: str, diff: float) -> float:
+    MATRIX.setdefault(kind, {})[check] = diff
+    return diff
+
+
+@pytest.fixture
+def strict(monkeypatch):
+    monkeypatch.setenv(STRICT_ENV, "1")
+
+
+parametrized = pytest.mark.parametrize("model", ARCHITECTURES, indirect=True)
+
+
+@parametrized
+def test_collect_matches_run_with_cache(model, strict):
+    texts = [model.format_chat(p) for p in PROMPTS[:4]]
+    encoded = model.encode(texts, formatted=True)
+    assert (encoded["attention_mask"] == 0).any()  # left padding is exercised
+    names = [f"blocks.{layer}.hook_resid_post" for layer in range(model.n_layers)]
+    with torch.inference_mode():
+        _, cache = model.bridge.run_with_cache(
+            encoded["input_ids"], attention_mask=encoded["attention_mask"], names_filter=lambda n: n in names
+        )
+    last = collect(model, PROMPTS[:4], cache=False).tensor
+    mean = collect(model, PROMPTS[:4], position="mean", cache=False).tensor
+    weights = encoded["attention_mask"][..., None].float()
+    diff = 0.0
+    for layer, name in enumerate(names):
+        reference = cache[name].float()
+        diff = max(diff, (last[:, layer] - reference[:, -1]).abs().max().item())
+        expected_mean = (reference * weights).sum(1) / weights.sum(1)
+        diff = max(diff, (mean[:, layer] - expected_mean).abs().max().item())
+    scale = last.abs().max().item()
+    assert record(model.hf_model.config.model_type, CHECKS[0], diff) <= 1e-5 * max(1.0, scale)
+
+
+@parametrized
+def test_batch_composition_does_not_change_activations(model, strict):
+    together = collect(model, PROMPTS[:4], batch_size=4, cache=False).tensor
+    alone = collect(model, PROMPTS[:4], batch_size=1, cache=False).tensor
+    diff = (together - alone).abs().max().item()
+    assert record(model.hf_model.config.model_type, CHECKS[1], diff) <= 1e-5 * max(
+        1.0, together.abs().max().item()
+    )
+
+
+def configurations(model: Model) -> list[list[Intervention]]:
+    """One intervention per (mode, positions), strong enough to change greedy tokens of a random model."""
+    direction = torch.randn(1, model.d_model, generator=torch.Generator().manual_seed(1))
+    vector = SteeringVector.from_directions(direction, layers=[0])
+    scale = collect(model, PROMPTS[:2], layers=[0], cache=False).tensor.abs().max().item()
+    coef = {"add": 4.0 * scale, "set_projection": 2.0 * scale, "ablate": None}
+    return [
+        [Intervention(vector, 0, mode=mode, coef=coef[mode], positions=positions)]
+        for mode in MODES
+        for positions in POSITIONS
+    ]
+
+
+def steered_logits(model: Model, rows, prompts: list[str], cached: bool, reference: bool) -> torch.Tensor:
+    """Logits of every real position of prompt + a fixed continuation, row ``i`` steered by ``rows[i]``;
+    with ``cached`` the continuation runs on the prompt's KV cache."""
+    encoded = model.encode([model.format_chat(p) for p in prompts], formatted=True)
+    width = encoded["input_ids"].shape[1]
+    tail = model.tokenizer(" Paris is the capital", add_special_tokens=False, return_tensors="pt")[
+        "input_ids"
+    ]
+    ids = torch.cat([encoded["input_ids"], tail.expand(len(prompts), -1)], dim=1)
+    mask = torch.cat([encoded["attention_mask"], torch.ones_like(tail).expand(len(prompts), -1)], dim=1)
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    with torch.inference_mode(), ExitStack() as stack:
+        tracker = stack.enter_context(tracking(model))
+        stack.enter_context(tracker.declared(torch.tensor([width])))
+        if reference:
+            stack.enter_context(bridge_only(model))
+        stack.enter_context(steer_rows(model, rows))
+        assert stack.enter_context(direct_forward(model)) is not reference
+        if not cached:
+            logits = model.hf_model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        else:
+            first = model.hf_model(
+                input_ids=ids[:, :width],
+                attention_mask=mask[:, :width],
+                position_ids=positions[:, :width],
+                use_cache=True,
+            )
+            rest = model.hf_model(
+                input_ids=ids[:, width:],
+                attention_mask=mask,
+                position_ids=positions[:, width:],
+                use_cache=True,
+                **{model.cache_argument: first.past_key_values},
+            )
+            logits = torch.cat([first.logits, rest.logits], dim=1)
+    return logits[mask.bool()].float()
+
+
+@parametrized
+def test_steered_generation_matches_the_bridge(model, strict):
+    kind = model.hf_model.config.model_type
+    rows = configurations(model)
+    prompts = [PROMPTS[i % 2] for i in range(len(rows))]  # two lengths: left padding
+    for cached, check in ((False, CHECKS[2]), (True, CHECKS[3])):
+        fast = steered_logits(model, rows, prompts, cached, reference=False)
+        bridge = steered_logits(model, rows, prompts, cached, reference=True)
+        assert record(kind, check, (fast - bridge).abs().max().item()) <= 1e-4 * max(
+            1.0, bridge.abs().max().item()
+        )
+    out = {}
+    for use_cache in (True, False):
+        settings = {"interventions": rows, "max_new_tokens": 4, "use_cache": use_cache, "batch_size": 32}
+        out["fast", use_cache] = generate(model, prompts, **settings)
+        with bridge_only(model):
+            out["bridge", use_cache] = generate(model, prompts, **settings)
+    assert out["fast", True] == out["bridge", True] == out["fast", False] == out["bridge", False]
+    plain = generate(model, PROMPTS[:2], max_new_tokens=4)
+    changed = sum(text != plain[i % 2] for i, text in enumerate(out["fast", True]))
+    assert changed >= len(rows) // 4, "the steering barely changed the text: the comparison would be empty"
