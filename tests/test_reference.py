@@ -1,0 +1,52 @@
+"""Reference-model fluency: calibrated on natural answers, it passes them and fails token salad."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from workbench.datasets import load
+from workbench.errors import InvalidArgumentError
+from workbench.evaluation.reference import calibrate, reference_model
+from workbench.generation import generate
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return load("no_comma", "validation").negative[:12]
+
+
+@pytest.fixture(scope="module")
+def natural(writer, prompts):
+    """The model's own greedy answers: the most predictable text there is for it."""
+    return generate(writer, prompts, max_new_tokens=10)
+
+
+def test_natural_answers_pass_and_token_salad_fails(writer, prompts, natural):
+    rule = calibrate(
+        writer, {"unsteered": (prompts[:4], natural[:4]), "italian": (prompts[4:8], natural[4:8])}
+    )
+    assert set(rule.anchors) == {"unsteered", "italian"} and rule.anchor == max(rule.anchors.values())
+    assert rule.reference == writer.name and rule.n_validation == 8
+    held_out = rule.score(writer, prompts[8:], natural[8:])
+    generator = torch.Generator().manual_seed(0)
+    salad = [writer.tokenizer.decode(torch.randint(5, 400, (10,), generator=generator)) for _ in prompts[8:]]
+    scored = rule.score(writer, prompts[8:], salad)
+    assert held_out["fluent_reference"].mean() >= 0.75 and not scored["fluent_reference"].any()
+    assert scored["relative_perplexity"].min() > held_out["relative_perplexity"].median()
+    assert set(scored["reference"]) == {writer.name}
+    assert not rule.score(writer, prompts[:1], [""])["fluent_reference"].iloc[0]
+
+
+def test_the_rule_names_its_reference_and_refuses_another(writer, prompts, natural):
+    rule = calibrate(writer, {"unsteered": (prompts[:4], natural[:4])})
+    other = dataclasses.replace(writer, weights_hash="f" * 64)
+    with pytest.raises(InvalidArgumentError):
+        rule.score(other, prompts[:2], natural[:2])
+    assert reference_model(writer, "no-such-reference-model") is writer  # not fetched: the scored model
+    with pytest.raises(InvalidArgumentError):
+        calibrate(writer, {})
+    with pytest.raises(InvalidArgumentError):
+        calibrate(writer, {"unsteered": (prompts[:2], ["", ""])})

@@ -1,0 +1,121 @@
+"""Fluency judged by a reference model: each answer's perplexity under it, relative to natural answers.
+
+Language ID cannot tell Italian from Italian-looking salad, and n-gram rules miss salad that does not loop;
+a model that knows the language can. :func:`calibrate` takes the reference model's median perplexity of
+each set of *natural* answers on the validation split (the unsteered model's answers, and its answers to
+the fully Italian prompts): the ``anchors``. An answer's ``relative_perplexity`` is its perplexity under the
+reference divided by the larger anchor (1: as predictable as the less fluent set of natural answers), and
+it is ``fluent`` when that is at most the threshold, the ``quantile`` (default 0.95) of the natural
+validation answers' own relative perplexities: about 5% of natural answers fall above it.
+
+The reference is the stronger Qwen2.5-Coder-1.5B-Instruct once fetched (:func:`reference_model`), else the
+model that wrote the unsteered answers; every score names it. Perplexities come from
+:func:`~workbench.evaluation.perplexity.perplexity` (each answer given the prompt it answered, in the
+reference's own chat format).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from workbench.errors import InvalidArgumentError, ModelLoadError
+from workbench.evaluation.perplexity import perplexity
+from workbench.models import Model, load_model
+
+__all__ = ["QUANTILE", "REFERENCE_SPEC", "ReferenceFluency", "calibrate", "reference_model"]
+
+REFERENCE_SPEC = "qwen2.5-coder-1.5b-instruct"
+"""The stronger reference model, used when it has been fetched (``workbench models fetch``)."""
+
+QUANTILE = 0.95
+"""Share of natural validation answers the fluency threshold lets through."""
+
+
+def reference_model(
+    fallback: Model, spec: str = REFERENCE_SPEC, *, dtype: torch.dtype | str | None = None
+) -> Model:
+    """``spec`` loaded on ``fallback``'s device when it loads offline, else ``fallback`` (the scored model)."""
+    try:
+        return load_model(spec, device=fallback.device, dtype=dtype)
+    except ModelLoadError:
+        return fallback
+
+
+@dataclass(frozen=True)
+class ReferenceFluency:
+    """A calibrated fluency rule: the reference model, the natural answers' median perplexities under it
+    (``anchors``, by set name) and the threshold on relative perplexity chosen on validation."""
+
+    reference: str
+    reference_fingerprint: str
+    anchors: dict[str, float]
+    threshold: float
+    quantile: float
+    n_validation: int
+
+    @property
+    def anchor(self) -> float:
+        """The larger anchor: the perplexity that relative perplexities are measured in."""
+        return max(self.anchors.values())
+
+    def score(self, reference: Model, prompts: Sequence[str], responses: Sequence[str]) -> pd.DataFrame:
+        """Per answer: ``reference`` (the model's name), ``reference_perplexity``, ``relative_perplexity``
+        and ``fluent_reference`` (False for an empty answer)."""
+        if reference.fingerprint != self.reference_fingerprint:
+            raise InvalidArgumentError(
+                f"this fluency rule was calibrated on {self.reference} ({self.reference_fingerprint}), not on "
+                f"{reference.name} ({reference.fingerprint}): score with that model or calibrate again"
+            )
+        ppl = np.asarray(perplexity(reference, prompts, responses), dtype=float)
+        relative = ppl / self.anchor
+        return pd.DataFrame(
+            {
+                "reference": self.reference,
+                "reference_perplexity": ppl,
+                "relative_perplexity": relative,
+                "fluent_reference": np.nan_to_num(relative, nan=np.inf) <= self.threshold,
+            }
+        )
+
+
+def calibrate(
+    reference: Model,
+    natural: Mapping[str, tuple[Sequence[str], Sequence[str]]],
+    *,
+    quantile: float = QUANTILE,
+) -> ReferenceFluency:
+    """The fluency rule from natural validation answers: ``natural`` maps a set's name (``"unsteered"``,
+    ``"italian"``) to its ``(prompts, answers)``. Empty answers are left out."""
+    if not natural:
+        raise InvalidArgumentError(
+            "calibrate needs at least one set of natural answers, e.g. {'unsteered': ...}"
+        )
+    if not 0 < quantile <= 1:
+        raise InvalidArgumentError(f"quantile must be in (0, 1], got {quantile!r}")
+    scores: dict[str, np.ndarray] = {}
+    for name, (prompts, answers) in natural.items():
+        ppl = np.asarray(perplexity(reference, prompts, answers), dtype=float)
+        scores[name] = ppl[np.isfinite(ppl)]
+        if len(scores[name]) < 2:
+            raise InvalidArgumentError(
+                f"the natural set {name!r} has {len(scores[name])} non-empty answers; give at least 2"
+            )
+    anchors = {name: float(np.median(ppl)) for name, ppl in scores.items()}
+    relative = np.concatenate(list(scores.values())) / max(anchors.values())
+    threshold = float(np.quantile(relative, quantile))
+    if not math.isfinite(threshold):
+        raise InvalidArgumentError("the natural answers gave no finite perplexity: check the reference model")
+    return ReferenceFluency(
+        reference=reference.name,
+        reference_fingerprint=reference.fingerprint,
+        anchors=anchors,
+        threshold=threshold,
+        quantile=quantile,
+        n_validation=len(relative),
+    )
