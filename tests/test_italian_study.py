@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from workbench.evaluation import is_degenerate
 from workbench.studies.common import Scale
 from workbench.studies.italian import italian_study
 
@@ -15,6 +16,13 @@ def test_italian_study_tables_and_figures(tiny, tmp_path, monkeypatch):
         table["setting"]
     )
     assert table["answers_in_italian"].between(0, 1).all()
+    assert {"real_italian", "degenerate"} <= set(table) and "degeneration" not in table
+    rows = result.rows  # the one degeneration rule, with the perplexity under the unsteered model
+    expected = [
+        is_degenerate(r, perplexity=p) for r, p in zip(rows["response"], rows["perplexity"], strict=True)
+    ]
+    assert rows["degenerate"].tolist() == expected
+    assert table["degenerate"].tolist() == rows.groupby("setting", sort=False)["degenerate"].mean().tolist()
     assert (table["n"] == 3).all()
     assert len(result.rows) == table["n"].sum()
     assert result.rows["perplexity"].dtype == float

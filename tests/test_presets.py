@@ -160,3 +160,23 @@ def test_frontier_tables_name_their_metrics_and_keep_a_json_start_apart():
     assert json_table["starts_json"] == 1.0  # the cut-off loop starts a JSON object; it is not compliance
     bullets = _table("m", frontier.BEHAVIOURS["bullets"], rows)
     assert bullets.loc[0, "target"] == "ifeval" and "starts_json" not in bullets
+
+
+def test_cached_test_rows_are_rescored_by_the_current_scorer(writer, tmp_path, monkeypatch):
+    """The study caches raw answers only: a scorer change shows on the next run without generating again."""
+    from workbench.evaluation import fluency
+    from workbench.studies.common import Scale
+    from workbench.studies.frontier import presets_study
+
+    monkeypatch.setitem(
+        presets.PRESETS, "tiny_bullets", Preset("tiny_bullets", "bullets", {"tiny-llama": RECIPE}, n_train=6)
+    )
+    scale = Scale(n_train=6, n_validation=20, n_test=3, max_new_tokens=6, layers=None, batch_size=8)
+    first = presets_study(writer, scale, tmp_path, base_model=False, quick=False)
+    parts = {p: p.stat().st_mtime_ns for p in (tmp_path / "presets").glob("*.parquet")}
+    assert parts and (first.table["degeneration"] < 1).any()
+    monkeypatch.setattr(fluency, "MAX_NGRAM_REPEAT_RATE", -1.0)  # every answer with a word now loops
+    second = presets_study(writer, scale, tmp_path, base_model=False, quick=False)
+    assert {p: p.stat().st_mtime_ns for p in parts} == parts  # nothing was generated or rewritten
+    assert second.rows["response"].tolist() == first.rows["response"].tolist()
+    assert (second.table["degeneration"] == 1).all()

@@ -3,6 +3,11 @@
 ``evaluate`` (one results row per response, :mod:`workbench.evaluation.table`) is imported on first use,
 so the text-only checks load without torch; model-based scoring lives in
 :mod:`workbench.evaluation.perplexity` and :mod:`workbench.evaluation.multiple_choice`.
+
+Every metric has one definition here: degeneration is :func:`is_degenerate` (:mod:`.fluency`), on-target
+checks (strict JSON, a JSON start, real Italian, IFEval items) are in :mod:`.targets`. Caches hold raw
+model outputs and are rescored on read; anything that keeps a score (a reused report table, a recorded
+preset's validation numbers) carries :data:`SCORER_VERSION`.
 """
 
 import importlib
@@ -19,9 +24,15 @@ from workbench.evaluation.language import (
 )
 from workbench.evaluation.text import count_sentences, count_words, split_sentences
 
+#: Bumped by every change that can change a score (a threshold, a check, a target's meaning): stored
+#: scores with another version are recomputed or marked as such. 1: the single degeneration rule and
+#: strict JSON of issue 16 (earlier scores carry no version).
+SCORER_VERSION = 1
+
 __all__ = [
     "INSTRUCTION_IDS",
     "LANGUAGES",
+    "SCORER_VERSION",
     "check",
     "check_all",
     "code_switching_rate",

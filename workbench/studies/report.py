@@ -32,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 
+from workbench import evaluation
 from workbench.errors import InvalidArgumentError, WorkbenchError
 from workbench.models import DEFAULT_SPEC, Model, load_model
 from workbench.paths import check_writable
@@ -67,6 +68,8 @@ STUDIES = ("format", "length", "composition", "ablation", "italian", "base_model
 EXTRA_STUDIES = ("frontier",)
 #: Seeds of the random-direction control of the ablation study.
 ABLATION_SEEDS = (0, 1, 2)
+#: Format instructions of a quick report: the two whose sweeps the composition and ablation studies reuse.
+QUICK_FORMATS = ("bullet_lists", "no_comma")
 #: Folders a study may write (the base-model study writes ``italian_base_model``); only these are ever removed.
 STUDY_DIRS = (*STUDIES, *EXTRA_STUDIES, "italian_base_model")
 
@@ -113,6 +116,8 @@ def _instruction_runner(name: str) -> Runner:
 
         study = getattr(instructions, f"{name}_study")
         knobs: dict[str, Any] = {"seeds": ABLATION_SEEDS} if name == "ablation" else {}
+        if name == "format" and job.quick:
+            knobs["names"] = QUICK_FORMATS
         return study(job.loaded, job.size, job.out, progress=job.progress, **knobs)
 
     return run
@@ -165,7 +170,9 @@ def _study_key(name: str, configuration: dict[str, Any]) -> str:
         relevant = {"quick": configuration.get("quick"), "size": {**configuration["size"], "layers": None}}
     else:
         relevant = dict(configuration)
-    text = json.dumps({"study": name, **relevant}, sort_keys=True, default=json_default)
+    text = json.dumps(
+        {"study": name, "scorer": evaluation.SCORER_VERSION, **relevant}, sort_keys=True, default=json_default
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
