@@ -12,9 +12,13 @@ of characters repeated back to back is a loop too, so loops without letters (``1
 ``1.1:10=1=1=1``, a steered base model's number salad) are caught. The rule is the quality frontier's
 (issue 16 unified three): a repeat rate of 0.5 let through loops that say a sentence twice or nest the same
 JSON object again and again (0.39-0.5 on SmolLM2) and steered "Italian" that repeats a clause (0.22-0.29),
-while unsteered answers stay far below 0.2 (the hand-made samples in ``tests/test_text_metrics.py``: at most
-0.03). There is no perplexity floor: greedy answers of a small model are often very predictable without
-looping.
+while ordinary answers stay far below 0.2 (the hand-made samples in ``tests/test_text_metrics.py``: at most
+0.03). Checked on 240 unsteered greedy SmolLM2-135M-Instruct answers to the frontier's validation prompts
+(2026-12-02): 0 of the 120 answers to plain queries are flagged (as under the old 0.5 rule); of the 120
+answers to instructed prompts 27 are (old rule: 16), and the 11 added are loops by eye (a sentence said
+twice, "il mondo al mondo, il mondo al mondo", "Use a rice cooker with a rice cooker") but one, three
+bullets that start with the same subject. There is no perplexity floor: 191 of those 240 answers (80%)
+have a perplexity below 2.5 under the model that wrote them, the old floor.
 """
 
 from __future__ import annotations
