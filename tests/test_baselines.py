@@ -178,6 +178,7 @@ def test_evaluate_lora_scores_like_steering_and_counts_questions_gained_and_lost
     rows = result.answers
     assert (rows["clean"] == (rows["on_target"] & ~rows["degenerate"])).all()
     assert rows["perplexity"].gt(0).all()
+    assert len(result.mc_rows) == 12 and set(result.mc_rows["config"]) == {"unmodified", "lora"}
     base, adapted = result.mc.iloc[0], result.mc.iloc[1]
     assert adapted["accuracy"] - base["accuracy"] == pytest.approx((adapted["gained"] - adapted["lost"]) / 6)
 

@@ -63,11 +63,13 @@ def score_answers(
 class Evaluation:
     """``answers``: one scored row per (config, item); ``summary``: per config ``target_rate, clean_rate,
     degeneration, perplexity`` (median, unmodified model), ``n``; ``mc``: per (config, language)
-    ``accuracy, gained, lost`` against the unmodified model."""
+    ``accuracy, gained, lost`` against the unmodified model; ``mc_rows``: per (config, language, question
+    ``id``) whether it was answered ``correct`` (for an UpSet figure)."""
 
     answers: pd.DataFrame
     summary: pd.DataFrame
     mc: pd.DataFrame
+    mc_rows: pd.DataFrame
 
 
 def evaluate_lora(
@@ -112,29 +114,37 @@ def evaluate_lora(
         perplexity=("perplexity", "median"),
         n=("clean", "size"),
     )
-    return Evaluation(rows, summary.reset_index(), _mc(model, adapter, mc_languages, n_mc, batch_size))
+    mc_rows = _mc(model, adapter, mc_languages, n_mc, batch_size)
+    return Evaluation(rows, summary.reset_index(), _mc_table(mc_rows), mc_rows)
 
 
 def _mc(
     model: Model, adapter: LoraAdapter, languages: Sequence[str], n: int | None, batch_size: int
 ) -> pd.DataFrame:
-    """Accuracy of the unmodified and the adapted model per language; questions gained and lost."""
-    rows = []
+    """Per (config, language, question): whether the unmodified or the adapted model answers correctly."""
+    frames = []
     for language in languages:
         items = load_multiple_choice("bundled", language=language, split="test")[:n]
-        base = multiple_choice(model, items, batch_size=batch_size)["correct"].to_numpy(bool)
+        frames.append(multiple_choice(model, items, batch_size=batch_size).assign(config="unmodified"))
         with lora_applied(model, adapter):
-            adapted = multiple_choice(model, items, batch_size=batch_size)["correct"].to_numpy(bool)
-        rows.append(
-            {"config": "unmodified", "language": language, "accuracy": base.mean(), "gained": 0, "lost": 0}
-        )
-        rows.append(
+            frames.append(multiple_choice(model, items, batch_size=batch_size).assign(config="lora"))
+    return pd.concat(frames, ignore_index=True)[["config", "language", "id", "correct"]]
+
+
+def _mc_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per (config, language) and the questions gained and lost against the unmodified model."""
+    out = []
+    for (config, language), group in rows.groupby(["config", "language"], sort=False):
+        base = rows[(rows["config"] == "unmodified") & (rows["language"] == language)]
+        correct = group.set_index("id")["correct"].astype(bool)
+        before = base.set_index("id")["correct"].astype(bool).reindex(correct.index)
+        out.append(
             {
-                "config": "lora",
+                "config": config,
                 "language": language,
-                "accuracy": adapted.mean(),
-                "gained": int((adapted & ~base).sum()),
-                "lost": int((~adapted & base).sum()),
+                "accuracy": correct.mean(),
+                "gained": int((correct & ~before).sum()),
+                "lost": int((~correct & before).sum()),
             }
         )
-    return pd.DataFrame(rows, columns=["config", "language", "accuracy", "gained", "lost"])
+    return pd.DataFrame(out, columns=["config", "language", "accuracy", "gained", "lost"])

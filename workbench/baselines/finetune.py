@@ -36,7 +36,7 @@ from workbench.baselines.evaluate import score_answers, target_for
 from workbench.datasets import ContrastiveSet
 from workbench.errors import InvalidArgumentError
 from workbench.evaluation import is_degenerate
-from workbench.evaluation.perplexity import perplexity
+from workbench.evaluation.perplexity import join, perplexity
 from workbench.evaluation.targets import on_target
 from workbench.fastpath import direct_forward
 from workbench.generation import generate
@@ -111,14 +111,16 @@ def distill(
 
 
 def _sequences(model: Model, pairs: Pairs) -> list[tuple[list[int], int]]:
-    """Token ids of each formatted prompt plus answer, and how many of them are the prompt's."""
+    """Token ids of each formatted prompt plus answer, and how many of them are the prompt's (the answer
+    follows the prompt as :func:`~workbench.evaluation.perplexity.perplexity` scores it)."""
     tokenizer = model.tokenizer
     eos = model.hf_model.generation_config.eos_token_id or tokenizer.eos_token_id
     end = [eos[0] if isinstance(eos, list) else eos] if model.is_chat else []
     out = []
     for prompt, answer in zip(pairs.prompts, pairs.answers, strict=True):
-        head = tokenizer(model.format_chat(prompt), add_special_tokens=not model.is_chat)["input_ids"]
-        tail = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        context = model.format_chat(prompt)
+        head = tokenizer(context, add_special_tokens=not model.is_chat)["input_ids"]
+        tail = tokenizer(join(context, answer)[len(context) :], add_special_tokens=False)["input_ids"]
         ended = len(tail) < pairs.max_new_tokens  # the answer stopped on its own, so learn to stop
         out.append(([*head, *tail, *(end if ended else [])], len(head)))
     return out
