@@ -79,3 +79,19 @@ def test_cli_has_a_bench_command():
     result = CliRunner().invoke(app, ["bench", "--help"])
     assert result.exit_code == 0
     assert "--quick" in result.output and "--random-llama-1b" in result.output
+
+
+def test_plain_copy_of_a_folder_model_loads_the_same_weights_from_disk(tiny_dir):
+    from pathlib import Path
+
+    from workbench.bench import plain_copy
+    from workbench.models import hf_folder, load_model
+
+    model = load_model(tiny_dir)
+    assert hf_folder(model.source) == Path(tiny_dir) and hf_folder("no/such-model") is None
+    raw = plain_copy(model)
+    ids = model.tokenizer(["The cat sat on the mat"], return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        expected = raw.__class__.from_pretrained(tiny_dir)(ids).logits
+        torch.testing.assert_close(raw(ids).logits, expected)
+    assert raw is not model.hf_model and raw.config._attn_implementation == "sdpa"

@@ -1,6 +1,6 @@
-"""Speed and memory benchmarks: every row is a ratio of two measurements taken side by side in one run.
+"""The benchmark's measurements, one function per row, each a ratio of two measurements taken side by side.
 
-Rows (targets from issue 7):
+Rows and targets:
 
 1. steered ÷ unsteered generation throughput through the same path (one ``add``; three composed
    interventions), at each batch size — target ≥ 0.95;
@@ -13,250 +13,46 @@ Rows (targets from issue 7):
 5. KV-cached generation vs the reference loop that re-runs the whole sequence every step — speed-up ≥ 5,
    identical greedy text;
 6. peak memory of ``collect`` ÷ the size of the activations it returns — ≤ 1.5;
-7. ``workbench report --quick`` wall time, as its own process — ≤ 10 min (the full report, ≤ 60 min, is
+7. ``workbench report --quick`` wall time, as its own process — ≤ 3 min (the full report, ≤ 60 min, is
    timed as a command).
 
 Generation runs with ``min_new_tokens = max_new_tokens`` so both sides of a ratio produce the same number
-of tokens. Each pair is measured interleaved, ``repeats`` times, and the fastest of each side is kept. On
-CPU with one torch thread the clock is the process's CPU time, which other processes on a shared machine
-disturb far less than wall time; otherwise it is wall time (CUDA synchronised).
+of tokens.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
-import importlib.resources
-import json
 import os
-import platform
-import re
-import resource
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
-from typing import Any, Literal, NamedTuple, get_args
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
-import pandas as pd
 import torch
 
 from workbench.activations import collect
 from workbench.batching import format_prompts, length_batches
-from workbench.errors import InvalidArgumentError
+from workbench.bench.harness import (
+    FULL,
+    Clock,
+    Item,
+    Row,
+    Settings,
+    bench_prompts,
+    interleaved,
+    peak_rss,
+    round_spread,
+)
 from workbench.generation import generate
-from workbench.models import DEFAULT_SPEC, Model
-from workbench.runs import atomic_text, utc_now, write_frame
+from workbench.models import DEFAULT_SPEC, Model, hf_folder
 from workbench.steering import Intervention
-from workbench.studies.common import SizeName
 from workbench.vectors import SteeringVector
 
-#: The rows of the table, by number.
-Item = Literal["1", "2", "3", "4", "5", "6", "7"]
-ITEMS: tuple[Item, ...] = get_args(Item)
-#: What a clock measures: the process's CPU time or wall time.
-ClockKind = Literal["cpu", "wall"]
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Sizes of every measurement (``FULL`` follows issue 7; ``QUICK`` is for CI and tests)."""
-
-    batch_sizes: tuple[int, ...] = (8, 32)
-    new_tokens: int = 128
-    collect_prompts: int = 512
-    collect_batch: int = 16
-    sweep_layers: int = 6
-    sweep_coefs: int = 4
-    sweep_prompts: int = 32
-    sweep_tokens: int = 64
-    sweep_batch: int = 128
-    sweep_small_prompts: int = 4
-    sweep_small_tokens: int = 32
-    reference_prompts: int = 1
-    reference_tokens: int = 256
-    memory_prompts: int = 2000
-    repeats: int = 3
-
-
-FULL = Settings()
-#: A smoke test of every row (the targets are not judged at these sizes).
-QUICK = Settings(
-    batch_sizes=(2, 4),
-    new_tokens=6,
-    collect_prompts=12,
-    collect_batch=4,
-    sweep_layers=2,
-    sweep_coefs=2,
-    sweep_prompts=3,
-    sweep_tokens=5,
-    sweep_batch=12,
-    sweep_small_prompts=2,
-    sweep_small_tokens=4,
-    reference_prompts=2,
-    reference_tokens=10,
-    memory_prompts=40,
-    repeats=1,
-)
-
-#: The benchmark's sizes by the name a study's :class:`~workbench.studies.common.Size` goes by.
-SETTINGS: dict[SizeName, Settings] = {"quick": QUICK, "full": FULL}
-
-
-@dataclass
-class Row:
-    """One line of the table: ``value`` is the ratio (or None when not measured)."""
-
-    item: str
-    name: str
-    value: float | None
-    target: str
-    met: bool | None
-    identical: bool | None = None
-    detail: str = ""
-
-
-@dataclass
-class Report:
-    """The table and how it was measured."""
-
-    rows: list[Row]
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def table(self) -> str:
-        header = ("item", "measurement", "ratio", "target", "met", "identical", "detail")
-        lines = [
-            [
-                r.item,
-                r.name,
-                "-" if r.value is None else f"{r.value:.3f}",
-                r.target,
-                "-" if r.met is None else ("yes" if r.met else "NO"),
-                "-" if r.identical is None else str(r.identical),
-                r.detail,
-            ]
-            for r in self.rows
-        ]
-        widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header[:-1])]
-        out = [" ".join(f"{k}: {v}" for k, v in self.meta.items())]
-        fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
-        out.append(fmt.format(*header))
-        out.extend(fmt.format(*line) for line in lines)
-        return "\n".join(out)
-
-    def write(self, path: str | os.PathLike[str]) -> Path:
-        """Write the table as JSON (``.json``) or CSV (any other suffix)."""
-        if Path(path).suffix.lower() == ".json":
-            payload = {"meta": self.meta, "rows": [asdict(r) for r in self.rows]}
-            return atomic_text(path, json.dumps(payload, indent=2) + "\n", "benchmark table")
-        frame = pd.DataFrame([{**asdict(row), **self.meta} for row in self.rows])
-        return write_frame(frame, path, "benchmark table")
-
-
-# ---- measuring -------------------------------------------------------------------------------------------
-
-
-class Clock:
-    """Process CPU time (``"cpu"``) or wall time (``"wall"``, CUDA synchronised)."""
-
-    def __init__(self, kind: ClockKind, device: torch.device) -> None:
-        if kind not in ("cpu", "wall"):
-            raise InvalidArgumentError(f"unknown clock {kind!r}: use 'cpu' or 'wall'")
-        self.kind = kind
-        self.cuda = device.type == "cuda"
-
-    def now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.process_time() if self.kind == "cpu" else time.perf_counter()
-
-    def measure(self, fn: Callable[[], Any]) -> tuple[float, Any]:
-        start = self.now()
-        result = fn()
-        return self.now() - start, result
-
-
-class Timed(NamedTuple):
-    """One side of an interleaved measurement: its fastest time, its last result, and every round's time."""
-
-    seconds: float
-    result: Any
-    rounds: tuple[float, ...]
-
-
-def interleaved(clock: Clock, fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, Timed]:
-    """Run each function in turn, ``repeats`` rounds: the fastest time of each, its last result, every time."""
-    rounds: dict[str, list[float]] = {name: [] for name in fns}
-    results: dict[str, Any] = {}
-    names = list(fns)
-    for round_no in range(max(1, repeats)):
-        for name in names if round_no % 2 == 0 else names[::-1]:  # alternate the order between rounds
-            seconds, results[name] = clock.measure(fns[name])
-            rounds[name].append(seconds)
-    return {name: Timed(min(rounds[name]), results[name], tuple(rounds[name])) for name in fns}
-
-
-def round_spread(timed: dict[str, Timed], numerator: str, denominator: str) -> str:
-    """The range of the ratio taken round by round (each round's pair ran back to back): how steady it was."""
-    ratios = [a / b for a, b in zip(timed[numerator].rounds, timed[denominator].rounds, strict=True) if b > 0]
-    if len(ratios) < 2:
-        return ""
-    return f"; per round {min(ratios):.3f}–{max(ratios):.3f}"
-
-
-def _status_kb(field_name: str) -> int | None:
-    try:
-        text = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    found = re.search(rf"^{field_name}:\s+(\d+) kB", text, re.MULTILINE)
-    return int(found.group(1)) if found else None
-
-
-def _release_free_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc), so earlier work does not hide growth in the baseline."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-@contextlib.contextmanager
-def peak_rss() -> Iterator[dict[str, Any]]:
-    """Measure the peak resident-set growth of the block, in bytes (``result["bytes"]``).
-
-    Resets the kernel's high-water mark (``/proc/self/clear_refs``) so the peak belongs to the block; where
-    that is not possible, falls back to the process's lifetime peak (an upper bound).
-    """
-    gc.collect()
-    _release_free_memory()
-    result: dict[str, Any] = {"method": "VmHWM after clear_refs"}
-    before = _status_kb("VmRSS")
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        result["method"] = "ru_maxrss (lifetime peak, an upper bound)"
-    try:
-        yield result
-    finally:
-        if result["method"].startswith("VmHWM") and before is not None:
-            peak = _status_kb("VmHWM") or 0
-            result["bytes"] = max(0, peak - before) * 1024
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            result["bytes"] = max(0, peak - (before or 0)) * 1024
-
-
-# ---- the workload ----------------------------------------------------------------------------------------
-
-
-def bench_prompts(n: int) -> list[str]:
-    """``n`` English queries from the bundled data, cycled when ``n`` exceeds them."""
-    text = importlib.resources.files("workbench").joinpath("data/queries.jsonl").read_text()
-    queries = [json.loads(line)["en"] for line in text.splitlines() if line.strip()]
-    return [queries[i % len(queries)] for i in range(n)]
+__all__ = ["RUNNERS", "Context", "plain_copy", "random_vector", "spread_layers", "torch_add_hook"]
 
 
 def spread_layers(n_layers: int, k: int) -> list[int]:
@@ -282,17 +78,9 @@ def plain_copy(model: Model) -> Any:
     from transformers import AutoModelForCausalLM
 
     from workbench.fastpath import direct_forward
-    from workbench.models import KNOWN_MODELS, _bundled_gguf, _dequantized_dir
 
     dtype = next(model.hf_model.parameters()).dtype
-    source = model.source
-    directory: Path | None = None
-    if source in KNOWN_MODELS:
-        directory = _dequantized_dir(_bundled_gguf(source))
-    elif source.endswith(".gguf") or Path(source).is_file():
-        directory = _dequantized_dir(Path(source).expanduser())
-    elif source and Path(source).is_dir():
-        directory = Path(source)
+    directory = hf_folder(model.source) if model.source else None
     if directory is not None and (directory / "config.json").exists():
         raw = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation="sdpa")
     else:
@@ -327,7 +115,9 @@ def torch_add_hook(hf_model: Any, layer: int, vector: torch.Tensor) -> Iterator[
 
 
 @dataclass
-class _Context:
+class Context:
+    """What every measurement shares: the model, the sizes, the clock and the steering it applies."""
+
     model: Model
     settings: Settings
     clock: Clock
@@ -364,7 +154,7 @@ def _ratio_row(
     return Row(item, name, value, target, met, identical, detail)
 
 
-def _steering_overhead(ctx: _Context) -> list[Row]:
+def _steering_overhead(ctx: Context) -> list[Row]:
     rows = []
     tokens = ctx.settings.new_tokens
     for batch in ctx.settings.batch_sizes:
@@ -405,7 +195,7 @@ def _steering_overhead(ctx: _Context) -> list[Row]:
     return rows
 
 
-def _versus_raw_generate(ctx: _Context) -> list[Row]:
+def _versus_raw_generate(ctx: Context) -> list[Row]:
     model, tokens = ctx.model, ctx.settings.new_tokens
     batch = ctx.settings.batch_sizes[0]
     prompts = bench_prompts(batch)
@@ -452,7 +242,7 @@ def _versus_raw_generate(ctx: _Context) -> list[Row]:
     ]
 
 
-def _versus_raw_forward(ctx: _Context) -> list[Row]:
+def _versus_raw_forward(ctx: Context) -> list[Row]:
     model, n, batch = ctx.model, ctx.settings.collect_prompts, ctx.settings.collect_batch
     prompts = bench_prompts(n)
     raw = ctx.plain()
@@ -488,7 +278,7 @@ def _versus_raw_forward(ctx: _Context) -> list[Row]:
     ]
 
 
-def _sweep_pair(ctx: _Context, n_prompts: int, tokens: int, batch: int) -> tuple[dict[str, Any], str]:
+def _sweep_pair(ctx: Context, n_prompts: int, tokens: int, batch: int) -> tuple[dict[str, Any], str]:
     s, model = ctx.settings, ctx.model
     prompts = bench_prompts(n_prompts)
     layers = spread_layers(model.n_layers, s.sweep_layers)
@@ -519,7 +309,7 @@ def _sweep_pair(ctx: _Context, n_prompts: int, tokens: int, batch: int) -> tuple
     return result, shape
 
 
-def _sweep(ctx: _Context) -> list[Row]:
+def _sweep(ctx: Context) -> list[Row]:
     s = ctx.settings
     main, shape = _sweep_pair(ctx, s.sweep_prompts, s.sweep_tokens, s.sweep_batch)
     rows = [
@@ -548,7 +338,7 @@ def _sweep(ctx: _Context) -> list[Row]:
     return rows
 
 
-def _reference(ctx: _Context) -> list[Row]:
+def _reference(ctx: Context) -> list[Row]:
     s, model = ctx.settings, ctx.model
     prompts = bench_prompts(s.reference_prompts)
     ivs = ctx.three
@@ -574,7 +364,7 @@ def _reference(ctx: _Context) -> list[Row]:
     ]
 
 
-def _memory(ctx: _Context) -> list[Row]:
+def _memory(ctx: Context) -> list[Row]:
     s, model = ctx.settings, ctx.model
     prompts = bench_prompts(s.memory_prompts)
     collect(model, prompts[: s.collect_batch], chat=False, batch_size=s.collect_batch, cache=False)
@@ -603,12 +393,12 @@ def _memory(ctx: _Context) -> list[Row]:
     ]
 
 
-def _report_time(ctx: _Context) -> list[Row]:
+def _report_time(ctx: Context) -> list[Row]:
     """Wall time of ``workbench report --quick`` as its own process (full settings, bundled model only)."""
     name = "workbench report --quick wall time, minutes (the full report: time the command, see the README)"
     if ctx.settings != FULL or ctx.model.name != DEFAULT_SPEC:
         why = "not run: only at full settings on the bundled model (CI runs the command as a test)"
-        return [Row("7", name, None, "≤ 10 min", None, None, why)]
+        return [Row("7", name, None, "≤ 3 min", None, None, why)]
     command = [sys.executable, "-c", "from workbench.cli import app; app()", "report", "--quick", "--out"]
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
@@ -616,12 +406,13 @@ def _report_time(ctx: _Context) -> list[Row]:
         minutes = (time.perf_counter() - start) / 60
     if done.returncode != 0:
         failure = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return [Row("7", name, None, "≤ 10 min", False, None, f"failed after {minutes:.1f} min: {failure}")]
+        return [Row("7", name, None, "≤ 3 min", False, None, f"failed after {minutes:.1f} min: {failure}")]
     detail = f"{os.cpu_count()} cores, torch's default threads, model cache as found"
-    return [Row("7", name, minutes, "≤ 10 min", minutes <= 10, None, detail)]
+    return [Row("7", name, minutes, "≤ 3 min", minutes <= 3, None, detail)]
 
 
-RUNNERS: dict[str, Callable[[_Context], list[Row]]] = {
+#: The measurement of each row.
+RUNNERS: dict[Item, Callable[[Context], list[Row]]] = {
     "1": _steering_overhead,
     "2": _versus_raw_generate,
     "3": _versus_raw_forward,
@@ -630,125 +421,3 @@ RUNNERS: dict[str, Callable[[_Context], list[Row]]] = {
     "6": _memory,
     "7": _report_time,
 }
-
-
-def run(
-    model: Model,
-    *,
-    quick: bool = False,
-    settings: Settings | None = None,
-    items: Sequence[str] | None = None,
-    clock: ClockKind | None = None,
-    log: Callable[[str], None] | None = None,
-) -> Report:
-    """Run the benchmarks on an already-loaded ``model`` and return the table."""
-    settings = settings or SETTINGS["quick" if quick else "full"]
-    items = list(ITEMS) if items is None else [str(i) for i in items]
-    unknown = [i for i in items if i not in RUNNERS]
-    if unknown:
-        raise InvalidArgumentError(f"unknown benchmark item(s) {unknown}: use some of {', '.join(ITEMS)}")
-    if clock is None:
-        clock = "cpu" if model.device.type == "cpu" and torch.get_num_threads() == 1 else "wall"
-    ctx = _Context(model, settings, Clock(clock, model.device), log or (lambda _m: None))
-    generate(model, bench_prompts(2), max_new_tokens=2, interventions=ctx.three)  # warm-up
-    rows: list[Row] = []
-    for item in items:
-        ctx.log(f"item {item}")
-        start = time.perf_counter()
-        new = RUNNERS[item](ctx)
-        ctx.log(f"item {item} done in {time.perf_counter() - start:.0f} s")
-        for row in new:  # as soon as measured: long runs show their numbers before the table
-            value = "-" if row.value is None else f"{row.value:.3f}"
-            ctx.log(f"  {row.name}: {value} (target {row.target}) {row.detail}")
-        rows += new
-    if settings != FULL:  # targets are for the full sizes; small runs check the harness, not the speed
-        rows = [replace(row, met=None) for row in rows]
-    meta = {
-        "date": utc_now(),
-        "model": model.name,
-        "device": str(model.device),
-        "machine": f"{platform.machine()} {os.cpu_count()}-core {platform.system()}",
-        "torch_threads": torch.get_num_threads(),
-        "clock": clock,
-        "settings": next((name for name, known in SETTINGS.items() if known == settings), "custom"),
-    }
-    return Report(rows, meta)
-
-
-def random_llama_1b(
-    device: str | torch.device | None = None, dtype: torch.dtype | str = torch.float32
-) -> Model:
-    """A randomly initialised ~1.1B-parameter Llama (hidden 2048, 16 layers) with the SmolLM2 tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from workbench.models import _bundled_gguf, _dequantized_dir, from_hf, load_model
-
-    directory = _dequantized_dir(_bundled_gguf(DEFAULT_SPEC))
-    if not (directory / "tokenizer_config.json").exists():
-        load_model(DEFAULT_SPEC)  # writes the dequantized cache, tokenizer included
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    with target:
-        hf = LlamaForCausalLM(config)
-    return from_hf(hf, tokenizer, "random-llama-1b", device=target, dtype=dtype, is_chat=True)
-
-
-def main(
-    *,
-    model: str = DEFAULT_SPEC,
-    quick: bool = False,
-    out: str | os.PathLike[str] | None = None,
-    device: str | None = None,
-    dtype: str = "float32",
-    random_1b: bool = False,
-    threads: int | None = None,
-    items: Sequence[str] | None = None,
-    echo: Callable[[str], None] = print,
-) -> Report:
-    """What ``workbench bench`` and ``benchmarks/run.py`` do: load, run, print the table, write ``out``."""
-    from workbench.models import load_model
-
-    if threads is not None:
-        if threads < 1:
-            raise InvalidArgumentError(f"threads must be a positive integer, got {threads}")
-        torch.set_num_threads(threads)
-    loaded = random_llama_1b(device, dtype) if random_1b else load_model(model, device=device, dtype=dtype)
-    report = run(loaded, quick=quick, items=items, log=lambda m: echo(f"[bench] {m}"))
-    echo(report.table())
-    if out is not None:
-        echo(f"wrote {report.write(out)}")
-    return report
-
-
-__all__ = [
-    "FULL",
-    "ITEMS",
-    "QUICK",
-    "Clock",
-    "Report",
-    "Row",
-    "Settings",
-    "Timed",
-    "bench_prompts",
-    "interleaved",
-    "main",
-    "peak_rss",
-    "plain_copy",
-    "random_llama_1b",
-    "round_spread",
-    "run",
-]
