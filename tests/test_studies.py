@@ -6,6 +6,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from workbench.cli import app
@@ -140,8 +141,9 @@ def test_composition_study_table(tiny, run_dir):
 
 
 def test_ablation_study_table(tiny, run_dir):
-    result = instructions.ablation_study(tiny, MICRO, run_dir, names=("bullet_lists",), seeds=(0, 1))
+    result = instructions.ablation_study(tiny, MICRO, run_dir, names=("bullet_lists",), seeds=(0, 1, 2))
     table = result.table
+    spread = ["random_layer_mean", "random_layer_std", "random_all_mean", "random_all_std"]
     assert list(table.columns) == [
         "instruction",
         "layer",
@@ -149,21 +151,35 @@ def test_ablation_study_table(tiny, run_dir):
         "with_instruction",
         "ablated_layer",
         "ablated_all",
-        "random_layer_mean",
-        "random_layer_std",
-        "random_all_mean",
-        "random_all_std",
+        *spread,
+        "degeneration_with_instruction",
         "degeneration_ablated_layer",
         "degeneration_ablated_all",
+        *(f"degeneration_{c}" for c in spread),
         "n",
     ]
     assert list(table["instruction"]) == ["bullet_lists"]
     rows = result.rows
-    assert sorted(rows.loc[rows["setting"] == "random_all", "seed"].unique()) == [0, 1]
+    assert sorted(rows.loc[rows["setting"] == "random_all", "seed"].unique()) == [0, 1, 2]
+    # the control's degeneration is the mean over seeds of each seed's rate
+    random = rows[rows["setting"] == "random_layer"]
+    per_seed = random.groupby("seed")["degenerate"].mean()
+    assert table.loc[0, "degeneration_random_layer_mean"] == pytest.approx(per_seed.mean())
+    assert table.loc[0, "degeneration_random_layer_std"] == pytest.approx(per_seed.std(ddof=1), nan_ok=True)
     # ablation at every layer names every block
     every = rows.loc[rows["setting"] == "ablated_all", "interventions"].iloc[0]
     assert every.count("ablate@") == tiny.n_layers
     _written(result, run_dir)
+
+
+def test_random_control_directions_are_unit_and_differ_by_seed(tiny):
+    from workbench.studies.ablation import random_unit_directions
+
+    first, second = random_unit_directions(tiny, 0), random_unit_directions(tiny, 1)
+    norms = first.directions.norm(dim=-1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-6)
+    assert all(s.diff_norm == pytest.approx(1.0) for s in first.stats.values())
+    assert not torch.allclose(first.directions, second.directions)
 
 
 def test_report_writes_everything_and_rerun_skips(tiny, tmp_path, monkeypatch):

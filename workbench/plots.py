@@ -1,4 +1,4 @@
-"""Figures (seaborn on bare matplotlib Figures, no pyplot state) and :func:`save_figure` for PNG + SVG (atomic)."""
+"""Figures (seaborn on bare matplotlib Figures, no pyplot state); :func:`save_figure` writes PNG + SVG."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import seaborn as sns
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -111,10 +112,10 @@ def plot_sweep_heatmaps(summary: pd.DataFrame) -> Figure:
     return fig
 
 
-def _front_line(ax: object, frame: pd.DataFrame, x: str) -> None:
+def _front_line(ax: Axes, frame: pd.DataFrame, x: str) -> None:
     alone = frame[frame["prompt"] == "plain"]
     front = alone[pareto_front(alone, ("target_rate",), (x,))].sort_values(x)
-    ax.step(front[x], front["target_rate"], where="post", color="black", lw=1, label="Pareto front")  # type: ignore[attr-defined]
+    ax.step(front[x], front["target_rate"], where="post", color="black", lw=1, label="Pareto front")
 
 
 def plot_frontier(summary: pd.DataFrame, title: str, chosen: str | None = None) -> Figure:

@@ -1,63 +1,72 @@
 """Behavioural sweeps: steer held-out prompts over a grid of layers and strengths, score what comes out.
 
-:func:`sweep` runs every :class:`Config` of a grid on the *negative* prompts of a ContrastiveSet (the query
-without its instruction) and scores each greedy response for compliance with the item's instructions
-(:func:`~workbench.evaluation.check_all`, strict) and degeneration (:func:`~workbench.evaluation.is_degenerate`).
-The grid always includes ``none`` (no steering) as the reference. Rows are generated in fixed chunks, each
-chunk one batched per-row :func:`~workbench.generation.generate` call, and with ``out_dir`` every chunk is
-written as its own parquet part file (atomically); a rerun reads the parts and skips finished rows.
+A sweep's settings are :class:`~workbench.recipes.Recipe` s without a source (the vector is given):
+:func:`grid` builds them, :func:`Config` builds one. :func:`sweep` runs every one on the *negative* prompts
+of a ContrastiveSet (the query without its instruction) through :func:`~workbench.runner.run_grid` and
+scores each greedy response for compliance with the item's instructions
+(:func:`~workbench.evaluation.targets.follows`, strict) and degeneration
+(:func:`~workbench.evaluation.is_degenerate`) every time it is called: the parts under ``out_dir`` hold raw
+responses only. The grid always includes ``none`` (no steering) as the reference.
 
-:func:`choose` applies Stolfo et al.'s selection rule to :func:`summarize`'s table.
+:func:`choose_stolfo` applies Stolfo et al.'s selection rule to :func:`summarize_sweep`'s table
+(``choose``/``summarize`` are their older names).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import os
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from workbench.datasets import ContrastiveSet
-from workbench.errors import InvalidArgumentError, OutputPathError
-from workbench.evaluation import check_all, is_degenerate
-from workbench.generation import generate
+from workbench.errors import InvalidArgumentError
+from workbench.evaluation import is_degenerate
+from workbench.evaluation.targets import follows
 from workbench.models import Model
-from workbench.steering import MODES, Intervention
+from workbench.recipes import Recipe
+from workbench.runner import Executor, Job, run_grid
+from workbench.steering import MODES
 from workbench.vectors import SteeringVector
 
-__all__ = ["NONE", "Choice", "Config", "choose", "grid", "per_layer", "summarize", "sweep"]
+__all__ = [
+    "NONE",
+    "Choice",
+    "Config",
+    "choose",
+    "choose_stolfo",
+    "grid",
+    "per_layer",
+    "summarize",
+    "summarize_sweep",
+    "sweep",
+]
 
 NONE = "none"
-_KEY = ["config", "id", "prompt"]
-_MANIFEST = "sweep.json"
+_COLUMNS = ["config", "layer", "mode", "coef", "scale", "positions", "id", "behaviour", "prompt", "response"]
 
 
-@dataclass(frozen=True)
-class Config:
-    """One steering configuration: ``mode`` at ``layer`` with ``coef`` (``layer=None``: no steering)."""
+def Config(layer: int | None = None, mode: str = "add", coef: float | None = None) -> Recipe:
+    """A sweep setting: ``mode`` at ``layer`` with ``coef`` (``layer=None``: no steering), as a
+    :class:`~workbench.recipes.Recipe` without a source; its name is its label (``add@10x2``, ``none``).
 
-    layer: int | None = None
-    mode: str = "add"
-    coef: float | None = None
-
-    @property
-    def name(self) -> str:
-        if self.layer is None:
-            return NONE
-        return f"{self.mode}@{self.layer}" + ("" if self.coef is None else f"x{self.coef:g}")
+    ``coef`` is in the sweep's ``scale`` units for ``add``; for ``set_projection`` it is the recipe's
+    strength (None or 1: the positive set's mean projection)."""
+    layers = () if layer is None else (int(layer),)
+    return Recipe(None, layers, mode, None if coef is None else float(coef), scale="diff_norm")
 
 
 def grid(
     layers: Sequence[int], *, mode: str = "add", coefs: Sequence[float] = (1.0, 2.0, 4.0)
-) -> list[Config]:
-    """``none`` then every (layer, coef); ``set_projection`` and ``ablate`` take no coefficient (one per layer)."""
+) -> list[Recipe]:
+    """``none`` then every (layer, coef); ``set_projection`` and ``ablate`` take no coefficient (one per
+    layer)."""
     if mode not in MODES:
         raise InvalidArgumentError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
     if mode == "add" and not coefs:
@@ -72,40 +81,37 @@ def _vector_hash(vector: SteeringVector) -> str:
     return digest.hexdigest()
 
 
-def _manifest(out: Path, settings: dict[str, object]) -> None:
-    path = out / _MANIFEST
-    if path.exists():
-        found = json.loads(path.read_text())
-        changed = [k for k in settings if found.get(k) != settings[k]]
-        if changed:
-            raise InvalidArgumentError(
-                f"{out} holds a sweep with other settings ({', '.join(changed)} differ); pass a new out_dir"
-            )
-        return
-    _atomic(path, lambda tmp: tmp.write_text(json.dumps(settings, indent=1, sort_keys=True)))
+def _scorer(dataset: ContrastiveSet) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    items = {item.id: item for item in dataset.items}
+
+    def score(rows: pd.DataFrame) -> pd.DataFrame:
+        pairs = list(zip(rows["id"].map(items), rows["response"], strict=True))
+        return rows.rename(columns={"setting": "config"})[_COLUMNS].assign(
+            layer=rows["layer"].astype("Int64"),
+            coef=rows["coef"].astype(float),
+            follows=[follows(item, r) for item, r in pairs],
+            degenerate=[is_degenerate(r) for _, r in pairs],
+        )
+
+    return score
 
 
-def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OutputPathError(f"cannot write {path} ({e.strerror or e}); choose a writable out_dir") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _finished(out: Path | None) -> pd.DataFrame | None:
-    parts = sorted(out.glob("part-*.parquet")) if out is not None else []
-    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else None
+def _knobs(config: Recipe, item_behaviour: str, scale: str, positions: str) -> dict[str, object]:
+    return {
+        "layer": config.layers[0] if config.steered else None,
+        "mode": config.mode if config.steered else NONE,
+        "coef": np.nan if config.strength is None else config.strength,
+        "scale": scale,
+        "positions": positions,
+        "behaviour": item_behaviour,
+    }
 
 
 def sweep(
     model: Model,
     vector: SteeringVector,
     dataset: ContrastiveSet,
-    configs: Sequence[Config],
+    configs: Sequence[Recipe],
     *,
     scale: str = "diff_norm",
     positions: str = "all",
@@ -114,98 +120,54 @@ def sweep(
     chunk_size: int = 128,
     out_dir: str | os.PathLike[str] | None = None,
     on_chunk: Callable[[pd.DataFrame], None] | None = None,
+    executor: Executor | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
     """Generate and score one row per (config, item) of ``dataset``, steering its negative prompts.
 
     Columns: ``config, layer, mode, coef, scale, positions, id, behaviour, prompt, response, follows,
-    degenerate``, in config-major order. ``coef`` is in ``scale`` units (see :class:`Intervention`).
-    Rows run in fixed chunks of ``chunk_size`` over the whole grid, so a resumed run batches exactly as an
-    uninterrupted one; ``on_chunk`` sees each chunk's new rows once they are saved. With ``out_dir``,
-    finished rows (same config name, item id and prompt) are read back instead of generated; the directory
-    refuses a sweep with another model, vector, scale, positions or ``max_new_tokens``.
+    degenerate``, in config-major order. ``coef`` is in ``scale`` units (see :class:`Intervention`); the
+    configs' own scale and positions give way to ``scale`` and ``positions``. Rows run in fixed chunks of
+    ``chunk_size`` over the whole grid (:func:`~workbench.runner.run_grid`, by ``executor``), so a resumed
+    run batches exactly as an uninterrupted one; ``on_chunk`` sees each chunk's raw rows once they are
+    saved. With ``out_dir``, rows already generated there are read back and rescored; the directory
+    refuses a sweep with another model (weights, dtype, device), vector, scale, positions or
+    ``max_new_tokens``.
     """
-    if not configs or NONE not in {c.name for c in configs}:
+    names = [c.name for c in configs]
+    if NONE not in names:
         raise InvalidArgumentError("a sweep needs the unsteered config Config() as its reference")
-    if len({c.name for c in configs}) != len(configs):
+    if len(set(names)) != len(names):
         raise InvalidArgumentError("configs repeat; each (layer, mode, coef) may appear once")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise InvalidArgumentError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    interventions = {
-        c.name: [Intervention(vector, c.layer, c.mode, c.coef, positions, scale)]
-        if c.layer is not None
-        else []
+    if any(len(c.layers) > 1 for c in configs):
+        raise InvalidArgumentError(
+            "a sweep config steers one layer; run multi-layer recipes with run_recipes"
+        )
+    steering = {
+        c.name: tuple(dataclasses.replace(c, scale=scale, positions=positions).interventions(vector))
         for c in configs
     }
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OutputPathError(
-                f"cannot create {out} ({e.strerror or e}); choose a writable out_dir"
-            ) from None
-        settings = {
-            "model": model.name,
-            "weights_hash": model.weights_hash,
-            "vector": _vector_hash(vector),
-            "scale": scale,
-            "positions": positions,
-            "max_new_tokens": max_new_tokens,
-        }
-        _manifest(out, settings)
-    wanted = [
-        (c, item, prompt)
+    jobs = [
+        Job(c.name, item.id, prompt, steering[c.name], _knobs(c, item.behaviour, scale, positions))
         for c in configs
         for item, prompt in zip(dataset.items, dataset.negative, strict=True)
     ]
-    keys = pd.DataFrame([(c.name, item.id, prompt) for c, item, prompt in wanted], columns=_KEY)
-    done = _finished(out)
-    finished = set() if done is None else set(map(tuple, done[_KEY].itertuples(index=False)))
-    frames = []
-    for start in range(0, len(wanted), chunk_size):
-        todo = [w for w in wanted[start : start + chunk_size] if (w[0].name, w[1].id, w[2]) not in finished]
-        if not todo:
-            continue
-        responses = generate(
-            model,
-            [prompt for _, _, prompt in todo],
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            interventions=[interventions[c.name] for c, _, _ in todo],
-            progress=progress,
-        )
-        chunk = pd.DataFrame(
-            {
-                "config": [c.name for c, _, _ in todo],
-                "layer": pd.array([c.layer for c, _, _ in todo], dtype="Int64"),
-                "mode": [NONE if c.layer is None else c.mode for c, _, _ in todo],
-                "coef": np.array([np.nan if c.coef is None else c.coef for c, _, _ in todo], dtype=float),
-                "scale": scale,
-                "positions": positions,
-                "id": [item.id for _, item, _ in todo],
-                "behaviour": [item.behaviour for _, item, _ in todo],
-                "prompt": [prompt for _, _, prompt in todo],
-                "response": responses,
-                "follows": [
-                    all(check_all(list(item.instruction_id_list), list(item.kwargs), r))
-                    for (_, item, _), r in zip(todo, responses, strict=True)
-                ],
-                "degenerate": [is_degenerate(r) for r in responses],
-            }
-        )
-        if out is not None:
-            name = hashlib.sha256(json.dumps(chunk[_KEY].values.tolist()).encode()).hexdigest()[:16]
-            _atomic(out / f"part-{name}.parquet", lambda tmp, chunk=chunk: chunk.to_parquet(tmp, index=False))
-        frames.append(chunk)
-        if on_chunk is not None:
-            on_chunk(chunk)
-    rows = _finished(out) if out is not None else pd.concat(frames, ignore_index=True)
-    rows = rows.drop_duplicates(_KEY)
-    return keys.merge(rows, on=_KEY, how="left", validate="one_to_one")[rows.columns]
+    return run_grid(
+        model,
+        jobs,
+        max_new_tokens=max_new_tokens,
+        score=_scorer(dataset),
+        out_dir=out_dir,
+        key={"vector": _vector_hash(vector), "scale": scale, "positions": positions},
+        chunk_size=chunk_size,
+        batch_size=batch_size,
+        executor=executor,
+        on_chunk=on_chunk,
+        progress=progress,
+    )
 
 
-def summarize(results: pd.DataFrame) -> pd.DataFrame:
+def summarize_sweep(results: pd.DataFrame) -> pd.DataFrame:
     """One row per config in first-seen order: ``config, layer, mode, coef, compliance, degeneration, n``."""
     grouped = results.groupby("config", sort=False)
     summary = grouped.agg(
@@ -232,7 +194,7 @@ class Choice:
     baseline_degeneration: float
 
 
-def choose(summary: pd.DataFrame) -> Choice:
+def choose_stolfo(summary: pd.DataFrame) -> Choice:
     """Stolfo et al.'s rule: the steered config with the best compliance among those that degenerate no
     more often than no steering; no steering when none is eligible or none beats it.
 
@@ -262,7 +224,7 @@ def choose(summary: pd.DataFrame) -> Choice:
 
 
 def per_layer(summary: pd.DataFrame) -> pd.DataFrame:
-    """What :func:`choose` gives when held to one layer: one row per swept layer.
+    """What :func:`choose_stolfo` gives when held to one layer: one row per swept layer.
 
     Columns ``layer, compliance, degeneration, coef, steers`` (False: nothing at this layer beats no
     steering without degenerating more, so compliance is the unsteered one) and ``max_compliance``
@@ -271,7 +233,7 @@ def per_layer(summary: pd.DataFrame) -> pd.DataFrame:
     base = summary[summary["config"] == NONE]
     rows = []
     for layer, group in summary[summary["config"] != NONE].groupby("layer", sort=True):
-        choice = choose(pd.concat([base, group]))
+        choice = choose_stolfo(pd.concat([base, group]))
         rows.append(
             {
                 "layer": int(layer),
@@ -285,3 +247,8 @@ def per_layer(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         rows, columns=["layer", "compliance", "degeneration", "coef", "steers", "max_compliance"]
     )
+
+
+#: The names these had before :mod:`workbench.recipes` got its own (clean-rate ranking).
+summarize = summarize_sweep
+choose = choose_stolfo
