@@ -22,8 +22,20 @@ _EXPORTS = {
     "steer_rows": "workbench.steering",
     "generate": "workbench.generation",
     "evaluate": "workbench.evaluation",
+    "find_layers": "workbench.layers",
+    "sweep": "workbench.sweeps",
 }
-_SUBMODULES = ("datasets", "evaluation", "errors", "models", "vectors", "steering", "frontier", "presets")
+_SUBMODULES = (
+    "datasets",
+    "evaluation",
+    "errors",
+    "models",
+    "vectors",
+    "steering",
+    "frontier",
+    "presets",
+    "runs",
+)
 
 __all__ = [*_EXPORTS, *_SUBMODULES, "__version__"]
 
