@@ -1,0 +1,171 @@
+"""Running a grid's chunks on Ray: one actor per worker loads the model once and generates the chunks it is sent.
+
+:class:`RayExecutor` implements :class:`~workbench.runner.Executor`. Each worker is a Ray actor holding
+one GPU (``gpus_per_worker``) or a group of CPU cores (``threads_per_worker``, applied with
+``torch.set_num_threads``); it loads the model from its spec (a known spec, a ``.gguf`` file or a model
+directory that every node can read) and runs :func:`~workbench.runner.run_chunk`. Chunks go to whichever
+worker is free, and their responses are yielded as each finishes. A worker that dies is restarted by Ray
+(``max_restarts``) and its unfinished chunks are re-sent by Ray (``max_task_retries``); greedy responses do
+not depend on which worker produced them. Without ``address`` a local cluster is started and shut down
+again by :meth:`RayExecutor.close` (or leaving the ``with`` block), also after an error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from workbench.errors import InvalidArgumentError, WorkbenchError
+from workbench.runner import Chunk, run_chunk
+
+__all__ = ["RayExecutor", "RayWorkerError"]
+
+
+class RayWorkerError(WorkbenchError):
+    """A Ray worker failed in a way Ray could not recover from."""
+
+
+class _Worker:
+    """The actor body: a model loaded once, then any number of chunks."""
+
+    def __init__(self, spec: str, load_kwargs: dict[str, Any], threads: int | None) -> None:
+        import torch
+
+        from workbench.models import load_model
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = load_model(spec, **load_kwargs)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, chunk: Chunk) -> list[str]:
+        return run_chunk(self.model, chunk)
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise InvalidArgumentError(
+            "running on Ray needs the ray package: pip install 'steering-workbench[ray]'"
+        ) from None
+    return ray
+
+
+@dataclass
+class RayExecutor:
+    """Runs chunks on ``workers`` Ray actors, each loading ``load_model(spec, **load_kwargs)`` once.
+
+    ``address``: a running cluster (``"auto"``, ``"ray://host:10001"``); None starts a local one sized for
+    the workers. ``threads_per_worker`` defaults to this machine's cores divided among the workers.
+    """
+
+    spec: str
+    workers: int = 2
+    load_kwargs: dict[str, Any] = field(default_factory=dict)
+    address: str | None = None
+    threads_per_worker: int | None = None
+    gpus_per_worker: float = 0.0
+    max_restarts: int = 2
+    max_task_retries: int = 2
+    _actors: list[Any] = field(default_factory=list, init=False, repr=False)
+    _started_ray: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise InvalidArgumentError(f"workers must be a positive integer, got {self.workers!r}")
+        if self.threads_per_worker is None and not self.gpus_per_worker:
+            self.threads_per_worker = max(1, (os.cpu_count() or 1) // self.workers)
+
+    def __enter__(self) -> RayExecutor:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids (starts the workers and waits until each has loaded the model)."""
+        ray = _ray()
+        return ray.get([actor.pid.remote() for actor in self._start()])
+
+    def _start(self) -> list[Any]:
+        if self._actors:
+            return self._actors
+        ray = _ray()
+        if not ray.is_initialized():
+            threads = self.threads_per_worker or 1
+            local = {
+                "num_cpus": max(os.cpu_count() or 1, self.workers * threads),
+                "include_dashboard": False,
+                "object_store_memory": 256 * 1024**2,
+            }
+            ray.init(address=self.address, **({} if self.address else local), log_to_driver=False)
+            self._started_ray = True
+        remote = ray.remote(
+            num_cpus=self.threads_per_worker or 1,
+            num_gpus=self.gpus_per_worker,
+            max_restarts=self.max_restarts,
+            max_task_retries=self.max_task_retries,
+        )(_Worker)
+        self._actors = [
+            remote.remote(self.spec, self.load_kwargs, self.threads_per_worker) for _ in range(self.workers)
+        ]
+        return self._actors
+
+    def map(self, chunks: Sequence[Chunk]) -> Iterator[tuple[int, list[str]]]:
+        """Yield ``(chunk index, responses)`` as chunks finish; a chunk goes to the next free worker."""
+        ray = _ray()
+        try:
+            actors = self._start()
+            waiting = list(range(len(chunks)))[::-1]
+            running: dict[Any, tuple[int, Any]] = {}
+            for actor in actors:
+                if waiting:
+                    index = waiting.pop()
+                    running[actor.run.remote(chunks[index])] = (index, actor)
+            while running:
+                [done], _ = ray.wait(list(running), num_returns=1)
+                index, actor = running.pop(done)
+                responses = self._result(ray, done)
+                if waiting:
+                    following = waiting.pop()
+                    running[actor.run.remote(chunks[following])] = (following, actor)
+                yield index, responses
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _result(ray: Any, ref: Any) -> list[str]:
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, WorkbenchError):
+                raise exc.cause from None
+            last = (str(exc.cause).strip().splitlines() or [type(exc.cause).__name__])[-1]
+            raise RayWorkerError(f"a Ray worker failed: {last}") from None
+        except ray.exceptions.RayActorError as exc:
+            raise RayWorkerError(
+                f"a Ray worker died and could not be restarted ({type(exc).__name__}): "
+                "check its memory and the spec's availability on every node"
+            ) from None
+
+    def close(self) -> None:
+        """Stop the workers, and the local cluster if this executor started it."""
+        if not self._actors and not self._started_ray:
+            return
+        ray = _ray()
+        for actor in self._actors:
+            ray.kill(actor, no_restart=True)
+        self._actors = []
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False
