@@ -2,7 +2,7 @@
 
 Each is refused with a typed exception from ``workbench.errors`` whose message is one line saying what was
 wrong (and, where there is something to do, what to do): never a raw TypeError/KeyError, a torch traceback
-or a silently wrong result. Cases that still fail that way are ``xfail(strict=True)`` with the fix needed.
+or a silently wrong result. No case is left as an xfail.
 """
 
 from __future__ import annotations
@@ -196,12 +196,6 @@ def test_non_finite_coefficient(vec, coef):
     refuses(InvalidArgumentError, lambda: Intervention(vec, 1, coef=coef), "finite")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="steering.Intervention.__post_init__ calls float(coef) unguarded: a non-number coef raises a raw "
-    "ValueError/TypeError; fix: refuse coef that is not a numbers.Real (or is a bool) with InvalidArgumentError",
-)
 def test_non_numeric_coefficient(vec):
     refuses(InvalidArgumentError, lambda: Intervention(vec, 1, coef="strong"), "coef")
 
@@ -311,12 +305,6 @@ def test_non_string_prompt(tiny):
     refuses(InvalidArgumentError, lambda: collect(tiny, ["hi", 3], cache=False), "not a string")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="batching.format_prompts calls len(prompts) unguarded: prompts=None raises a raw TypeError; fix: "
-    "refuse anything that is not a str or a Sequence with InvalidArgumentError before len()",
-)
 def test_prompts_none(tiny):
     refuses(InvalidArgumentError, lambda: generate(tiny, None, max_new_tokens=2), "prompts")
 
@@ -396,13 +384,6 @@ def test_unexpected_check_kwarg():
     refuses(CheckError, lambda: check("punctuation:no_comma", "text", {"comma": 1}), "takes no kwarg")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="evaluation.checks._params calls kwargs.items() unguarded: kwargs given as a JSON string (as "
-    "ContrastiveSet.to_frame stores them) raises a raw AttributeError; fix: refuse a kwargs that is not a "
-    "Mapping or None with CheckError",
-)
 def test_check_kwargs_as_json_string():
     refuses(CheckError, lambda: check("keywords:existence", "text", '{"keywords": ["cat"]}'), "kwargs")
 
@@ -582,13 +563,6 @@ def test_steer_with_a_non_intervention(tiny, vec):
     refuses(InvalidArgumentError, run, "Intervention objects")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="generation.generate passes temperature to HF unchecked: temperature <= 0 with do_sample=True raises "
-    "transformers' raw ValueError; fix: refuse a temperature that is not a finite number > 0 (and top_p "
-    "outside (0, 1]) with InvalidArgumentError when do_sample",
-)
 def test_zero_temperature_when_sampling(tiny):
     refuses(
         InvalidArgumentError,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from workbench.errors import InvalidArgumentError
 from workbench.models import Model
@@ -12,6 +12,9 @@ def format_prompts(model: Model, prompts: Sequence[str], *, chat: bool) -> list[
     """Validate prompts and apply the model's chat format when ``chat``."""
     if isinstance(prompts, str):
         prompts = [prompts]
+    if not isinstance(prompts, Iterable):
+        raise InvalidArgumentError(f"prompts must be a list of strings, got {type(prompts).__name__}")
+    prompts = list(prompts)
     if len(prompts) == 0:
         raise InvalidArgumentError("no prompts given: pass a non-empty list of strings")
     for i, prompt in enumerate(prompts):

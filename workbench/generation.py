@@ -94,6 +94,12 @@ def generate(
         raise InvalidArgumentError(
             f"min_new_tokens must be an integer from 0 to max_new_tokens ({max_new_tokens}), got {min_new_tokens!r}"
         )
+    if do_sample and not (isinstance(temperature, int | float) and 0 < temperature < float("inf")):
+        raise InvalidArgumentError(
+            f"temperature must be a finite number > 0 when sampling, got {temperature!r}"
+        )
+    if do_sample and top_p is not None and not (isinstance(top_p, int | float) and 0 < top_p <= 1):
+        raise InvalidArgumentError(f"top_p must be a number in (0, 1] when sampling, got {top_p!r}")
     texts = format_prompts(model, prompts, chat=chat)
     rows = per_row(interventions, len(texts))
     shared = [] if rows is not None or not interventions else list(interventions)

@@ -14,6 +14,7 @@ their hooks, on exit and on exception.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ class Intervention:
             raise InvalidArgumentError(
                 f"the vector has no direction for layer {self.layer}; it covers layers {list(self.vector.layers)}"
             )
-        if self.coef is not None and not math.isfinite(float(self.coef)):
+        if self.coef is not None and not (isinstance(self.coef, numbers.Real) and math.isfinite(self.coef)):
             raise InvalidArgumentError(f"coef must be a finite number, got {self.coef!r}")
         if self.mode == "ablate" and self.coef not in (None, 0, 0.0):
             raise InvalidArgumentError("mode 'ablate' takes no coef: it always sets the projection to 0")

@@ -319,6 +319,10 @@ def _params(instruction_id: str, kwargs: Mapping[str, Any] | None) -> tuple[_Rul
             f"unknown instruction id {instruction_id!r}; "
             "see workbench.evaluation.checks.INSTRUCTION_IDS for the 25 valid ids"
         )
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise CheckError(
+            f"{instruction_id} kwargs must be a mapping or None, got {type(kwargs).__name__}: json.loads it first"
+        )
     given = {key: value for key, value in (kwargs or {}).items() if not _absent(value)}
     expected = ", ".join(rule.required) or "none"
     for key in given:
