@@ -143,3 +143,26 @@ def test_results_table_repeats_bit_for_bit(tiny, twin, vec):
     again = results_table(twin, vec)
     pd.testing.assert_frame_equal(first, again, check_exact=True)
     assert first.to_csv(index=False).encode() == again.to_csv(index=False).encode()
+
+
+def test_a_grid_resumed_on_another_build_gives_the_fresh_run_bit_for_bit(tiny, twin, vec, tmp_path):
+    from workbench.runner import Job, run_grid
+
+    settings = {
+        "none": (),
+        "add": (Intervention(vec, 2, coef=5.0),),
+        "ablate": (Intervention(vec, 1, "ablate"),),
+    }
+    jobs = [Job(name, str(i), p, ivs) for name, ivs in settings.items() for i, p in enumerate(PROMPTS[:4])]
+    kw = {"max_new_tokens": 6, "chunk_size": 4, "batch_size": 3}
+    fresh = run_grid(tiny, jobs, **kw)
+
+    def stop(part):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(tiny, jobs, out_dir=tmp_path, on_chunk=stop, **kw)
+    assert twin.fingerprint == tiny.fingerprint
+    resumed = run_grid(twin, jobs, out_dir=tmp_path, **kw)
+    pd.testing.assert_frame_equal(resumed, fresh, check_exact=True)
+    assert len(list(tmp_path.glob("part-*.parquet"))) == 3

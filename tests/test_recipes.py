@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pandas as pd
@@ -13,6 +14,7 @@ from workbench import recipes as frontier
 from workbench import runner
 from workbench.activations import collect_responses
 from workbench.errors import InvalidArgumentError
+from workbench.evaluation.targets import json_format_strict
 from workbench.recipes import Recipe, choose, is_real_italian, pareto_front
 from workbench.steering import Intervention
 from workbench.vectors import SteeringVector
@@ -269,3 +271,51 @@ def test_full_grid_covers_every_method():
     added = sum(iv.amount() for iv in dn.interventions(vector))
     assert added == pytest.approx(sum(iv.amount() for iv in band.interventions(vector)), rel=1e-2)
     assert study.spans(4)["band"] == (1, 2)  # a band has at least two layers
+
+
+# ---- one setting type for sweeps and recipes -----------------------------------------------------------
+
+
+def test_a_recipe_without_a_source_is_a_sweep_setting_labelled_like_an_intervention():
+    from workbench.sweeps import Config, grid
+
+    vector = _vector()
+    configs = grid([1, 2], coefs=(2.0,)) + grid([3], mode="set_projection")[1:] + grid([3], mode="ablate")[1:]
+    assert all(isinstance(c, Recipe) and c.source is None for c in configs)
+    assert [c.name for c in configs] == ["none", "add@1x2", "add@2x2", "set_projection@3", "ablate@3"]
+    assert all(Recipe.from_json(c.to_json()) == c for c in configs)
+    (added,) = Config(2, "add", 2.0).interventions(vector)
+    assert added.amount() == Intervention(vector, 2, "add", 2.0, scale="diff_norm").amount()
+    (projected,) = Config(3, "set_projection").interventions(vector)
+    assert projected.amount() == pytest.approx(vector.stats[3].pos_mean_proj)
+    (ablated,) = Config(3, "ablate").interventions(vector)
+    assert ablated.mode == "ablate" and ablated.label == "ablate@3"
+    (absolute,) = Recipe(None, (1,), strength=3.0, scale="absolute").interventions(vector)
+    assert absolute.amount() == 3.0
+    band = Recipe("mean", (1, 2), strength=0.1, prompt="instruction")
+    assert band.label == "add@1-2x0.1 +instruction" and band.name == "mean L1-2 add 0.1rn all +instruction"
+    assert Recipe(None, (1,), "ablate", 0.0).strength is None
+    with pytest.raises(InvalidArgumentError, match="takes no strength"):
+        Recipe(None, (1,), "ablate", 2.0)
+    with pytest.raises(InvalidArgumentError, match="unknown scale"):
+        Recipe(scale="percent")
+
+
+def test_answer_resumes_from_its_parts_and_rescores(tiny, tmp_path, monkeypatch):
+    behaviour = frontier.Behaviour("bullets", "bullet_lists", 5)
+    vectors = frontier.build_vectors(tiny, behaviour, 4, sources=("last",))
+    recipes = [Recipe(), Recipe("last", (1,), strength=0.5), Recipe("last", (2,), strength=0.5)]
+    first = frontier.run_recipes(tiny, behaviour, vectors, recipes, "validation", 2, out_dir=tmp_path)
+    assert len(list(tmp_path.glob("part-*.parquet"))) == 1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("generated again")
+
+    monkeypatch.setattr(runner, "generate", refuse)
+    again = frontier.answer(tiny, behaviour, vectors, recipes, "validation", 2, out_dir=tmp_path)
+    pd.testing.assert_frame_equal(again, first[again.columns])
+    strict_json = dataclasses.replace(behaviour, target="json_format_strict")
+    rescored = frontier.score(strict_json, again)
+    assert (rescored["on_target"] == rescored["response"].map(json_format_strict)).all()
+    with pytest.raises(InvalidArgumentError, match="needs the 'mean' vector"):
+        frontier.answer(tiny, behaviour, vectors, [Recipe("mean", (1,), strength=0.5)], "validation", 2)
