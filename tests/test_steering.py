@@ -224,3 +224,66 @@ def test_labels_name_mode_layer_and_coefficient(tiny):
     assert Intervention(vec, 1, "add", 0.25).label == "add@1x0.25"
     assert Intervention(vec, 3, "set_projection").label == "set_projection@3"
     assert Intervention(vec, 0, "ablate").label == "ablate@0"
+
+
+def test_slots_follow_the_device_and_dtype_of_the_activations(tiny):
+    """A model split over devices hands each hook activations on its layer's device: every steering tensor
+    (directions, amounts, position masks, per-row flags, dynamic strengths) moves there, once per pair."""
+    from workbench.positions import PositionTracker
+    from workbench.schedules import DynamicStrength
+    from workbench.steering import _build_slots, _Edit
+
+    vec = extracted_vector(tiny)
+    rows = [
+        [_Edit(Intervention(vec, 1, "add", 3.0, "response", norm_preserving=True))],
+        [_Edit(Intervention(vec, 1, "set_projection", 2.0, "prompt"))],
+        [_Edit(Intervention(vec, 1, "add", 4.0, strength=DynamicStrength()), column=0)],
+    ]
+    (slot,) = _build_slots(rows)[1]
+    history = torch.tensor([[0.5, 1.5], [1.0, 1.0]])
+    tracker = PositionTracker()
+    x = torch.randn(3, 6, tiny.d_model)
+    with tracker.declared(torch.tensor([4])):
+        reference = slot.apply(x, tracker, history)
+        on_meta = slot.apply(x.to("meta"), tracker, history)
+        wide = slot.apply(x.double(), tracker, history)
+        tracker.offset = 6  # a KV-cached step: one position, the second generated token
+        step = slot.apply(x[:, :1], tracker, history)
+    assert on_meta.device.type == "meta" and on_meta.shape == x.shape
+    assert wide.dtype == torch.float64 and torch.allclose(wide.float(), reference, atol=1e-5)
+    assert set(slot._placed) == {
+        (torch.float32, torch.device("cpu")),
+        (torch.float32, torch.device("meta")),
+        (torch.float64, torch.device("cpu")),
+    }
+    placed = slot.placed(torch.float32, torch.device("meta"))
+    assert placed.u.device.type == placed.column.device.type == placed.rules[0][1].device.type == "meta"
+    # row 2 adds 4·α_0 = 2 to the prompt (positions 0-3), 4·α_1 = 6 where token 1 is predicted (4), and
+    # the newest strength, α_1, beyond
+    u = vec.direction(1)
+    moved = (reference - x)[2] @ u
+    assert torch.allclose(moved, torch.tensor([2.0, 2.0, 2.0, 2.0, 6.0, 6.0]), atol=1e-4)
+    assert torch.allclose((step - x[:, :1])[2] @ u, torch.tensor([6.0]), atol=1e-4)
+
+
+def test_position_tracking_is_kept_off_the_model(tiny):
+    import gc
+    import weakref
+
+    from tests.conftest import build_tiny_model
+    from workbench.steering import _CONTEXTS, tracker_for
+
+    vec = random_vector(tiny)
+    before = dict(vars(tiny))
+    generate(
+        tiny, PROMPTS[:2], max_new_tokens=3, interventions=[Intervention(vec, 1, "add", 9.0, "generated")]
+    )
+    assert vars(tiny) == before and not hasattr(tiny, "_position_tracker")
+    assert tracker_for(tiny) is tracker_for(tiny)
+    other = build_tiny_model(seed=2)
+    tracker_for(other)
+    gone = weakref.ref(other.hf_model)
+    count = len(_CONTEXTS)
+    del other
+    gc.collect()
+    assert gone() is None and len(_CONTEXTS) == count - 1

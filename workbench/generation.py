@@ -22,6 +22,7 @@ from workbench.batching import format_prompts, length_batches
 from workbench.errors import InvalidArgumentError
 from workbench.fastpath import direct_forward
 from workbench.models import Model
+from workbench.schedules import StrengthTrace
 from workbench.steering import Intervention, steer_rows, tracking
 
 Interventions = Sequence[Intervention] | Sequence[Sequence[Intervention]] | None
@@ -79,6 +80,7 @@ def generate(
     min_new_tokens: int = 0,
     share_prefix: bool = True,
     progress: bool = False,
+    trace: StrengthTrace | None = None,
 ) -> list[str]:
     """Generate a response to each prompt; returns only the response text, in the prompts' order.
 
@@ -86,7 +88,8 @@ def generate(
     of a batch carries its own configuration). ``use_cache=False`` re-runs the whole sequence at every
     step (the reference loop, for checks). ``min_new_tokens`` keeps end-of-turn from stopping a row
     earlier (equal lengths, for timing). ``share_prefix=False`` runs every row's whole prompt (the
-    reference, for checks). Greedy output does not depend on ``batch_size``.
+    reference, for checks). Greedy output does not depend on ``batch_size``. ``trace`` receives, per
+    prompt in order, the per-token strengths of its dynamic interventions (:mod:`workbench.schedules`).
     """
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InvalidArgumentError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
@@ -108,11 +111,14 @@ def generate(
     stop = _stopping(model)
     sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
     responses: list[str] = [""] * len(texts)
+    traced: dict[int, tuple[list[str], Tensor, Tensor]] = {}
     batches = list(length_batches(model, texts, batch_size, formatted=chat))
     for batch_no, batch in enumerate(tqdm(batches, desc="generate", disable=not progress)):
         encoded = model.encode([texts[i] for i in batch], formatted=chat)
         row_ivs = [shared + (rows[i] if rows is not None else []) for i in batch]
-        prefix = _shared_prefix(encoded) if share_prefix and use_cache else 0
+        dynamic = any(iv.strength for ivs in row_ivs for iv in ivs)
+        prefix = _shared_prefix(encoded) if share_prefix and use_cache and not dynamic else 0
+        part = StrengthTrace()
         if prefix >= MIN_SHARED_PREFIX:
             encoded = _after_prefix(encoded, prefix, tokenizer.pad_token_id)
         prompt_len = encoded["input_ids"].shape[1]
@@ -124,9 +130,7 @@ def generate(
                 if prefix >= MIN_SHARED_PREFIX
                 else None
             )
-            stack.enter_context(steer_rows(model, [shared]))
-            if rows is not None:
-                stack.enter_context(steer_rows(model, [rows[i] for i in batch]))
+            stack.enter_context(steer_rows(model, row_ivs if rows is not None or dynamic else [shared], part))
             stack.enter_context(direct_forward(model))
             if do_sample:
                 torch.manual_seed(seed + batch_no)
@@ -143,9 +147,26 @@ def generate(
                 **stop,
             )
         texts_out = tokenizer.batch_decode(output[:, prompt_len:], skip_special_tokens=True)
+        for r, i in enumerate(batch[: len(part.labels)]):
+            n = _generated(output[r, prompt_len:].tolist(), eos, tokenizer.pad_token_id)
+            traced[i] = (part.labels[r], part.strengths[r][:, :n], part.kl[r][:, :n])
         for i, text in zip(batch, texts_out, strict=True):
             responses[i] = _cut(text, model.stop_strings)
+    if trace is not None:
+        for i in range(len(texts)):
+            trace.append(*traced.get(i, ([], torch.zeros(0, 0), torch.zeros(0, 0))))
     return responses
+
+
+def _generated(tokens: list[int], eos: int | list[int], pad: int) -> int:
+    """How many of a row's new tokens it wrote: up to its end of text, before the padding after a stop."""
+    ends = set(eos) if isinstance(eos, list) else {eos}
+    for n, token in enumerate(tokens):
+        if token in ends:
+            return n + 1
+        if token == pad:
+            return n
+    return len(tokens)
 
 
 def _shared_prefix(encoded: dict[str, Tensor]) -> int:

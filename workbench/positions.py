@@ -40,6 +40,7 @@ class PositionTracker:
         self.offset = 0
         self.prompt_end: Tensor | None = None  # [batch] or [1], positions < prompt_end are prompt
         self._declared = False
+        self._placed: tuple[Tensor | None, dict[torch.device, Tensor]] = (None, {})
 
     def pre_forward(self, module: Any, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -85,6 +86,12 @@ class PositionTracker:
             raise InvalidArgumentError(
                 "positions other than 'all' need a forward pass that starts at position 0"
             )
-        if self.prompt_end.device != device:
-            self.prompt_end = self.prompt_end.to(device)
-        return self.prompt_end
+        # A copy per device (layers of a model split over devices see activations on several).
+        source, placed = self._placed
+        if source is not self.prompt_end:
+            source, placed = self.prompt_end, {}
+            self._placed = (source, placed)
+        end = placed.get(device)
+        if end is None:
+            end = placed[device] = source.to(device)
+        return end

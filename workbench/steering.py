@@ -8,16 +8,20 @@
 
 ``steer(model, *interventions)`` applies any number of them to every row; :func:`steer_rows` gives each
 row of a batch its own list, so a grid of configurations runs as one batched pass. Both always remove
-their hooks, on exit and on exception.
+their hooks, on exit and on exception. Every steering tensor is moved to the device and dtype of the
+activation it edits when the hook runs (once per pair), so a model split over devices steers correctly.
+An ``add`` with ``strength=DynamicStrength(...)`` sets its strength per row and generated token
+(:mod:`workbench.schedules`).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,6 +31,7 @@ from torch import Tensor
 from workbench.errors import InvalidArgumentError, ShapeMismatchError
 from workbench.models import Model
 from workbench.positions import PositionTracker, check_positions
+from workbench.schedules import DynamicStrength, StrengthHistory, StrengthTrace, dynamic_strengths
 from workbench.vectors import SteeringVector
 
 MODES = ("add", "set_projection", "ablate")
@@ -42,7 +47,8 @@ class Intervention:
     layer's raw mean-difference norm (``diff_norm``), or of the layer's mean residual norm
     (``residual_norm``), so one knob means the same at every layer. ``decay_tokens`` > 0 fades an ``add``
     linearly to zero over that many generated tokens. ``norm_preserving`` rescales each steered residual
-    back to its original norm.
+    back to its original norm. ``strength`` (``"dynamic"`` or a :class:`DynamicStrength`) multiplies an
+    ``add`` by a per-token ``α_t`` from the KL divergence of steered and unsteered runs (generation only).
     """
 
     vector: SteeringVector
@@ -53,6 +59,7 @@ class Intervention:
     scale: str = "absolute"
     decay_tokens: int = 0
     norm_preserving: bool = False
+    strength: DynamicStrength | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -75,6 +82,21 @@ class Intervention:
             raise InvalidArgumentError("mode 'ablate' takes no coef: it always sets the projection to 0")
         if self.decay_tokens < 0:
             raise InvalidArgumentError(f"decay_tokens must be >= 0, got {self.decay_tokens}")
+        self._check_strength()
+
+    def _check_strength(self) -> None:
+        if self.strength == "dynamic":
+            object.__setattr__(self, "strength", DynamicStrength())
+        if self.strength is None:
+            return
+        if not isinstance(self.strength, DynamicStrength):
+            raise InvalidArgumentError(
+                f"strength must be None, 'dynamic' or a DynamicStrength, got {self.strength!r}"
+            )
+        if self.mode != "add" or self.decay_tokens:
+            raise InvalidArgumentError(
+                "a dynamic strength scales an 'add' with no decay_tokens (it is its own schedule)"
+            )
 
     @property
     def hook_name(self) -> str:
@@ -82,8 +104,9 @@ class Intervention:
 
     @property
     def label(self) -> str:
-        """Short name for tables and notes: ``add@10x2``, ``set_projection@12``."""
-        return f"{self.mode}@{self.layer}" + ("" if self.coef is None else f"x{self.coef:g}")
+        """Short name for tables and notes: ``add@10x2``, ``set_projection@12``, ``add@10x2+dyn2``."""
+        label = f"{self.mode}@{self.layer}" + ("" if self.coef is None else f"x{self.coef:g}")
+        return label if self.strength is None else f"{label}+{self.strength.label}"
 
     def direction(self) -> Float[Tensor, " d_model"]:
         return self.vector.direction(self.layer)
@@ -124,6 +147,8 @@ class Intervention:
             "vector_dataset": self.vector.provenance.get("dataset"),
             "vector_model": self.vector.provenance.get("model_name"),
         }
+        if self.strength is not None:
+            row["strength"] = self.strength.label
         if model is not None:
             source = self.vector.provenance.get("weights_hash")
             row["target_model"] = model.name
@@ -144,6 +169,30 @@ class Intervention:
             )
 
 
+@dataclass(frozen=True)
+class _Edit:
+    """An intervention as one row of a slot sees it: ``gain`` multiplies its amount (a probe's α_max),
+    ``column`` is its row of per-step dynamic strengths (-1: fixed)."""
+
+    iv: Intervention
+    gain: float = 1.0
+    column: int = -1
+
+
+@dataclass
+class _Placed:
+    """A slot's tensors on one device, in one dtype."""
+
+    u: Tensor  # [rows, d]
+    amount: Tensor  # [rows, 1]
+    is_projection: Tensor  # [rows, 1] bool
+    active: Tensor  # [rows, 1] float
+    decay: Tensor  # [rows, 1] float
+    norm_preserving: Tensor  # [rows, 1] bool
+    column: Tensor  # [rows] long
+    rules: list[tuple[str, Tensor]]  # (position rule, [rows, 1] bool: rows that use it)
+
+
 @dataclass
 class _Slot:
     """One intervention per row (rows without one are inactive), at one layer."""
@@ -155,106 +204,138 @@ class _Slot:
     positions: list[str]
     decay: Tensor  # [rows] float, 0 for constant
     norm_preserving: Tensor  # [rows] bool
+    column: Tensor  # [rows] long, -1 for a fixed strength
 
     def __post_init__(self) -> None:
         # Per-step work is only tensor arithmetic: which branches apply is decided once, here, and the
-        # per-rule row masks and dtype casts are cached (no host-device syncs while decoding).
+        # tensors are placed once per (dtype, device) of the activations they edit (no host-device syncs).
         self.any_projection = bool(self.is_projection.any())
         self.any_norm = bool(self.norm_preserving.any())
         self.any_decay = bool((self.decay > 0).any())
+        self.any_dynamic = bool((self.column >= 0).any())
         self.everywhere = bool(self.active.all()) and all(p == "all" for p in self.positions)
-        self.rules = [
-            (rule, torch.tensor([p == rule for p in self.positions], device=self.u.device)[:, None])
-            for rule in sorted(set(self.positions) - {"all"})
-        ]
-        self._cast: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
+        self._placed: dict[tuple[torch.dtype, torch.device], _Placed] = {}
 
-    def _in(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        cast = self._cast.get(dtype)
-        if cast is None:
-            cast = self._cast[dtype] = (self.u.to(dtype), self.amount.to(dtype)[:, None])
-        return cast
+    def placed(self, dtype: torch.dtype, device: torch.device) -> _Placed:
+        placed = self._placed.get((dtype, device))
+        if placed is None:
+            rules = sorted(set(self.positions) - {"all"})
+            placed = self._placed[(dtype, device)] = _Placed(
+                u=self.u.to(device, dtype),
+                amount=self.amount.to(device, dtype)[:, None],
+                is_projection=self.is_projection.to(device)[:, None],
+                active=self.active.to(device).float()[:, None],
+                decay=self.decay.to(device)[:, None],
+                norm_preserving=self.norm_preserving.to(device)[:, None],
+                column=self.column.to(device),
+                rules=[
+                    (rule, torch.tensor([p == rule for p in self.positions], device=device)[:, None])
+                    for rule in rules
+                ],
+            )
+        return placed
 
     def apply(
-        self, x: Float[Tensor, "batch seq d"], tracker: PositionTracker
+        self, x: Float[Tensor, "batch seq d"], tracker: PositionTracker, history: Tensor | None = None
     ) -> Float[Tensor, "batch seq d"]:
-        u, amount = self._in(x.dtype)
+        """``x`` edited; ``history`` is ``[columns + 1, steps]`` of dynamic strengths (last row ones)."""
+        t = self.placed(x.dtype, x.device)
         seq = x.shape[1]
-        weight = None if self.everywhere else self._weight(seq, tracker, x.device).to(x.dtype)
+        weight = None if self.everywhere else self._weight(t, seq, tracker, x.device).to(x.dtype)
+        amount = t.amount
         if self.any_decay:
-            amount = amount * self._schedule(seq, tracker, x.device)
+            amount = amount * self._decay(t, seq, tracker, x.device)
+        if self.any_dynamic and history is not None:
+            amount = amount * self._dynamic(t, seq, tracker, history).to(x.dtype)
         if self.any_projection:
-            projection = torch.einsum("bsd,bd->bs", x, u.expand(x.shape[0], -1))
-            amount = torch.where(self.is_projection[:, None], amount - projection, amount)
+            projection = torch.einsum("bsd,bd->bs", x, t.u.expand(x.shape[0], -1))
+            amount = torch.where(t.is_projection, amount - projection, amount)
         scaled = amount if weight is None else amount * weight
-        steered = x + scaled[..., None] * u[:, None, :]
+        steered = x + scaled[..., None] * t.u[:, None, :]
         if self.any_norm:
             rescale = x.norm(dim=-1, keepdim=True) / steered.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-            keep = (
-                self.norm_preserving[:, None]
-                if weight is None
-                else self.norm_preserving[:, None] & (weight > 0)
-            )
+            keep = t.norm_preserving if weight is None else t.norm_preserving & (weight > 0)
             steered = torch.where(keep[..., None], steered * rescale, steered)
         return steered
 
-    def _weight(self, seq: int, tracker: PositionTracker, device: torch.device) -> Tensor:
-        weight = self.active[:, None].float().expand(-1, seq)
-        for rule, rows in self.rules:
+    @staticmethod
+    def _weight(t: _Placed, seq: int, tracker: PositionTracker, device: torch.device) -> Tensor:
+        weight = t.active.expand(-1, seq)
+        for rule, rows in t.rules:
             mask = tracker.mask(rule, seq, device)
             if mask is None:
                 continue
             weight = torch.where(rows, weight * mask.float(), weight)
         return weight
 
-    def _schedule(self, seq: int, tracker: PositionTracker, device: torch.device) -> Tensor:
+    @staticmethod
+    def _decay(t: _Placed, seq: int, tracker: PositionTracker, device: torch.device) -> Tensor:
         step = tracker.steps(seq, device).float().clamp_min(0)
-        decay = self.decay[:, None]
-        fade = (1 - step / decay.clamp_min(1)).clamp_min(0)
-        return torch.where(decay > 0, fade, torch.ones_like(fade))
+        fade = (1 - step / t.decay.clamp_min(1)).clamp_min(0)
+        return torch.where(t.decay > 0, fade, torch.ones_like(fade))
+
+    @staticmethod
+    def _dynamic(t: _Placed, seq: int, tracker: PositionTracker, history: Tensor) -> Tensor:
+        """Each position's strength: α_0 for the prompt, α_i where generated token i is predicted."""
+        table = history.to(t.column.device)[t.column]  # column -1 is the last row: ones
+        step = (tracker.steps(seq, table.device) + 1).clamp(0, table.shape[1] - 1)
+        return table.gather(1, step.expand(table.shape[0], -1))
 
 
-def _build_slots(rows: Sequence[Sequence[Intervention]], device: torch.device) -> dict[int, list[_Slot]]:
-    """Group each row's interventions by layer into slots of per-row tensors."""
-    per_layer: dict[int, list[list[Intervention | None]]] = {}
+def _build_slots(rows: Sequence[Sequence[_Edit]]) -> dict[int, list[_Slot]]:
+    """Group each row's interventions by layer into slots of per-row tensors (built on the CPU)."""
+    per_layer: dict[int, list[list[_Edit | None]]] = {}
     for r, row in enumerate(rows):
         counts: dict[int, int] = {}
-        for iv in row:
-            slots = per_layer.setdefault(iv.layer, [])
-            k = counts.get(iv.layer, 0)
-            counts[iv.layer] = k + 1
+        for edit in row:
+            slots = per_layer.setdefault(edit.iv.layer, [])
+            k = counts.get(edit.iv.layer, 0)
+            counts[edit.iv.layer] = k + 1
             if k == len(slots):
                 slots.append([None] * len(rows))
-            slots[k][r] = iv
+            slots[k][r] = edit
     built: dict[int, list[_Slot]] = {}
     for layer, slots in per_layer.items():
         built[layer] = []
         for slot in slots:
-            d = next(iv for iv in slot if iv is not None).vector.d_model
+            d = next(e for e in slot if e is not None).iv.vector.d_model
             zero = torch.zeros(d)
             built[layer].append(
                 _Slot(
-                    u=torch.stack([iv.direction() if iv else zero for iv in slot]).to(device),
-                    amount=torch.tensor([iv.amount() if iv else 0.0 for iv in slot], device=device),
-                    is_projection=torch.tensor([bool(iv and iv.mode != "add") for iv in slot], device=device),
-                    active=torch.tensor([iv is not None for iv in slot], device=device),
-                    positions=[iv.positions if iv else "all" for iv in slot],
-                    decay=torch.tensor([float(iv.decay_tokens if iv else 0) for iv in slot], device=device),
-                    norm_preserving=torch.tensor(
-                        [bool(iv and iv.norm_preserving) for iv in slot], device=device
-                    ),
+                    u=torch.stack([e.iv.direction() if e else zero for e in slot]),
+                    amount=torch.tensor([e.iv.amount() * e.gain if e else 0.0 for e in slot]),
+                    is_projection=torch.tensor([bool(e and e.iv.mode != "add") for e in slot]),
+                    active=torch.tensor([e is not None for e in slot]),
+                    positions=[e.iv.positions if e else "all" for e in slot],
+                    decay=torch.tensor([float(e.iv.decay_tokens if e else 0) for e in slot]),
+                    norm_preserving=torch.tensor([bool(e and e.iv.norm_preserving) for e in slot]),
+                    column=torch.tensor([e.column if e else -1 for e in slot]),
                 )
             )
     return built
 
 
+@dataclass
+class _Context:
+    """What the steering engine keeps per model, for as long as the model lives (never on the model)."""
+
+    tracker: PositionTracker = field(default_factory=PositionTracker)
+    side_run: bool = False  # a dynamic strength's reference/probe forward is running
+
+
+_CONTEXTS: weakref.WeakKeyDictionary[Any, _Context] = weakref.WeakKeyDictionary()
+
+
+def _context(model: Model) -> _Context:
+    context = _CONTEXTS.get(model.hf_model)
+    if context is None:
+        context = _CONTEXTS[model.hf_model] = _Context()
+    return context
+
+
 def tracker_for(model: Model) -> PositionTracker:
     """The model's position tracker (one per model, shared by nested steering contexts)."""
-    tracker = getattr(model, "_position_tracker", None)
-    if tracker is None:
-        tracker = PositionTracker()
-        model._position_tracker = tracker  # type: ignore[attr-defined]
-    return tracker
+    return _context(model).tracker
 
 
 @contextmanager
@@ -268,37 +349,136 @@ def tracking(model: Model) -> Iterator[PositionTracker]:
         handle.remove()
 
 
+class _Dynamic:
+    """The dynamic strengths of one batch, set before each forward of a generation.
+
+    Each forward first runs one side forward, on its own KV cache, holding a *reference* row (the row's
+    dynamic interventions off) for every row that has any, and a *probe* row (the reference plus that
+    intervention at ``α_max``) for every dynamic intervention: one extra forward for all of them.
+    Its last-position logits give ``α_t`` (:func:`workbench.schedules.dynamic_strengths`), which the main
+    forward's hooks read. Under full recomputation the side forward recomputes too, with the same result.
+    """
+
+    def __init__(self, model: Model, rows: Sequence[Sequence[Intervention]]) -> None:
+        self.model, self.n_rows = model, len(rows)
+        self.columns = [(r, k) for r, row in enumerate(rows) for k, iv in enumerate(row) if iv.strength]
+        self.specs = [rows[r][k].strength for r, k in self.columns]
+        labels = [rows[r][k].label for r, k in self.columns]
+        self.history = StrengthHistory(labels, [r for r, _ in self.columns], len(rows))
+        self.column = {rk: j for j, rk in enumerate(self.columns)}
+        refs = sorted({r for r, _ in self.columns})
+        side = [[_Edit(iv) for iv in rows[r] if iv.strength is None] for r in refs]
+        for r, k in self.columns:
+            top = rows[r][k].strength.max_strength  # type: ignore[union-attr]
+            side.append(
+                [
+                    _Edit(iv, top if j == k else 1.0)
+                    for j, iv in enumerate(rows[r])
+                    if j == k or not iv.strength
+                ]
+            )
+        self.slots = _build_slots(side)
+        self.rows = torch.tensor(refs + [r for r, _ in self.columns])
+        self.reference = torch.tensor([refs.index(r) for r, _ in self.columns])
+        self.cache_name, self.skips_logits = model.cache_argument, model.skips_logits
+        self.running = False
+        self.cache: Any = None
+        self.total = -1
+
+    def pre_forward(self, module: Any, args: tuple, kwargs: dict) -> None:
+        context = _context(self.model)
+        if context.side_run:
+            return
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            raise InvalidArgumentError("dynamic strength needs token ids (input_ids), not inputs_embeds")
+        if ids.shape[0] != self.n_rows:
+            raise ShapeMismatchError(
+                f"dynamic strength was set up for {self.n_rows} rows but the batch has {ids.shape[0]}: "
+                "give steer_rows one list of interventions per row"
+            )
+        cache = kwargs.get(self.cache_name)
+        offset = int(cache.get_seq_length()) if cache is not None else 0
+        if (offset == 0) if cache is not None else ids.shape[1] != self.total + 1:
+            self.history.reset()
+            self.cache = None
+        self.total = offset + ids.shape[1]
+        rows = self.rows.to(ids.device)
+        side = {
+            k: kwargs[k]
+            for k in ("attention_mask", "position_ids", "cache_position")
+            if kwargs.get(k) is not None
+        }
+        side = {k: v[rows] if v.dim() > 1 and v.shape[0] == self.n_rows else v for k, v in side.items()}
+        if cache is not None:
+            side[self.cache_name] = self.cache
+        if self.skips_logits:
+            side["logits_to_keep"] = 1
+        context.side_run = self.running = True
+        try:
+            out = module(input_ids=ids[rows], use_cache=cache is not None, **side)
+        finally:
+            context.side_run = self.running = False
+        self.cache = out.past_key_values if cache is not None else None
+        logits = out.logits[:, -1]
+        n_refs = len(rows) - len(self.columns)
+        alpha, kl = dynamic_strengths(
+            logits[:n_refs][self.reference.to(ids.device)], logits[n_refs:], self.specs
+        )
+        self.history.push(alpha, kl)
+
+
 @contextmanager
-def steer_rows(model: Model, rows: Sequence[Sequence[Intervention]]) -> Iterator[Model]:
+def steer_rows(
+    model: Model, rows: Sequence[Sequence[Intervention]], trace: StrengthTrace | None = None
+) -> Iterator[Model]:
     """Give row ``i`` of every batch run in this block the interventions ``rows[i]``.
 
-    A single row broadcasts to any batch size (that is :func:`steer`).
+    A single row broadcasts to any batch size (that is :func:`steer`), except with a dynamic strength:
+    that needs one row per batch row, and ``trace`` receives each row's per-step strengths on exit.
     """
     for row in rows:
         for iv in row:
             iv.check_fits(model)
-    slots = _build_slots(rows, model.device)
+    dynamic = _Dynamic(model, rows) if any(iv.strength for row in rows for iv in row) else None
+    edits = [
+        [
+            _Edit(iv, column=dynamic.column[(r, k)] if dynamic and iv.strength else -1)
+            for k, iv in enumerate(row)
+        ]
+        for r, row in enumerate(rows)
+    ]
+    slots = _build_slots(edits)
     if not slots:
         yield model
         return
     with ExitStack() as stack:
         tracker = stack.enter_context(tracking(model))
+        if dynamic is not None:
+            handle = model.hf_model.register_forward_pre_hook(dynamic.pre_forward, with_kwargs=True)
+            stack.callback(handle.remove)
         hooks = [
-            (f"blocks.{layer}.hook_resid_post", _hook(layer_slots, tracker))
+            (f"blocks.{layer}.hook_resid_post", _hook(layer, layer_slots, tracker, dynamic))
             for layer, layer_slots in slots.items()
         ]
         stack.enter_context(model.bridge.hooks(fwd_hooks=hooks))
         yield model
+    if dynamic is not None and trace is not None:
+        dynamic.history.record(trace)
 
 
-def _hook(slots: list[_Slot], tracker: PositionTracker) -> Any:
+def _hook(layer: int, slots: list[_Slot], tracker: PositionTracker, dynamic: _Dynamic | None) -> Any:
     def hook(x: Tensor, hook: Any) -> Tensor:
-        if slots[0].u.shape[0] not in (1, x.shape[0]):
+        side = dynamic is not None and dynamic.running
+        active = dynamic.slots.get(layer, []) if side else slots  # type: ignore[union-attr]
+        if active and active[0].u.shape[0] not in (1, x.shape[0]):
             raise ShapeMismatchError(
-                f"per-row interventions were given for {slots[0].u.shape[0]} rows but the batch has {x.shape[0]}"
+                f"per-row interventions were given for {active[0].u.shape[0]} rows but the batch has "
+                f"{x.shape[0]} (with a dynamic strength, give all per-row interventions in one steer_rows)"
             )
-        for slot in slots:
-            x = slot.apply(x, tracker)
+        history = None if dynamic is None or side else dynamic.history.table
+        for slot in active:
+            x = slot.apply(x, tracker, history)
         return x
 
     return hook
