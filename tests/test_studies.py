@@ -274,18 +274,17 @@ def _manifest_of(folder):
 
 
 def test_cli_collect_sweep_and_layers_write_run_directories(tiny_dir, tmp_path):
-    from safetensors import safe_open
+    from workbench.activations import Activations
 
     runner = CliRunner()
-    acts = tmp_path / "collect" / "acts.safetensors"
+    acts = tmp_path / "collect"
     args = ["collect", "json_format", "--split", "validation", "--model", tiny_dir, "--out", str(acts)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    with safe_open(acts, "pt") as f:
-        assert f.get_tensor("positive").shape == f.get_tensor("negative").shape
-        assert f.get_tensor("positive").shape[1] == len(f.get_tensor("layers")) == 4
-        assert f.metadata()["dataset"] == "json_format"
-    assert _manifest_of(acts.parent)["configuration"]["split"] == "validation"
+    pos, neg = (Activations.load(acts / f"{role}.safetensors") for role in ("positive", "negative"))
+    assert pos.tensor.shape == neg.tensor.shape and pos.layers == (0, 1, 2, 3)
+    assert pos.settings["dataset"] == "json_format"
+    assert _manifest_of(acts)["configuration"]["split"] == "validation"
 
     run = tmp_path / "sweep"
     args = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,8 +19,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from workbench import __version__, formats
 from workbench.batching import format_prompts, length_batches
-from workbench.errors import InvalidArgumentError, ShapeMismatchError
+from workbench.errors import ArtifactError, InvalidArgumentError, ShapeMismatchError
 from workbench.fastpath import direct_forward, hooked
 from workbench.models import Model, cache_dir
 from workbench.runs import atomic_write
@@ -87,7 +89,40 @@ class Activations:
             )
         return acts
 
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write one ``.safetensors`` file atomically: tensor ``activations`` and, as checksummed JSON
+        metadata, ``layers``, ``prompts_hash``, ``settings`` and ``workbench_version``; returns the path."""
+        payload = {
+            "layers": list(self.layers),
+            "prompts_hash": self.prompts_hash,
+            "settings": self.settings,
+            "workbench_version": __version__,
+        }
+        return formats.save_safetensors(
+            path, ARTIFACT_TYPE, {"activations": self.tensor}, payload, "activations"
+        )
 
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Activations:
+        """Read a file written by :meth:`save`; refuses (ArtifactError) another artifact, a damaged or
+        modified file (checksum) and a tensor that does not fit its layers."""
+        keys = ("layers", "prompts_hash", "settings", "workbench_version")
+        shapes = {"activations": "[n, layer, d_model]"}
+        tensors, payload = formats.load_safetensors(path, ARTIFACT_TYPE, shapes, keys, "activations")
+        layers, settings = payload["layers"], payload["settings"]
+        if not (
+            isinstance(layers, list)
+            and all(isinstance(b, int) and not isinstance(b, bool) for b in layers)
+            and isinstance(settings, dict)
+            and len(layers) == tensors["activations"].shape[1]
+        ):
+            raise ArtifactError(
+                f"{path} holds inconsistent activations (layers {layers}); collect them again"
+            )
+        return cls(tensors["activations"], tuple(layers), str(payload["prompts_hash"]), settings)
+
+
+ARTIFACT_TYPE = "activations"
 HOOKS = ("resid_post", "resid_pre", "resid_mid", "attn_out", "mlp_out")
 
 

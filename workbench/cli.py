@@ -130,32 +130,57 @@ def steer(
 @vector_app.command("build")
 @one_line_errors
 def vector_build(
-    dataset: str = typer.Argument(..., help="A bundled dataset name (see workbench.datasets.names())."),
+    dataset: str | None = typer.Argument(
+        None, help="A bundled dataset name (see workbench.datasets.names()); or give --activations."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the .safetensors vector."),
+    activations: tuple[Path, Path] | None = typer.Option(
+        None,
+        "--activations",
+        metavar="POS NEG",
+        help="POS NEG: the positive.safetensors and negative.safetensors of `workbench collect`, "
+        "used instead of a dataset and a model.",
+        show_default=False,
+    ),
     model: ModelSpec = ...,
     method: str = typer.Option("diff_in_means", help="diff_in_means, pca or probe."),
     position: str = typer.Option("last", help="last, mean or an int token index."),
     split: str = typer.Option("train", help="Dataset split to build from."),
+    variant: str = typer.Option(None, help="italian only: it or en_answer_it."),
 ) -> None:
-    """Build a steering vector at every layer from a contrastive dataset."""
-    from workbench.activations import collect
+    """Build a steering vector at every layer from a contrastive dataset, or from collected activations."""
+    from workbench.activations import Activations
     from workbench.datasets import load
     from workbench.errors import InvalidArgumentError
+    from workbench.methods import resolve
     from workbench.models import load_model
     from workbench.paths import check_writable
-    from workbench.vectors import METHODS, SteeringVector
+    from workbench.vectors import SteeringVector
 
     # Check the cheap arguments before the (slow) model load.
     check_writable(out)
-    data = load(dataset, split)
-    if method not in METHODS:
-        raise InvalidArgumentError(f"unknown method {method!r}; use one of {', '.join(sorted(METHODS))}")
-    where = _position(position)
-    loaded = load_model(model)
-    pos = collect(loaded, data.positive, position=where, progress=True)
-    neg = collect(loaded, data.negative, position=where, progress=True)
-    vec = SteeringVector.from_activations(pos, neg, method, dataset=data.name, dataset_hash=data.hash)
-    typer.echo(str(vec.save(out)))
+    resolve(method)
+    if (dataset is None) == (activations is None):
+        raise InvalidArgumentError(
+            "give either a dataset name or --activations POS NEG (from workbench collect)"
+        )
+    if dataset is None:
+        pos, neg = (Activations.load(path) for path in activations)
+        source = [(acts.settings.get("dataset"), acts.settings.get("dataset_hash")) for acts in (pos, neg)]
+        if source[0] != source[1]:
+            raise InvalidArgumentError(
+                f"the activation files come from different datasets ({source[0][0]} and {source[1][0]}); "
+                "give the positive and negative files of one `workbench collect` run"
+            )
+        vector = SteeringVector.from_activations(
+            pos, neg, method, dataset=source[0][0], dataset_hash=source[0][1]
+        )
+    else:
+        data, where = load(dataset, split, variant=variant), _position(position)
+        vector = SteeringVector.from_dataset(
+            load_model(model), data, position=where, method=method, progress=True
+        )
+    typer.echo(str(vector.save(out)))
 
 
 @vector_app.command("show")
@@ -310,26 +335,19 @@ def collect_command(
     dataset: str = typer.Argument(..., help="A bundled dataset name (see workbench.datasets.names())."),
     split: str = typer.Option("train", help="train, validation, test or all."),
     position: str = typer.Option("last", help="last, mean or an int token index."),
-    out: Path = typer.Option(
-        None,
-        "--out",
-        "-o",
-        help="Activations file (default runs/collect-DATASET-SPLIT/activations.safetensors).",
-    ),
+    out: Path = typer.Option(None, "--out", "-o", help="Run directory (default runs/collect-DATASET-SPLIT)."),
     model: ModelSpec = ...,
     variant: str = typer.Option(None, help="italian only: it or en_answer_it."),
     batch_size: int = typer.Option(16, help="Prompts per forward pass."),
 ) -> None:
     """Collect residual-stream activations (every layer) of a dataset's positive and negative prompts.
 
-    Writes one safetensors file (tensors positive, negative [n, layer, d_model] and layers; provenance in
-    its metadata) and manifest.json in the same folder.
+    Writes positive.safetensors and negative.safetensors (``Activations.save``: [n, layer, d_model] with
+    provenance, the dataset's name and hash included) and manifest.json in the run directory; build a
+    vector from them with `workbench vector build --activations POS NEG`. Prints the two file paths.
     """
-    import os
+    import dataclasses
     import time
-
-    import torch
-    from safetensors.torch import save_file
 
     from workbench.activations import collect
     from workbench.datasets import load
@@ -339,29 +357,17 @@ def collect_command(
 
     started = utc_now()
     where = _position(position)
-    target = out or Path("runs") / f"collect-{dataset}-{split}" / "activations.safetensors"
-    check_writable(target)
+    run = out or Path("runs") / f"collect-{dataset}-{split}"
+    targets = [check_writable(run / f"{role}.safetensors") for role in ("positive", "negative")]
     data = load(dataset, split, variant=variant)
     loaded = load_model(model)
     tick = time.perf_counter()
-    pos = collect(loaded, data.positive, position=where, batch_size=batch_size, progress=True)
-    neg = collect(loaded, data.negative, position=where, batch_size=batch_size, progress=True)
+    tag = f"{data.name}:{data.variant}" if data.variant else data.name
+    for target, prompts in zip(targets, (data.positive, data.negative), strict=True):
+        acts = collect(loaded, prompts, position=where, batch_size=batch_size, progress=True)
+        extra = {"dataset": tag, "dataset_hash": data.hash, "split": split}
+        dataclasses.replace(acts, settings={**acts.settings, **extra}).save(target)
     seconds = time.perf_counter() - tick
-    target.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {
-        "settings": json.dumps(pos.settings),
-        "layers": json.dumps(list(pos.layers)),
-        "dataset": data.name,
-        "variant": str(variant),
-        "split": split,
-        "dataset_hash": data.hash,
-        "positive_prompts_hash": pos.prompts_hash,
-        "negative_prompts_hash": neg.prompts_hash,
-    }
-    tmp = target.with_name(f".{target.name}.tmp")
-    tensors = {"positive": pos.tensor, "negative": neg.tensor, "layers": torch.tensor(pos.layers)}
-    save_file(tensors, tmp, metadata=metadata)
-    os.replace(tmp, target)
     configuration = {
         "dataset": dataset,
         "variant": variant,
@@ -369,15 +375,9 @@ def collect_command(
         "position": where,
         "n": len(data),
     }
-    _step_manifest(
-        target.parent,
-        "collect",
-        configuration,
-        loaded,
-        {"load_model": loaded.load_seconds, "collect": seconds},
-        started,
-    )
-    typer.echo(str(target))
+    timings = {"load_model": loaded.load_seconds, "collect": seconds}
+    _step_manifest(run, "collect", configuration, loaded, timings, started)
+    typer.echo("\n".join(str(target) for target in targets))
 
 
 @app.command("layers")

@@ -110,17 +110,18 @@ def load_safetensors(
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
     except Exception as e:
         raise ArtifactError(
-            f"{path} is not a readable safetensors file ({e}); save {what}s with .save()"
+            f"{path} is not a readable safetensors file ({e}); write {what} with .save()"
         ) from None
+    a = "" if what.endswith("s") else "a "  # "a steering vector", "activations"
     found = metadata.get("workbench_artifact")
     if found is None:
-        raise ArtifactError(f"{path} has no workbench metadata, so it is not a {what} saved by .save()")
+        raise ArtifactError(f"{path} has no workbench metadata, so it is not {a}{what} saved by .save()")
     if found != kind:
-        raise ArtifactError(f"{path} is a {found!r} artifact, not a {what}; load it with its own loader")
+        raise ArtifactError(f"{path} is a {found!r} artifact, not {a}{what}; load it with its own loader")
     gone = [k for k in (*keys, "checksum") if k not in metadata]
     gone += [f"tensor {name!r}" for name in shapes if name not in tensors]
     if gone:
-        raise ArtifactError(f"{path} is a damaged {what}: it lacks {', '.join(gone)}; save it again")
+        raise ArtifactError(f"{path} holds damaged {what}: it lacks {', '.join(gone)}; save it again")
     for name, shape in shapes.items():
         tensor = tensors[name]
         if tensor.dtype != torch.float32 or tensor.ndim != shape.count(",") + 1:

@@ -1,0 +1,164 @@
+"""Activations: the value, its safetensors file, and `workbench collect` feeding `workbench vector build`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from workbench.activations import Activations, collect
+from workbench.cli import app
+from workbench.datasets import load
+from workbench.errors import ArtifactError, OutputPathError
+from workbench.vectors import SteeringVector
+
+
+@pytest.fixture
+def acts(tiny, tmp_path, monkeypatch) -> Activations:
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    return collect(tiny, ["Name a fruit.", "How do I boil an egg?", "Why is the sky blue?"], layers=[1, 3])
+
+
+def test_save_load_round_trip(acts, tmp_path):
+    back = Activations.load(acts.save(tmp_path / "sub" / "a.safetensors"))
+    assert torch.equal(back.tensor, acts.tensor) and back.tensor.dtype == torch.float32
+    assert back.layers == (1, 3) and back.prompts_hash == acts.prompts_hash
+    assert back.settings == acts.settings and back.settings["model_name"] == "tiny-llama"
+    assert not list((tmp_path / "sub").glob(".*.tmp"))  # written atomically: no temporary file left
+
+
+def test_file_carries_provenance_in_its_header(acts, tmp_path):
+    path = acts.save(tmp_path / "a.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    assert meta["workbench_artifact"] == "activations"
+    assert json.loads(meta["layers"]) == [1, 3]
+    assert json.loads(meta["settings"])["weights_hash"] == acts.settings["weights_hash"]
+    assert json.loads(meta["prompts_hash"]) == acts.prompts_hash
+    assert json.loads(meta["workbench_version"]) and len(meta["checksum"]) == 64
+
+
+def test_loaded_activations_give_the_same_vector(acts, tmp_path):
+    neg = Activations.from_tensor(torch.randn(3, 2, acts.d_model), (1, 3), **acts.settings)
+    pos_back = Activations.load(acts.save(tmp_path / "p.safetensors"))
+    neg_back = Activations.load(neg.save(tmp_path / "n.safetensors"))
+    assert SteeringVector.from_activations(pos_back, neg_back).directions.equal(
+        SteeringVector.from_activations(acts, neg).directions
+    )
+
+
+def _rewrite(path, tensor=None, **metadata):
+    with safe_open(str(path), "pt") as f:
+        meta, stored = f.metadata(), f.get_tensor("activations")
+    save_file({"activations": stored if tensor is None else tensor}, str(path), metadata={**meta, **metadata})
+
+
+def test_load_refuses_a_modified_header(acts, tmp_path):
+    path = acts.save(tmp_path / "a.safetensors")
+    settings = {**acts.settings, "position": "mean"}
+    _rewrite(path, settings=json.dumps(settings, sort_keys=True, separators=(",", ":")))
+    with pytest.raises(ArtifactError, match="modified after it was saved"):
+        Activations.load(path)
+
+
+def test_load_refuses_modified_numbers(acts, tmp_path):
+    path = acts.save(tmp_path / "a.safetensors")
+    _rewrite(path, tensor=acts.tensor + 1e-3)
+    with pytest.raises(ArtifactError, match="checksum mismatch"):
+        Activations.load(path)
+
+
+def test_load_refuses_other_files(acts, tmp_path):
+    vector = SteeringVector.from_directions(torch.randn(2, acts.d_model), (1, 3))
+    with pytest.raises(ArtifactError, match="'steering_vector' artifact, not activations"):
+        Activations.load(vector.save(tmp_path / "v.safetensors"))
+    with pytest.raises(ArtifactError, match="'activations' artifact, not a steering vector"):
+        SteeringVector.load(acts.save(tmp_path / "a.safetensors"))
+    with pytest.raises(ArtifactError, match="no such file"):
+        Activations.load(tmp_path / "missing.safetensors")
+    plain = tmp_path / "plain.safetensors"
+    save_file({"activations": acts.tensor}, str(plain))
+    with pytest.raises(ArtifactError, match="no workbench metadata"):
+        Activations.load(plain)
+    text = tmp_path / "text.safetensors"
+    text.write_text("not a tensor file")
+    with pytest.raises(ArtifactError, match="not a readable safetensors file"):
+        Activations.load(text)
+
+
+def test_load_refuses_a_tensor_of_the_wrong_rank(acts, tmp_path):
+    path = acts.save(tmp_path / "a.safetensors")
+    _rewrite(path, tensor=acts.tensor[:, 0].contiguous())
+    with pytest.raises(ArtifactError, match=r"expected float32 \[n, layer, d_model\]"):
+        Activations.load(path)
+
+
+def test_save_to_an_unwritable_place(acts, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputPathError, match="cannot write the activations"):
+        acts.save(blocker / "a.safetensors")
+
+
+# ---- the command line: collect once, build from the files ---------------------------------------------------
+
+
+def test_collect_then_vector_build_from_the_files(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    runner = CliRunner()
+    run = tmp_path / "collect"
+    args = ["collect", "json_format", "--split", "validation", "--model", tiny_dir, "--out", str(run)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    pos_path, neg_path = result.stdout.split()
+    assert (pos_path, neg_path) == (str(run / "positive.safetensors"), str(run / "negative.safetensors"))
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["command"] == "collect" and manifest["configuration"]["split"] == "validation"
+    data = load("json_format", "validation")
+    pos = Activations.load(pos_path)
+    assert pos.n == len(data) and pos.layers == (0, 1, 2, 3) and pos.settings["dataset_hash"] == data.hash
+
+    from_files = tmp_path / "from_files.safetensors"
+    args = ["vector", "build", "--activations", pos_path, neg_path, "--out", str(from_files)]
+    result = runner.invoke(app, [*args, "--method", "pca"])
+    assert result.exit_code == 0, result.output
+    built = SteeringVector.load(from_files)
+    assert built.provenance["dataset"] == "json_format" and built.provenance["dataset_hash"] == data.hash
+    assert built.provenance["method"] == "pca" and built.provenance["split"] == "validation"
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "fresh"))  # the dataset path collects afresh
+    from_data = tmp_path / "from_data.safetensors"
+    args = [
+        "vector",
+        "build",
+        "json_format",
+        "--split",
+        "validation",
+        "--method",
+        "pca",
+        "--out",
+        str(from_data),
+    ]
+    result = runner.invoke(app, [*args, "--model", tiny_dir])
+    assert result.exit_code == 0, result.output
+    torch.testing.assert_close(SteeringVector.load(from_data).directions, built.directions, rtol=0, atol=1e-6)
+
+
+def test_vector_build_refuses_mixed_or_foreign_inputs(tmp_path, acts):
+    runner = CliRunner()
+    pos = acts.save(tmp_path / "p.safetensors")
+    other = Activations.from_tensor(acts.tensor, acts.layers, **{**acts.settings, "dataset": "italian:it"})
+    neg = other.save(tmp_path / "n.safetensors")
+    out = str(tmp_path / "v.safetensors")
+    for args, message in [
+        (["json_format", "--activations", str(pos), str(pos)], "either a dataset name or --activations"),
+        ([], "either a dataset name or --activations"),
+        (["--activations", str(pos), str(neg)], "different datasets"),
+        (["--activations", str(pos), out], "no such file"),
+    ]:
+        result = runner.invoke(app, ["vector", "build", *args, "--out", out])
+        assert result.exit_code == 2 and message in result.stderr, (args, result.output)
