@@ -146,6 +146,7 @@ def linear_targets(model: Model, modules: Sequence[str] | None = None) -> dict[s
     (``("q_proj", "v_proj")``).
     """
     head = model.hf_model.get_output_embeddings()
+    head = head._modules.get("_original_component", head)  # the bridge wraps it too
     found: dict[str, tuple[nn.Module, str]] = {}
     for name, module in model.hf_model.named_modules():
         if type(module) is not nn.Linear or module is head:
