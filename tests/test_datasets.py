@@ -375,3 +375,19 @@ def test_head_keeps_the_first_items_and_the_set_identity():
     assert head.items == data.items[:3]
     assert (head.name, head.split, head.variant) == (data.name, data.split, "it")
     assert head.hash != data.hash and data.head(None) == data
+
+
+@pytest.mark.parametrize("source", ["data/typo.jsonl", "./arc", "runs/mc/arc", "arc.json", "~/arc.parquet"])
+def test_a_path_is_never_sent_to_the_hub(monkeypatch, tmp_path, source):
+    monkeypatch.chdir(tmp_path)
+    _fake_hub(monkeypatch, lambda *args, **kwargs: pytest.fail(f"{source} was sent to the hub"))
+    with pytest.raises(DataError, match="no such file"):
+        datasets.load_multiple_choice(source)
+
+
+def test_an_offline_hub_id_is_a_one_line_error_naming_it(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError, match="'nobody-here/no-such-dataset'") as caught:
+        datasets.load_multiple_choice("nobody-here/no-such-dataset")
+    assert "\n" not in str(caught.value)

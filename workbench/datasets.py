@@ -31,6 +31,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -353,6 +354,30 @@ def _bundled_mc(language: str) -> list[MCItem]:
     return items
 
 
+_FILE_SUFFIXES = (
+    ".jsonl",
+    ".json",
+    ".csv",
+    ".tsv",
+    ".parquet",
+    ".arrow",
+    ".txt",
+    ".gguf",
+    ".safetensors",
+    ".bin",
+)
+_HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[A-Za-z0-9_][\w.-]*)?")
+
+
+def looks_like_path(spec: str) -> bool:
+    """Whether ``spec`` names a local file or folder rather than a hub id (``name`` or ``org/name``).
+
+    It does when it is no valid hub id (it starts with ``.``, ``/`` or ``~``, has a backslash, a space or
+    two ``/``) or ends in a file suffix (``.jsonl``, ``.gguf``, ...). Such a string is never sent to a hub.
+    """
+    return _HUB_ID.fullmatch(spec) is None or spec.lower().endswith(_FILE_SUFFIXES)
+
+
 def _hub_mc(source: str, language: str, split: str) -> list[MCItem]:
     name, _, config = source.partition(":")
     try:
@@ -378,7 +403,8 @@ def load_multiple_choice(
     A JSONL file may use ARC's layout (``question`` as a string or ``{"stem"}``, ``choices`` as
     ``{"text": [...], "label": [...]}``, ``answerKey`` a label) or a plain one (``question``, ``choices``
     list, ``answer`` index). A hub dataset is ``"name"`` or ``"name:config"``
-    (``"allenai/ai2_arc:ARC-Challenge"``), read in ``split`` (default ``test``). For the bundled file
+    (``"allenai/ai2_arc:ARC-Challenge"``), read in ``split`` (default ``test``); a source that looks like a
+    path (:func:`looks_like_path`) is only ever read from disk. For the bundled file
     ``language`` picks en or it; elsewhere it labels the items. ``split=None`` keeps every split; rows of a
     local file without a split count as ``split``, or ``test``.
     """
@@ -390,7 +416,9 @@ def load_multiple_choice(
         if split is not None and split not in splits:
             raise InvalidArgumentError(f"unknown split {split!r}; choose from {', '.join(splits)}")
         items = _bundled_mc(language)
-    elif isinstance(source, os.PathLike) or Path(source).exists() or source.endswith((".jsonl", ".json")):
+    elif (
+        isinstance(source, os.PathLike) or Path(source).exists() or looks_like_path(source.partition(":")[0])
+    ):
         path = Path(source)
         rows = read_jsonl_numbered(path)
         if not rows:
