@@ -214,11 +214,13 @@ def find_layers(
         kw = {"layers": layers, "position": position, "batch_size": batch_size, "progress": progress}
         return collect(model, split.positive, **kw), collect(model, split.negative, **kw)
 
-    train_pos, train_neg = acts(train)
+    vector = SteeringVector.from_dataset(
+        model, train, layers=layers, position=position, batch_size=batch_size, progress=progress
+    )
+    train_pos, train_neg = acts(train)  # read back from collect's cache
     val_pos, val_neg = acts(validation)
     probes = probe_layers(train_pos, train_neg, folds=folds, seed=seed)
     projection, projections = projection_scores(train_pos, train_neg, val_pos, val_neg)
-    vector = SteeringVector.from_activations(train_pos, train_neg, dataset=dataset, dataset_hash=train.hash)
 
     cheap = _cheap_signals(probes, projection)
     swept = tuple(sorted(rank_layers(cheap)[:top_k])) if top_k is not None else layers
