@@ -240,6 +240,21 @@ def bench(
 # ---- studies, reports and the pipeline's steps, each under one run directory with a manifest ----------
 
 
+def _executor(ray: str | None, workers: int | None, spec: str) -> Any:
+    """A context holding the ``--ray`` executor (``local``: start a local cluster), or None without ``--ray``."""
+    import contextlib
+
+    from workbench.errors import InvalidArgumentError
+
+    if ray is None:
+        if workers is not None:
+            raise InvalidArgumentError("--workers needs --ray (local or a cluster address)")
+        return contextlib.nullcontext()
+    from workbench.distributed import RayExecutor
+
+    return RayExecutor(spec, workers, address=None if ray == "local" else ray)
+
+
 def _numbers(text: str, kind: type, what: str) -> list[Any]:
     """``"6,10,14"`` → ``[6, 10, 14]``; a one-line error for anything else."""
     from workbench.errors import InvalidArgumentError
@@ -398,50 +413,18 @@ def layers_command(
     Writes layers.{csv,parquet} (one row per layer), signals.csv (each signal's pick), summary.csv (the
     sweep), the figure layers.{png,svg} and manifest.json.
     """
-    import inspect
-    import time
-
-    from workbench.layers import find_layers
     from workbench.models import load_model
-    from workbench.plots import save_figure
-    from workbench.runs import markdown_table, utc_now, write_frame
-    from workbench.studies.common import Size
+    from workbench.pipeline import layers_step
+    from workbench.runs import markdown_table, utc_now
 
     started = utc_now()
     run = out or Path("runs") / f"layers-{dataset}"
     strengths = _numbers(coefs, float, "--coefs")
-    if quick:
-        size = Size.quick()
-        settings = {"n_validation": size.n_validation, "max_new_tokens": size.max_new_tokens}
-        settings["top_k"] = top_k or len(size.depths)
-    else:  # find_layers' own sizes
-        defaults = inspect.signature(find_layers).parameters
-        settings = {k: defaults[k].default for k in ("n_validation", "max_new_tokens")} | {"top_k": top_k}
     loaded = load_model(model)
-    tick = time.perf_counter()
-    found = find_layers(
-        loaded, dataset, variant=variant, coefs=strengths, out_dir=run, progress=True, **settings
-    )
-    seconds = time.perf_counter() - tick
-    frame = found.to_frame()
-    for path, table in (
-        ("layers.csv", frame),
-        ("layers.parquet", frame),
-        ("signals.csv", found.signals()),
-        ("summary.csv", found.summary),
-    ):
-        write_frame(table, run / path)
-    save_figure(found.plot(), run / "layers")
-    configuration = {"dataset": dataset, "variant": variant, "coefs": strengths, "quick": quick, **settings}
-    _step_manifest(
-        run,
-        "layers",
-        configuration,
-        loaded,
-        {"load_model": loaded.load_seconds, "find_layers": seconds},
-        started,
-    )
-    typer.echo(markdown_table(found.signals()))
+    step = layers_step(loaded, dataset, run, variant=variant, coefs=strengths, quick=quick, top_k=top_k)
+    timings = {"load_model": loaded.load_seconds, **step.timings}
+    _step_manifest(run, "layers", step.configuration, loaded, timings, started)
+    typer.echo(markdown_table(step.table))
     typer.echo(str(run))
 
 
@@ -461,6 +444,10 @@ def sweep_command(
     n_validation: int = typer.Option(24, help="Validation prompts to steer."),
     max_new_tokens: int = typer.Option(40, help="Tokens to generate per response."),
     scale: str = typer.Option("diff_norm", help="Units of --coefs: diff_norm, residual_norm or absolute."),
+    ray: str = typer.Option(
+        None, "--ray", metavar="local|ADDRESS", help="Run the grid on Ray: local, auto or ray://HOST:PORT."
+    ),
+    workers: int = typer.Option(None, "--workers", help="Ray workers (default: one per GPU, else 2)."),
 ) -> None:
     """Steer a dataset's validation prompts over layers × coefficients; score compliance and degeneration.
 
@@ -468,22 +455,16 @@ def sweep_command(
     heatmap sweep.{png,svg} and manifest.json; the sweep's rows are cached under parts/ and a rerun
     resumes.
     """
-    import dataclasses
-    import time
-
-    from workbench.activations import collect
     from workbench.datasets import load
     from workbench.errors import InvalidArgumentError
     from workbench.models import load_model
-    from workbench.plots import plot_sweep_heatmaps, save_figure
-    from workbench.runs import atomic_text, markdown_table, utc_now, write_frame
-    from workbench.sweeps import choose, grid, summarize, sweep
-    from workbench.vectors import SteeringVector
+    from workbench.pipeline import sweep_step
+    from workbench.runs import markdown_table, utc_now
 
     started = utc_now()
+    ray_context = _executor(ray, workers, model)
     blocks = _numbers(layers, int, "--layers")
     strengths = _numbers(coefs, float, "--coefs")
-    configs = grid(blocks, mode=mode, coefs=strengths)
     train, validation = load(dataset, "train", variant=variant), load(dataset, "validation", variant=variant)
     for what, value, limit in (
         ("--n-train", n_train, len(train)),
@@ -495,46 +476,22 @@ def sweep_command(
     loaded = load_model(model)
     for block in blocks:
         loaded.layer_check(block)
-    timings: dict[str, float] = {"load_model": loaded.load_seconds}
-    tick = time.perf_counter()
-    train = train.head(n_train)
-    pos = collect(loaded, train.positive, layers=blocks, progress=True)
-    neg = collect(loaded, train.negative, layers=blocks, progress=True)
-    vector = SteeringVector.from_activations(pos, neg, dataset=train.name, dataset_hash=train.hash)
-    timings["vector"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    prompts = validation.head(n_validation)
-    rows = sweep(
-        loaded,
-        vector,
-        prompts,
-        configs,
-        scale=scale,
-        max_new_tokens=max_new_tokens,
-        out_dir=run / "parts",
-        progress=True,
-    )
-    timings["sweep"] = time.perf_counter() - tick
-    summary = summarize(rows)
-    choice = choose(summary)
-    for path, table in (("rows.parquet", rows), ("rows.csv", rows), ("summary.csv", summary)):
-        write_frame(table, run / path)
-    atomic_text(run / "choice.json", json.dumps(dataclasses.asdict(choice), indent=1), "choice")
-    vector.save(run / "vector.safetensors")
-    save_figure(plot_sweep_heatmaps(summary), run / "sweep")
-    configuration = {
-        "dataset": dataset,
-        "variant": variant,
-        "layers": blocks,
-        "coefs": strengths,
-        "mode": mode,
-        "scale": scale,
-        "n_train": n_train,
-        "n_validation": n_validation,
-        "max_new_tokens": max_new_tokens,
-    }
-    _step_manifest(run, "sweep", configuration, loaded, timings, started)
-    typer.echo(markdown_table(summary))
+    with ray_context as executor:
+        step, choice = sweep_step(
+            loaded,
+            train.head(n_train),
+            validation.head(n_validation),
+            run,
+            layers=blocks,
+            coefs=strengths,
+            mode=mode,
+            scale=scale,
+            max_new_tokens=max_new_tokens,
+            executor=executor,
+        )
+    timings = {"load_model": loaded.load_seconds, **step.timings}
+    _step_manifest(run, "sweep", step.configuration, loaded, timings, started)
+    typer.echo(markdown_table(step.table))
     typer.echo(
         f"choice: {choice.config} (compliance {choice.compliance:.2f}, unsteered {choice.baseline_compliance:.2f})"
     )
