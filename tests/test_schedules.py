@@ -143,9 +143,19 @@ def test_one_extra_forward_per_token_for_all_vectors(sharp):
 
     handle = sharp.hf_model.register_forward_pre_hook(count, with_kwargs=True)
     try:
-        generate(sharp, PROMPTS[:3], max_new_tokens=4, min_new_tokens=4, interventions=rows, chat=False)
+        trace = StrengthTrace()
+        generate(
+            sharp,
+            PROMPTS[:3],
+            max_new_tokens=4,
+            min_new_tokens=4,
+            interventions=rows,
+            chat=False,
+            trace=trace,
+        )
     finally:
         handle.remove()
+    assert [tuple(s.shape) for s in trace.strengths] == [(2, 4), (1, 4), (0, 4)]
     # per token: the main forward (3 rows) and, before it runs, one side forward (2 reference rows, 3 probes)
     assert batches == [3, 5] * 4
 

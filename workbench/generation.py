@@ -89,7 +89,8 @@ def generate(
     step (the reference loop, for checks). ``min_new_tokens`` keeps end-of-turn from stopping a row
     earlier (equal lengths, for timing). ``share_prefix=False`` runs every row's whole prompt (the
     reference, for checks). Greedy output does not depend on ``batch_size``. ``trace`` receives, per
-    prompt in order, the per-token strengths of its dynamic interventions (:mod:`workbench.schedules`).
+    prompt in order, the per-token strengths of its dynamic interventions (:mod:`workbench.schedules`);
+    a batch with one runs a side forward per token and does not share its prompt prefix.
     """
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InvalidArgumentError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
