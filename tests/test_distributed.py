@@ -9,11 +9,14 @@ import os
 import signal
 import time
 
+import pandas as pd
 import pytest
 import torch
 from pandas.testing import assert_frame_equal
+from typer.testing import CliRunner
 
 from tests.conftest import PROMPTS, build_tiny_hf
+from workbench.cli import app
 from workbench.errors import InvalidArgumentError
 from workbench.models import load_model
 from workbench.runner import Chunk, Job, run_grid
@@ -97,10 +100,23 @@ def test_an_error_in_a_worker_is_raised_and_leaves_no_ray_process(executor):
     with pytest.raises(InvalidArgumentError, match="max_new_tokens"):
         list(executor.map([Chunk(["Name a fruit."], [[]], max_new_tokens=0)]))
     assert not ray.is_initialized()
-    deadline = time.monotonic() + 20
-    while (alive := [p for p in started if _alive(p)]) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not alive, f"Ray processes left after the error: {[p.name() for p in alive]}"
+    _assert_gone(started)
+
+
+def test_sweep_command_with_ray_writes_the_local_rows_and_stops_its_cluster(writer_dir, tmp_path):
+    assert not ray.is_initialized(), "the module's cluster is down (--ray local starts its own)"
+    args = ["sweep", "json_format", "--layers", "1", "--coefs", "4", "--n-train", "4", "--n-validation", "3"]
+    args += ["--max-new-tokens", "6", "--model", writer_dir]
+    runner = CliRunner()
+    local = runner.invoke(app, [*args, "--out", str(tmp_path / "local")])
+    assert local.exit_code == 0, local.output
+    before = set(psutil.Process().children(recursive=True))
+    on_ray = runner.invoke(app, [*args, "--out", str(tmp_path / "ray"), "--ray", "local", "--workers", "2"])
+    assert on_ray.exit_code == 0, on_ray.output
+    rows = [pd.read_parquet(tmp_path / run / "rows.parquet") for run in ("local", "ray")]
+    assert_frame_equal(*rows)
+    assert not ray.is_initialized()
+    _assert_gone(set(psutil.Process().children(recursive=True)) - before)
 
 
 def _alive(process) -> bool:
@@ -110,6 +126,17 @@ def _alive(process) -> bool:
         return False
 
 
-def test_workers_must_be_positive():
-    with pytest.raises(InvalidArgumentError, match="workers"):
-        RayExecutor("x", workers=0)
+def _assert_gone(processes, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while (alive := [p for p in processes if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not alive, f"processes left behind: {[p.name() for p in alive]}"
+
+
+def test_bad_worker_settings_are_refused_before_anything_starts():
+    for kwargs in ({"workers": 0}, {"threads_per_worker": 0}, {"workers": True}):
+        with pytest.raises(InvalidArgumentError, match="positive integer"):
+            RayExecutor("x", **kwargs)
+    result = CliRunner().invoke(app, ["sweep", "json_format", "--layers", "1", "--workers", "2"])
+    assert result.exit_code == 2 and "--workers needs --ray" in result.output
+    assert not ray.is_initialized()

@@ -61,26 +61,28 @@ def _ray() -> Any:
 class RayExecutor:
     """Runs chunks on ``workers`` Ray actors, each loading ``load_model(spec, **load_kwargs)`` once.
 
-    ``address``: a running cluster (``"auto"``, ``"ray://host:10001"``); None starts a local one sized for
-    the workers. ``threads_per_worker`` defaults to this machine's cores divided among the workers.
+    ``address``: a running cluster (``"auto"``, ``"ray://host:10001"``); None starts a local one.
+    ``gpus_per_worker`` defaults to 1 when the cluster has a GPU per worker, else 0; ``workers`` to the
+    cluster's GPUs when it has some, else 2; ``threads_per_worker`` to 1 per GPU worker, else the
+    cluster's CPUs divided among the workers.
     """
 
     spec: str
-    workers: int = 2
+    workers: int | None = None
     load_kwargs: dict[str, Any] = field(default_factory=dict)
     address: str | None = None
     threads_per_worker: int | None = None
-    gpus_per_worker: float = 0.0
+    gpus_per_worker: float | None = None
     max_restarts: int = 2
     max_task_retries: int = 2
     _actors: list[Any] = field(default_factory=list, init=False, repr=False)
     _started_ray: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise InvalidArgumentError(f"workers must be a positive integer, got {self.workers!r}")
-        if self.threads_per_worker is None and not self.gpus_per_worker:
-            self.threads_per_worker = max(1, (os.cpu_count() or 1) // self.workers)
+        for name in ("workers", "threads_per_worker"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
 
     def __enter__(self) -> RayExecutor:
         return self
@@ -101,23 +103,25 @@ class RayExecutor:
             return self._actors
         ray = _ray()
         if not ray.is_initialized():
-            threads = self.threads_per_worker or 1
             local = {
-                "num_cpus": max(os.cpu_count() or 1, self.workers * threads),
+                "num_cpus": max(os.cpu_count() or 1, (self.workers or 2) * (self.threads_per_worker or 1)),
                 "include_dashboard": False,
                 "object_store_memory": 256 * 1024**2,
             }
             ray.init(address=self.address, **({} if self.address else local), log_to_driver=False)
             self._started_ray = True
+        cluster = ray.cluster_resources()
+        gpus = int(cluster.get("GPU", 0))
+        workers = self.workers or gpus or 2
+        per_gpu = self.gpus_per_worker if self.gpus_per_worker is not None else float(gpus >= workers)
+        threads = self.threads_per_worker or (1 if per_gpu else max(1, int(cluster.get("CPU", 1)) // workers))
         remote = ray.remote(
-            num_cpus=self.threads_per_worker or 1,
-            num_gpus=self.gpus_per_worker,
+            num_cpus=threads,
+            num_gpus=per_gpu,
             max_restarts=self.max_restarts,
             max_task_retries=self.max_task_retries,
         )(_Worker)
-        self._actors = [
-            remote.remote(self.spec, self.load_kwargs, self.threads_per_worker) for _ in range(self.workers)
-        ]
+        self._actors = [remote.remote(self.spec, self.load_kwargs, threads) for _ in range(workers)]
         return self._actors
 
     def map(self, chunks: Sequence[Chunk]) -> Iterator[tuple[int, list[str]]]:
