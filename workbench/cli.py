@@ -240,21 +240,6 @@ def bench(
 # ---- studies, reports and the pipeline's steps, each under one run directory with a manifest ----------
 
 
-def _executor(ray: str | None, workers: int | None, spec: str) -> Any:
-    """A context holding the ``--ray`` executor (``local``: start a local cluster), or None without ``--ray``."""
-    import contextlib
-
-    from workbench.errors import InvalidArgumentError
-
-    if ray is None:
-        if workers is not None:
-            raise InvalidArgumentError("--workers needs --ray (local or a cluster address)")
-        return contextlib.nullcontext()
-    from workbench.distributed import RayExecutor
-
-    return RayExecutor(spec, workers, address=None if ray == "local" else ray)
-
-
 def _numbers(text: str, kind: type, what: str) -> list[Any]:
     """``"6,10,14"`` → ``[6, 10, 14]``; a one-line error for anything else."""
     from workbench.errors import InvalidArgumentError
@@ -456,13 +441,14 @@ def sweep_command(
     resumes.
     """
     from workbench.datasets import load
+    from workbench.distributed import ray_executor
     from workbench.errors import InvalidArgumentError
     from workbench.models import load_model
     from workbench.pipeline import sweep_step
     from workbench.runs import markdown_table, utc_now
 
     started = utc_now()
-    ray_context = _executor(ray, workers, model)
+    ray_context = ray_executor(ray, workers, model)
     blocks = _numbers(layers, int, "--layers")
     strengths = _numbers(coefs, float, "--coefs")
     train, validation = load(dataset, "train", variant=variant), load(dataset, "validation", variant=variant)

@@ -12,6 +12,7 @@ again by :meth:`RayExecutor.close` (or leaving the ``with`` block), also after a
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Any
 from workbench.errors import InvalidArgumentError, WorkbenchError
 from workbench.runner import Chunk, run_chunk
 
-__all__ = ["RayExecutor", "RayWorkerError"]
+__all__ = ["RayExecutor", "RayWorkerError", "ray_executor"]
 
 
 class RayWorkerError(WorkbenchError):
@@ -173,3 +174,15 @@ class RayExecutor:
         if self._started_ray:
             ray.shutdown()
             self._started_ray = False
+
+
+def ray_executor(
+    address: str | None, workers: int | None, spec: str
+) -> RayExecutor | contextlib.nullcontext[None]:
+    """The command line's ``--ray local|ADDRESS`` / ``--workers``: an executor to use in ``with``, or a null
+    context (the in-process runner) without ``--ray``."""
+    if address is None:
+        if workers is not None:
+            raise InvalidArgumentError("--workers needs --ray (local or a cluster address)")
+        return contextlib.nullcontext()
+    return RayExecutor(spec, workers, address=None if address == "local" else address)
