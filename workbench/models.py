@@ -20,8 +20,10 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from workbench.datasets import looks_like_path
+from workbench.devices import placement_kwargs, resolve_device, resolve_dtype
 from workbench.errors import InvalidArgumentError, ModelLoadError
-from workbench.runs import atomic_write
+from workbench.runs import atomic_text, atomic_write
 
 DEFAULT_SPEC = "smollm2-135m-instruct"
 BASE_FORMAT = "Q: {user}\nA:"
@@ -202,18 +204,32 @@ def _dequantized_dir(gguf: Path) -> Path:
     return cache_dir() / "models" / f"{gguf.stem}-{key}"
 
 
-def _load_gguf(gguf: Path, dtype: torch.dtype) -> tuple[Any, Any, str]:
-    """Load a GGUF file dequantized, through a safetensors cache so later loads skip dequantization."""
+def _load_gguf(gguf: Path, dtype: torch.dtype, placement: dict[str, Any]) -> tuple[Any, Any, str]:
+    """Load a GGUF file dequantized, through a safetensors cache so later loads skip dequantization.
+
+    ``placement`` (``device_map``, ``max_memory``) loads the cached safetensors dispatched over devices.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _check_gguf(gguf)
     cached = _dequantized_dir(gguf)
     meta_path = cached / "workbench.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(cached)
-        return model.to(dtype), tokenizer, meta["weights_hash"]
+    if not meta_path.exists():
+        model, tokenizer, weights_hash = _dequantize(gguf, cached)
+        if not placement:
+            return model.to(dtype), tokenizer, weights_hash
+    meta = json.loads(meta_path.read_text())
+    if placement:
+        model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, **placement)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32).to(dtype)
+    return model, AutoTokenizer.from_pretrained(cached), meta["weights_hash"]
+
+
+def _dequantize(gguf: Path, cached: Path) -> tuple[Any, Any, str]:
+    """Read ``gguf`` in float32 and write it to ``cached`` as safetensors, config and tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -230,8 +246,9 @@ def _load_gguf(gguf: Path, dtype: torch.dtype) -> tuple[Any, Any, str]:
     atomic_write(cached / "model.safetensors", lambda tmp: save_file(state, tmp), "dequantized model")
     model.config.to_json_file(cached / "config.json")
     tokenizer.save_pretrained(cached)
-    (cached / "workbench.json").write_text(json.dumps({"weights_hash": weights_hash, "source": str(gguf)}))
-    return model.to(dtype), tokenizer, weights_hash
+    meta = json.dumps({"weights_hash": weights_hash, "source": str(gguf)})
+    atomic_text(cached / "workbench.json", meta, "dequantized model")
+    return model, tokenizer, weights_hash
 
 
 def _brief(exc: BaseException) -> str:
@@ -240,14 +257,18 @@ def _brief(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:200]
 
 
-def _load_hf(spec: str, dtype: torch.dtype, trust_remote_code: bool) -> tuple[Any, Any, str]:
+def _load_hf(
+    spec: str, dtype: torch.dtype, trust_remote_code: bool, placement: dict[str, Any]
+) -> tuple[Any, Any, str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     local = Path(spec).is_dir()
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            spec, dtype=dtype, trust_remote_code=trust_remote_code, **placement
+        )
     except OSError as exc:
         if local:
             raise ModelLoadError(
@@ -268,38 +289,6 @@ def _load_hf(spec: str, dtype: torch.dtype, trust_remote_code: bool) -> tuple[An
     files = [p for p in Path(spec).glob("*.safetensors")] if local else []
     weights_hash = _file_sha256(files) if files else _state_hash(model)
     return model, tokenizer, weights_hash
-
-
-def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
-    """A floating-point torch dtype from a dtype, its name (``"bfloat16"``) or None (float32)."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, str):
-        resolved = getattr(torch, dtype.removeprefix("torch."), None) if dtype.strip() else None
-    else:
-        resolved = dtype
-    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-        raise InvalidArgumentError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
-    return resolved
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    """A usable torch device (None: cuda when available, else cpu)."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise InvalidArgumentError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidArgumentError(f"device {device!r} was asked for but CUDA is not available: use 'cpu'")
-    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
-        raise InvalidArgumentError(
-            f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)"
-        )
-    if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise InvalidArgumentError(f"device {device!r} was asked for but MPS is not available: use 'cpu'")
-    return resolved
 
 
 def _prefer_sdpa(hf_model: Any) -> None:
@@ -325,18 +314,22 @@ def from_hf(
     dtype: torch.dtype | str = torch.float32,
     source: str = "",
 ) -> Model:
-    """Wrap an in-memory Hugging Face causal LM and its tokenizer as a :class:`Model`."""
+    """Wrap an in-memory Hugging Face causal LM and its tokenizer as a :class:`Model`.
+
+    A model dispatched over devices (loaded with ``device_map``) stays where it is; ``device`` is ignored.
+    """
     from transformer_lens.model_bridge import TransformerBridge
 
     start = time.perf_counter()
-    device = str(_resolve_device(device))
-    dtype = _resolve_dtype(dtype)
+    dispatched = bool(getattr(hf_model, "hf_device_map", None))
+    device = str(next(hf_model.parameters()).device if dispatched else resolve_device(device))
+    dtype = resolve_dtype(dtype)
     if not getattr(hf_model.config, "architectures", None):
         hf_model.config.architectures = [type(hf_model).__name__]
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    hf_model = hf_model.to(device=device, dtype=dtype).eval()
+    hf_model = (hf_model if dispatched else hf_model.to(device=device, dtype=dtype)).eval()
     try:
         bridge = TransformerBridge.boot_transformers(
             name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
@@ -366,22 +359,41 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     trust_remote_code: bool = False,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[int | str, int | str] | None = None,
 ) -> Model:
-    """Load a model by spec into a TransformerBridge (see the module docstring for the specs)."""
+    """Load a model by spec into a TransformerBridge (see the module docstring for the specs).
+
+    A spec that looks like a path (:func:`~workbench.datasets.looks_like_path`) is only looked for on disk;
+    any other unknown spec is a Hugging Face hub id, loaded as transformers does (offline: from its cache).
+    ``device_map`` (``"auto"``, ``"balanced"``, ``"sequential"`` or a dict of module name to device) and
+    ``max_memory`` split the model over devices as transformers does; they exclude ``device``.
+    """
     if not isinstance(spec, str) or not spec.strip():
         raise InvalidArgumentError(f"model spec must be a non-empty string, got {spec!r}")
-    dtype = _resolve_dtype(dtype)
-    device = _resolve_device(device)
+    dtype = resolve_dtype(dtype)
+    placement = placement_kwargs(device, device_map, max_memory)
+    if placement:  # where a "disk" entry of the map keeps its weights
+        placement["offload_folder"] = str(cache_dir() / "offload")
+    device = resolve_device(device) if not placement else None
     start = time.perf_counter()
     is_chat: bool | None = None
+    local = Path(spec).expanduser()
     if spec in KNOWN_MODELS:
-        model, tokenizer, weights_hash = _load_gguf(_bundled_gguf(spec), dtype)
+        model, tokenizer, weights_hash = _load_gguf(_bundled_gguf(spec), dtype, placement)
         name, is_chat = spec, KNOWN_MODELS[spec].chat
-    elif spec.endswith(".gguf") or Path(spec).is_file():
-        model, tokenizer, weights_hash = _load_gguf(Path(spec).expanduser(), dtype)
-        name = Path(spec).stem
+    elif spec.endswith(".gguf") or local.is_file():
+        model, tokenizer, weights_hash = _load_gguf(local, dtype, placement)
+        name = local.stem
+    elif not local.is_dir() and looks_like_path(spec):
+        raise ModelLoadError(
+            f"model path {spec} does not exist: pass an existing model directory or .gguf file, "
+            f"a Hugging Face hub id, or one of {sorted(KNOWN_MODELS)}"
+        )
     else:
-        model, tokenizer, weights_hash = _load_hf(spec, dtype, trust_remote_code)
+        model, tokenizer, weights_hash = _load_hf(
+            str(local) if local.is_dir() else spec, dtype, trust_remote_code, placement
+        )
         name = spec.rstrip("/").split("/")[-1]
     loaded = from_hf(
         model,
@@ -389,7 +401,7 @@ def load_model(
         name,
         weights_hash=weights_hash,
         is_chat=is_chat,
-        device=device,
+        device=device or next(model.parameters()).device,  # a device map on one device is not dispatched
         dtype=dtype,
         source=spec,
     )

@@ -1,0 +1,93 @@
+"""Loading: specs that look like paths stay on disk, hub ids fail offline in one line, device maps, Gemma 2."""
+
+from __future__ import annotations
+
+import pytest
+import transformers
+
+from tests.conftest import PROMPTS, build_tiny_tokenizer
+from tests.test_parity import tiny_config
+from workbench.activations import collect
+from workbench.errors import InvalidArgumentError, ModelLoadError
+from workbench.generation import generate
+from workbench.models import load_model
+
+
+@pytest.fixture
+def no_hub(monkeypatch):
+    """Fail the test if anything asks transformers to load by name."""
+
+    def refuse(spec, *args, **kwargs):
+        pytest.fail(f"{spec!r} was handed to transformers")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
+
+
+@pytest.mark.parametrize(
+    "spec", ["./my-model", "models/llama/tiny", "~/no/such/model", "weights.safetensors"]
+)
+def test_a_missing_path_is_a_missing_file_error_not_a_hub_request(spec, no_hub, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model(spec, device="cpu")
+
+
+def test_an_offline_hub_id_is_one_line_naming_it(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="'nobody-here/no-such-model'") as caught:
+        load_model("nobody-here/no-such-model", device="cpu")
+    assert "\n" not in str(caught.value) and "offline" in str(caught.value)
+
+
+def layer_map(n_layers: int) -> dict[str, str]:
+    """Every module on the CPU but layer 1, offloaded to disk: two devices, so accelerate dispatches the
+    model with its hooks (a map onto one device is not dispatched)."""
+    names = ["model.embed_tokens", "model.rotary_emb", "model.norm", "lm_head"]
+    placed = {name: "cpu" for name in [*names, *(f"model.layers.{i}" for i in range(n_layers))]}
+    return {**placed, "model.layers.1": "disk"}
+
+
+def test_a_device_map_over_layers_loads_and_generates_the_same(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    whole = load_model(tiny_dir, device="cpu")
+    split = load_model(tiny_dir, device_map=layer_map(whole.n_layers))
+    assert split.hf_model.hf_device_map["model.layers.1"] == "disk"
+    assert split.fingerprint == whole.fingerprint
+    assert generate(split, PROMPTS[:3], max_new_tokens=6) == generate(whole, PROMPTS[:3], max_new_tokens=6)
+    diff = collect(split, PROMPTS[:3], cache=False).tensor - collect(whole, PROMPTS[:3], cache=False).tensor
+    assert diff.abs().max() <= 1e-5
+
+
+def test_device_map_refusals(tiny_dir):
+    with pytest.raises(InvalidArgumentError, match="either device or device_map"):
+        load_model(tiny_dir, device="cpu", device_map="auto")
+    with pytest.raises(InvalidArgumentError, match="max_memory needs a device_map"):
+        load_model(tiny_dir, max_memory={"cpu": "1GB"})
+    with pytest.raises(InvalidArgumentError, match="device_map must be one of"):
+        load_model(tiny_dir, device_map="everywhere")
+    with pytest.raises(ModelLoadError, match="could not load the directory"):
+        load_model(tiny_dir, device_map={"model.embed_tokens": "cpu", "model.layers.0": "disk"})
+
+
+def test_gemma2_loads_with_eager_attention_and_others_with_sdpa(tmp_path):
+    tokenizer = build_tiny_tokenizer()
+    for kind, attention in (("gemma2", "eager"), ("qwen2", "sdpa")):
+        folder = tmp_path / kind
+        transformers.AutoModelForCausalLM.from_config(tiny_config(kind, tokenizer)).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        assert load_model(str(folder), device="cpu").hf_model.config._attn_implementation == attention
+
+
+def test_transformer_lens_boot_errors_are_model_load_errors(tiny_dir, monkeypatch):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    def boot(*args, **kwargs):
+        raise ValueError("Unsupported architecture: TinyForCausalLM\nmore detail")
+
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", boot)
+    with pytest.raises(
+        ModelLoadError, match=r"TransformerLens could not wrap .*Unsupported architecture"
+    ) as caught:
+        load_model(tiny_dir, device="cpu")
+    assert "\n" not in str(caught.value)
