@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from workbench.errors import InvalidArgumentError, WorkbenchError
+from workbench.errors import InvalidArgumentError, ModelLoadError, WorkbenchError
 from workbench.runner import Chunk, run_chunk
 
 __all__ = ["RayExecutor", "RayWorkerError", "ray_executor"]
@@ -46,6 +46,11 @@ class _Worker:
 
     def run(self, chunk: Chunk) -> list[str]:
         return run_chunk(self.model, chunk)
+
+
+def _last_line(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(error).__name__
 
 
 def _ray() -> Any:
@@ -148,16 +153,17 @@ class RayExecutor:
             self.close()
             raise
 
-    @staticmethod
-    def _result(ray: Any, ref: Any) -> list[str]:
+    def _result(self, ray: Any, ref: Any) -> list[str]:
         try:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, WorkbenchError):
                 raise exc.cause from None
-            last = (str(exc.cause).strip().splitlines() or [type(exc.cause).__name__])[-1]
-            raise RayWorkerError(f"a Ray worker failed: {last}") from None
+            raise RayWorkerError(f"a Ray worker failed: {_last_line(exc.cause)}") from None
         except ray.exceptions.RayActorError as exc:
+            if exc.actor_init_failed:  # the constructor raised: not a crash Ray could recover from
+                reason = _last_line(exc).split(": ", 1)[-1]
+                raise ModelLoadError(f"a Ray worker could not load {self.spec!r}: {reason}") from None
             raise RayWorkerError(
                 f"a Ray worker died and could not be restarted ({type(exc).__name__}): "
                 "check its memory and the spec's availability on every node"
