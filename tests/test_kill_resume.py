@@ -47,6 +47,8 @@ def test_sigkill_half_way_then_rerun_gives_the_uninterrupted_rows(tiny_dir, tmp_
     assert 1 <= len(parts) < 5, "the kill should land between the first and the last chunk"
     assert not (killed / "rows.parquet").exists()
     saved = {p: p.stat().st_mtime_ns for p in parts}
+    raw = pd.read_parquet(parts[0])
+    assert "response" in raw and not {"follows", "degenerate"} & set(raw.columns)  # scores are never stored
 
     _finish(_sweep(tiny_dir, killed))
     resumed = pd.read_parquet(killed / "rows.parquet")

@@ -1,4 +1,4 @@
-"""The one grid runner: jobs -> batched generation with per-row interventions -> raw completions -> scored rows.
+"""The one grid runner: jobs -> batched generation with per-row steering -> raw completions -> scored rows.
 
 :func:`run_grid` cuts a grid of :class:`Job` s into fixed :class:`Chunk` s; an *executor* generates each
 chunk's responses. The default, :class:`LocalExecutor`, runs them one after another on the loaded model;
@@ -211,7 +211,6 @@ def run_grid(
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise InvalidArgumentError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     settings = {
-        "model": model.name,
         "fingerprint": model.fingerprint,
         "max_new_tokens": max_new_tokens,
         "chat": chat,
