@@ -183,3 +183,19 @@ def test_a_dynamic_steer_needs_one_row_per_batch_row(sharp):
     ):
         sharp.hf_model(**encoded)
     assert not sharp.hf_model._forward_pre_hooks
+
+
+def test_a_dynamic_strength_refuses_text_it_did_not_generate(sharp):
+    """Scoring a given continuation in one forward would steer it all with α_0: refused."""
+    from workbench.fastpath import direct_forward
+
+    vec = random_vector(sharp)
+    ids = sharp.encode(PROMPTS[:1], formatted=False)["input_ids"]
+    with torch.no_grad(), steer_rows(sharp, [[dyn(vec, 1, 8.0)]]), direct_forward(sharp):
+        first = sharp.hf_model(input_ids=ids, use_cache=True)
+        assert first.past_key_values.get_seq_length() == ids.shape[1]
+        with pytest.raises(InvalidArgumentError, match="one generated token at a time"):
+            sharp.hf_model(
+                input_ids=ids[:, :3], use_cache=True, **{sharp.cache_argument: first.past_key_values}
+            )
+    assert not sharp.hf_model._forward_pre_hooks

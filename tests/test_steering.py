@@ -271,7 +271,7 @@ def test_position_tracking_is_kept_off_the_model(tiny):
     import weakref
 
     from tests.conftest import build_tiny_model
-    from workbench.steering import _CONTEXTS, tracker_for
+    from workbench.positions import _TRACKERS, tracker_for
 
     vec = random_vector(tiny)
     before = dict(vars(tiny))
@@ -283,7 +283,7 @@ def test_position_tracking_is_kept_off_the_model(tiny):
     other = build_tiny_model(seed=2)
     tracker_for(other)
     gone = weakref.ref(other.hf_model)
-    count = len(_CONTEXTS)
+    count = len(_TRACKERS)
     del other
     gc.collect()
-    assert gone() is None and len(_CONTEXTS) == count - 1
+    assert gone() is None and len(_TRACKERS) == count - 1

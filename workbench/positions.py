@@ -14,6 +14,7 @@ model wrote; the first new token is predicted from the last prompt position, so 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,6 +24,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from workbench.errors import InvalidArgumentError
+from workbench.models import Model
 
 POSITIONS = ("all", "prompt", "generated", "last_prompt", "response")
 
@@ -95,3 +97,26 @@ class PositionTracker:
         if end is None:
             end = placed[device] = source.to(device)
         return end
+
+
+#: One tracker per Hugging Face model, for as long as it lives: the steering engine's, never on the model.
+_TRACKERS: weakref.WeakKeyDictionary[Any, PositionTracker] = weakref.WeakKeyDictionary()
+
+
+def tracker_for(model: Model) -> PositionTracker:
+    """The model's position tracker (one per model, shared by nested steering contexts)."""
+    tracker = _TRACKERS.get(model.hf_model)
+    if tracker is None:
+        tracker = _TRACKERS[model.hf_model] = PositionTracker()
+    return tracker
+
+
+@contextmanager
+def tracking(model: Model) -> Iterator[PositionTracker]:
+    """Keep the tracker informed of each forward's KV-cache offset while the block runs."""
+    tracker = tracker_for(model)
+    handle = model.hf_model.register_forward_pre_hook(tracker.pre_forward, with_kwargs=True)
+    try:
+        yield tracker
+    finally:
+        handle.remove()

@@ -21,7 +21,7 @@ import numbers
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,7 +30,7 @@ from torch import Tensor
 
 from workbench.errors import InvalidArgumentError, ShapeMismatchError
 from workbench.models import Model
-from workbench.positions import PositionTracker, check_positions
+from workbench.positions import PositionTracker, check_positions, tracker_for, tracking
 from workbench.schedules import DynamicStrength, StrengthHistory, StrengthTrace, dynamic_strengths
 from workbench.vectors import SteeringVector
 
@@ -315,38 +315,8 @@ def _build_slots(rows: Sequence[Sequence[_Edit]]) -> dict[int, list[_Slot]]:
     return built
 
 
-@dataclass
-class _Context:
-    """What the steering engine keeps per model, for as long as the model lives (never on the model)."""
-
-    tracker: PositionTracker = field(default_factory=PositionTracker)
-    side_run: bool = False  # a dynamic strength's reference/probe forward is running
-
-
-_CONTEXTS: weakref.WeakKeyDictionary[Any, _Context] = weakref.WeakKeyDictionary()
-
-
-def _context(model: Model) -> _Context:
-    context = _CONTEXTS.get(model.hf_model)
-    if context is None:
-        context = _CONTEXTS[model.hf_model] = _Context()
-    return context
-
-
-def tracker_for(model: Model) -> PositionTracker:
-    """The model's position tracker (one per model, shared by nested steering contexts)."""
-    return _context(model).tracker
-
-
-@contextmanager
-def tracking(model: Model) -> Iterator[PositionTracker]:
-    """Keep the tracker informed of each forward's KV-cache offset while the block runs."""
-    tracker = tracker_for(model)
-    handle = model.hf_model.register_forward_pre_hook(tracker.pre_forward, with_kwargs=True)
-    try:
-        yield tracker
-    finally:
-        handle.remove()
+#: Models whose dynamic-strength side forward (reference and probe rows) is running.
+_SIDE_RUNS: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class _Dynamic:
@@ -386,8 +356,7 @@ class _Dynamic:
         self.total = -1
 
     def pre_forward(self, module: Any, args: tuple, kwargs: dict) -> None:
-        context = _context(self.model)
-        if context.side_run:
+        if module in _SIDE_RUNS:
             return
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None:
@@ -403,6 +372,11 @@ class _Dynamic:
             self.history.reset()
             self.cache = None
         self.total = offset + ids.shape[1]
+        end = tracker_for(self.model).prompt_end
+        if end is not None and self.total - int(end.max()) != len(self.history.alphas):
+            raise InvalidArgumentError(
+                "dynamic strength is set one generated token at a time: use it in generate, not on given text"
+            )
         rows = self.rows.to(ids.device)
         side = {
             k: kwargs[k]
@@ -414,11 +388,13 @@ class _Dynamic:
             side[self.cache_name] = self.cache
         if self.skips_logits:
             side["logits_to_keep"] = 1
-        context.side_run = self.running = True
+        _SIDE_RUNS.add(module)
+        self.running = True
         try:
             out = module(input_ids=ids[rows], use_cache=cache is not None, **side)
         finally:
-            context.side_run = self.running = False
+            _SIDE_RUNS.discard(module)
+            self.running = False
         self.cache = out.past_key_values if cache is not None else None
         logits = out.logits[:, -1]
         n_refs = len(rows) - len(self.columns)
