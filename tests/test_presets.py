@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 from workbench import frontier, presets
 from workbench.cli import app
 from workbench.datasets import load as load_dataset
-from workbench.errors import InvalidArgumentError, ShapeMismatchError
+from workbench.errors import ArtifactError, InvalidArgumentError, ShapeMismatchError
 from workbench.frontier import Recipe
 from workbench.presets import Preset
+from workbench.vectors import SteeringVector
 
 RECIPE = Recipe("last", (1, 2), strength=0.2, positions="response", decay_tokens=4)
 
@@ -180,3 +181,96 @@ def test_cached_test_rows_are_rescored_by_the_current_scorer(writer, tmp_path, m
     assert {p: p.stat().st_mtime_ns for p in parts} == parts  # nothing was generated or rewritten
     assert second.rows["response"].tolist() == first.rows["response"].tolist()
     assert (second.table["degeneration"] == 1).all()
+
+
+def test_bundled_presets_are_data_with_their_provenance():
+    """No rate is typed in code: the presets come from the shipped JSON, which says how old its numbers are."""
+    doc = json.loads(presets.BUNDLED.read_text())
+    assert presets.parse(doc) == presets.PRESETS
+    assert doc["scorer_version"] is None and "pre-unification scorer" in doc["provenance"]
+    assert "NOT regenerated" in doc["provenance"]
+    italian = presets.get("italian")
+    assert italian.validation["smollm2-135m-instruct"]["target"] == "italian"
+    assert "scorer version None" in italian.validation_note("smollm2-135m-instruct")
+    assert presets.get("json").validation["smollm2-135m-instruct"]["target"] == "starts_json"
+    header = {
+        k: doc[k]
+        for k in ("provenance", "created", "selection", "scorer_version", "run_manifest_hash", "models")
+    }
+    assert presets.document(presets.PRESETS, header) == doc
+
+
+def test_a_malformed_presets_file_is_refused_in_one_line(tmp_path):
+    bad = tmp_path / "presets.json"
+    bad.write_text(json.dumps({"schema": 1, "presets": {}}))
+    with pytest.raises(ArtifactError, match="malformed") as info:
+        presets.read(bad)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ArtifactError, match="cannot read presets"):
+        presets.read(tmp_path / "missing.json")
+
+
+def test_preset_cache_keys_on_the_model_fingerprint(tiny, tiny_preset):
+    presets.load(tiny, "tiny_bullets")
+    target = presets.path(tiny, "tiny_bullets")
+    assert tiny.fingerprint in target.name
+    record = json.loads(target.with_suffix(".json").read_text())
+    assert record["fingerprint"] == tiny.fingerprint
+
+
+def test_frontier_study_records_presets_confirmed_on_fresh_prompts(writer, tmp_path):
+    from workbench import evaluation
+    from workbench.recipes import score
+    from workbench.studies import frontier as study
+    from workbench.studies.common import Scale
+
+    scale = Scale(n_train=6, n_validation=3, n_test=3, max_new_tokens=5, layers=None)
+    study.frontier_study(writer, scale, tmp_path, behaviours=["bullets"], base_model=False, quick=False)
+    folder = tmp_path / "frontier"
+    doc = json.loads((folder / "presets.json").read_text())
+    assert doc["scorer_version"] == evaluation.SCORER_VERSION
+    assert doc["models"] == {"tiny-llama": {"weights_hash": writer.weights_hash}}
+    assert set(presets.read(folder / "presets.json")) <= {"bullets"}  # the shipped layout
+    # the confirmation round's rates come from validation prompts the finalists were not selected on
+    bullets = frontier.BEHAVIOURS["bullets"]
+    selection = {item.id for item in bullets.items("validation", 3).items}
+    rows = score(bullets, pd.read_parquet(next(folder.glob("rows_*_confirm.parquet"))))
+    fresh = rows[~rows["id"].isin(selection)]
+    assert len(fresh) < len(rows) and fresh.groupby("recipe").size().eq(study.CONFIRM * 3).all()
+    confirm = pd.read_csv(folder / "sweep_validation.csv").query("stage == 'confirm'").set_index("recipe")
+    expected = fresh.groupby("recipe")["clean"].mean()
+    assert confirm["clean_rate"].to_dict() == pytest.approx(expected[confirm.index].to_dict())
+
+
+def test_a_chosen_recipe_is_recorded_only_where_it_beats_unsteered_on_fresh_prompts(writer):
+    from workbench.activations import collect
+    from workbench.studies.frontier import BehaviourResult, _landed
+
+    chosen = Recipe("last", (1,), strength=0.2)
+    pos, neg = collect(writer, ["Hello there", "Good morning"]), collect(writer, ["Hi", "Bye"])
+    vectors = {"last": SteeringVector.from_activations(pos, neg, dataset="d", dataset_hash="h")}
+
+    def result(clean: float) -> BehaviourResult:
+        rows = [("coarse", "plain", 0.0, 3), ("coarse", chosen.name, 1.0, 3)]
+        rows += [("confirm", "plain", 0.2, 9), ("confirm", chosen.name, clean, 9)]
+        validation = pd.DataFrame(rows, columns=["stage", "recipe", "clean_rate", "n"]).assign(
+            target_rate=0.7, degeneration=0.1, perplexity=4.0
+        )
+        return BehaviourResult(
+            "tiny-llama",
+            "w",
+            6,
+            frontier.BEHAVIOURS["bullets"],
+            vectors,
+            validation,
+            chosen,
+            pd.DataFrame(),
+            [],
+        )
+
+    assert _landed([result(clean=0.2)]) == {}  # a tie with unsteered is not a preset
+    (preset,) = _landed([result(clean=0.5)]).values()
+    v = preset.validation["tiny-llama"]
+    assert preset.recipes == {"tiny-llama": chosen} and preset.dataset_hash == "h" and preset.n_train == 6
+    assert (v["n"], v["clean_rate"], v["unsteered_clean_rate"], v["target"]) == (9, 0.5, 0.2, "ifeval")
+    assert v["prompts"] == "validation items 4-12, disjoint from the 3 it was selected on"

@@ -1,44 +1,76 @@
 """Named steering presets: the frontier study's winning recipes, ready in one line.
 
 ``presets.load(model, "italian")`` returns the :class:`~workbench.steering.Intervention` list of the
-preset's recipe for ``model`` (chosen on the validation split by the frontier study, see
-:mod:`workbench.studies.frontier`); pass it to ``generate(..., interventions=...)``. The vector is built
-for the loaded model on first use from the bundled train split and cached under
-``cache_dir()/presets`` as ``<name>-<weights>.safetensors`` (the vector, checksummed, with its own
-provenance) plus ``.json`` (the preset, the recipe, the model and dataset hashes, how it was built).
-A later call reads the cache; a cache built for another recipe or damaged on disk is rebuilt.
+preset's recipe for ``model``; pass it to ``generate(..., interventions=...)``. The recipes and their
+validation numbers are data, not code: :data:`BUNDLED` (``workbench/data/presets.json``), written by
+``workbench study frontier`` (:func:`workbench.studies.frontier.frontier_study` writes
+``frontier/presets.json`` in its run folder; copy it over :data:`BUNDLED` to ship it). The document records
+the scorer version, each model's weights hash, each preset's train-set hash and the run manifest's hash;
+:func:`document` and :func:`parse` are its one schema.
+
+The vector is built for the loaded model on first use from the bundled train split and cached under
+``cache_dir()/presets`` as ``<name>-<model fingerprint>.safetensors`` (the vector, checksummed, with its
+own provenance) plus ``.json`` (the preset, the recipe, the model and dataset hashes, how it was built). A
+later call reads the cache; a cache built for another recipe or model, or damaged on disk, is rebuilt.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from workbench.behaviours import BEHAVIOURS, build_vectors
 from workbench.errors import ArtifactError, InvalidArgumentError, ShapeMismatchError
-from workbench.frontier import BEHAVIOURS, Recipe, build_vectors
 from workbench.models import Model, cache_dir
+from workbench.recipes import Recipe
+from workbench.runs import atomic_text, utc_now
 from workbench.steering import Intervention
 from workbench.vectors import SteeringVector, workbench_version
 
-__all__ = ["PRESETS", "Preset", "available", "build", "get", "load", "names", "path", "provenance", "vector"]
+__all__ = [
+    "BUNDLED",
+    "PRESETS",
+    "SCHEMA",
+    "Preset",
+    "available",
+    "build",
+    "document",
+    "get",
+    "load",
+    "names",
+    "parse",
+    "path",
+    "provenance",
+    "read",
+    "vector",
+]
+
+#: The shipped presets document.
+BUNDLED = Path(__file__).parent / "data" / "presets.json"
+#: Version of the presets document's layout.
+SCHEMA = 1
 
 
 @dataclass(frozen=True)
 class Preset:
-    """A behaviour's winning recipe per model (by model name), and how many train pairs build its vector."""
+    """A behaviour's winning recipe per model (by model name), and how many train pairs build its vector.
+
+    ``validation``: per model, the recipe's rates on validation prompts as the search measured them
+    (``target`` names the metric of ``target_rate``), under scorer version ``scorer_version`` (None: before
+    :data:`~workbench.evaluation.SCORER_VERSION` existed).
+    """
 
     name: str
     behaviour: str
     recipes: Mapping[str, Recipe]
     n_train: int = 48
     chosen_by: str = ""
-    validation: Mapping[str, str] = field(default_factory=dict)
+    validation: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    scorer_version: int | None = None
+    dataset_hash: str | None = None
 
     def recipe(self, model: Model) -> Recipe:
         """The recipe for ``model``, or a one-line error when the preset was not chosen for it."""
@@ -55,47 +87,79 @@ class Preset:
             )
         return recipe
 
+    def validation_note(self, model_name: str) -> str:
+        """The recorded validation rates for ``model_name`` in words, naming the metrics and scorer version."""
+        v = self.validation.get(model_name)
+        if not v:
+            return "no validation record"
+        return (
+            f"target_rate ({v['target']}) {v['target_rate']:.2f}, clean_rate {v['clean_rate']:.2f}, "
+            f"degeneration {v['degeneration']:.2f} on {v['n']} validation prompts ({v['prompts']}), "
+            f"scorer version {self.scorer_version}"
+        )
 
-_SMOL, _GEMMA = "smollm2-135m-instruct", "gemma3-270m"
-_CHOSEN = "the frontier study's validation choice by clean rate, 2026-12-01 (analyses/quality_frontier.py)"
-#: The bundled presets: the chosen recipe of each behaviour whose steering lands on a bundled model.
-#: ``validation``: its rates on the 30 confirmation prompts; the README's frontier table has the test split.
-PRESETS: dict[str, Preset] = {
-    p.name: p
-    for p in (
-        Preset(
-            "json",
-            "json",
-            {_SMOL: Recipe("mean", (9,), strength=0.6, positions="prompt")},
-            chosen_by=_CHOSEN,
-            validation={_SMOL: "JSON 0.63, clean 0.33, degeneration 0.43 on 30 validation prompts"},
-        ),
-        Preset(
-            "one_sentence",
-            "one_sentence",
-            {
-                _SMOL: Recipe(
-                    "response", tuple(range(6, 14)), strength=0.12, decay_tokens=20, norm_preserving=True
-                )
-            },
-            chosen_by=_CHOSEN,
-            validation={_SMOL: "one sentence 0.93, clean 0.83, degeneration 0.10 on 30 validation prompts"},
-        ),
-        Preset(
-            "italian",
-            "italian",
-            {
-                _SMOL: Recipe("mean", tuple(range(6, 14)), strength=0.18, positions="generated"),
-                _GEMMA: Recipe("response", tuple(range(18)), strength=0.008, positions="prompt"),
-            },
-            chosen_by=_CHOSEN,
-            validation={
-                _SMOL: "Italian 0.77, clean 0.43, degeneration 0.47 on 30 validation prompts",
-                _GEMMA: "Italian 0.90, clean 0.70, degeneration 0.23 on 30 validation prompts",
-            },
-        ),
-    )
-}
+
+def document(presets: Mapping[str, Preset], header: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON document of ``presets``: ``header`` (``provenance, created, selection, scorer_version,
+    run_manifest_hash, models``: model name to ``{"weights_hash": ...}``) and each preset with its recipes
+    and validation numbers, which must come from the header's scorer version."""
+    stale = sorted(p.name for p in presets.values() if p.scorer_version != header["scorer_version"])
+    if stale:
+        raise InvalidArgumentError(
+            f"presets {stale} were scored by another scorer version than {header['scorer_version']}: rescore them"
+        )
+    return {
+        "schema": SCHEMA,
+        **header,
+        "presets": {
+            p.name: {
+                "behaviour": p.behaviour,
+                "n_train": p.n_train,
+                "dataset_hash": p.dataset_hash,
+                "recipes": {
+                    model: {"recipe": r.to_json(), "validation": dict(p.validation.get(model, {}))}
+                    for model, r in p.recipes.items()
+                },
+            }
+            for p in presets.values()
+        },
+    }
+
+
+def parse(doc: Mapping[str, Any], where: str = "the presets document") -> dict[str, Preset]:
+    """The presets of a :func:`document`; a malformed one raises :class:`ArtifactError`."""
+    try:
+        if doc["schema"] != SCHEMA:
+            raise ArtifactError(f"{where} has schema {doc['schema']!r}, not {SCHEMA}: regenerate it")
+        chosen_by = f"{doc['selection']} ({doc['created']}); {doc['provenance']}"
+        return {
+            name: Preset(
+                name,
+                entry["behaviour"],
+                {model: Recipe.from_json(e["recipe"]) for model, e in entry["recipes"].items()},
+                n_train=int(entry["n_train"]),
+                chosen_by=chosen_by,
+                validation={model: e["validation"] for model, e in entry["recipes"].items()},
+                scorer_version=doc["scorer_version"],
+                dataset_hash=entry["dataset_hash"],
+            )
+            for name, entry in doc["presets"].items()
+        }
+    except (KeyError, TypeError, AttributeError, InvalidArgumentError) as e:
+        raise ArtifactError(f"{where} is malformed ({type(e).__name__}: {e}): regenerate it") from None
+
+
+def read(file: str | Path = BUNDLED) -> dict[str, Preset]:
+    """The presets in a presets JSON file (default :data:`BUNDLED`)."""
+    try:
+        doc = json.loads(Path(file).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"cannot read presets from {file} ({e}): restore or regenerate it") from None
+    return parse(doc, str(file))
+
+
+#: The bundled presets (:func:`read` of :data:`BUNDLED`).
+PRESETS: dict[str, Preset] = read()
 
 
 def names() -> list[str]:
@@ -117,7 +181,7 @@ def get(name: str) -> Preset:
 
 def path(model: Model, name: str) -> Path:
     """Where the preset's vector for ``model`` is cached (``.safetensors``; the ``.json`` sits beside it)."""
-    return cache_dir() / "presets" / f"{name}-{model.weights_hash[:16]}.safetensors"
+    return cache_dir() / "presets" / f"{name}-{model.fingerprint}.safetensors"
 
 
 def _record(model: Model, preset: Preset, recipe: Recipe, vector: SteeringVector) -> dict[str, Any]:
@@ -126,17 +190,19 @@ def _record(model: Model, preset: Preset, recipe: Recipe, vector: SteeringVector
         "behaviour": preset.behaviour,
         "recipe": recipe.to_json(),
         "chosen_by": preset.chosen_by,
-        "validation": dict(preset.validation),
+        "validation": dict(preset.validation.get(model.name, {})),
+        "scorer_version": preset.scorer_version,
         "n_train": preset.n_train,
         "model_name": model.name,
         "weights_hash": model.weights_hash,
+        "fingerprint": model.fingerprint,
         "n_layers": model.n_layers,
         "d_model": model.d_model,
         "dataset": vector.provenance.get("dataset"),
         "dataset_hash": vector.provenance.get("dataset_hash"),
         "split": "train",
         "workbench_version": workbench_version(),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": utc_now(),
     }
 
 
@@ -150,9 +216,9 @@ def build(model: Model, name: str, *, progress: bool = False) -> tuple[SteeringV
     record = _record(model, preset, recipe, vector)
     target = path(model, name)
     vector.save(target)
-    tmp = target.with_name(f".{target.stem}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, target.with_suffix(".json"))
+    atomic_text(
+        target.with_suffix(".json"), json.dumps(record, indent=1, sort_keys=True) + "\n", "preset record"
+    )
     return vector, record
 
 
@@ -163,7 +229,7 @@ def _cached(model: Model, name: str, recipe: Recipe) -> tuple[SteeringVector, di
         vector = SteeringVector.load(target)
     except (OSError, ValueError, ArtifactError):
         return None
-    fresh = record.get("recipe") == recipe.to_json() and record.get("weights_hash") == model.weights_hash
+    fresh = record.get("recipe") == recipe.to_json() and record.get("fingerprint") == model.fingerprint
     return (vector, record) if fresh and vector.provenance.get("weights_hash") == model.weights_hash else None
 
 

@@ -1,25 +1,11 @@
 """The quality frontier study: which steering recipe lands a behaviour without breaking the model.
 
-Per behaviour (:data:`workbench.frontier.BEHAVIOURS`), on the validation split:
-
-1. a coarse grid: every vector source (last prompt token, mean over prompt tokens, mean over the response
-   tokens of contrastive completions) × one layer / a band of layers / all layers × three per-layer
-   strengths (``add`` in residual-norm units, every position);
-2. :data:`ROUNDS` rounds of refinements of the :data:`TOP_K` recipes so far with the best clean rate
-   (ties: the higher target rate, which leaves the most for a refinement to turn clean): positions (``prompt``,
-   ``response``, ``generated``), a strength decaying linearly to zero, the norm-preserving variant,
-   ``set_projection`` at the same layers, half and 1.5 times the strength, and the strength in
-   ``diff_norm`` units (same mean added norm, another profile over the layers).
-
-3. a confirmation round: the :data:`CONFIRM_K` best recipes so far (:func:`workbench.frontier.rank`;
-   recipes that wrote the same validation answers count once) and the unsteered baseline run again on
-   :data:`CONFIRM` times as many validation prompts (ten prompts measure a rate only to about ±0.15,
-   and a grid of ~70 recipes picks its luckiest).
-
-The confirmed recipe with the best clean rate (on target and not degenerate) is chosen
-(:func:`workbench.frontier.choose` on the confirmation round); the test split then compares unsteered,
-the instruction in the prompt (for Italian also the fully Italian prompt), the chosen recipe, and the
-chosen recipe with the instruction.
+Per behaviour (:data:`workbench.behaviours.BEHAVIOURS`): :func:`workbench.studies.search.search` on the
+validation split (a coarse grid, refinements, a confirmation round on prompts disjoint from the selection
+prompts) chooses a recipe; the test split then compares unsteered, the instruction in the prompt (for
+Italian also the fully Italian prompt), the chosen recipe, and the chosen recipe with the instruction.
+Each chosen recipe that beats the unsteered clean rate in the confirmation round is recorded, with its
+validation numbers and hashes, in ``frontier/presets.json`` (the layout of :data:`workbench.presets.BUNDLED`).
 The frontier figure plots every validation recipe. A full-scale run also steers Italian on the
 multilingual Gemma 3 270M base model, when it is installed. Validation and test rows are cached in the
 study folder (unscored), so a rerun with the same settings resumes and rescoring needs no generation.
@@ -28,7 +14,7 @@ study folder (unscored), so a rerun with the same settings resumes and rescoring
 from __future__ import annotations
 
 import dataclasses
-import functools
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -36,30 +22,30 @@ from pathlib import Path
 
 import pandas as pd
 
-from workbench import presets
+from workbench import evaluation, presets
+from workbench.behaviours import BEHAVIOURS, Behaviour
 from workbench.errors import InvalidArgumentError, ModelLoadError
 from workbench.evaluation.targets import starts_json
-from workbench.frontier import (
-    BEHAVIOURS,
-    SOURCES,
-    Behaviour,
-    NoCompletionsError,
-    Recipe,
-    answer,
-    build_vectors,
-    cached_rows,
-    choose,
-    plot_frontier,
-    rank,
-    score,
-    summarize,
-)
 from workbench.models import Model, load_model
-from workbench.plots import save_figure
+from workbench.plots import plot_frontier, save_figure
+from workbench.recipes import Recipe, answer, cached_rows, rank, score, summarize_recipes
+from workbench.runs import atomic_text, read_manifest, utc_now
 from workbench.studies.common import Scale, StudyResult
+from workbench.studies.search import (
+    CONFIRM,
+    CONFIRM_K,
+    baselines,
+    coarse_grid,
+    refinements,
+    rows_key,
+    search,
+    spans,
+)
 from workbench.vectors import SteeringVector
 
 __all__ = [
+    "CONFIRM",
+    "CONFIRM_K",
     "FULL_SCALE",
     "QUICK_BEHAVIOURS",
     "BehaviourResult",
@@ -79,65 +65,8 @@ FULL_SCALE = Scale(n_train=48, n_validation=10, n_test=20, max_new_tokens=64, la
 #: Behaviours of a quick (CI-sized) run, and the most it runs of each size (a smoke run, not a result).
 QUICK_BEHAVIOURS = ("italian",)
 QUICK_CAPS = {"n_train": 8, "n_validation": 6, "n_test": 6, "max_new_tokens": 16}
-#: Per-layer ``add`` strengths (residual-norm units) of the coarse grid, by span.
-STRENGTHS = {"one layer": (0.15, 0.3, 0.6), "band": (0.03, 0.06, 0.12), "all layers": (0.008, 0.016, 0.032)}
-#: Depth fractions of the single layer and of the band's first and last layers.
-ONE_LAYER, BAND = 0.3, (0.2, 0.45)
-#: Recipes that seed each round of refinements, and how many rounds.
-TOP_K, ROUNDS = 2, 2
-#: Finalists of the confirmation round, and how many times the validation prompts they run on.
-CONFIRM_K, CONFIRM = 4, 3
 #: Test settings, in table order.
 SETTINGS = ("unsteered", "instruction in prompt", "Italian prompt", "steering", "steering + instruction")
-
-
-def spans(n_layers: int) -> dict[str, tuple[int, ...]]:
-    """The layers steered at once: one layer, a band in the lower middle, or all layers."""
-    last = n_layers - 1
-    lo, hi = (round(f * last) for f in BAND)
-    return {
-        "one layer": (round(ONE_LAYER * last),),
-        "band": tuple(range(lo, max(hi, lo + 1) + 1)),
-        "all layers": tuple(range(n_layers)),
-    }
-
-
-def baselines(behaviour: Behaviour) -> list[Recipe]:
-    """Unsteered, the instruction in the prompt and, for Italian, the fully Italian prompt."""
-    kinds = ["plain", "instruction"] + (["native"] if behaviour.instruction_variant else [])
-    return [Recipe(prompt=kind) for kind in kinds]
-
-
-def coarse_grid(n_layers: int, sources: Sequence[str] = SOURCES, *, quick: bool = False) -> list[Recipe]:
-    """Every source × span × strength (``add``, all positions); ``quick``: the band at its larger strength.
-
-    Needs at least two layers (so that the band differs from the single layer).
-    """
-    chosen = {"band": spans(n_layers)["band"]} if quick else spans(n_layers)
-    return [
-        Recipe(source, layers, strength=strength)
-        for source in sources
-        for span, layers in chosen.items()
-        for strength in (STRENGTHS[span][-1:] if quick else STRENGTHS[span])
-    ]
-
-
-def refinements(recipe: Recipe, max_new_tokens: int, vector: SteeringVector) -> dict[str, Recipe]:
-    """Variants of one ``add`` recipe, by what changed: positions, a linear decay, norm preservation,
-    set_projection, half and 1.5 times the strength, and ``diff_norm`` units with the same mean added
-    norm over its layers (another profile over the layers)."""
-    stats = [vector.stats[b] for b in recipe.layers]
-    per_diff = sum(s.resid_norm or 0.0 for s in stats) / sum(s.diff_norm for s in stats)
-    vary: dict[str, dict[str, object]] = {
-        f"positions={p}": {"positions": p} for p in ("prompt", "response", "generated")
-    }
-    if recipe.positions != "prompt":  # a schedule over generated tokens does nothing to the prompt
-        vary["linear decay"] = {"decay_tokens": max_new_tokens // 2}
-    vary["norm-preserving"] = {"norm_preserving": True}
-    vary["set_projection"] = {"mode": "set_projection", "strength": 1.0}
-    vary |= {f"strength x{f:g}": {"strength": round(recipe.strength * f, 6)} for f in (0.5, 1.5)}
-    vary["diff_norm units"] = {"scale": "diff_norm", "strength": round(recipe.strength * per_diff, 3)}
-    return {label: dataclasses.replace(recipe, **change) for label, change in vary.items()}  # type: ignore[arg-type]
 
 
 @dataclasses.dataclass
@@ -145,6 +74,8 @@ class BehaviourResult:
     """One behaviour on one model: the validation summary, the chosen recipe and the test rows."""
 
     model: str
+    weights_hash: str
+    n_train: int
     behaviour: Behaviour
     vectors: dict[str, SteeringVector]
     validation: pd.DataFrame
@@ -165,108 +96,6 @@ class BehaviourResult:
 
 def _budgeted(behaviour: Behaviour, scale: Scale) -> Behaviour:
     return dataclasses.replace(behaviour, max_new_tokens=min(behaviour.max_new_tokens, scale.max_new_tokens))
-
-
-def _key(model: Model, behaviour: Behaviour, scale: Scale, split: str, recipes: Sequence[Recipe]) -> dict:
-    return {
-        "model": model.fingerprint,
-        "behaviour": dataclasses.asdict(behaviour),
-        "n_train": scale.n_train,
-        "n": scale.n_validation if split == "validation" else scale.n_test,
-        "split": split,
-        "recipes": [r.name for r in recipes],
-    }
-
-
-def search(
-    model: Model,
-    behaviour: Behaviour,
-    scale: Scale,
-    out: Path,
-    *,
-    quick: bool = False,
-    progress: bool = False,
-) -> tuple[dict[str, SteeringVector], pd.DataFrame, Recipe, list[str]]:
-    """Build the vectors, run the coarse grid, the refinements and the confirmation round on validation;
-    choose by clean rate in the confirmation round.
-
-    Returns the vectors, the validation summary (column ``stage``: baseline, coarse, refine, refine2,
-    and one row per finalist with stage ``confirm``, whose rates are on the larger validation set), the
-    chosen recipe and notes on how the vectors were built.
-    """
-    vectors, notes = _vectors(model, behaviour, scale, progress)
-    stem = f"{model.name}_{behaviour.name}"
-
-    answers: dict[str, tuple[str, ...]] = {}  # recipe -> its validation answers, to spot equivalent recipes
-
-    def stage(name: str, recipes: list[Recipe], n: int = scale.n_validation) -> pd.DataFrame:
-        key = _key(model, behaviour, dataclasses.replace(scale, n_validation=n), "validation", recipes)
-        rows = cached_rows(
-            out / f"rows_{stem}_{name}.parquet",
-            key,
-            lambda: answer(
-                model,
-                behaviour,
-                vectors,
-                recipes,
-                "validation",
-                n,
-                batch_size=scale.batch_size,
-                progress=progress,
-            ),
-        )
-        for recipe, group in rows.groupby("recipe", sort=False):
-            answers.setdefault(str(recipe), tuple(group.sort_values("id")["response"]))
-        return summarize(score(behaviour, rows), recipes, model.n_layers)
-
-    first = baselines(behaviour) + coarse_grid(model.n_layers, tuple(vectors), quick=quick)
-    summary = stage("coarse", first).assign(
-        stage=lambda f: f["steered"].map({True: "coarse", False: "baseline"})
-    )
-    recipes = {r.name: r for r in first}
-    used: set[str] = set()
-    for round_no in range(1, 1 if quick else ROUNDS + 1):
-        ranked = rank(summary).sort_values(["clean_rate", "target_rate"], ascending=False, kind="stable")
-        seeds = [recipes[name] for name in ranked["recipe"] if name not in used][:TOP_K]
-        used |= {seed.name for seed in seeds}
-        extra: dict[str, tuple[str, str, Recipe]] = {}  # name -> (seed, change, recipe)
-        for seed in seeds:
-            for change, r in refinements(seed, behaviour.max_new_tokens, vectors[seed.source]).items():
-                if r.name not in recipes and r.name not in extra:
-                    extra[r.name] = (seed.name, change, r)
-        if not extra:
-            break
-        name = "refine" if round_no == 1 else f"refine{round_no}"
-        refined = stage(name, [r for _, _, r in extra.values()]).assign(
-            stage=name, seed=[s for s, _, _ in extra.values()], change=[c for _, c, _ in extra.values()]
-        )
-        summary = pd.concat([summary, refined], ignore_index=True)
-        recipes |= {r.name: r for _, _, r in extra.values()}
-    if quick:
-        return vectors, summary, recipes[choose(summary)["recipe"]], notes
-    # Recipes that wrote the same answers are one finalist (e.g. a decay on prompt-only steering, which
-    # never reaches a generated token): keep the first of each.
-    first_of: dict[tuple[str, ...], str] = {}
-    for name in rank(summary)["recipe"]:
-        first_of.setdefault(answers[name], name)
-    finalists = [recipes[name] for name in list(first_of.values())[:CONFIRM_K]]
-    confirmed = stage("confirm", [Recipe(), *finalists], CONFIRM * scale.n_validation)
-    summary = pd.concat([summary, confirmed.assign(stage="confirm")], ignore_index=True)
-    return vectors, summary, recipes[choose(confirmed)["recipe"]], notes
-
-
-def _vectors(
-    model: Model, behaviour: Behaviour, scale: Scale, progress: bool
-) -> tuple[dict[str, SteeringVector], list[str]]:
-    """Every source's vector; the response source is left out, with a note, when the answers cannot make it."""
-    build = functools.partial(build_vectors, model, behaviour, scale.n_train, batch_size=scale.batch_size)
-    vectors = build(sources=("last", "mean"), progress=progress)
-    try:
-        vectors |= build(sources=("response",), progress=progress)
-    except NoCompletionsError as e:
-        return vectors, [f"{model.name} / {behaviour.name}: no response-token vector ({e})"]
-    pairs = vectors["response"].provenance.get("completion_pairs")
-    return vectors, [f"{model.name} / {behaviour.name}: response-token vector from {pairs} completion pairs"]
 
 
 def _test_recipes(behaviour: Behaviour, chosen: Recipe) -> dict[str, Recipe]:
@@ -291,7 +120,9 @@ def run_behaviour(
     behaviour = _budgeted(behaviour, scale)
     vectors, validation, chosen, notes = search(model, behaviour, scale, out, quick=quick, progress=progress)
     rows = _test_rows(model, behaviour, vectors, chosen, scale, out, progress)
-    return BehaviourResult(model.name, behaviour, vectors, validation, chosen, rows, notes)
+    return BehaviourResult(
+        model.name, model.weights_hash, scale.n_train, behaviour, vectors, validation, chosen, rows, notes
+    )
 
 
 def _test_rows(
@@ -308,7 +139,7 @@ def _test_rows(
     recipes = list(settings.values())
     rows = cached_rows(
         out / f"rows_{model.name}_{behaviour.name}_test.parquet",
-        _key(model, behaviour, scale, "test", recipes),
+        rows_key(model, behaviour, scale, "test", recipes),
         lambda: answer(
             model,
             behaviour,
@@ -350,7 +181,7 @@ def _table(model: str, behaviour: Behaviour, rows: pd.DataFrame) -> pd.DataFrame
 
 def _methods(result: BehaviourResult) -> pd.DataFrame:
     """Best validation clean and target rates by each method knob (steering alone)."""
-    alone = result.sweep[result.sweep["steered"] & (result.sweep["prompt"] == "plain")]
+    alone = rank(result.sweep)  # steering alone
     frames = []
     for knob in ("source", "span", "mode", "positions", "decay_tokens", "norm_preserving", "scale"):
         best = alone.groupby(knob)[["clean_rate", "target_rate"]].max().reset_index()
@@ -373,6 +204,63 @@ def _refinement_effects(result: BehaviourResult) -> pd.DataFrame:
         **{f"delta_{c}": refined[c].to_numpy() - seeds[:, j] for j, c in enumerate(columns)}
     )
     return effects.assign(model=result.model, behaviour=result.behaviour.name)
+
+
+def _landed(results: Sequence[BehaviourResult]) -> dict[str, presets.Preset]:
+    """One preset per behaviour, with the chosen recipe of each model where it beats the unsteered clean rate
+    of its final validation round (the confirmation round, on prompts disjoint from the selection ones)."""
+    found: dict[str, presets.Preset] = {}
+    for r in results:
+        final = r.confirmed if len(r.confirmed) else r.sweep
+        rates = final.set_index("recipe")
+        v, unsteered = rates.loc[r.chosen.name], rates.loc[Recipe().name]
+        if not v["clean_rate"] > unsteered["clean_rate"]:
+            continue
+        n_selection = int(r.sweep["n"].iloc[0])
+        prompts = (
+            f"validation items {n_selection + 1}-{n_selection + int(v['n'])}, disjoint from the {n_selection} "
+            "it was selected on"
+            if len(r.confirmed)
+            else "the prompts it was selected on (quick run: no confirmation round)"
+        )
+        validation = {
+            "split": "validation",
+            "prompts": prompts,
+            "n": int(v["n"]),
+            "target": r.behaviour.target,
+            **{k: round(float(v[k]), 4) for k in ("target_rate", "clean_rate", "degeneration", "perplexity")},
+            "unsteered_clean_rate": round(float(unsteered["clean_rate"]), 4),
+        }
+        name = r.behaviour.name
+        old = found.get(name) or presets.Preset(
+            name,
+            name,
+            {},
+            n_train=r.n_train,
+            scorer_version=evaluation.SCORER_VERSION,
+            dataset_hash=r.vectors[r.chosen.source].provenance.get("dataset_hash"),
+        )
+        found[name] = dataclasses.replace(
+            old,
+            recipes={**old.recipes, r.model: r.chosen},
+            validation={**old.validation, r.model: validation},
+        )
+    return found
+
+
+def _header(results: Sequence[BehaviourResult], run: Path, quick: bool) -> dict[str, object]:
+    """The presets document's provenance: when, how chosen, the models' weights and the run manifest."""
+    configuration = read_manifest(run).get("configuration")
+    digest = json.dumps(configuration, sort_keys=True, default=str).encode()
+    return {
+        "provenance": f"workbench study frontier ({'quick smoke run' if quick else 'full search'}) in {run}",
+        "created": utc_now(),
+        "selection": "the frontier study's choice by clean rate in the confirmation round, kept where it "
+        "beats the unsteered clean rate there",
+        "scorer_version": evaluation.SCORER_VERSION,
+        "run_manifest_hash": hashlib.sha256(digest).hexdigest() if configuration else None,
+        "models": {r.model: {"weights_hash": r.weights_hash} for r in results},
+    }
 
 
 def _notes(result: BehaviourResult) -> list[str]:
@@ -423,7 +311,8 @@ def frontier_study(
     for JSON) ``, n`` (test split; see :func:`_table`).
     The folder also holds ``sweep_validation.csv`` (every recipe), ``methods.csv`` (best rates per knob),
     ``sweep_refinements.csv`` (each refinement against its seed),
-    ``chosen.json`` and one ``frontier_<model>_<behaviour>`` figure per behaviour.
+    ``chosen.json``, ``presets.json`` (:func:`_landed`: the layout of :data:`workbench.presets.BUNDLED`;
+    copy it there to ship the recipes) and one ``frontier_<model>_<behaviour>`` figure per behaviour.
     """
     scale, quick = _quick(scale, quick)
     names = list(behaviours or (QUICK_BEHAVIOURS if quick else BEHAVIOURS))
@@ -461,7 +350,9 @@ def frontier_study(
     chosen = [
         {"model": r.model, "behaviour": r.behaviour.name, "recipe": r.chosen.to_json()} for r in results
     ]
-    (out / "chosen.json").write_text(json.dumps(chosen, indent=1) + "\n", encoding="utf-8")
+    atomic_text(out / "chosen.json", json.dumps(chosen, indent=1) + "\n", "chosen recipes")
+    record = presets.document(_landed(results), _header(results, Path(out_dir), quick))
+    atomic_text(out / "presets.json", json.dumps(record, indent=1, ensure_ascii=False) + "\n", "presets")
     rows = pd.concat([r.test_rows.assign(model=r.model, behaviour=r.behaviour.name) for r in results])
     return StudyResult(
         name="frontier", rows=rows.reset_index(drop=True), table=table, figures=figures, notes=notes
@@ -525,18 +416,23 @@ def presets_study(
         table = _table(loaded.name, behaviour, rows)
         recipes = list(_test_recipes(behaviour, recipe).values())
         title = f"preset {name} on {loaded.name}: test settings ({behaviour.max_new_tokens} new tokens)"
-        summary = summarize(rows, recipes, loaded.n_layers)
+        summary = summarize_recipes(rows, recipes, loaded.n_layers)
         figures += save_figure(
             plot_frontier(summary, title, recipe.name), out / f"frontier_{loaded.name}_{behaviour.name}"
         )
-        recorded = preset.validation.get(loaded.name, "no validation record")
         notes.append(
-            f"{loaded.name} / preset {name}: `{recipe.name}` (validation: {recorded}); "
+            f"{loaded.name} / preset {name}: `{recipe.name}` (validation: {preset.validation_note(loaded.name)}); "
             + _verdict(table.set_index("setting"))
         )
         tables.append(table)
         frames.append(rows.assign(model=loaded.name, behaviour=behaviour.name, preset=name))
-    notes.append(f"recipes chosen by the frontier search ({presets.get(wanted[0]).chosen_by})")
+    first = presets.get(wanted[0])
+    notes.append(f"recipes chosen by the frontier search ({first.chosen_by})")
+    if first.scorer_version != evaluation.SCORER_VERSION:
+        notes.append(
+            f"the presets' validation numbers were scored by scorer version {first.scorer_version}, these "
+            f"test numbers by version {evaluation.SCORER_VERSION}: do not compare them"
+        )
     rows = pd.concat(frames, ignore_index=True)
     return StudyResult(
         name="presets", rows=rows, table=pd.concat(tables, ignore_index=True), figures=figures, notes=notes

@@ -1,0 +1,219 @@
+"""The frontier search on the validation split: which steering recipe lands a behaviour without breaking
+the model (run by :func:`workbench.studies.frontier.frontier_study`).
+
+Per behaviour (:data:`workbench.behaviours.BEHAVIOURS`):
+
+1. a coarse grid: every vector source (last prompt token, mean over prompt tokens, mean over the response
+   tokens of contrastive completions) × one layer / a band of layers / all layers × three per-layer
+   strengths (``add`` in residual-norm units, every position);
+2. :data:`ROUNDS` rounds of refinements of the :data:`TOP_K` recipes so far with the best clean rate
+   (ties: the higher target rate, which leaves the most for a refinement to turn clean): positions (``prompt``,
+   ``response``, ``generated``), a strength decaying linearly to zero, the norm-preserving variant,
+   ``set_projection`` at the same layers, half and 1.5 times the strength, and the strength in
+   ``diff_norm`` units (same mean added norm, another profile over the layers);
+3. a confirmation round: the :data:`CONFIRM_K` best recipes so far (:func:`workbench.recipes.rank`;
+   recipes that wrote the same validation answers count once) and the unsteered baseline run on
+   :data:`CONFIRM` times as many *other* validation prompts, disjoint from the ones the finalists were
+   selected on (ten prompts measure a rate only to about ±0.15, and a grid of ~70 recipes picks its
+   luckiest: only fresh prompts give it an independent check).
+
+The confirmed recipe with the best clean rate (on target and not degenerate) is chosen
+(:func:`workbench.recipes.choose_clean` on the confirmation round). Rows are cached in the study folder
+unscored, so a rerun with the same settings resumes and rescoring needs no generation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from workbench.behaviours import SOURCES, Behaviour, NoCompletionsError, build_vectors
+from workbench.models import Model
+from workbench.recipes import Recipe, answer, cached_rows, choose_clean, rank, score, summarize_recipes
+from workbench.studies.common import Scale
+from workbench.vectors import SteeringVector
+
+__all__ = [
+    "CONFIRM",
+    "CONFIRM_K",
+    "ROUNDS",
+    "TOP_K",
+    "baselines",
+    "coarse_grid",
+    "refinements",
+    "rows_key",
+    "search",
+    "spans",
+]
+
+#: Per-layer ``add`` strengths (residual-norm units) of the coarse grid, by span.
+STRENGTHS = {"one layer": (0.15, 0.3, 0.6), "band": (0.03, 0.06, 0.12), "all layers": (0.008, 0.016, 0.032)}
+#: Depth fractions of the single layer and of the band's first and last layers.
+ONE_LAYER, BAND = 0.3, (0.2, 0.45)
+#: Recipes that seed each round of refinements, and how many rounds.
+TOP_K, ROUNDS = 2, 2
+#: Finalists of the confirmation round, and how many times the validation prompts they run on.
+CONFIRM_K, CONFIRM = 4, 3
+
+
+def spans(n_layers: int) -> dict[str, tuple[int, ...]]:
+    """The layers steered at once: one layer, a band in the lower middle, or all layers."""
+    last = n_layers - 1
+    lo, hi = (round(f * last) for f in BAND)
+    return {
+        "one layer": (round(ONE_LAYER * last),),
+        "band": tuple(range(lo, max(hi, lo + 1) + 1)),
+        "all layers": tuple(range(n_layers)),
+    }
+
+
+def baselines(behaviour: Behaviour) -> list[Recipe]:
+    """Unsteered, the instruction in the prompt and, for Italian, the fully Italian prompt."""
+    kinds = ["plain", "instruction"] + (["native"] if behaviour.instruction_variant else [])
+    return [Recipe(prompt=kind) for kind in kinds]
+
+
+def coarse_grid(n_layers: int, sources: Sequence[str] = SOURCES, *, quick: bool = False) -> list[Recipe]:
+    """Every source × span × strength (``add``, all positions); ``quick``: the band at its larger strength.
+
+    Needs at least two layers (so that the band differs from the single layer).
+    """
+    chosen = {"band": spans(n_layers)["band"]} if quick else spans(n_layers)
+    return [
+        Recipe(source, layers, strength=strength)
+        for source in sources
+        for span, layers in chosen.items()
+        for strength in (STRENGTHS[span][-1:] if quick else STRENGTHS[span])
+    ]
+
+
+def refinements(recipe: Recipe, max_new_tokens: int, vector: SteeringVector) -> dict[str, Recipe]:
+    """Variants of one ``add`` recipe, by what changed: positions, a linear decay, norm preservation,
+    set_projection, half and 1.5 times the strength, and ``diff_norm`` units with the same mean added
+    norm over its layers (another profile over the layers)."""
+    stats = [vector.stats[b] for b in recipe.layers]
+    per_diff = sum(s.resid_norm or 0.0 for s in stats) / sum(s.diff_norm for s in stats)
+    vary: dict[str, dict[str, object]] = {
+        f"positions={p}": {"positions": p} for p in ("prompt", "response", "generated")
+    }
+    if recipe.positions != "prompt":  # a schedule over generated tokens does nothing to the prompt
+        vary["linear decay"] = {"decay_tokens": max_new_tokens // 2}
+    vary["norm-preserving"] = {"norm_preserving": True}
+    vary["set_projection"] = {"mode": "set_projection", "strength": 1.0}
+    vary |= {f"strength x{f:g}": {"strength": round(recipe.strength * f, 6)} for f in (0.5, 1.5)}
+    vary["diff_norm units"] = {"scale": "diff_norm", "strength": round(recipe.strength * per_diff, 3)}
+    return {label: dataclasses.replace(recipe, **change) for label, change in vary.items()}  # type: ignore[arg-type]
+
+
+def rows_key(model: Model, behaviour: Behaviour, scale: Scale, split: str, recipes: Sequence[Recipe]) -> dict:
+    """What changes a stage's cached (unscored) rows: the model's fingerprint, the behaviour, sizes, recipes."""
+    return {
+        "model": model.fingerprint,
+        "behaviour": dataclasses.asdict(behaviour),
+        "n_train": scale.n_train,
+        "n": scale.n_validation if split == "validation" else scale.n_test,
+        "split": split,
+        "recipes": [r.name for r in recipes],
+    }
+
+
+def search(
+    model: Model,
+    behaviour: Behaviour,
+    scale: Scale,
+    out: Path,
+    *,
+    quick: bool = False,
+    progress: bool = False,
+) -> tuple[dict[str, SteeringVector], pd.DataFrame, Recipe, list[str]]:
+    """Build the vectors, run the coarse grid, the refinements and the confirmation round on validation;
+    choose by clean rate in the confirmation round.
+
+    Returns the vectors, the validation summary (column ``stage``: baseline, coarse, refine, refine2,
+    and one row per finalist with stage ``confirm``, whose rates are on the larger validation set), the
+    chosen recipe and notes on how the vectors were built.
+    """
+    vectors, notes = _vectors(model, behaviour, scale, progress)
+    stem = f"{model.name}_{behaviour.name}"
+
+    answers: dict[str, tuple[str, ...]] = {}  # recipe -> its validation answers, to spot equivalent recipes
+
+    selection = {item.id for item in behaviour.items("validation", scale.n_validation).items}
+
+    def stage(
+        name: str, recipes: list[Recipe], n: int = scale.n_validation, fresh: bool = False
+    ) -> pd.DataFrame:
+        """Validation rows of the first ``n`` prompts; ``fresh``: only those after the selection prompts."""
+        key = rows_key(model, behaviour, dataclasses.replace(scale, n_validation=n), "validation", recipes)
+        rows = cached_rows(
+            out / f"rows_{stem}_{name}.parquet",
+            key,
+            lambda: answer(
+                model,
+                behaviour,
+                vectors,
+                recipes,
+                "validation",
+                n,
+                batch_size=scale.batch_size,
+                progress=progress,
+            ),
+        )
+        if fresh:
+            rows = rows[~rows["id"].isin(selection)].reset_index(drop=True)
+        for recipe, group in rows.groupby("recipe", sort=False):
+            answers.setdefault(str(recipe), tuple(group.sort_values("id")["response"]))
+        return summarize_recipes(score(behaviour, rows), recipes, model.n_layers)
+
+    first = baselines(behaviour) + coarse_grid(model.n_layers, tuple(vectors), quick=quick)
+    summary = stage("coarse", first).assign(
+        stage=lambda f: f["steered"].map({True: "coarse", False: "baseline"})
+    )
+    recipes = {r.name: r for r in first}
+    used: set[str] = set()
+    for round_no in range(1, 1 if quick else ROUNDS + 1):
+        ranked = rank(summary).sort_values(["clean_rate", "target_rate"], ascending=False, kind="stable")
+        seeds = [recipes[name] for name in ranked["recipe"] if name not in used][:TOP_K]
+        used |= {seed.name for seed in seeds}
+        extra: dict[str, tuple[str, str, Recipe]] = {}  # name -> (seed, change, recipe)
+        for seed in seeds:
+            for change, r in refinements(seed, behaviour.max_new_tokens, vectors[seed.source]).items():
+                if r.name not in recipes and r.name not in extra:
+                    extra[r.name] = (seed.name, change, r)
+        if not extra:
+            break
+        name = "refine" if round_no == 1 else f"refine{round_no}"
+        refined = stage(name, [r for _, _, r in extra.values()]).assign(
+            stage=name, seed=[s for s, _, _ in extra.values()], change=[c for _, c, _ in extra.values()]
+        )
+        summary = pd.concat([summary, refined], ignore_index=True)
+        recipes |= {r.name: r for _, _, r in extra.values()}
+    if quick:
+        return vectors, summary, recipes[choose_clean(summary)["recipe"]], notes
+    # Recipes that wrote the same answers are one finalist (e.g. a decay on prompt-only steering, which
+    # never reaches a generated token): keep the first of each.
+    first_of: dict[tuple[str, ...], str] = {}
+    for name in rank(summary)["recipe"]:
+        first_of.setdefault(answers[name], name)
+    finalists = [recipes[name] for name in list(first_of.values())[:CONFIRM_K]]
+    confirmed = stage("confirm", [Recipe(), *finalists], (1 + CONFIRM) * scale.n_validation, fresh=True)
+    summary = pd.concat([summary, confirmed.assign(stage="confirm")], ignore_index=True)
+    return vectors, summary, recipes[choose_clean(confirmed)["recipe"]], notes
+
+
+def _vectors(
+    model: Model, behaviour: Behaviour, scale: Scale, progress: bool
+) -> tuple[dict[str, SteeringVector], list[str]]:
+    """Every source's vector; the response source is left out, with a note, when the answers cannot make it."""
+    build = functools.partial(build_vectors, model, behaviour, scale.n_train, batch_size=scale.batch_size)
+    vectors = build(sources=("last", "mean"), progress=progress)
+    try:
+        vectors |= build(sources=("response",), progress=progress)
+    except NoCompletionsError as e:
+        return vectors, [f"{model.name} / {behaviour.name}: no response-token vector ({e})"]
+    pairs = vectors["response"].provenance.get("completion_pairs")
+    return vectors, [f"{model.name} / {behaviour.name}: response-token vector from {pairs} completion pairs"]
