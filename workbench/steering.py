@@ -399,7 +399,7 @@ class _Dynamic:
         logits = out.logits[:, -1]
         n_refs = len(rows) - len(self.columns)
         alpha, kl = dynamic_strengths(
-            logits[:n_refs][self.reference.to(ids.device)], logits[n_refs:], self.specs
+            logits[:n_refs][self.reference.to(logits.device)], logits[n_refs:], self.specs
         )
         self.history.push(alpha, kl)
 
