@@ -97,11 +97,10 @@ def test_load_refuses_a_tensor_of_the_wrong_rank(acts, tmp_path):
         Activations.load(path)
 
 
-def test_save_to_an_unwritable_place(acts, tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
+def test_save_under_a_file_is_refused(acts, tmp_path):
+    (tmp_path / "file").write_text("x")
     with pytest.raises(OutputPathError, match="cannot write the activations"):
-        acts.save(blocker / "a.safetensors")
+        acts.save(tmp_path / "file" / "a.safetensors")
 
 
 # ---- the command line: collect once, build from the files ---------------------------------------------------

@@ -1,9 +1,9 @@
-"""Fuzzing with hypothesis: arbitrary input never crashes the checks, text metrics, data loaders or artifact
-loaders; they answer or refuse with a one-line WorkbenchError.
+"""Fuzzing with hypothesis: arbitrary input never crashes the checks, text metrics or data loaders; they
+answer or refuse with a one-line WorkbenchError (the artifact loaders are fuzzed in test_formats.py).
 
 Plain ``st.text()`` over checks and metrics lives in test_checks.py, test_language.py and
 test_text_metrics.py; this file adds structured text (markdown, JSON, sections, mixed languages), drawn
-kwargs, garbage kwargs, and the loaders of data files and saved artifacts.
+kwargs, garbage kwargs, and the loaders of data files.
 """
 
 from __future__ import annotations
@@ -14,13 +14,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workbench import datasets
 from workbench.errors import (
-    ArtifactError,
     CheckError,
     DataError,
     InvalidArgumentError,
@@ -40,7 +38,6 @@ from workbench.evaluation import (
     share_in_language,
 )
 from workbench.jsonl import read_jsonl
-from workbench.vectors import SteeringVector
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -433,74 +430,3 @@ def test_load_multiple_choice_on_arbitrary_objects(content, split):
             assert item.question.strip() and all(c.strip() for c in item.choices)
     finally:
         path.unlink()
-
-
-# ---- artifact loaders ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("artifacts")
-    rows = torch.randn(3, 16, generator=torch.Generator().manual_seed(5))
-    vec = SteeringVector.from_directions(rows, layers=(1, 2, 3), model_name="fuzz")
-    return (
-        vec,
-        vec.save(directory / "v.safetensors").read_bytes(),
-        vec.to_gguf(directory / "v.gguf").read_bytes(),
-    )
-
-
-def load_bytes(data: bytes, suffix: str):
-    with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as handle:
-        handle.write(data)
-    path = Path(handle.name)
-    try:
-        return SteeringVector.load(path) if suffix == ".safetensors" else SteeringVector.from_gguf(path)
-    finally:
-        path.unlink()
-
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.data(), kind=st.sampled_from([".safetensors", ".gguf"]))
-def test_tampered_artifacts_are_refused_or_unchanged(saved, data, kind):
-    """Flip, cut or overwrite bytes of a saved vector: either ArtifactError or exactly the original vector."""
-    vec, safetensors_bytes, gguf_bytes = saved
-    original = bytearray(safetensors_bytes if kind == ".safetensors" else gguf_bytes)
-    how = data.draw(st.sampled_from(["flip", "cut", "splice"]))
-    if how == "flip":
-        for _ in range(data.draw(st.integers(1, 3))):
-            at = data.draw(st.integers(0, len(original) - 1))
-            original[at] ^= data.draw(st.integers(1, 255))
-    elif how == "cut":
-        original = original[: data.draw(st.integers(0, len(original) - 1))]
-    else:
-        at = data.draw(st.integers(0, len(original)))
-        original[at : at + 4] = data.draw(st.binary(min_size=1, max_size=8))
-    assume(bytes(original) != (safetensors_bytes if kind == ".safetensors" else gguf_bytes))
-    try:
-        loaded = load_bytes(bytes(original), kind)
-    except ArtifactError as e:
-        one_line(e)
-    else:
-        # Only bytes that carry no meaning (alignment padding, a GGUF KV that the loader does not read,
-        # a JSON separator that parses the same) can change and still load.
-        if kind == ".gguf":
-            assert torch.equal(loaded.directions, vec.directions) and loaded.layers == vec.layers
-        else:
-            assert loaded == vec
-
-
-@FUZZ
-@given(data=st.binary(max_size=400), kind=st.sampled_from([".safetensors", ".gguf"]))
-def test_arbitrary_bytes_are_not_a_vector(data, kind):
-    with pytest.raises(ArtifactError) as info:
-        load_bytes(data, kind)
-    one_line(info.value)
-
-
-@FUZZ
-@given(prefix=st.sampled_from([b"GGUF", b"GGUF\x03\x00\x00\x00"]), rest=st.binary(max_size=200))
-def test_gguf_magic_then_garbage_is_refused(prefix, rest):
-    with pytest.raises(ArtifactError) as info:
-        load_bytes(prefix + rest, ".gguf")
-    one_line(info.value)
