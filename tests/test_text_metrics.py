@@ -13,7 +13,6 @@ from workbench.errors import InvalidArgumentError
 from workbench.evaluation.fluency import (
     MAX_NGRAM_REPEAT_RATE,
     MAX_RUN,
-    degenerate_answer,
     has_character_loop,
     is_degenerate,
     longest_repeated_run,
@@ -258,14 +257,6 @@ def test_infinite_perplexity_is_degenerate_and_non_positive_is_refused() -> None
     for bad in (0.0, -1.0):
         with pytest.raises(InvalidArgumentError, match="perplexity"):
             is_degenerate(NORMAL[0], perplexity=bad)
-
-
-@pytest.mark.parametrize("text", [NORMAL[0], DEGENERATE[-1], ""])
-@pytest.mark.parametrize("perplexity", [math.nan, 12.0, 5000.0])
-def test_the_frontier_name_is_the_same_rule(text: str, perplexity: float) -> None:
-    with pytest.warns(DeprecationWarning, match="is_degenerate"):
-        old = degenerate_answer(text, perplexity)
-    assert old is is_degenerate(text, perplexity=perplexity)
 
 
 @settings(max_examples=100, deadline=None)

@@ -23,9 +23,7 @@ have a perplexity below 2.5 under the model that wrote them, the old floor.
 
 from __future__ import annotations
 
-import math
 import re
-import warnings
 
 from workbench.errors import InvalidArgumentError
 
@@ -34,10 +32,8 @@ __all__ = [
     "MAX_CYCLE",
     "MAX_NGRAM_REPEAT_RATE",
     "MAX_PERPLEXITY",
-    "MAX_REPEAT",
     "MAX_RUN",
     "MAX_SAME_CHAR",
-    "degenerate_answer",
     "has_character_loop",
     "is_degenerate",
     "longest_repeated_run",
@@ -46,9 +42,6 @@ __all__ = [
 
 MAX_NGRAM_REPEAT_RATE = 0.2
 """Degenerate above this share of repeated word 3-grams."""
-
-MAX_REPEAT = MAX_NGRAM_REPEAT_RATE
-"""Deprecated name of `MAX_NGRAM_REPEAT_RATE` (the frontier's)."""
 
 MAX_CYCLE = 4
 """Longest word cycle (in words) that `longest_repeated_run` looks for."""
@@ -138,11 +131,3 @@ def is_degenerate(text: str, *, perplexity: float | None = None) -> bool:
     if has_character_loop(text):
         return True
     return perplexity is not None and perplexity > MAX_PERPLEXITY
-
-
-def degenerate_answer(text: str, perplexity: float = math.nan) -> bool:
-    """Deprecated: :func:`is_degenerate` (the frontier's rule, now the only one)."""
-    warnings.warn(
-        "degenerate_answer is deprecated: use workbench.evaluation.is_degenerate", DeprecationWarning, 2
-    )
-    return is_degenerate(text, perplexity=perplexity)
