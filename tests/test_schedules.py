@@ -199,3 +199,30 @@ def test_a_dynamic_strength_refuses_text_it_did_not_generate(sharp):
                 input_ids=ids[:, :3], use_cache=True, **{sharp.cache_argument: first.past_key_values}
             )
     assert not sharp.hf_model._forward_pre_hooks
+
+
+@pytest.mark.parametrize("kind", ["gemma3_text", "gpt2"])
+def test_other_caches_and_positions(kind, tmp_path):
+    """Gemma 3's sliding-window layers (window 6, shorter than the prompts) and GPT-2's absolute positions."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import build_tiny_tokenizer
+    from tests.test_parity import tiny_config
+    from workbench.models import load_model
+
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_config(tiny_config(kind, tokenizer))
+    with torch.no_grad():
+        hf.lm_head.weight.mul_(3.0)
+    hf.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model = load_model(str(tmp_path), device="cpu")
+    vec = random_vector(model)
+    ivs = [dyn(vec, 0, 8.0), dyn(vec, 1, 4.0, positions="all")]
+    cached, fast = traced(model, PROMPTS, interventions=ivs, chat=False)
+    full, slow = traced(model, PROMPTS, interventions=ivs, chat=False, use_cache=False)
+    assert cached == full
+    for a, b in zip(fast.strengths, slow.strengths, strict=True):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+    assert torch.cat(fast.strengths, 1).max() > 0

@@ -236,7 +236,10 @@ class _Slot:
         return placed
 
     def apply(
-        self, x: Float[Tensor, "batch seq d"], tracker: PositionTracker, history: Tensor | None = None
+        self,
+        x: Float[Tensor, "batch seq d"],
+        tracker: PositionTracker,
+        history: Float[Tensor, "cols steps"] | None = None,
     ) -> Float[Tensor, "batch seq d"]:
         """``x`` edited; ``history`` is ``[columns + 1, steps]`` of dynamic strengths (last row ones)."""
         t = self.placed(x.dtype, x.device)
