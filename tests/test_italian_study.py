@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
 from workbench.evaluation import is_degenerate
 from workbench.studies.common import Scale
 from workbench.studies.italian import italian_study
@@ -31,3 +33,19 @@ def test_italian_study_tables_and_figures(tiny, tmp_path, monkeypatch):
     assert "accuracy" in mc and "en" in mc
     written = result.write(tmp_path)
     assert (written / "table.parquet").exists() and (written / "rows.csv").exists()
+
+
+def test_italian_sweeps_are_rescored_by_the_current_rule(tiny, tmp_path, monkeypatch):
+    """The validation sweeps' cached parts hold raw answers: a changed rule shows without generating again."""
+    from workbench.evaluation import fluency
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    scale = Scale(n_train=4, n_validation=3, n_test=2, max_new_tokens=5, layers=(1,), batch_size=16, n_mc=2)
+    italian_study(tiny, scale, tmp_path)
+    parts = {p: p.stat().st_mtime_ns for p in (tmp_path / "italian").glob("sweep_*/**/*.parquet")}
+    monkeypatch.setattr(fluency, "MAX_NGRAM_REPEAT_RATE", -1.0)  # every answer with a word now loops
+    italian_study(tiny, scale, tmp_path)
+    assert parts and {p: p.stat().st_mtime_ns for p in parts} == parts
+    for variant in ("it", "en_answer_it"):
+        sweep = pd.read_csv(tmp_path / "italian" / f"sweep_{variant}.csv")
+        assert (sweep["degeneration"] == 1).all()
