@@ -127,8 +127,7 @@ def test_each_row_its_own_strength(sharp):
         alone, mine = traced(sharp, [prompts[i]], interventions=config)
         assert batched[i] == alone[0]
         assert mine.labels[0] == trace.labels[i]
-        if config:
-            assert torch.allclose(trace.strengths[i], mine.strengths[0], atol=1e-5)
+        assert torch.allclose(trace.strengths[i], mine.strengths[0], atol=1e-5)
     assert trace.strengths[2].shape[0] == 0 and trace.labels[2] == []
     assert not torch.allclose(trace.strengths[0][0, :3], trace.strengths[1][0, :3])
 
@@ -155,7 +154,7 @@ def test_one_extra_forward_per_token_for_all_vectors(sharp):
         )
     finally:
         handle.remove()
-    assert [tuple(s.shape) for s in trace.strengths] == [(2, 4), (1, 4), (0, 4)]
+    assert [tuple(s.shape) for s in trace.strengths] == [(2, 4), (1, 4), (0, 0)]
     # per token: the main forward (3 rows) and, before it runs, one side forward (2 reference rows, 3 probes)
     assert batches == [3, 5] * 4
 

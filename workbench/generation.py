@@ -149,6 +149,8 @@ def generate(
             )
         texts_out = tokenizer.batch_decode(output[:, prompt_len:], skip_special_tokens=True)
         for r, i in enumerate(batch[: len(part.labels)]):
+            if not part.labels[r]:
+                continue
             n = _generated(output[r, prompt_len:].tolist(), eos, tokenizer.pad_token_id)
             traced[i] = (part.labels[r], part.strengths[r][:, :n], part.kl[r][:, :n])
         for i, text in zip(batch, texts_out, strict=True):
