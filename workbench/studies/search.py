@@ -194,15 +194,20 @@ def search(
         recipes |= {r.name: r for _, _, r in extra.values()}
     if quick:
         return vectors, summary, recipes[choose_clean(summary)["recipe"]], notes
-    # Recipes that wrote the same answers are one finalist (e.g. a decay on prompt-only steering, which
-    # never reaches a generated token): keep the first of each.
-    first_of: dict[tuple[str, ...], str] = {}
-    for name in rank(summary)["recipe"]:
-        first_of.setdefault(answers[name], name)
-    finalists = [recipes[name] for name in list(first_of.values())[:CONFIRM_K]]
+    finalists = [recipes[name] for name in _finalists(summary, answers)]
     confirmed = stage("confirm", [Recipe(), *finalists], (1 + CONFIRM) * scale.n_validation, fresh=True)
     summary = pd.concat([summary, confirmed.assign(stage="confirm")], ignore_index=True)
     return vectors, summary, recipes[choose_clean(confirmed)["recipe"]], notes
+
+
+def _finalists(summary: pd.DataFrame, answers: dict[str, tuple[str, ...]]) -> list[str]:
+    """The :data:`CONFIRM_K` best recipes by :func:`~workbench.recipes.rank`; recipes that wrote the same
+    answers are one finalist (e.g. a decay on prompt-only steering, which never reaches a generated token):
+    the first of each."""
+    first_of: dict[tuple[str, ...], str] = {}
+    for name in rank(summary)["recipe"]:
+        first_of.setdefault(answers[name], name)
+    return list(first_of.values())[:CONFIRM_K]
 
 
 def _vectors(
