@@ -15,9 +15,9 @@ JSON object again and again (0.39-0.5 on SmolLM2) and steered "Italian" that rep
 while ordinary answers stay far below 0.2 (the hand-made samples in ``tests/test_text_metrics.py``: at most
 0.03). Checked on 240 unsteered greedy SmolLM2-135M-Instruct answers to the frontier's validation prompts
 (2026-12-02): 0 of the 120 answers to plain queries are flagged (as under the old 0.5 rule); of the 120
-answers to instructed prompts 27 are (old rule: 16), and the 11 added are loops by eye (a sentence said
-twice, "il mondo al mondo, il mondo al mondo", "Use a rice cooker with a rice cooker") but one, three
-bullets that start with the same subject. There is no perplexity floor: 191 of those 240 answers (80%)
+answers to instructed prompts 27 are (old rule: 16); of the 11 added, 8 loop by eye (a sentence said
+twice, "il mondo al mondo, il mondo al mondo", "Use a rice cooker with a rice cooker") and 3 are short
+texts whose sentences or bullets start with the same words ("The Mona Lisa is a ...", "The wind is ..."). There is no perplexity floor: 191 of those 240 answers (80%)
 have a perplexity below 2.5 under the model that wrote them, the old floor.
 """
 
