@@ -5,7 +5,7 @@ Each architecture in :data:`workbench.fastpath.ARCHITECTURES` gets a tiny random
 the way a user brings one. Checks, on a left-padded batch:
 
 - ``collect`` equals ``bridge.run_with_cache`` at every layer (last token and mean over real tokens);
-- batch composition does not change activations (batch 4 against batch 1);
+- batch composition does not change activations or continuation log-probs (batch 4 against batch 1);
 - steered greedy generation through the fast path equals the same steering through the bridge's own
   modules (:func:`~workbench.fastpath.bridge_only`), for every mode and positions rule, one configuration
   per row, with and without the KV cache; and the steered logits of a fixed continuation agree.
@@ -24,6 +24,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from tests.conftest import PROMPTS, build_tiny_tokenizer
 from workbench.activations import collect
+from workbench.evaluation.perplexity import continuation_logprobs
 from workbench.fastpath import ARCHITECTURES, STRICT_ENV, bridge_only, direct_forward
 from workbench.generation import generate
 from workbench.models import Model, load_model
@@ -39,7 +40,14 @@ EXTRA = {
     "gemma3_text": {"head_dim": 16, "sliding_window": 6},
 }
 MATRIX: dict[str, dict[str, float]] = {}
-CHECKS = ("collect vs run_with_cache", "batch 4 vs 1", "steered logits", "steered logits, KV cache")
+CHECKS = (
+    "collect vs run_with_cache",
+    "collect batch 4 vs 1",
+    "log-probs batch 4 vs 1",
+    "steered logits",
+    "steered logits, KV cache",
+    "greedy rows differing",
+)
 _MODELS: dict[str, Model] = {}
 
 
@@ -87,9 +95,9 @@ def print_matrix(request):
     if not MATRIX:
         return
     lines = ["", "fast path vs TransformerLens bridge: max |difference| (float32, CPU)"]
-    lines.append(f"{'architecture':<13}" + "".join(f"{c:>28}" for c in CHECKS))
+    lines.append(f"{'architecture':<13}" + "".join(f"{c:>26}" for c in CHECKS))
     for kind, row in MATRIX.items():
-        lines.append(f"{kind:<13}" + "".join(f"{row.get(c, float('nan')):>28.1e}" for c in CHECKS))
+        lines.append(f"{kind:<13}" + "".join(f"{row.get(c, float('nan')):>26.1e}" for c in CHECKS))
     with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
         print("\n".join(lines))
 
@@ -131,13 +139,17 @@ def test_collect_matches_run_with_cache(model, strict):
 
 
 @parametrized
-def test_batch_composition_does_not_change_activations(model, strict):
+def test_batch_composition_changes_no_activation_or_log_prob(model, strict):
+    kind = model.hf_model.config.model_type
     together = collect(model, PROMPTS[:4], batch_size=4, cache=False).tensor
     alone = collect(model, PROMPTS[:4], batch_size=1, cache=False).tensor
-    diff = (together - alone).abs().max().item()
-    assert record(model.hf_model.config.model_type, CHECKS[1], diff) <= 1e-5 * max(
-        1.0, together.abs().max().item()
-    )
+    scale = max(1.0, together.abs().max().item())
+    assert record(kind, CHECKS[1], (together - alone).abs().max().item()) <= 1e-5 * scale
+    texts = [model.format_chat(p) for p in PROMPTS[:4]]
+    answers = ["Paris.", "An apple, or a pear.", "Light scatters.", "Cats are independent."]
+    scored = [continuation_logprobs(model, texts, answers, formatted=True, batch_size=b) for b in (4, 1)]
+    diff = max((a - b).abs().max().item() for a, b in zip(*scored, strict=True))
+    assert record(kind, CHECKS[2], diff) <= 1e-4
 
 
 def configurations(model: Model) -> list[list[Intervention]]:
@@ -196,7 +208,7 @@ def test_steered_generation_matches_the_bridge(model, strict):
     kind = model.hf_model.config.model_type
     rows = configurations(model)
     prompts = [PROMPTS[i % 2] for i in range(len(rows))]  # two lengths: left padding
-    for cached, check in ((False, CHECKS[2]), (True, CHECKS[3])):
+    for cached, check in ((False, CHECKS[3]), (True, CHECKS[4])):
         fast = steered_logits(model, rows, prompts, cached, reference=False)
         bridge = steered_logits(model, rows, prompts, cached, reference=True)
         assert record(kind, check, (fast - bridge).abs().max().item()) <= 1e-4 * max(
@@ -208,7 +220,8 @@ def test_steered_generation_matches_the_bridge(model, strict):
         out["fast", use_cache] = generate(model, prompts, **settings)
         with bridge_only(model):
             out["bridge", use_cache] = generate(model, prompts, **settings)
-    assert out["fast", True] == out["bridge", True] == out["fast", False] == out["bridge", False]
+    differing = sum(len(set(texts)) > 1 for texts in zip(*out.values(), strict=True))
+    assert record(kind, CHECKS[5], differing) == 0, out
     plain = generate(model, PROMPTS[:2], max_new_tokens=4)
     changed = sum(text != plain[i % 2] for i, text in enumerate(out["fast", True]))
     assert changed >= len(rows) // 4, "the steering barely changed the text: the comparison would be empty"
