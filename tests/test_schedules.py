@@ -225,3 +225,23 @@ def test_other_caches_and_positions(kind, tmp_path):
     for a, b in zip(fast.strengths, slow.strengths, strict=True):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
     assert torch.cat(fast.strengths, 1).max() > 0
+
+
+def test_a_group_shares_one_strength_probed_together(sharp):
+    """One property at two layers, one α_t (the paper's setting): its probe steers both at α_max."""
+    vec = random_vector(sharp, seed=7)
+    spec = DynamicStrength(0.5, 0.9, group="style")
+    ivs = [Intervention(vec, 1, "add", 5.0, strength=spec), Intervention(vec, 2, "add", 4.0, strength=spec)]
+    _, trace = traced(sharp, PROMPTS[:2], interventions=ivs, chat=False)
+    assert [len(s) for s in trace.strengths] == [1, 1]
+    assert trace.labels[0] == ["add@1x5+dyn0.5 & add@2x4+dyn0.5"]
+    encoded = sharp.encode(PROMPTS[:2], formatted=False)
+    with torch.no_grad():
+        reference = sharp.hf_model(**encoded).logits[:, -1]
+        with steer(sharp, Intervention(vec, 1, "add", 2.5), Intervention(vec, 2, "add", 2.0)):
+            probe = sharp.hf_model(**encoded).logits[:, -1]
+    expected, _ = dynamic_strengths(reference, probe, [spec] * 2)
+    assert torch.allclose(torch.stack([s[0, 0] for s in trace.strengths]), expected, atol=1e-5)
+    other = Intervention(vec, 3, "add", 1.0, strength=DynamicStrength(0.9, group="style"))
+    with pytest.raises(InvalidArgumentError, match="mixes"):
+        generate(sharp, PROMPTS[:1], max_new_tokens=2, interventions=[ivs[0], other])

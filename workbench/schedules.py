@@ -5,18 +5,20 @@ An ``add`` :class:`~workbench.steering.Intervention` given ``strength=DynamicStr
 
     α_t = clip( KL( P_t^S ‖ Q_t^S ), 0, α_max )
 
-``P_t`` is the next-token distribution of the *reference* run (the same tokens with this row's dynamic
-interventions off), ``Q_t`` that of a *probe* run steered by this intervention alone at ``α_max`` at every
-position its ``positions`` rule selects (its fixed interventions stay on in both), and ``·^S`` means both are
-restricted to ``S``, the union of their top-p nucleus sets, and renormalised over it. Each dynamic
-intervention gets its own ``α_t`` per row and step: steering pushes where the model would not go by itself
-and backs off where it already does. Source: the authors' code,
-github.com/DanielSc4/Dynamic-Activation-Composition, ``src/delta.py``,
-``generate_dynamic_edited_model(_composition)`` at d5431bc (``starting_alpha=2.0``, ``top_p=0.95``,
-``F.kl_div(log Q, log P, log_target=True)`` = KL(P‖Q), ``max(min(kl, 2), 0)``). Their ``reduction=
-'batchmean'`` over the 1-D token vector divides the sum by ``|S|``; ``mean_over_tokens=True`` reproduces
-that, the default is the KL itself. With ``coef=None`` (the raw mean-difference vector) and
-``positions="response"`` (the last prompt token and every generated one) this is their setting.
+``P_t`` is the next-token distribution of the *reference* run (the same tokens with the row's dynamic
+interventions off, its fixed ones on), ``Q_t`` that of a *probe* run that adds this intervention (or its
+``group``) at ``α_max`` at every position its ``positions`` rule selects, and ``·^S`` restricts both to
+``S``, the union of their top-p nucleus sets, renormalised over it. Each dynamic intervention (or group) gets
+its own ``α_t`` per row and step: steering pushes where the model would not go by itself and backs off where
+it already does. One side forward per generated token, on its own KV cache, runs the reference and every
+probe of the batch as rows of one batch.
+
+Source: the authors' code, github.com/DanielSc4/Dynamic-Activation-Composition, ``src/delta.py``,
+``generate_dynamic_edited_model(_composition)`` at d5431bc: ``starting_alpha=2.0``, ``top_p=0.95``,
+``F.kl_div(log Q, log P, log_target=True)`` = KL(P‖Q), ``max(min(kl, 2), 0)``. Their ``reduction=
+'batchmean'`` on the 1-D token vector divides the sum by ``|S|``: ``mean_over_tokens=True`` reproduces that;
+the default is the KL divergence itself. They add the raw mean-difference vector (``coef=None``) from the
+last prompt token on (``positions="response"``) at every layer with one ``α`` per property (one ``group``).
 
 The step index ``t`` counts forwards of one generation: ``α_0`` is computed at the prefill and applies to
 every prompt position; ``α_t`` to the position that predicts generated token ``t``.
@@ -36,11 +38,16 @@ from workbench.errors import InvalidArgumentError
 
 @dataclass(frozen=True)
 class DynamicStrength:
-    """Per-step strength ``α_t ∈ [0, max_strength]`` from the KL divergence of probe and reference runs."""
+    """Per-step strength ``α_t ∈ [0, max_strength]`` from the KL divergence of probe and reference runs.
+
+    Interventions of one row with the same ``group`` share one ``α_t``, probed together (the paper steers
+    a property at every layer with one strength); without a group each intervention has its own.
+    """
 
     max_strength: float = 2.0
     top_p: float = 0.95
     mean_over_tokens: bool = False
+    group: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_strength, int | float) or not math.isfinite(self.max_strength):
@@ -56,7 +63,7 @@ class DynamicStrength:
 
 
 def nucleus(logits: Float[Tensor, "n vocab"], top_p: Float[Tensor, "n 1"]) -> Bool[Tensor, "n vocab"]:
-    """The top-p set of each row: the most likely tokens until their mass exceeds ``top_p`` (that one kept)."""
+    """Each row's top-p set: the likeliest tokens until their mass exceeds ``top_p`` (that one kept)."""
     ordered, order = logits.sort(dim=-1, descending=True)
     mass = ordered.softmax(-1).cumsum(-1)
     keep = torch.cat([torch.ones_like(mass[:, :1], dtype=torch.bool), mass[:, :-1] <= top_p], dim=-1)

@@ -334,25 +334,20 @@ class _Dynamic:
 
     def __init__(self, model: Model, rows: Sequence[Sequence[Intervention]]) -> None:
         self.model, self.n_rows = model, len(rows)
-        self.columns = [(r, k) for r, row in enumerate(rows) for k, iv in enumerate(row) if iv.strength]
-        self.specs = [rows[r][k].strength for r, k in self.columns]
-        labels = [rows[r][k].label for r, k in self.columns]
-        self.history = StrengthHistory(labels, [r for r, _ in self.columns], len(rows))
-        self.column = {rk: j for j, rk in enumerate(self.columns)}
-        refs = sorted({r for r, _ in self.columns})
+        self.column, members, owners = _columns(rows)
+        self.n_columns = len(owners)
+        self.specs = [rows[r][ks[0]].strength for r, ks in zip(owners, members, strict=True)]
+        labels = [" & ".join(rows[r][k].label for k in ks) for r, ks in zip(owners, members, strict=True)]
+        self.history = StrengthHistory(labels, owners, len(rows))
+        refs = sorted(set(owners))
         side = [[_Edit(iv) for iv in rows[r] if iv.strength is None] for r in refs]
-        for r, k in self.columns:
-            top = rows[r][k].strength.max_strength  # type: ignore[union-attr]
-            side.append(
-                [
-                    _Edit(iv, top if j == k else 1.0)
-                    for j, iv in enumerate(rows[r])
-                    if j == k or not iv.strength
-                ]
-            )
+        for r, ks in zip(owners, members, strict=True):
+            probe = {k: rows[r][k].strength.max_strength for k in ks}  # type: ignore[union-attr]
+            edits = enumerate(rows[r])
+            side.append([_Edit(iv, probe.get(j, 1.0)) for j, iv in edits if j in probe or not iv.strength])
         self.slots = _build_slots(side)
-        self.rows = torch.tensor(refs + [r for r, _ in self.columns])
-        self.reference = torch.tensor([refs.index(r) for r, _ in self.columns])
+        self.rows = torch.tensor(refs + owners)
+        self.reference = torch.tensor([refs.index(r) for r in owners])
         self.cache_name, self.skips_logits = model.cache_argument, model.skips_logits
         self.running = False
         self.cache: Any = None
@@ -400,11 +395,39 @@ class _Dynamic:
             self.running = False
         self.cache = out.past_key_values if cache is not None else None
         logits = out.logits[:, -1]
-        n_refs = len(rows) - len(self.columns)
+        n_refs = len(rows) - self.n_columns
         alpha, kl = dynamic_strengths(
             logits[:n_refs][self.reference.to(logits.device)], logits[n_refs:], self.specs
         )
         self.history.push(alpha, kl)
+
+
+def _columns(
+    rows: Sequence[Sequence[Intervention]],
+) -> tuple[dict[tuple[int, int], int], list[list[int]], list[int]]:
+    """One strength column per row and dynamic intervention, or per row and ``group``: ``(row, k)`` ->
+    column, each column's interventions (``k``) and each column's row."""
+    column: dict[tuple[int, int], int] = {}
+    members: list[list[int]] = []
+    owners: list[int] = []
+    for r, row in enumerate(rows):
+        groups: dict[object, int] = {}
+        for k, iv in enumerate(row):
+            if iv.strength is None:
+                continue
+            j = groups.setdefault(
+                iv.strength.group if iv.strength.group is not None else -1 - k, len(members)
+            )
+            if j == len(members):
+                members.append([])
+                owners.append(r)
+            elif iv.strength != row[members[j][0]].strength:
+                raise InvalidArgumentError(
+                    f"dynamic group {iv.strength.group!r} mixes strength settings: give its interventions one"
+                )
+            members[j].append(k)
+            column[(r, k)] = j
+    return column, members, owners
 
 
 @contextmanager
