@@ -85,7 +85,7 @@ def test_cached_generation_equals_full_recomputation(sharp):
         assert torch.allclose(a, b, atol=1e-5) and torch.allclose(ka, kb, atol=1e-5)
     every = torch.cat([s.flatten() for s in fast.strengths])
     assert len(set(every.round(decimals=4).tolist())) > 10  # it adapts per token, vector and row
-    assert fast.labels[0] == ["add@1x8+dyn0.5", "add@2x-6+dyn0.3"]
+    assert fast.labels[0] == ["add@1x8+dyn0.5p0.9", "add@2x-6+dyn0.3p0.9"]
 
 
 def test_strength_is_bounded_and_is_the_kl_below_the_bound(sharp):
@@ -162,6 +162,8 @@ def test_one_extra_forward_per_token_for_all_vectors(sharp):
 def test_refusals():
     vec = random_vector(build_tiny_model())
     assert Intervention(vec, 1, "add", 2.0, strength="dynamic").strength == DynamicStrength()
+    assert Intervention(vec, 1, "add", 2.0, strength="dynamic").label == "add@1x2+dyn2"
+    assert DynamicStrength(1.5, 0.8, mean_over_tokens=True, group="it").label == "dyn1.5p0.8m[it]"
     with pytest.raises(InvalidArgumentError, match="'add'"):
         Intervention(vec, 1, "set_projection", 2.0, strength="dynamic")
     with pytest.raises(InvalidArgumentError, match="'add'"):
@@ -234,7 +236,7 @@ def test_a_group_shares_one_strength_probed_together(sharp):
     ivs = [Intervention(vec, 1, "add", 5.0, strength=spec), Intervention(vec, 2, "add", 4.0, strength=spec)]
     _, trace = traced(sharp, PROMPTS[:2], interventions=ivs, chat=False)
     assert [len(s) for s in trace.strengths] == [1, 1]
-    assert trace.labels[0] == ["add@1x5+dyn0.5 & add@2x4+dyn0.5"]
+    assert trace.labels[0] == ["add@1x5+dyn0.5p0.9[style] & add@2x4+dyn0.5p0.9[style]"]
     encoded = sharp.encode(PROMPTS[:2], formatted=False)
     with torch.no_grad():
         reference = sharp.hf_model(**encoded).logits[:, -1]

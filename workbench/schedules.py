@@ -59,7 +59,10 @@ class DynamicStrength:
 
     @property
     def label(self) -> str:
-        return f"dyn{self.max_strength:g}"
+        """Every setting that changes outputs (labels key cached answers): ``dyn2``, ``dyn1p0.9m[style]``."""
+        top_p = "" if self.top_p == 0.95 else f"p{self.top_p:g}"
+        group = "" if self.group is None else f"[{self.group}]"
+        return f"dyn{self.max_strength:g}{top_p}{'m' if self.mean_over_tokens else ''}{group}"
 
 
 def nucleus(logits: Float[Tensor, "n vocab"], top_p: Float[Tensor, "n 1"]) -> Bool[Tensor, "n vocab"]:
