@@ -9,6 +9,7 @@ responses, so a rerun generates only missing rows and scores are always recomput
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -121,6 +122,7 @@ class _Keys:
                 iv.decay_tokens,
                 iv.norm_preserving,
                 self.direction(iv),
+                *([dataclasses.asdict(iv.strength)] if iv.strength is not None else []),  # dynamic: keyed
             ]
             for iv in job.interventions
         ]
