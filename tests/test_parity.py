@@ -166,8 +166,8 @@ def configurations(model: Model) -> list[list[Intervention]]:
 
 
 def steered_logits(model: Model, rows, prompts: list[str], cached: bool, reference: bool) -> torch.Tensor:
-    """Logits of every real position of prompt + a fixed continuation, row ``i`` steered by ``rows[i]``;
-    with ``cached`` the continuation runs on the prompt's KV cache."""
+    """Logits of prompt + a fixed continuation (zero at padding), row ``i`` steered by ``rows[i]``; with
+    ``cached`` the continuation runs on the prompt's KV cache."""
     encoded = model.encode([model.format_chat(p) for p in prompts], formatted=True)
     width = encoded["input_ids"].shape[1]
     tail = model.tokenizer(" Paris is the capital", add_special_tokens=False, return_tensors="pt")[
@@ -200,14 +200,16 @@ def steered_logits(model: Model, rows, prompts: list[str], cached: bool, referen
                 **{model.cache_argument: first.past_key_values},
             )
             logits = torch.cat([first.logits, rest.logits], dim=1)
-    return logits[mask.bool()].float()
+    return logits.float() * mask[..., None]  # padding positions hold no comparable values
 
 
 @parametrized
 def test_steered_generation_matches_the_bridge(model, strict):
     kind = model.hf_model.config.model_type
     rows = configurations(model)
-    prompts = [PROMPTS[i % 2] for i in range(len(rows))]  # two lengths: left padding
+    # Two lengths (left padding) opening with the same 16 tokens: cached generation runs that prefix once.
+    pair = [PROMPTS[4], "Tell me about cats and dogs and why they fight."]
+    prompts = [pair[i % 2] for i in range(len(rows))]
     for cached, check in ((False, CHECKS[3]), (True, CHECKS[4])):
         fast = steered_logits(model, rows, prompts, cached, reference=False)
         bridge = steered_logits(model, rows, prompts, cached, reference=True)
@@ -222,6 +224,7 @@ def test_steered_generation_matches_the_bridge(model, strict):
             out["bridge", use_cache] = generate(model, prompts, **settings)
     differing = sum(len(set(texts)) > 1 for texts in zip(*out.values(), strict=True))
     assert record(kind, CHECKS[5], differing) == 0, out
-    plain = generate(model, PROMPTS[:2], max_new_tokens=4)
-    changed = sum(text != plain[i % 2] for i, text in enumerate(out["fast", True]))
-    assert changed >= len(rows) // 4, "the steering barely changed the text: the comparison would be empty"
+    unsteered = steered_logits(model, [[] for _ in rows], prompts, False, reference=False)
+    moved = (fast - unsteered).abs().amax(dim=(1, 2))
+    assert (moved > 1e-2).all(), f"a configuration barely changed the logits: {moved.tolist()}"
+    assert any(text != generate(model, pair, max_new_tokens=4)[0] for text in out["fast", True][::2])

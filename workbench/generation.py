@@ -118,7 +118,10 @@ def generate(
         encoded = model.encode([texts[i] for i in batch], formatted=chat)
         row_ivs = [shared + (rows[i] if rows is not None else []) for i in batch]
         dynamic = any(iv.strength for ivs in row_ivs for iv in ivs)
-        prefix = _shared_prefix(encoded) if share_prefix and use_cache and not dynamic else 0
+        # Padding after a shared prefix must not enter a sliding attention window (Gemma 2, Mistral).
+        window = getattr(model.hf_model.config, "sliding_window", None)
+        fits = not window or encoded["input_ids"].shape[1] + max_new_tokens <= window
+        prefix = _shared_prefix(encoded) if share_prefix and use_cache and not dynamic and fits else 0
         part = StrengthTrace()
         if prefix >= MIN_SHARED_PREFIX:
             encoded = _after_prefix(encoded, prefix, tokenizer.pad_token_id)
