@@ -108,12 +108,7 @@ def _structure(model: Model) -> _Structure:
 
 
 def _has_hooks(module: nn.Module) -> bool:
-    return bool(
-        module._forward_hooks
-        or module._forward_pre_hooks
-        or module._backward_hooks
-        or module._backward_pre_hooks
-    )
+    return any(_hook_dicts(module))
 
 
 def _input_hook(point: nn.Module) -> Any:
