@@ -10,7 +10,8 @@ the way a user brings one. Checks, on a left-padded batch:
   modules (:func:`~workbench.fastpath.bridge_only`), for every mode and positions rule, one configuration
   per row, with and without the KV cache; and the steered logits of a fixed continuation agree.
 
-The fast-path runs are strict (``WORKBENCH_STRICT_FASTPATH=1``): a silent fallback would fail them. The
+The bundled SmolLM2 and Gemma 3 270M (the report's models) get the first and last checks at full size
+(slow). The fast-path runs are strict (``WORKBENCH_STRICT_FASTPATH=1``): a silent fallback would fail them. The
 largest difference per architecture and check is printed as a matrix at the end of the module.
 """
 
@@ -95,9 +96,9 @@ def print_matrix(request):
     if not MATRIX:
         return
     lines = ["", "fast path vs TransformerLens bridge: max |difference| (float32, CPU)"]
-    lines.append(f"{'architecture':<13}" + "".join(f"{c:>26}" for c in CHECKS))
+    lines.append(f"{'architecture':<22}" + "".join(f"{c:>26}" for c in CHECKS))
     for kind, row in MATRIX.items():
-        lines.append(f"{kind:<13}" + "".join(f"{row.get(c, float('nan')):>26.1e}" for c in CHECKS))
+        lines.append(f"{kind:<22}" + "".join(f"{row.get(c, float('nan')):>26.1e}" for c in CHECKS))
     with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
         print("\n".join(lines))
 
@@ -228,3 +229,40 @@ def test_steered_generation_matches_the_bridge(model, strict):
     moved = (fast - unsteered).abs().amax(dim=(1, 2))
     assert (moved > 1e-2).all(), f"a configuration barely changed the logits: {moved.tolist()}"
     assert any(text != generate(model, pair, max_new_tokens=4)[0] for text in out["fast", True][::2])
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    return load_model("gemma3-270m", device="cpu")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundled", ["smol", "gemma"])
+def test_bundled_models_match_the_bridge(bundled, request, strict):
+    """The two bundled models (SmolLM2, Gemma 3 270M: the report's) against the bridge, at full size."""
+    model = request.getfixturevalue(bundled)
+    texts = [model.format_chat(p) for p in PROMPTS[:3]]
+    encoded = model.encode(texts, formatted=True)
+    names = [f"blocks.{layer}.hook_resid_post" for layer in range(model.n_layers)]
+    with torch.inference_mode():
+        _, cache = model.bridge.run_with_cache(
+            encoded["input_ids"], attention_mask=encoded["attention_mask"], names_filter=lambda n: n in names
+        )
+    last = collect(model, PROMPTS[:3], cache=False).tensor
+    diff = max(
+        (last[:, layer] - cache[name][:, -1].float()).abs().max().item() for layer, name in enumerate(names)
+    )
+    assert record(model.name, CHECKS[0], diff) <= 1e-5 * last.abs().max().item()
+    layer = model.n_layers // 2
+    direction = torch.randn(1, model.d_model, generator=torch.Generator().manual_seed(0))
+    vector = SteeringVector.from_directions(direction, layers=[layer])
+    norm = last[:, layer].norm(dim=-1).mean().item()
+    rows = [
+        [Intervention(vector, layer, "add", 0.5 * norm, "all")],
+        [Intervention(vector, layer, "set_projection", 0.3 * norm, "response")],
+        [Intervention(vector, layer, "ablate", None, "prompt")],
+    ]
+    fast = generate(model, PROMPTS[:3], interventions=rows, max_new_tokens=8)
+    with bridge_only(model):
+        reference = generate(model, PROMPTS[:3], interventions=rows, max_new_tokens=8)
+    assert record(model.name, CHECKS[5], sum(a != b for a, b in zip(fast, reference, strict=True))) == 0
