@@ -11,8 +11,8 @@ the way a user brings one. Checks, on a left-padded batch:
   per row, with and without the KV cache; and the steered logits of a fixed continuation agree.
 
 The bundled SmolLM2 and Gemma 3 270M (the report's models) get the first and last checks at full size
-(slow). The fast-path runs are strict (``WORKBENCH_STRICT_FASTPATH=1``): a silent fallback would fail them. The
-largest difference per architecture and check is printed as a matrix at the end of the module.
+(slow). The fast-path runs are strict (``WORKBENCH_STRICT_FASTPATH=1``): a silent fallback would fail
+them. The largest difference per architecture and check is printed as a matrix at the end of the module.
 """
 
 from __future__ import annotations
