@@ -1,4 +1,4 @@
-"""Loading: specs that look like paths stay on disk, hub ids fail offline in one line, device maps, Gemma 2."""
+"""Loading: path-like specs stay on disk, hub ids fail offline in one line, device maps, Gemma 2."""
 
 from __future__ import annotations
 
