@@ -1,4 +1,4 @@
-"""Synthetic activations and vectors, and a GGUF writer, shared by the tests of methods, vectors and formats."""
+"""Synthetic activations and vectors and a GGUF writer, shared by the tests of methods, vectors, formats."""
 
 from __future__ import annotations
 

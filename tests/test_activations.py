@@ -103,7 +103,7 @@ def test_save_under_a_file_is_refused(acts, tmp_path):
         acts.save(tmp_path / "file" / "a.safetensors")
 
 
-# ---- the command line: collect once, build from the files ---------------------------------------------------
+# ---- the command line: collect once, build from the files -----------------------------------------------
 
 
 def test_collect_then_vector_build_from_the_files(tiny_dir, tmp_path, monkeypatch):

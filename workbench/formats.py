@@ -138,7 +138,7 @@ def load_safetensors(
         ) from None
     if expected != metadata["checksum"]:
         raise ArtifactError(
-            f"{path} was modified after it was saved (checksum mismatch); re-create it or restore the original"
+            f"{path} was modified after it was saved (checksum mismatch); re-create or restore it"
         )
     return {name: tensors[name] for name in shapes}, payload
 
@@ -279,7 +279,7 @@ def read_control_vector(
 ) -> tuple[dict[int, Float[Tensor, " d_model"]], str | None, dict[str, Any] | None]:
     """Read a GGUF control vector (ours, repeng's or llama.cpp's): ``(rows, model_hint, payload)``.
 
-    ``rows`` maps block ``N`` to tensor ``direction.N`` (see :func:`write_control_vector`), in ascending order.
+    ``rows`` maps block ``N`` to tensor ``direction.N`` (see :func:`write_control_vector`), ascending.
     ``payload`` holds the ``workbench.{key}`` entries, checksum verified, when the file's
     ``workbench.artifact`` is ``kind``; else None (a foreign file). Refuses (ArtifactError) a missing or
     non-GGUF file, another architecture, a file without ``direction.N`` tensors, malformed direction tensors,

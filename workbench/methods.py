@@ -194,7 +194,7 @@ def _check_sets(pos: Activations, neg: Activations, method: str, paired: bool) -
         raise InvalidArgumentError("the positive set is empty; a steering vector needs positive examples")
     if neg.n == 0:
         raise InvalidArgumentError(
-            "the negative set is empty; one class cannot define a direction, collect a contrasting negative set"
+            "the negative set is empty; one class cannot define a direction: collect a contrasting set"
         )
     if pos.layers != neg.layers:
         raise ShapeMismatchError(
@@ -248,7 +248,7 @@ def _at_layer(p: Tensor, q: Tensor, layer: int, name: str, fn: Method) -> tuple[
         raise type(e)(f"layer {layer}, method {name!r}: {e}") from None
     if direction.shape != (p.shape[1],):
         raise ShapeMismatchError(
-            f"method {name!r} returned shape {tuple(direction.shape)} at layer {layer}, expected ({p.shape[1]},)"
+            f"method {name!r} returned shape {tuple(direction.shape)} at layer {layer}, not ({p.shape[1]},)"
         )
     direction = unit(direction, f"method {name!r}'s direction at layer {layer}")
     stats = LayerStats(

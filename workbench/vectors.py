@@ -299,7 +299,7 @@ class SteeringVector:
                 self.stats[layer].diff_norm, other.stats[layer].diff_norm
             ):
                 raise InvalidArgumentError(
-                    f"the {op} of these vectors is zero at layer {layer} (they cancel), so it has no direction"
+                    f"the {op} of these vectors is zero at layer {layer} (they cancel): it has no direction"
                 )
             scales = [
                 s.resid_norm for s in (self.stats[layer], other.stats[layer]) if s.resid_norm is not None
