@@ -39,7 +39,7 @@ def _written(result, run_dir):
 def test_candidate_layers_sit_at_the_same_depths_of_any_model():
     assert Size.full().candidate_layers(30) == [6, 10, 14, 17, 21]  # SmolLM2-135M
     assert Size.full().candidate_layers(18) == [3, 6, 8, 10, 12]  # Gemma 3 270M
-    assert Size.quick().candidate_layers(30) == [7, 12, 16]
+    assert Size.quick().candidate_layers(30) == [9, 16]
     assert Size.quick().candidate_layers(2) == [0, 1]  # distinct blocks only
     assert MICRO.candidate_layers(30) == [1, 2]  # explicit layers win
 
@@ -312,6 +312,7 @@ def test_cli_collect_sweep_and_layers_write_run_directories(tiny_dir, tmp_path):
     )
     assert result.exit_code == 0, result.output
     layers = pd.read_csv(run / "layers.csv")
-    assert list(layers["layer"]) == [0, 1, 2, 3] and layers["swept"].sum() == 3
+    quick_layers = len(Size.quick().depths)  # --quick sweeps as many layers as a quick study has candidates
+    assert list(layers["layer"]) == [0, 1, 2, 3] and layers["swept"].sum() == quick_layers
     assert (run / "layers.png").exists() and (run / "signals.csv").exists()
-    assert _manifest_of(run)["configuration"]["top_k"] == 3
+    assert _manifest_of(run)["configuration"]["top_k"] == quick_layers

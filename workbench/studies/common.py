@@ -13,8 +13,8 @@ from workbench.runs import write_frame
 
 #: Depths (fractions of the last block's index) of the validation sweeps' candidate layers.
 DEPTHS = (0.2, 0.33, 0.47, 0.6, 0.73)
-#: Candidate depths of a quick (CI-sized) run.
-QUICK_DEPTHS = (0.25, 0.4, 0.55)
+#: Candidate depths of a quick run (a smoke test: two layers, so that choosing one is exercised).
+QUICK_DEPTHS = (0.3, 0.55)
 
 #: The named sizes: ``quick`` (a smoke test of every step, for tests and CI) and ``full`` (the report's).
 SizeName = Literal["quick", "full"]
@@ -41,7 +41,7 @@ class Size:
     @classmethod
     def quick(cls) -> Size:
         return cls(
-            n_train=16, n_validation=8, n_test=8, max_new_tokens=24, layers=None, n_mc=40, depths=QUICK_DEPTHS
+            n_train=4, n_validation=2, n_test=2, max_new_tokens=8, layers=None, n_mc=4, depths=QUICK_DEPTHS
         )
 
     @classmethod
@@ -60,8 +60,8 @@ class Size:
 
     @property
     def is_quick(self) -> bool:
-        """A CI-sized run: no more validation prompts than :meth:`quick`'s."""
-        return self.n_validation <= Size.quick().n_validation
+        """A smoke-test size: fewer validation prompts than any real run (:meth:`frontier` has the fewest)."""
+        return self.n_validation < Size.frontier().n_validation
 
     def at_most(self, cap: Size) -> Size:
         """This size with every count (prompts, tokens, batch, questions) capped at ``cap``'s."""

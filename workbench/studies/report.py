@@ -13,6 +13,9 @@ missing) and writes, under ``out_dir``:
 
 A rerun with the same ``out_dir`` reuses every study whose outputs exist and whose key matches the current
 configuration, and runs the rest (a study that stopped half-way resumes from its cached sweep rows).
+
+``quick`` is a smoke test of every study, not a small report: :meth:`Size.quick`'s handful of prompts and
+tokens, two candidate layers, and :data:`QUICK_FORMATS` only (about 3 minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -53,6 +56,7 @@ __all__ = [
     "EXTRA_STUDIES",
     "STUDIES",
     "StudyError",
+    "StudyName",
     "markdown_table",
     "package_versions",
     "report_scale",
@@ -61,11 +65,23 @@ __all__ = [
     "write_manifest",
 ]
 
+#: The studies a report can run.
+StudyName = Literal[
+    "format", "length", "composition", "ablation", "italian", "base_model", "presets", "frontier"
+]
 #: Every study of the report, in report order.
-STUDIES = ("format", "length", "composition", "ablation", "italian", "base_model", "presets")
+STUDIES: tuple[StudyName, ...] = (
+    "format",
+    "length",
+    "composition",
+    "ablation",
+    "italian",
+    "base_model",
+    "presets",
+)
 #: Studies that run on request only: the frontier search that chose the presets (about an hour on 2 CPU
 #: cores at full size, so not part of the report).
-EXTRA_STUDIES = ("frontier",)
+EXTRA_STUDIES: tuple[StudyName, ...] = ("frontier",)
 #: Seeds of the random-direction control of the ablation study.
 ABLATION_SEEDS = (0, 1, 2)
 #: Format instructions of a quick report: the two whose sweeps the composition and ablation studies reuse.
@@ -157,7 +173,7 @@ def _frontier_runner(name: str) -> Runner:
     return run
 
 
-RUNNERS: dict[str, Runner] = {
+RUNNERS: dict[StudyName, Runner] = {
     **{name: _instruction_runner(name) for name in ("format", "length", "composition", "ablation")},
     "italian": _italian,
     "base_model": _base_model,
@@ -263,7 +279,7 @@ def run_report(
     *,
     quick: bool = False,
     out_dir: str | os.PathLike[str] = "runs/report",
-    studies: Sequence[str] | None = None,
+    studies: Sequence[StudyName] | None = None,
     size: Size | None = None,
     progress: bool = True,
 ) -> Path:
