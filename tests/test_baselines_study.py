@@ -1,0 +1,113 @@
+"""The baselines study on the tiny model: every method × column, competitors that change answers, resuming."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+import pytest
+import torch
+from conftest import build_tiny_model
+
+from workbench.datasets import load
+from workbench.generation import generate
+from workbench.recipes import Recipe
+from workbench.runner import Job, run_grid
+from workbench.schedules import DynamicStrength
+from workbench.studies import baselines as study
+from workbench.studies import competitors
+from workbench.studies.common import Size
+from workbench.vectors import SteeringVector
+
+RATES = ("target_rate", "clean_rate", "degeneration", "off_target_compliance", "mc_accuracy_en")
+#: A steering strong enough to move the tiny model (the coarse grid's is not), so every competitor acts.
+CANDIDATES = [Recipe("mean", (1, 2), strength=3.0)]
+
+
+@pytest.fixture(scope="module")
+def confident(tmp_path_factory):
+    """A tiny model with peaked next-token distributions (output head × 8), as a trained model's are, so
+    that steering moves the KL divergence that sets a dynamic strength; whitespace-only tokens and repeated
+    tokens are kept out so that its answers are not degenerate and LoRA has pairs to distil."""
+    model = build_tiny_model()
+    config = model.hf_model.generation_config
+    vocab = model.tokenizer.get_vocab().values()
+    config.suppress_tokens = [i for i in vocab if not model.tokenizer.decode([i]).strip()]
+    config.no_repeat_ngram_size = 1
+    with torch.no_grad():
+        model.hf_model.get_output_embeddings().weight.mul_(8.0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WORKBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield model
+
+
+@pytest.fixture(scope="module")
+def run(confident, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    result = study.baselines_study(
+        confident, Size.quick(), out, behaviours=("no_comma", "italian"), candidates=CANDIDATES
+    )
+    return out, result
+
+
+def test_every_method_and_column_on_the_test_prompts(run):
+    _, result = run
+    table = result.table.set_index(["behaviour", "method"])
+    no_comma = table.loc["no_comma"]
+    assert list(no_comma.index) == [m for m in study.METHODS if m != "Italian prompt"]
+    assert (no_comma["n"] == Size.quick().n_test).all()
+    for column in RATES:
+        assert no_comma[column].dropna().between(0, 1).all(), column
+    # Undefined by design: off-target damage of the prompt-only method, multiple choice of dynamic steering.
+    missing = no_comma.isna().sum().drop([c for c in no_comma if c.endswith("_it")])
+    assert missing[missing > 0].to_dict() == {
+        **dict.fromkeys(["off_target_compliance", "off_target_damage"], 1),
+        **dict.fromkeys(["mc_accuracy_en", "mc_gained_en", "mc_lost_en"], 1),
+    }
+    assert no_comma.loc["unsteered", "off_target_damage"] == 0
+    assert no_comma.loc["LoRA", "train_cpu_seconds"] > 0 and (no_comma["tokens_per_second"] > 0).all()
+    italian = table.loc["italian"]
+    assert "Italian prompt" in italian.index and italian["mc_accuracy_it"].dropna().between(0, 1).all()
+    assert (italian["target"] == "italian").all() and (no_comma["target"] == "ifeval").all()
+    assert any("no LoRA" in note for note in result.notes) == ("LoRA" not in italian.index)
+    assert [p.suffix for p in result.figures] == [".png", ".svg"] and all(p.exists() for p in result.figures)
+
+
+def test_lora_and_dynamic_steering_change_the_answers(run):
+    _, result = run
+    rows = result.rows[result.rows["behaviour"] == "no_comma"]
+    answers = {m: rows.loc[rows["setting"] == m, "response"].tolist() for m in study.METHODS}
+    for method in ("steering", "dynamic steering", "LoRA"):
+        assert answers[method] != answers["unsteered"], method
+
+
+def test_a_rerun_generates_and_trains_nothing(run, confident, monkeypatch):
+    out, first = run
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a rerun should have read this from the study folder")
+
+    monkeypatch.setattr("workbench.runner.run_chunk", refuse)
+    monkeypatch.setattr(competitors, "choose_lora", refuse)
+    monkeypatch.setattr(study, "multiple_choice", refuse)
+    again = study.baselines_study(
+        confident, Size.quick(), out, behaviours=("no_comma", "italian"), candidates=CANDIDATES
+    )
+    # Only the vector's build time is measured again (building it is not generation).
+    remeasured = ~first.table["method"].isin(["steering", "dynamic steering", "steering + instruction"])
+    pd.testing.assert_frame_equal(again.table[remeasured], first.table[remeasured])
+    pd.testing.assert_frame_equal(
+        again.table.drop(columns="train_cpu_seconds"), first.table.drop(columns="train_cpu_seconds")
+    )
+
+
+def test_run_grid_keeps_fixed_and_dynamic_strength_apart(confident):
+    data = load("no_comma", "train").head(4)
+    vector = SteeringVector.from_dataset(confident, data)
+    fixed = Recipe(None, (1, 2), strength=3.0, scale="diff_norm").interventions(vector)
+    dyn = [dataclasses.replace(iv, strength=DynamicStrength(group="g")) for iv in fixed]
+    prompt = data.negative[0]
+    jobs = [Job("fixed", "a", prompt, tuple(fixed)), Job("dynamic", "a", prompt, tuple(dyn))]
+    rows = run_grid(confident, jobs, max_new_tokens=6)
+    alone = [generate(confident, [prompt], max_new_tokens=6, interventions=[ivs])[0] for ivs in (fixed, dyn)]
+    assert rows["response"].tolist() == alone

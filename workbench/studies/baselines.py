@@ -1,0 +1,332 @@
+"""The baselines study (issue 19): steering against prompting, dynamic steering and LoRA on the same prompts.
+
+Per behaviour (:data:`BEHAVIOURS`) one table, one row per method of :data:`METHODS`: unsteered, the
+instruction in the prompt, (Italian) the fully Italian prompt, fixed steering, dynamic steering, steering +
+instruction, LoRA and LoRA + instruction; the competitors are chosen on the validation split
+(:mod:`workbench.studies.competitors`) and every number comes from the test split, generated once per
+intervention with :func:`~workbench.runner.run_grid` (raw parts in the study folder, so a rerun resumes and
+rescores). Columns:
+
+* ``target_rate`` (the behaviour's target, named in ``target``), ``clean_rate`` (on target and not
+  degenerate), ``degeneration`` (:func:`~workbench.evaluation.is_degenerate`) and ``median_perplexity``
+  under the unmodified model, all from :func:`workbench.baselines.score_answers`;
+* ``off_target_compliance``: IFEval compliance with *other* format instructions (:data:`OFF_TARGET`) asked
+  for in the prompt, under the method's intervention; ``off_target_damage`` = the unmodified model's
+  compliance minus that (NaN for prompt-only methods: the other instruction is the prompt);
+* ``mc_accuracy_{en,it}``, ``mc_gained_*``, ``mc_lost_*``: the bundled multiple-choice test questions
+  (English for format behaviours, both languages for Italian) under the intervention, against the unmodified
+  model (prompt-only methods leave the model as it is; dynamic steering has none: its strength is set
+  while generating);
+* ``train_cpu_seconds`` (building the vector, or distilling and training the adapter; the validation grids
+  excluded) and ``tokens_per_second`` (test generation, wall clock, measured when it ran).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from workbench.baselines import LoraAdapter, lora_applied, score_answers
+from workbench.behaviours import BEHAVIOURS as FRONTIER_BEHAVIOURS
+from workbench.behaviours import Behaviour
+from workbench.datasets import Item, load, load_multiple_choice
+from workbench.errors import InvalidArgumentError
+from workbench.evaluation.multiple_choice import multiple_choice
+from workbench.evaluation.perplexity import perplexity
+from workbench.evaluation.targets import follows
+from workbench.models import Model
+from workbench.recipes import Recipe, cached_rows
+from workbench.runner import Job, run_grid
+from workbench.runs import atomic_text
+from workbench.steering import Intervention
+from workbench.studies.common import Size, StudyResult
+from workbench.studies.competitors import (
+    dynamic_steering,
+    fine_tuned,
+    fixed_steering,
+    grid_dir,
+    lora_cpu_seconds,
+)
+from workbench.studies.steps import save
+
+__all__ = ["BEHAVIOURS", "FULL", "METHODS", "OFF_TARGET", "baselines_study", "study_behaviour"]
+
+#: The behaviours of the study.
+BEHAVIOURS = ("json", "one_sentence", "no_comma", "italian")
+#: Each method: the prompt kind it answers and its intervention (none, fixed or dynamic steering, LoRA).
+METHODS: dict[str, tuple[str, str]] = {
+    "unsteered": ("plain", "none"),
+    "instruction": ("instruction", "none"),
+    "Italian prompt": ("native", "none"),
+    "steering": ("plain", "fixed"),
+    "dynamic steering": ("plain", "dynamic"),
+    "steering + instruction": ("instruction", "fixed"),
+    "LoRA": ("plain", "lora"),
+    "LoRA + instruction": ("instruction", "lora"),
+}
+#: Format instructions whose compliance measures off-target damage (the first three not the behaviour's own).
+OFF_TARGET = ("bullet_lists", "title", "highlighted_sections", "json_format")
+#: The full size: 32 LoRA train pairs (and vector pairs where no preset), 16 validation and 32 test prompts,
+#: 64 new tokens, 100 multiple-choice questions per language (about 30 min for four behaviours on 2 cores).
+FULL = Size(n_train=32, n_validation=16, n_test=32, max_new_tokens=64, layers=None, n_mc=100)
+_BEHAVIOURS = {**FRONTIER_BEHAVIOURS, "no_comma": Behaviour("no_comma", "no_comma", 64)}
+
+
+def _off_target(behaviour: Behaviour, n: int) -> list[tuple[Item, Job]]:
+    """``n`` test prompts (with their instruction) of each of three other format instructions."""
+    out = []
+    for name in [name for name in OFF_TARGET if name != behaviour.dataset][:3]:
+        data = load(name, "test").head(n)
+        out += [
+            (item, Job(f"off-target {name}", item.id, p))
+            for item, p in zip(data.items, data.positive, strict=True)
+        ]
+    return out
+
+
+def _generate(
+    model: Model, jobs: list[Job], tokens: int, size: Size, folder: Path
+) -> tuple[pd.DataFrame, float]:
+    """run_grid's rows, and tokens per second of the generation (stored, so a resumed grid keeps it)."""
+    parts: list[pd.DataFrame] = []
+    tick = time.perf_counter()
+    rows = run_grid(
+        model, jobs, max_new_tokens=tokens, batch_size=size.batch_size, out_dir=folder, on_chunk=parts.append
+    )
+    record = folder / "speed.json"
+    if parts:
+        responses = pd.concat(parts)["response"]
+        n_tokens = sum(len(model.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses)
+        speed = n_tokens / max(time.perf_counter() - tick, 1e-9)
+        atomic_text(record, json.dumps({"tokens_per_second": speed, "tokens": n_tokens}), "speed")
+    speed = json.loads(record.read_text())["tokens_per_second"] if record.exists() else float("nan")
+    return rows, speed
+
+
+def _multiple_choice(
+    model: Model, label: str, interventions: Sequence[Intervention], language: str, n: int, out: Path
+) -> pd.DataFrame:
+    """Per question ``id, correct`` under ``interventions`` (model as it runs now), cached in ``out``."""
+    items = load_multiple_choice("bundled", language=language, split="test")[:n]
+    key = {
+        "model": model.fingerprint,
+        "n": n,
+        "language": language,
+        "steering": [
+            [iv.label, iv.amount(), iv.positions, iv.direction().sum().item()] for iv in interventions
+        ],
+    }
+
+    def run() -> pd.DataFrame:
+        return multiple_choice(model, items, interventions=list(interventions))[["id", "correct"]]
+
+    return cached_rows(out / f"mc-{label}-{language}.parquet", key, run)
+
+
+def _mc_columns(base: pd.DataFrame | None, mine: pd.DataFrame | None, language: str) -> dict[str, float]:
+    names = [f"mc_accuracy_{language}", f"mc_gained_{language}", f"mc_lost_{language}"]
+    if base is None or mine is None:
+        return dict.fromkeys(names, np.nan)
+    before = base.set_index("id")["correct"].astype(bool)
+    after = mine.set_index("id")["correct"].astype(bool).reindex(before.index)
+    values = [after.mean(), int((after & ~before).sum()), int((~after & before).sum())]
+    return dict(zip(names, values, strict=True))
+
+
+def study_behaviour(
+    model: Model, name: str, size: Size, out: Path, candidates: Sequence[Recipe] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """One behaviour's table (one row per method), its scored answers, and notes (``candidates``: see
+    :func:`baselines_study`)."""
+    if name not in _BEHAVIOURS:
+        raise InvalidArgumentError(f"unknown behaviour {name!r}: use some of {', '.join(_BEHAVIOURS)}")
+    behaviour = dataclasses.replace(_BEHAVIOURS[name], max_new_tokens=size.max_new_tokens)
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    steering = fixed_steering(model, behaviour, size, folder, candidates)
+    dyn = dynamic_steering(model, behaviour, steering, size, folder)
+    adapter, lora_note = fine_tuned(model, behaviour, size, folder)
+    kinds: dict[str, tuple[Intervention, ...]] = {
+        "none": (),
+        "fixed": steering.interventions,
+        "dynamic": dyn.interventions,
+    }
+    if adapter is not None:
+        kinds["lora"] = ()
+    methods = {
+        m: pk
+        for m, pk in METHODS.items()
+        if pk[1] in kinds and (pk[0] != "native" or behaviour.instruction_variant is not None)
+    }
+    test = behaviour.items("test", size.n_test)
+    prompts = {kind: behaviour.prompts("test", size.n_test, kind) for kind, _ in methods.values()}
+    off = _off_target(behaviour, max(2, size.n_test // 4))
+    rows, speed = [], {}
+    for kind, ivs in kinds.items():
+        jobs = [
+            Job(m, item.id, prompts[p][i], ivs)
+            for m, (p, k) in methods.items()
+            if k == kind
+            for i, item in enumerate(test.items)
+        ]
+        jobs += [dataclasses.replace(job, interventions=ivs) for _, job in off]
+        stage = f"test-{kind}" + (f"-{adapter.hash[:12]}" if kind == "lora" and adapter else "")
+        with lora_applied(model, adapter) if kind == "lora" and adapter else nullcontext():
+            grid, speed[kind] = _generate(
+                model,
+                jobs,
+                behaviour.max_new_tokens,
+                size,
+                grid_dir(folder, stage, model, behaviour.max_new_tokens),
+            )
+        rows.append(grid.assign(kind=kind))
+    answers = _score(model, behaviour, pd.concat(rows, ignore_index=True), test.items, off)
+    mc = _mc_all(model, behaviour, size, out, steering.interventions, adapter)
+    cpu = {"none": 0.0, "fixed": steering.cpu_seconds, "dynamic": dyn.cpu_seconds}
+    if adapter is not None:
+        cpu["lora"] = lora_cpu_seconds(adapter)
+    table = _table(behaviour, methods, answers, mc, cpu, speed)
+    notes = [f"{name}: {steering.note}", f"{name}: {dyn.note}", f"{name}: {lora_note}"]
+    return table, answers.assign(behaviour=name), notes
+
+
+def _score(
+    model: Model, behaviour: Behaviour, rows: pd.DataFrame, items: Sequence[Item], off: list[tuple[Item, Job]]
+) -> pd.DataFrame:
+    """Method rows scored by :func:`score_answers` (perplexity under the unmodified model); off-target rows
+    by IFEval compliance with their own instruction (``follows``)."""
+    on = ~rows["setting"].str.startswith("off-target ")
+    mine = rows[on].reset_index(drop=True)
+    ppl = perplexity(model, mine["prompt"].tolist(), mine["response"].tolist())
+    by_id = {item.id: item for item in items}
+    scored = score_answers(behaviour.target, [by_id[i] for i in mine["id"]], mine["response"].tolist(), ppl)
+    mine = mine.assign(**{c: scored[c] for c in ("perplexity", "on_target", "degenerate", "clean")})
+    by_job = {(job.setting, job.id): item for item, job in off}
+    others = rows[~on].reset_index(drop=True)
+    keys = zip(others["setting"], others["id"], others["response"], strict=True)
+    return pd.concat(
+        [mine, others.assign(follows=[follows(by_job[(s, i)], r) for s, i, r in keys])], ignore_index=True
+    )
+
+
+def _mc_all(
+    model: Model,
+    behaviour: Behaviour,
+    size: Size,
+    out: Path,
+    steering: Sequence[Intervention],
+    adapter: LoraAdapter | None,
+) -> dict[str, dict[str, pd.DataFrame]]:
+    """Per intervention kind and language, which multiple-choice questions are answered correctly."""
+    languages = ("en", "it") if behaviour.target == "italian" else ("en",)
+    cache = out / "multiple_choice"
+    found: dict[str, dict[str, pd.DataFrame]] = {"none": {}, "fixed": {}, "lora": {}}
+    for language in languages:
+        found["none"][language] = _multiple_choice(model, "unmodified", (), language, size.n_mc, cache)
+        found["fixed"][language] = _multiple_choice(
+            model, f"{behaviour.name}-steering", steering, language, size.n_mc, cache
+        )
+        if adapter is not None:
+            with lora_applied(model, adapter):
+                found["lora"][language] = _multiple_choice(
+                    model, f"{behaviour.name}-lora", (), language, size.n_mc, cache
+                )
+    return found
+
+
+def _table(
+    behaviour: Behaviour,
+    methods: dict[str, tuple[str, str]],
+    answers: pd.DataFrame,
+    mc: dict[str, dict[str, pd.DataFrame]],
+    cpu: dict[str, float],
+    speed: dict[str, float],
+) -> pd.DataFrame:
+    """One row per method: the rates, off-target damage, multiple choice, cost (see the module docstring)."""
+    off = answers[answers["setting"].str.startswith("off-target ")]
+    compliance = off.groupby("kind")["follows"].mean()
+    out = []
+    for method, (prompt, kind) in methods.items():
+        mine = answers[answers["setting"] == method]
+        intervened = prompt == "plain" or kind != "none"
+        row = {
+            "behaviour": behaviour.name,
+            "method": method,
+            "target": behaviour.target,
+            "target_rate": mine["on_target"].mean(),
+            "clean_rate": mine["clean"].mean(),
+            "degeneration": mine["degenerate"].mean(),
+            "median_perplexity": mine["perplexity"].median(),
+            "off_target_compliance": compliance[kind] if intervened else np.nan,
+            "off_target_damage": compliance["none"] - compliance[kind] if intervened else np.nan,
+        }
+        for language in ("en", "it"):
+            base = mc["none"].get(language)
+            row |= _mc_columns(base, mc.get(kind, {}).get(language) if kind != "none" else base, language)
+        row |= {"train_cpu_seconds": cpu[kind], "tokens_per_second": speed[kind], "n": len(mine)}
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def plot_baselines(table: pd.DataFrame) -> Figure:
+    """Clean rate against English multiple-choice accuracy per method, one panel per behaviour; dynamic
+    steering (no multiple choice) is a dashed line at its clean rate."""
+    names = list(dict.fromkeys(table["behaviour"]))
+    fig = Figure(figsize=(4.2 * len(names), 4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(names), sharey=True))
+    for ax, name in zip(axes, names, strict=True):
+        part = table[table["behaviour"] == name]
+        for k, row in enumerate(part.itertuples()):
+            colour = f"C{k}"
+            if np.isnan(row.mc_accuracy_en):
+                ax.axhline(row.clean_rate, ls="--", color=colour, label=row.method)
+            else:
+                ax.scatter(row.mc_accuracy_en, row.clean_rate, color=colour, label=row.method)
+        ax.set_title(name)
+        ax.set_xlabel("multiple-choice accuracy (en)")
+        ax.set_ylim(-0.02, 1.02)
+    axes[0].set_ylabel("clean rate (on target, not degenerate)")
+    axes[-1].legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return fig
+
+
+def baselines_study(
+    model: Model,
+    size: Size,
+    out_dir: str | os.PathLike[str],
+    *,
+    behaviours: Sequence[str] = BEHAVIOURS,
+    name: str = "baselines",
+    candidates: Sequence[Recipe] | None = None,
+) -> StudyResult:
+    """Every method of :data:`METHODS` on each behaviour's test prompts (``size``: :data:`FULL` for the
+    report's); one table, the scored answers as rows, one figure.
+
+    ``candidates``: the steering recipes (``mean`` source) tried on validation where the model has no
+    preset for a behaviour (default: :func:`~workbench.studies.search.coarse_grid`).
+    """
+    out = Path(out_dir) / name
+    out.mkdir(parents=True, exist_ok=True)
+    tables, rows, notes = [], [], []
+    for behaviour in behaviours:
+        table, answers, said = study_behaviour(model, behaviour, size, out, candidates)
+        tables.append(table)
+        rows.append(answers)
+        notes += said
+    table = pd.concat(tables, ignore_index=True)
+    notes.append(
+        f"{model.name}: {size.n_test} test prompts, {size.max_new_tokens} new tokens, greedy; choices on "
+        f"{size.n_validation} validation prompts; off-target: {max(2, size.n_test // 4)} prompts of each of "
+        "three other format instructions; prompt-only methods leave the multiple-choice answers unchanged"
+    )
+    figure = plot_baselines(table)
+    return StudyResult(name, pd.concat(rows, ignore_index=True), table, save(figure, out, "baselines"), notes)

@@ -1,0 +1,208 @@
+"""The competitors of the baselines study, each chosen on the validation split only.
+
+* :func:`fixed_steering`: the frontier's preset (:mod:`workbench.presets`) where the model has one for the
+  behaviour, else the best clean rate of a small coarse grid (:func:`~workbench.studies.search.coarse_grid`,
+  mean-over-prompt vector) on the validation prompts (:func:`~workbench.recipes.choose_clean`).
+* :func:`dynamic_steering`: the same interventions with a :class:`~workbench.schedules.DynamicStrength`
+  (one group, Scalena et al. 2024), ``max_strength`` chosen on validation among :data:`DYNAMIC_MAX`.
+* :func:`fine_tuned`: a self-distilled LoRA adapter (:func:`workbench.baselines.choose_lora`), saved in the
+  study folder and reused by a rerun with the same key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from workbench import presets
+from workbench.baselines import LoraAdapter, NoPairsError, choose_lora, score_answers
+from workbench.behaviours import Behaviour, build_vectors
+from workbench.evaluation.perplexity import perplexity
+from workbench.models import Model
+from workbench.recipes import Recipe, choose_clean, run_recipes, summarize_recipes
+from workbench.runner import Job, run_grid
+from workbench.runs import atomic_text
+from workbench.schedules import DynamicStrength
+from workbench.steering import Intervention
+from workbench.studies.common import Size
+from workbench.studies.search import coarse_grid
+
+__all__ = [
+    "DYNAMIC_MAX",
+    "LORA_GRID",
+    "Steering",
+    "dynamic",
+    "dynamic_steering",
+    "fine_tuned",
+    "fixed_steering",
+    "grid_dir",
+    "lora_cpu_seconds",
+]
+
+#: ``max_strength`` of the dynamic strength tried on validation (the paper's bound is 2).
+DYNAMIC_MAX = (1.0, 2.0)
+#: The LoRA grid of :func:`workbench.baselines.choose_lora` per size: ranks, steps, learning rates.
+LORA_GRID = {
+    "quick": {"ranks": (2,), "steps": (4, 8), "lrs": (3e-2,)},
+    "full": {"ranks": (8,), "steps": (30, 60), "lrs": (5e-4, 2e-3)},
+}
+
+
+@dataclass(frozen=True)
+class Steering:
+    """A chosen steering: its interventions, a label for tables, the CPU seconds its vector took, a note."""
+
+    interventions: tuple[Intervention, ...]
+    label: str
+    cpu_seconds: float
+    note: str
+
+
+def grid_dir(out: Path, stage: str, model: Model, max_new_tokens: int) -> Path:
+    """A run_grid folder of one stage, per model fingerprint and budget (a grid refuses other settings)."""
+    return out / f"{stage}-{model.fingerprint[:12]}-{max_new_tokens}"
+
+
+def _digest(key: object) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fixed_steering(
+    model: Model, behaviour: Behaviour, size: Size, out: Path, candidates: Sequence[Recipe] | None = None
+) -> Steering:
+    """The preset's interventions, or the clean-rate winner on the validation prompts of ``candidates``
+    (default: the coarse grid of the mean-over-prompt vector; only ``mean`` recipes)."""
+    cpu = time.process_time()
+    if behaviour.name in presets.available(model):
+        preset = presets.get(behaviour.name)
+        vector, _ = presets.build(model, behaviour.name)  # rebuilt, so its CPU time is measured
+        recipe = preset.recipe(model)
+        ivs = recipe.interventions(vector)
+        note = f"preset {behaviour.name!r} ({recipe.name}), chosen by the frontier search on validation"
+        return Steering(tuple(ivs), recipe.label, time.process_time() - cpu, note)
+    vectors = build_vectors(model, behaviour, size.n_train, sources=("mean",), batch_size=size.batch_size)
+    seconds = time.process_time() - cpu
+    grid = coarse_grid(model.n_layers, ("mean",), quick=size.is_quick) if candidates is None else candidates
+    recipes = [Recipe(), *grid]
+    rows = run_recipes(
+        model,
+        behaviour,
+        vectors,
+        recipes,
+        "validation",
+        size.n_validation,
+        batch_size=size.batch_size,
+        out_dir=grid_dir(out, "validation-steering", model, behaviour.max_new_tokens),
+    )
+    summary = summarize_recipes(rows, recipes, model.n_layers)
+    summary.to_csv(out / "validation_steering.csv", index=False)
+    best = choose_clean(summary)
+    recipe = next(r for r in recipes if r.name == best["recipe"])
+    note = (
+        f"no preset: {recipe.name} chosen of {len(recipes) - 1} recipes on {size.n_validation} validation "
+        f"prompts (clean rate {best['clean_rate']:.2f})"
+    )
+    return Steering(tuple(recipe.interventions(vectors["mean"])), recipe.label, seconds, note)
+
+
+def dynamic(steering: Steering, max_strength: float, group: str) -> tuple[Intervention, ...]:
+    """``steering``'s interventions with one dynamic strength for all (no linear decay: it is a schedule)."""
+    spec = DynamicStrength(max_strength=max_strength, group=group)
+    return tuple(dataclasses.replace(iv, strength=spec, decay_tokens=0) for iv in steering.interventions)
+
+
+def dynamic_steering(
+    model: Model, behaviour: Behaviour, steering: Steering, size: Size, out: Path
+) -> Steering:
+    """``steering`` with a dynamic strength whose bound (:data:`DYNAMIC_MAX`) has the best validation clean
+    rate (ties: the higher target rate, then the smaller bound)."""
+    data = behaviour.items("validation", size.n_validation)
+    options = {m: dynamic(steering, m, behaviour.name) for m in DYNAMIC_MAX}
+    jobs = [
+        Job(f"dyn{m:g}", item.id, prompt, ivs)
+        for m, ivs in options.items()
+        for item, prompt in zip(data.items, data.negative, strict=True)
+    ]
+    rows = run_grid(
+        model,
+        jobs,
+        max_new_tokens=behaviour.max_new_tokens,
+        batch_size=size.batch_size,
+        out_dir=grid_dir(out, "validation-dynamic", model, behaviour.max_new_tokens),
+    )
+    rows["perplexity"] = perplexity(model, rows["prompt"].tolist(), rows["response"].tolist())
+    scores = []
+    for m in options:
+        part = rows[rows["setting"] == f"dyn{m:g}"]
+        scored = score_answers(behaviour.target, data.items, part["response"].tolist(), part["perplexity"])
+        scores.append(
+            {
+                "max_strength": m,
+                "clean_rate": scored["clean"].mean(),
+                "target_rate": scored["on_target"].mean(),
+            }
+        )
+    table = pd.DataFrame(scores)
+    table.to_csv(out / "validation_dynamic.csv", index=False)
+    best = table.sort_values(["clean_rate", "target_rate"], ascending=False, kind="stable").iloc[0]
+    m = float(best["max_strength"])
+    note = f"dynamic strength max {m:g} (validation clean rate {best['clean_rate']:.2f} of {DYNAMIC_MAX})"
+    return Steering(options[m], f"{steering.label}+dyn{m:g}", steering.cpu_seconds, note)
+
+
+def fine_tuned(model: Model, behaviour: Behaviour, size: Size, out: Path) -> tuple[LoraAdapter | None, str]:
+    """The validation-chosen self-distilled LoRA adapter (None when the model gives nothing to distil), and a
+    note. Saved as ``out/lora.safetensors`` (with ``lora.json``: its key, or why there is none); a rerun with
+    the same key reads them instead of training."""
+    train = behaviour.items("train", size.n_train)
+    validation = behaviour.items("validation", size.n_validation)
+    grid = LORA_GRID["quick" if size.is_quick else "full"]
+    key = {
+        "fingerprint": model.fingerprint,
+        "train": train.hash,
+        "validation": validation.hash,
+        "target": behaviour.target,
+        "max_new_tokens": behaviour.max_new_tokens,
+        "grid": grid,
+    }
+    path, stamp = out / "lora.safetensors", out / "lora.json"
+    record = json.loads(stamp.read_text()) if stamp.exists() else {}
+    if record.get("key") == _digest(key) and (record.get("no_pairs") or path.exists()):
+        if record.get("no_pairs"):
+            return None, record["no_pairs"]
+        adapter = LoraAdapter.load(path)
+    else:
+        try:
+            adapter, table = choose_lora(
+                model,
+                train,
+                validation,
+                max_new_tokens=behaviour.max_new_tokens,
+                target=behaviour.target,
+                batch_size=4,
+                **grid,  # type: ignore[arg-type]
+            )
+        except NoPairsError as e:
+            atomic_text(stamp, json.dumps({"key": _digest(key), "no_pairs": f"no LoRA: {e}"}), "LoRA record")
+            return None, f"no LoRA: {e}"
+        table.to_csv(out / "validation_lora.csv", index=False)
+        adapter.save(path)
+        atomic_text(stamp, json.dumps({"key": _digest(key), "no_pairs": None}), "LoRA record")
+    recipe = adapter.provenance["recipe"]
+    note = (
+        f"LoRA rank {recipe['rank']}, {recipe['steps']} steps, lr {recipe['lr']:g} on "
+        f"{adapter.provenance['kept_pairs']}/{adapter.provenance['generated_pairs']} distilled pairs"
+    )
+    return adapter, note
+
+
+def lora_cpu_seconds(adapter: LoraAdapter) -> float:
+    """Distilling plus training CPU seconds of ``adapter`` (the validation grid's other points excluded)."""
+    return float(adapter.provenance["distill_cpu_seconds"]) + float(adapter.provenance["train_cpu_seconds"])
