@@ -96,7 +96,7 @@ def build(model, method):
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_vector_build_repeats_bit_for_bit(tiny, twin, method, tmp_path, monkeypatch):
-    monkeypatch.setattr(vectors, "_now", lambda: "2025-01-01T00:00:00+00:00")
+    monkeypatch.setattr(vectors, "utc_now", lambda: "2025-01-01T00:00:00+00:00")
     first, other = build(tiny, method), build(twin, method)
     assert torch.equal(first.directions, other.directions)
     assert first.stats == other.stats
