@@ -264,50 +264,31 @@ def _position(text: str) -> str | int:
     return where
 
 
-def _step_manifest(
-    run: Path,
-    command: str,
-    configuration: dict[str, Any],
-    loaded: Any,
-    timings: dict[str, float],
-    started: str,
-) -> Path:
-    from workbench.runs import utc_now, write_manifest
-
-    return write_manifest(
-        run,
-        {
-            "command": command,
-            "configuration": configuration,
-            "model": {
-                "name": loaded.name,
-                "weights_hash": loaded.weights_hash,
-                "source": loaded.source,
-                "load_seconds": round(loaded.load_seconds, 1),
-            },
-            "seeds": {"generation": "greedy decoding (no sampling)", **configuration.get("seeds", {})},
-            "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
-            "started": started,
-            "finished": utc_now(),
-        },
-    )
-
-
 @app.command()
 @one_line_errors
 def report(
     quick: bool = typer.Option(False, "--quick", help="A smoke test of every step at tiny sizes."),
     out: Path = typer.Option(Path("runs/report"), "--out", "-o", help="Run directory."),
     model: ModelSpec = ...,
+    publish: Path = typer.Option(
+        None,
+        "--publish",
+        help="Also write each study's tables as DIR/<study>.md and .csv (e.g. docs/results).",
+    ),
 ) -> None:
     """Run every study (format, length, composition, ablation, Italian, base model, presets); write
     report.md/.html. The frontier search that chose the presets runs alone: `workbench study frontier`.
 
-    A rerun with the same --out reuses the studies that finished with the same configuration.
+    A rerun with the same --out reuses the studies that finished with the same configuration, so
+    `--publish` on a finished run only writes the pages.
     """
-    from workbench.studies.report import run_report
+    from workbench.studies.render import publish as publish_pages
+    from workbench.studies.report import EXTRA_STUDIES, STUDIES, run_report
 
     typer.echo(str(run_report(model, quick=quick, out_dir=out)))
+    if publish is not None:
+        pages = publish_pages(out, publish, (*STUDIES, *EXTRA_STUDIES))
+        typer.echo("\n".join(str(p) for p in pages))
 
 
 @app.command()
@@ -315,8 +296,9 @@ def report(
 def study(
     name: str = typer.Argument(
         ...,
-        help="format, length, composition, ablation, italian, base_model, presets or frontier (the search "
-        "for steering recipes; about an hour on 2 CPU cores at full scale).",
+        help="format, length, composition, ablation, italian, base_model, presets, frontier (the search "
+        "for steering recipes; about an hour on 2 CPU cores at full scale) or baselines (steering against "
+        "prompting, dynamic steering and LoRA; about 30 min).",
     ),
     quick: bool = typer.Option(False, "--quick", help="A smoke test of every step at tiny sizes."),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (default runs/study-NAME)."),
@@ -353,6 +335,7 @@ def collect_command(
     from workbench.datasets import load
     from workbench.models import load_model
     from workbench.paths import check_writable
+    from workbench.pipeline import write_step_manifest
     from workbench.runs import utc_now
 
     started = utc_now()
@@ -376,7 +359,7 @@ def collect_command(
         "n": len(data),
     }
     timings = {"load_model": loaded.load_seconds, "collect": seconds}
-    _step_manifest(run, "collect", configuration, loaded, timings, started)
+    write_step_manifest(run, "collect", configuration, loaded, timings, started)
     typer.echo("\n".join(str(target) for target in targets))
 
 
@@ -399,7 +382,7 @@ def layers_command(
     sweep), the figure layers.{png,svg} and manifest.json.
     """
     from workbench.models import load_model
-    from workbench.pipeline import layers_step
+    from workbench.pipeline import layers_step, write_step_manifest
     from workbench.runs import markdown_table, utc_now
 
     started = utc_now()
@@ -408,7 +391,7 @@ def layers_command(
     loaded = load_model(model)
     step = layers_step(loaded, dataset, run, variant=variant, coefs=strengths, quick=quick, top_k=top_k)
     timings = {"load_model": loaded.load_seconds, **step.timings}
-    _step_manifest(run, "layers", step.configuration, loaded, timings, started)
+    write_step_manifest(run, "layers", step.configuration, loaded, timings, started)
     typer.echo(markdown_table(step.table))
     typer.echo(str(run))
 
@@ -444,7 +427,7 @@ def sweep_command(
     from workbench.distributed import ray_executor
     from workbench.errors import InvalidArgumentError
     from workbench.models import load_model
-    from workbench.pipeline import sweep_step
+    from workbench.pipeline import sweep_step, write_step_manifest
     from workbench.runs import markdown_table, utc_now
 
     started = utc_now()
@@ -476,7 +459,7 @@ def sweep_command(
             executor=executor,
         )
     timings = {"load_model": loaded.load_seconds, **step.timings}
-    _step_manifest(run, "sweep", step.configuration, loaded, timings, started)
+    write_step_manifest(run, "sweep", step.configuration, loaded, timings, started)
     typer.echo(markdown_table(step.table))
     typer.echo(
         f"choice: {choice.config} (compliance {choice.compliance:.2f}, unsteered {choice.baseline_compliance:.2f})"

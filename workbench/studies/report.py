@@ -67,7 +67,7 @@ __all__ = [
 
 #: The studies a report can run.
 StudyName = Literal[
-    "format", "length", "composition", "ablation", "italian", "base_model", "presets", "frontier"
+    "format", "length", "composition", "ablation", "italian", "base_model", "presets", "frontier", "baselines"
 ]
 #: Every study of the report, in report order.
 STUDIES: tuple[StudyName, ...] = (
@@ -80,8 +80,8 @@ STUDIES: tuple[StudyName, ...] = (
     "presets",
 )
 #: Studies that run on request only: the frontier search that chose the presets (about an hour on 2 CPU
-#: cores at full size, so not part of the report).
-EXTRA_STUDIES: tuple[StudyName, ...] = ("frontier",)
+#: cores at full size, so not part of the report) and the baselines study (about 30 min).
+EXTRA_STUDIES: tuple[StudyName, ...] = ("frontier", "baselines")
 #: Seeds of the random-direction control of the ablation study.
 ABLATION_SEEDS = (0, 1, 2)
 #: Format instructions of a quick report: the two whose sweeps the composition and ablation studies reuse.
@@ -173,11 +173,18 @@ def _frontier_runner(name: str) -> Runner:
     return run
 
 
+def _baselines(job: _Run) -> StudyResult:
+    from workbench.studies.baselines import FULL, baselines_study
+
+    return baselines_study(job.loaded, job.size if job.quick else FULL, job.out)
+
+
 RUNNERS: dict[StudyName, Runner] = {
     **{name: _instruction_runner(name) for name in ("format", "length", "composition", "ablation")},
     "italian": _italian,
     "base_model": _base_model,
     **{name: _frontier_runner(name) for name in ("presets", "frontier")},
+    "baselines": _baselines,
 }
 
 
