@@ -10,9 +10,11 @@ import torch
 from typer.testing import CliRunner
 
 from workbench.cli import app
+from workbench.errors import InvalidArgumentError
 from workbench.studies import instructions, report
 from workbench.studies.common import Scale, Size
 from workbench.studies.instructions import FORMATS, SETTINGS
+from workbench.studies.render import publish
 
 MICRO = Scale(n_train=6, n_validation=4, n_test=4, max_new_tokens=6, layers=(1, 2), batch_size=32)
 
@@ -221,6 +223,23 @@ def test_report_writes_everything_and_rerun_skips(tiny, tmp_path, monkeypatch):
     report.run_report(tiny, quick=True, out_dir=out, size=MICRO, progress=False)
     assert before == {p: p.stat().st_mtime_ns for p in out.glob("*/table.parquet")}
     assert "| instruction |" in (out / "report.md").read_text()
+
+    # Publishing writes one page and one CSV per finished study, and an index linking them.
+    results = tmp_path / "results"
+    publish(out, results, report.STUDIES)
+    finished = [n for n, s in studies.items() if s["status"] == "done"]
+    assert sorted(p.name for p in results.glob("*.md")) == sorted(
+        [*(f"{n}.md" for n in finished), "index.md"]
+    )
+    page = (results / "format.md").read_text()
+    assert page.startswith("# Format instructions") and "| instruction |" in page and "tiny-llama" in page
+    pd.testing.assert_frame_equal(
+        pd.read_csv(results / "format.csv"), pd.read_csv(out / "format" / "table.csv"), check_dtype=False
+    )
+    index = (results / "index.md").read_text()
+    assert all(f"({n}.md)" in index for n in finished) and "(presets.md)" not in index
+    with pytest.raises(InvalidArgumentError, match=r"no manifest\.json"):
+        publish(tmp_path / "nothing", results, report.STUDIES)
 
 
 def test_markdown_table_without_tabulate(monkeypatch):

@@ -1,7 +1,7 @@
 """The work of the ``layers`` and ``sweep`` commands once their arguments are checked and the model loaded.
 
 Each step writes its tables and figure into a run directory and returns a :class:`Step`: the table the
-command prints, the configuration and the timings its manifest records.
+command prints, the configuration and the timings that :func:`write_step_manifest` records.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from workbench.layers import find_layers
 from workbench.models import Model
 from workbench.plots import plot_sweep_heatmaps, save_figure
 from workbench.runner import Executor
-from workbench.runs import atomic_text, write_frame
+from workbench.runs import atomic_text, utc_now, write_frame, write_manifest
 from workbench.studies.common import Size
 from workbench.sweeps import Choice, choose_stolfo, grid, summarize_sweep, sweep
 from workbench.vectors import SteeringVector
 
-__all__ = ["Step", "layers_step", "sweep_step"]
+__all__ = ["Step", "layers_step", "sweep_step", "write_step_manifest"]
 
 
 @dataclass
@@ -36,6 +36,34 @@ class Step:
     table: pd.DataFrame
     configuration: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def write_step_manifest(
+    run: Path,
+    command: str,
+    configuration: dict[str, Any],
+    model: Model,
+    timings: dict[str, float],
+    started: str,
+) -> Path:
+    """``run/manifest.json`` of a pipeline command: its configuration, model, seeds, timings and times."""
+    return write_manifest(
+        run,
+        {
+            "command": command,
+            "configuration": configuration,
+            "model": {
+                "name": model.name,
+                "weights_hash": model.weights_hash,
+                "source": model.source,
+                "load_seconds": round(model.load_seconds, 1),
+            },
+            "seeds": {"generation": "greedy decoding (no sampling)", **configuration.get("seeds", {})},
+            "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
+            "started": started,
+            "finished": utc_now(),
+        },
+    )
 
 
 def _write(run: Path, tables: dict[str, pd.DataFrame]) -> None:

@@ -10,9 +10,10 @@ from typing import Any
 
 import pandas as pd
 
-from workbench.runs import atomic_text, html_table, markdown_table
+from workbench.errors import InvalidArgumentError
+from workbench.runs import atomic_text, html_table, markdown_table, read_manifest, write_frame
 
-__all__ = ["TITLES", "render"]
+__all__ = ["TITLES", "extra_tables", "publish", "render"]
 
 #: The heading of each study's section.
 TITLES = {
@@ -78,13 +79,13 @@ class _Page:
         self.body.append(html_table(frame))
 
 
-def _tables(page: _Page, run: Path, folder: str, table: pd.DataFrame) -> None:
+def _tables(page: _Page, run: Path, folder: str, table: pd.DataFrame, links: bool = True) -> None:
     page.table(table)
     study_dir = run / folder
     for file, frame in extra_tables(study_dir):
         page.table(frame, f"{study_dir.name}/{file}")
     sweeps = sorted(p.name for p in study_dir.glob("sweep_*.csv"))
-    if sweeps:
+    if sweeps and links:
         links = ", ".join(
             f'<a href="{html.escape(folder)}/{html.escape(s)}">{html.escape(s)}</a>' for s in sweeps
         )
@@ -111,6 +112,15 @@ def _section(page: _Page, run: Path, name: str, info: Mapping[str, Any], table: 
             page.paragraph(f"![{name}]({figure})", image)
 
 
+def _provenance(manifest: Mapping[str, Any]) -> str:
+    config = manifest.get("configuration", {})
+    model = manifest.get("model", {})
+    return (
+        f"Model `{model.get('name')}` (weights sha256 `{str(model.get('weights_hash'))[:16]}…`), "
+        f"{'quick' if config.get('quick') else 'full'} size `{json.dumps(config.get('size'))}`."
+    )
+
+
 def render(
     run: Path, manifest: Mapping[str, Any], tables: Mapping[str, pd.DataFrame], order: Sequence[str]
 ) -> None:
@@ -120,10 +130,7 @@ def render(
     title = f"Steering report: {model.get('name', config.get('model', '?'))}"
     page = _Page()
     page.heading(title, 1)
-    page.paragraph(
-        f"Model `{model.get('name')}` (weights sha256 `{str(model.get('weights_hash'))[:16]}…`), "
-        f"{'quick' if config.get('quick') else 'full'} size `{json.dumps(config.get('size'))}`."
-    )
+    page.paragraph(_provenance(manifest))
     page.paragraph(
         f"Started {manifest.get('started')}, last update {manifest.get('updated')}; "
         f"workbench {manifest.get('versions', {}).get('steering-workbench')}."
@@ -138,3 +145,35 @@ def render(
     )
     atomic_text(run / "report.md", "\n".join(page.md).rstrip() + "\n", "report")
     atomic_text(run / "report.html", document, "report")
+
+
+def publish(run: Path, target: Path, order: Sequence[str]) -> list[Path]:
+    """Write each study of ``order`` that finished in ``run`` (with the run's configuration) as
+    ``target/<study>.md`` (notes and tables) and ``target/<study>.csv`` (its headline table), and
+    ``target/index.md`` linking them; a page says which model, size and run it came from."""
+    manifest = read_manifest(run)
+    if not manifest:
+        raise InvalidArgumentError(f"{run} has no manifest.json: give the --out of a finished report run")
+    studies = manifest.get("studies", {})
+    source = f"Generated from `{run}` ({_provenance(manifest)} Last update {manifest.get('updated')}.)"
+    written, entries = [], []
+    for name in order:
+        info = studies.get(name, {})
+        table_path = run / str(info.get("dir", name)) / "table.parquet"
+        if info.get("status") != "done" or info.get("stale") or not table_path.exists():
+            continue
+        table = pd.read_parquet(table_path)
+        page = _Page()
+        page.heading(TITLES.get(name, name), 1)
+        page.paragraph(source)
+        page.bullets(info.get("notes") or [])
+        _tables(page, run, str(info.get("dir", name)), table, links=False)
+        written.append(atomic_text(target / f"{name}.md", "\n".join(page.md).rstrip() + "\n", "results page"))
+        written.append(write_frame(table, target / f"{name}.csv", "results table"))
+        entries.append(f"[{TITLES.get(name, name)}]({name}.md) ([CSV]({name}.csv))")
+    index = _Page()
+    index.heading("Results", 1)
+    index.paragraph(source)
+    index.bullets(entries)
+    written.append(atomic_text(target / "index.md", "\n".join(index.md).rstrip() + "\n", "results index"))
+    return written
