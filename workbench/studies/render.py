@@ -25,6 +25,7 @@ TITLES = {
     "base_model": "Italian on the multilingual base model (Gemma 3 270M)",
     "presets": "Presets: the quality frontier's chosen recipes on held-out prompts",
     "frontier": "Quality frontier: steering that lands without breaking the model",
+    "baselines": "Baselines: prompting and fine-tuning on the same data as steering",
 }
 _STYLE = (
     "body{font-family:sans-serif;max-width:70em;margin:auto;padding:1em}"
