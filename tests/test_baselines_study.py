@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import runpy
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -111,3 +113,13 @@ def test_run_grid_keeps_fixed_and_dynamic_strength_apart(confident):
     rows = run_grid(confident, jobs, max_new_tokens=6)
     alone = [generate(confident, [prompt], max_new_tokens=6, interventions=[ivs])[0] for ivs in (fixed, dyn)]
     assert rows["response"].tolist() == alone
+
+
+def test_the_analysis_script_writes_the_table(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    script = Path(__file__).resolve().parents[1] / "analyses" / "baselines.py"
+    argv = ["--quick", "--model", str(tiny_dir), "--out", str(tmp_path), "--behaviours", "no_comma"]
+    runpy.run_path(str(script), run_name="analysis")["main"](argv)
+    table = pd.read_csv(tmp_path / "baselines" / "table.csv")
+    assert set(table["behaviour"]) == {"no_comma"} and {"unsteered", "steering"} <= set(table["method"])
+    assert (tmp_path / "baselines" / "baselines.png").exists()

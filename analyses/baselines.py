@@ -1,0 +1,35 @@
+"""Baselines: steering against prompting, dynamic steering and LoRA fine-tuning on the same held-out prompts.
+
+    OMP_NUM_THREADS=2 .venv/bin/python analyses/baselines.py --out runs/baselines [--quick] [--behaviours italian]
+
+Per behaviour (JSON, one sentence, no comma, Italian): unsteered, the instruction in the prompt, the fully
+Italian prompt (Italian), the fixed steering recipe (the preset, else chosen on validation), the same vector
+with a dynamic strength (Scalena et al. 2024), steering + instruction, a self-distilled LoRA adapter chosen
+on validation, and LoRA + instruction; on-target, clean and degeneration rates, median perplexity, off-target
+damage, multiple-choice accuracy gained and lost, and cost, all on the test split (32 prompts, 64 new
+tokens at full size). Writes ``<out>/baselines/``: ``table`` and ``rows`` (parquet and CSV), per behaviour
+the validation tables, the adapter and the cached generations, and ``baselines.{png,svg}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from workbench.studies.baselines import BEHAVIOURS, FULL, baselines_study
+from workbench.studies.script import run_script, script_parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = script_parser(__doc__, "baselines")
+    parser.add_argument("--behaviours", nargs="+", default=list(BEHAVIOURS), help="Behaviours to compare.")
+    args = parser.parse_args(argv)
+    run_script(
+        args,
+        lambda model, size, out: baselines_study(
+            model, size if size.is_quick else FULL, out, behaviours=args.behaviours
+        ),
+    )
+
+
+if __name__ == "__main__":
+    main()
