@@ -1,16 +1,21 @@
-"""Loading: path-like specs stay on disk, hub ids fail offline in one line, device maps, Gemma 2."""
+"""Loading: path-like specs stay on disk, hub ids fail offline in one line, device maps, Gemma 2; bad specs,
+model files, dtypes and devices are refused in one line."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import torch
 import transformers
 
 from tests.conftest import PROMPTS, build_tiny_tokenizer
+from tests.refusals import refuses
 from tests.test_parity import tiny_config
 from workbench.activations import collect
 from workbench.errors import InvalidArgumentError, ModelLoadError
 from workbench.generation import generate
-from workbench.models import load_model
+from workbench.models import DEFAULT_SPEC, load_model
 
 
 @pytest.fixture
@@ -91,3 +96,61 @@ def test_transformer_lens_boot_errors_are_model_load_errors(tiny_dir, monkeypatc
     ) as caught:
         load_model(tiny_dir, device="cpu")
     assert "\n" not in str(caught.value)
+
+
+# ---- bad inputs ---------------------------------------------------------------------------------------
+
+
+def test_unknown_model_spec():
+    refuses(ModelLoadError, lambda: load_model("no-such-model-xyz"), "not a known spec")
+
+
+def test_empty_model_spec():
+    refuses(InvalidArgumentError, lambda: load_model("  "), "non-empty string")
+
+
+def test_missing_model_file(tmp_path):
+    refuses(ModelLoadError, lambda: load_model(str(tmp_path / "missing.gguf")), "does not exist")
+
+
+def test_tiny_truncated_model_file(tmp_path):
+    path = tmp_path / "short.gguf"
+    path.write_bytes(b"GGUF" + bytes(100))
+    refuses(ModelLoadError, lambda: load_model(str(path)), "truncated")
+
+
+def test_real_gguf_cut_short(tmp_path, monkeypatch):
+    """The bundled SmolLM2 GGUF cut after 200 kB: header and metadata start, the rest is missing."""
+    from workbench.models import _bundled_gguf
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    try:
+        source = _bundled_gguf(DEFAULT_SPEC)
+    except ModelLoadError:
+        pytest.skip("the bundled SmolLM2 GGUF is not installed")
+    with open(source, "rb") as handle:
+        head = handle.read(200_000)
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(head)
+    refuses(ModelLoadError, lambda: load_model(str(cut)), "download or copy it again")
+
+
+def test_non_gguf_model_file(tmp_path):
+    path = tmp_path / "weights.gguf"
+    path.write_bytes(b"PK\x03\x04 this is a zip, not a GGUF " * 100)
+    refuses(ModelLoadError, lambda: load_model(str(path)), "not a GGUF file")
+
+
+def test_directory_that_is_not_a_model(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    refuses(ModelLoadError, lambda: load_model(str(tmp_path)), "config.json")
+
+
+@pytest.mark.parametrize("dtype", ["float33", "int8", torch.int64, "", 5])
+def test_bad_dtype(dtype):
+    refuses(InvalidArgumentError, lambda: load_model(DEFAULT_SPEC, dtype=dtype), "unknown dtype")
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda:99"])
+def test_bad_device(device):
+    refuses(InvalidArgumentError, lambda: load_model(DEFAULT_SPEC, device=device), "device")
