@@ -95,3 +95,17 @@ def test_plain_copy_of_a_folder_model_loads_the_same_weights_from_disk(tiny_dir)
         expected = raw.__class__.from_pretrained(tiny_dir)(ids).logits
         torch.testing.assert_close(raw(ids).logits, expected)
     assert raw is not model.hf_model and raw.config._attn_implementation == "sdpa"
+
+
+def test_benchmarks_script_has_the_command_s_options_and_refuses_before_loading():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+    shown = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
+    assert shown.returncode == 0 and "--random-llama-1b" in shown.stdout and "--only" in shown.stdout
+    refused = subprocess.run([sys.executable, str(script), "--only", "1,9"], capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "error: unknown benchmark item(s) ['9']: use some of 1, 2, 3, 4, 5, 6, 7"
+    ]

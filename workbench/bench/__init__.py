@@ -12,6 +12,7 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import cast
 
 import torch
 
@@ -22,6 +23,7 @@ from workbench.bench.harness import (
     SETTINGS,
     Clock,
     ClockKind,
+    Item,
     Report,
     Row,
     Settings,
@@ -58,6 +60,15 @@ __all__ = [
 ]
 
 
+def _checked(items: Sequence[str] | None) -> list[Item]:
+    """``items`` (default all) as row numbers, or a one-line error naming the unknown ones."""
+    wanted = list(ITEMS) if items is None else [str(i).strip() for i in items]
+    unknown = [i for i in wanted if i not in RUNNERS]
+    if unknown:
+        raise InvalidArgumentError(f"unknown benchmark item(s) {unknown}: use some of {', '.join(ITEMS)}")
+    return cast(list[Item], wanted)
+
+
 def run(
     model: Model,
     *,
@@ -69,10 +80,7 @@ def run(
 ) -> Report:
     """Run the benchmarks on an already-loaded ``model`` and return the table."""
     settings = settings or SETTINGS["quick" if quick else "full"]
-    items = list(ITEMS) if items is None else [str(i) for i in items]
-    unknown = [i for i in items if i not in RUNNERS]
-    if unknown:
-        raise InvalidArgumentError(f"unknown benchmark item(s) {unknown}: use some of {', '.join(ITEMS)}")
+    items = _checked(items)
     if clock is None:
         clock = "cpu" if model.device.type == "cpu" and torch.get_num_threads() == 1 else "wall"
     ctx = Context(model, settings, Clock(clock, model.device), log or (lambda _m: None))
@@ -153,6 +161,7 @@ def main(
         if threads < 1:
             raise InvalidArgumentError(f"threads must be a positive integer, got {threads}")
         torch.set_num_threads(threads)
+    _checked(items)  # before the (slow) model load
     loaded = random_llama_1b(device, dtype) if random_1b else load_model(model, device=device, dtype=dtype)
     report = run(loaded, quick=quick, items=items, log=lambda m: echo(f"[bench] {m}"))
     echo(report.table())
