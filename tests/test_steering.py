@@ -1,13 +1,15 @@
-"""The steering engine: modes, positions under KV caching, composition, per-row batches, hygiene."""
+"""The steering engine: modes, positions under KV caching, composition, per-row batches, hygiene, refusals."""
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
 
 from tests.conftest import PROMPTS
+from tests.refusals import refuses
 from workbench.activations import collect
 from workbench.errors import InvalidArgumentError, ShapeMismatchError
 from workbench.generation import generate
@@ -287,3 +289,75 @@ def test_position_tracking_is_kept_off_the_model(tiny):
     del other
     gc.collect()
     assert gone() is None and len(_TRACKERS) == count - 1
+
+
+# ---- bad inputs ---------------------------------------------------------------------------------------
+
+
+def directions(n_layers: int = 4, d_model: int = 64, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n_layers, d_model, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def vec() -> SteeringVector:
+    """A vector that fits the tiny model (4 layers, d_model 64)."""
+    return SteeringVector.from_directions(directions(), model_name="tiny-llama", n_layers=4)
+
+
+def forward_under(model, *interventions: Intervention) -> torch.Tensor:
+    with steer(model, *interventions):
+        return model.hf_model(**model.encode(["hello"], formatted=False)).logits
+
+
+def test_intervention_layer_missing_from_vector(vec):
+    refuses(InvalidArgumentError, lambda: Intervention(vec, 99), "no direction for layer 99")
+
+
+def test_intervention_layer_out_of_model_range(tiny):
+    eight = SteeringVector.from_directions(directions(8))
+    refuses(
+        InvalidArgumentError, lambda: forward_under(tiny, Intervention(eight, 7, coef=1.0)), "out of range"
+    )
+
+
+def test_vector_d_model_mismatch(tiny):
+    narrow = SteeringVector.from_directions(directions(4, 32))
+    refuses(ShapeMismatchError, lambda: forward_under(tiny, Intervention(narrow, 1, coef=1.0)), "d_model 32")
+
+
+def test_vector_layer_count_mismatch(tiny):
+    other = SteeringVector.from_directions(directions(8), n_layers=8)
+    refuses(ShapeMismatchError, lambda: forward_under(tiny, Intervention(other, 1, coef=1.0)), "8 layers")
+
+
+@pytest.mark.parametrize("coef", [math.nan, math.inf, -math.inf])
+def test_non_finite_coefficient(vec, coef):
+    refuses(InvalidArgumentError, lambda: Intervention(vec, 1, coef=coef), "finite")
+
+
+def test_non_numeric_coefficient(vec):
+    refuses(InvalidArgumentError, lambda: Intervention(vec, 1, coef="strong"), "coef")
+
+
+def test_unknown_mode(vec):
+    refuses(InvalidArgumentError, lambda: Intervention(vec, 1, mode="multiply"), "unknown mode")
+
+
+def test_unknown_positions(vec):
+    refuses(InvalidArgumentError, lambda: Intervention(vec, 1, positions="middle"), "unknown positions")
+
+
+def test_unknown_scale(vec):
+    refuses(InvalidArgumentError, lambda: Intervention(vec, 1, scale="percent"), "unknown scale")
+
+
+def test_ablate_with_a_coefficient(vec):
+    refuses(InvalidArgumentError, lambda: Intervention(vec, 1, mode="ablate", coef=2.0), "takes no coef")
+
+
+def test_steer_with_a_non_intervention(tiny, vec):
+    def run():
+        with steer(tiny, vec):
+            pass
+
+    refuses(InvalidArgumentError, run, "Intervention objects")
