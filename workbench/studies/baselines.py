@@ -24,6 +24,7 @@ rescores). Columns:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -33,7 +34,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from jaxtyping import Float
 from matplotlib.figure import Figure
+from torch import Tensor
 
 from workbench.baselines import LoraAdapter, lora_applied, score_answers
 from workbench.behaviours import BEHAVIOURS as FRONTIER_BEHAVIOURS
@@ -112,6 +115,10 @@ def _generate(
     return rows, speed
 
 
+def _hash(direction: Float[Tensor, " d_model"]) -> str:
+    return hashlib.sha256(direction.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
+
+
 def _multiple_choice(
     model: Model, label: str, interventions: Sequence[Intervention], language: str, n: int, out: Path
 ) -> pd.DataFrame:
@@ -121,9 +128,7 @@ def _multiple_choice(
         "model": model.fingerprint,
         "n": n,
         "language": language,
-        "steering": [
-            [iv.label, iv.amount(), iv.positions, iv.direction().sum().item()] for iv in interventions
-        ],
+        "steering": [[iv.label, iv.amount(), iv.positions, _hash(iv.direction())] for iv in interventions],
     }
 
     def run() -> pd.DataFrame:
@@ -168,7 +173,7 @@ def study_behaviour(
         if pk[1] in kinds and (pk[0] != "native" or behaviour.instruction_variant is not None)
     }
     test = behaviour.items("test", size.n_test)
-    prompts = {kind: behaviour.prompts("test", size.n_test, kind) for kind, _ in methods.values()}
+    prompts = {p: behaviour.prompts("test", size.n_test, p) for p, _ in methods.values()}
     off = _off_target(behaviour, max(2, size.n_test // 4))
     rows, speed = [], {}
     for kind, ivs in kinds.items():
