@@ -28,9 +28,7 @@ from workbench.errors import (
     WorkbenchError,
 )
 from workbench.evaluation.checks import check
-from workbench.generation import generate
 from workbench.jsonl import read_jsonl, write_jsonl
-from workbench.steering import Intervention
 from workbench.vectors import SteeringVector
 
 
@@ -89,29 +87,12 @@ def test_prompt_longer_than_context_in_collect(tiny):
     )
 
 
-def test_prompt_longer_than_context_in_generate(tiny):
-    long = "cats and dogs " * tiny.n_ctx
-    refuses(InvalidArgumentError, lambda: generate(tiny, [long], max_new_tokens=2), "shorten it")
-
-
 def test_empty_string_prompt(tiny):
     refuses(InvalidArgumentError, lambda: collect(tiny, ["hi", ""], cache=False), "prompt 1 is empty")
 
 
-def test_whitespace_prompt(tiny):
-    refuses(InvalidArgumentError, lambda: generate(tiny, [" \n\t"], max_new_tokens=2), "prompt 0 is empty")
-
-
-def test_no_prompts(tiny):
-    refuses(InvalidArgumentError, lambda: generate(tiny, [], max_new_tokens=2), "no prompts")
-
-
 def test_non_string_prompt(tiny):
     refuses(InvalidArgumentError, lambda: collect(tiny, ["hi", 3], cache=False), "not a string")
-
-
-def test_prompts_none(tiny):
-    refuses(InvalidArgumentError, lambda: generate(tiny, None, max_new_tokens=2), "prompts")
 
 
 # ---- data files ---------------------------------------------------------------------------------------
@@ -220,12 +201,6 @@ def test_batch_size_zero_in_collect(tiny):
     refuses(InvalidArgumentError, lambda: collect(tiny, ["hi"], batch_size=0, cache=False), "batch_size")
 
 
-def test_batch_size_zero_in_generate(tiny):
-    refuses(
-        InvalidArgumentError, lambda: generate(tiny, ["hi"], batch_size=0, max_new_tokens=2), "batch_size"
-    )
-
-
 @pytest.mark.parametrize("position", ["first", "middle", 1.5, True, None])
 def test_unknown_position(tiny, position):
     refuses(
@@ -241,27 +216,6 @@ def test_position_beyond_the_prompt(tiny):
 
 def test_unknown_hook(tiny):
     refuses(InvalidArgumentError, lambda: collect(tiny, ["hi"], hook="resid", cache=False), "unknown hook")
-
-
-def test_max_new_tokens_zero(tiny):
-    refuses(InvalidArgumentError, lambda: generate(tiny, ["hi"], max_new_tokens=0), "max_new_tokens")
-
-
-def test_per_row_interventions_for_the_wrong_number_of_prompts(tiny, vec):
-    rows = [[Intervention(vec, 1, coef=1.0)]]
-    refuses(
-        InvalidArgumentError,
-        lambda: generate(tiny, ["a b", "c d"], interventions=rows, max_new_tokens=2),
-        "1 rows for 2 prompts",
-    )
-
-
-def test_zero_temperature_when_sampling(tiny):
-    refuses(
-        InvalidArgumentError,
-        lambda: generate(tiny, ["hi"], do_sample=True, temperature=0.0, max_new_tokens=2),
-        "temperature",
-    )
 
 
 # ---- command line -------------------------------------------------------------------------------------

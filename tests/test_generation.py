@@ -1,0 +1,66 @@
+"""Generation: prompts, knobs and per-row interventions that generate refuses in one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.refusals import refuses
+from workbench.errors import InvalidArgumentError
+from workbench.generation import generate
+from workbench.steering import Intervention
+from workbench.vectors import SteeringVector
+
+
+def directions(n_layers: int = 4, d_model: int = 64, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n_layers, d_model, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def vec() -> SteeringVector:
+    """A vector that fits the tiny model (4 layers, d_model 64)."""
+    return SteeringVector.from_directions(directions(), model_name="tiny-llama", n_layers=4)
+
+
+def test_prompt_longer_than_context_in_generate(tiny):
+    long = "cats and dogs " * tiny.n_ctx
+    refuses(InvalidArgumentError, lambda: generate(tiny, [long], max_new_tokens=2), "shorten it")
+
+
+def test_whitespace_prompt(tiny):
+    refuses(InvalidArgumentError, lambda: generate(tiny, [" \n\t"], max_new_tokens=2), "prompt 0 is empty")
+
+
+def test_no_prompts(tiny):
+    refuses(InvalidArgumentError, lambda: generate(tiny, [], max_new_tokens=2), "no prompts")
+
+
+def test_prompts_none(tiny):
+    refuses(InvalidArgumentError, lambda: generate(tiny, None, max_new_tokens=2), "prompts")
+
+
+def test_batch_size_zero_in_generate(tiny):
+    refuses(
+        InvalidArgumentError, lambda: generate(tiny, ["hi"], batch_size=0, max_new_tokens=2), "batch_size"
+    )
+
+
+def test_max_new_tokens_zero(tiny):
+    refuses(InvalidArgumentError, lambda: generate(tiny, ["hi"], max_new_tokens=0), "max_new_tokens")
+
+
+def test_per_row_interventions_for_the_wrong_number_of_prompts(tiny, vec):
+    rows = [[Intervention(vec, 1, coef=1.0)]]
+    refuses(
+        InvalidArgumentError,
+        lambda: generate(tiny, ["a b", "c d"], interventions=rows, max_new_tokens=2),
+        "1 rows for 2 prompts",
+    )
+
+
+def test_zero_temperature_when_sampling(tiny):
+    refuses(
+        InvalidArgumentError,
+        lambda: generate(tiny, ["hi"], do_sample=True, temperature=0.0, max_new_tokens=2),
+        "temperature",
+    )
