@@ -1,4 +1,5 @@
-"""Activations: the value, its safetensors file, and `workbench collect` feeding `workbench vector build`."""
+"""Activations: the value, its safetensors file, and `workbench collect` feeding `workbench vector build`;
+collect's refusals."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from tests.refusals import refuses
 from workbench.activations import Activations, collect
 from workbench.cli import app
 from workbench.datasets import load
-from workbench.errors import ArtifactError, OutputPathError
+from workbench.errors import ArtifactError, InvalidArgumentError, OutputPathError
 from workbench.vectors import SteeringVector
 
 
@@ -161,3 +163,53 @@ def test_vector_build_refuses_mixed_or_foreign_inputs(tmp_path, acts):
     ]:
         result = runner.invoke(app, ["vector", "build", *args, "--out", out])
         assert result.exit_code == 2 and message in result.stderr, (args, result.output)
+
+
+# ---- bad inputs ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer", [99, 4, -1, "1", True])
+def test_collect_layer_out_of_range(tiny, layer):
+    refuses(InvalidArgumentError, lambda: collect(tiny, ["hi"], layers=[layer], cache=False), "layer")
+
+
+def test_collect_no_layers(tiny):
+    refuses(InvalidArgumentError, lambda: collect(tiny, ["hi"], layers=[], cache=False), "layers is empty")
+
+
+def test_prompt_longer_than_context_in_collect(tiny):
+    long = "hello " * (tiny.n_ctx + 10)
+    refuses(
+        InvalidArgumentError,
+        lambda: collect(tiny, ["hi", long], cache=False),
+        "more than tiny-llama's context",
+    )
+
+
+def test_empty_string_prompt(tiny):
+    refuses(InvalidArgumentError, lambda: collect(tiny, ["hi", ""], cache=False), "prompt 1 is empty")
+
+
+def test_non_string_prompt(tiny):
+    refuses(InvalidArgumentError, lambda: collect(tiny, ["hi", 3], cache=False), "not a string")
+
+
+def test_batch_size_zero_in_collect(tiny):
+    refuses(InvalidArgumentError, lambda: collect(tiny, ["hi"], batch_size=0, cache=False), "batch_size")
+
+
+@pytest.mark.parametrize("position", ["first", "middle", 1.5, True, None])
+def test_unknown_position(tiny, position):
+    refuses(
+        InvalidArgumentError,
+        lambda: collect(tiny, ["hi"], position=position, cache=False),
+        "unknown position",
+    )
+
+
+def test_position_beyond_the_prompt(tiny):
+    refuses(InvalidArgumentError, lambda: collect(tiny, ["hi"], position=500, cache=False), "position 500")
+
+
+def test_unknown_hook(tiny):
+    refuses(InvalidArgumentError, lambda: collect(tiny, ["hi"], hook="resid", cache=False), "unknown hook")

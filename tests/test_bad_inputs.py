@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 from tests.conftest import build_tiny_model
 from workbench import datasets
-from workbench.activations import collect
 from workbench.cli import app
 from workbench.errors import (
     CheckError,
@@ -66,33 +65,7 @@ def vec() -> SteeringVector:
 # ---- layers, shapes, directions, coefficients ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("layer", [99, 4, -1, "1", True])
-def test_collect_layer_out_of_range(tiny, layer):
-    refuses(InvalidArgumentError, lambda: collect(tiny, ["hi"], layers=[layer], cache=False), "layer")
-
-
-def test_collect_no_layers(tiny):
-    refuses(InvalidArgumentError, lambda: collect(tiny, ["hi"], layers=[], cache=False), "layers is empty")
-
-
 # ---- prompts ------------------------------------------------------------------------------------------
-
-
-def test_prompt_longer_than_context_in_collect(tiny):
-    long = "hello " * (tiny.n_ctx + 10)
-    refuses(
-        InvalidArgumentError,
-        lambda: collect(tiny, ["hi", long], cache=False),
-        "more than tiny-llama's context",
-    )
-
-
-def test_empty_string_prompt(tiny):
-    refuses(InvalidArgumentError, lambda: collect(tiny, ["hi", ""], cache=False), "prompt 1 is empty")
-
-
-def test_non_string_prompt(tiny):
-    refuses(InvalidArgumentError, lambda: collect(tiny, ["hi", 3], cache=False), "not a string")
 
 
 # ---- data files ---------------------------------------------------------------------------------------
@@ -195,27 +168,6 @@ def test_write_jsonl_of_unserialisable_rows(tmp_path):
 
 
 # ---- knobs --------------------------------------------------------------------------------------------
-
-
-def test_batch_size_zero_in_collect(tiny):
-    refuses(InvalidArgumentError, lambda: collect(tiny, ["hi"], batch_size=0, cache=False), "batch_size")
-
-
-@pytest.mark.parametrize("position", ["first", "middle", 1.5, True, None])
-def test_unknown_position(tiny, position):
-    refuses(
-        InvalidArgumentError,
-        lambda: collect(tiny, ["hi"], position=position, cache=False),
-        "unknown position",
-    )
-
-
-def test_position_beyond_the_prompt(tiny):
-    refuses(InvalidArgumentError, lambda: collect(tiny, ["hi"], position=500, cache=False), "position 500")
-
-
-def test_unknown_hook(tiny):
-    refuses(InvalidArgumentError, lambda: collect(tiny, ["hi"], hook="resid", cache=False), "unknown hook")
 
 
 # ---- command line -------------------------------------------------------------------------------------
