@@ -7,24 +7,17 @@ or a silently wrong result. No case is left as an xfail.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import build_tiny_model
-from workbench import datasets
 from workbench.errors import (
     CheckError,
-    DataError,
-    InvalidArgumentError,
-    OutputPathError,
     WorkbenchError,
 )
 from workbench.evaluation.checks import check
-from workbench.jsonl import read_jsonl, write_jsonl
 from workbench.vectors import SteeringVector
 
 
@@ -68,63 +61,6 @@ def vec() -> SteeringVector:
 # ---- data files ---------------------------------------------------------------------------------------
 
 
-def test_invalid_utf8_in_jsonl(tmp_path):
-    path = tmp_path / "bad.jsonl"
-    path.write_bytes(b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n')
-    refuses(DataError, lambda: read_jsonl(path), "invalid UTF-8 at byte offset")
-
-
-def test_malformed_jsonl_names_the_line(tmp_path):
-    path = tmp_path / "bad.jsonl"
-    path.write_text('{"a": 1}\n\n{"a": 2,}\n', encoding="utf-8")
-    refuses(DataError, lambda: read_jsonl(path), "line 3")
-
-
-def test_jsonl_line_that_is_not_an_object(tmp_path):
-    path = tmp_path / "bad.jsonl"
-    path.write_text('{"a": 1}\n[1, 2]\n', encoding="utf-8")
-    refuses(DataError, lambda: read_jsonl(path), "line 2: expected a JSON object")
-
-
-def test_missing_data_file(tmp_path):
-    refuses(DataError, lambda: datasets.load_ifeval(tmp_path / "nope.jsonl"), "no such file")
-
-
-def test_ifeval_row_without_prompt(tmp_path):
-    path = tmp_path / "ifeval.jsonl"
-    path.write_text(json.dumps({"key": 1, "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}))
-    refuses(DataError, lambda: datasets.load_ifeval(path), "line 1: 'prompt'")
-
-
-def test_empty_multiple_choice_file(tmp_path):
-    path = tmp_path / "mc.jsonl"
-    path.write_text("\n\n", encoding="utf-8")
-    refuses(DataError, lambda: datasets.load_multiple_choice(path), "no multiple-choice rows")
-
-
-def test_multiple_choice_labels_that_are_not_a_list(tmp_path):
-    path = tmp_path / "mc.jsonl"
-    row = {"question": "Which?", "choices": {"text": ["a", "b"], "label": 5}, "answerKey": "A"}
-    path.write_text(json.dumps(row), encoding="utf-8")
-    refuses(DataError, lambda: datasets.load_multiple_choice(path), "one label per choice")
-
-
-def test_unknown_dataset_name():
-    refuses(InvalidArgumentError, lambda: datasets.load("json_formatt"), "unknown dataset 'json_formatt'")
-
-
-def test_unknown_split():
-    refuses(InvalidArgumentError, lambda: datasets.load("json_format", "dev"), "unknown split 'dev'")
-
-
-def test_unknown_variant():
-    refuses(InvalidArgumentError, lambda: datasets.load("italian", variant="fr"), "unknown variant 'fr'")
-
-
-def test_variant_on_a_dataset_without_variants():
-    refuses(InvalidArgumentError, lambda: datasets.load("json_format", variant="it"), "variant applies only")
-
-
 # ---- instruction checks -------------------------------------------------------------------------------
 
 
@@ -145,23 +81,6 @@ def test_check_kwargs_as_json_string():
 
 
 # ---- output locations ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def a_file(tmp_path) -> Path:
-    path = tmp_path / "results"
-    path.write_text("I am a file, not a folder")
-    return path
-
-
-def test_write_jsonl_under_a_file(a_file):
-    refuses(OutputPathError, lambda: write_jsonl(a_file / "rows.jsonl", [{"a": 1}]), "cannot write")
-
-
-def test_write_jsonl_of_unserialisable_rows(tmp_path):
-    rows = [{"a": 1}, {"tensor": torch.zeros(2)}]
-    refuses(InvalidArgumentError, lambda: write_jsonl(tmp_path / "rows.jsonl", rows), "row 2")
-    assert not list(tmp_path.iterdir())
 
 
 # ---- knobs --------------------------------------------------------------------------------------------

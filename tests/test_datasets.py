@@ -1,4 +1,4 @@
-"""Bundled contrastive sets, JSON Lines reading, and the IFEval / multiple-choice loaders."""
+"""Bundled contrastive sets and the IFEval / multiple-choice loaders; bad and arbitrary data files."""
 
 from __future__ import annotations
 
@@ -8,10 +8,15 @@ import sys
 import types
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tests.refusals import one_line, refuses
+from tests.strategies import FUZZ, json_scalars, json_values, jsonl_lines, nonblank, write
 from workbench import datasets
 from workbench.errors import DataError, InvalidArgumentError
-from workbench.jsonl import read_jsonl, read_jsonl_numbered, write_jsonl
+from workbench.evaluation import INSTRUCTION_IDS
+from workbench.jsonl import read_jsonl
 
 # IFEval's registry (google-research instruction_following_eval) and the kwargs each id takes.
 IFEVAL_KWARGS = {
@@ -185,51 +190,6 @@ def test_to_frame_has_one_row_per_item():
     assert json.loads(frame["kwargs"].iloc[0]) == [{"num_bullets": 3}]
 
 
-# ---- JSON Lines --------------------------------------------------------------------------------------
-
-
-def test_malformed_json_reports_the_line_number(tmp_path):
-    path = tmp_path / "bad.jsonl"
-    path.write_text('{"a": 1}\n\n{"a": 2,}\n{"a": 3}\n', encoding="utf-8")
-    with pytest.raises(DataError, match=r"bad\.jsonl, line 3: malformed JSON"):
-        read_jsonl(path)
-
-
-def test_invalid_utf8_reports_the_byte_offset(tmp_path):
-    path = tmp_path / "latin1.jsonl"
-    path.write_bytes(b'{"a": "ok"}\n{"a": "caf\xe9"}\n')
-    with pytest.raises(DataError, match=r"latin1\.jsonl: invalid UTF-8 at byte offset 22"):
-        read_jsonl(path)
-
-
-def test_non_objects_and_missing_files_are_refused(tmp_path):
-    path = tmp_path / "list.jsonl"
-    path.write_text('{"a": 1}\n[1, 2]\n', encoding="utf-8")
-    with pytest.raises(DataError, match="line 2: expected a JSON object, got list"):
-        read_jsonl(path)
-    with pytest.raises(DataError, match="no such file"):
-        read_jsonl(tmp_path / "missing.jsonl")
-
-
-def test_write_then_read_round_trips(tmp_path):
-    rows = [{"text": "perché\u2028sì", "n": 1}, {"nested": {"x": [1, 2]}}]
-    path = tmp_path / "rows.jsonl"
-    write_jsonl(path, rows)
-    write_jsonl(path, rows)  # replaces the file
-    assert read_jsonl(path) == rows
-    assert read_jsonl_numbered(path) == [(1, rows[0]), (2, rows[1])]
-    assert [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]
-
-
-def test_failed_write_leaves_the_old_file(tmp_path):
-    path = tmp_path / "rows.jsonl"
-    write_jsonl(path, [{"a": 1}])
-    with pytest.raises(InvalidArgumentError, match="row 2"):
-        write_jsonl(path, [{"a": 2}, {"b": object()}])
-    assert read_jsonl(path) == [{"a": 1}]
-    assert [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]
-
-
 # ---- outside data ------------------------------------------------------------------------------------
 
 
@@ -391,3 +351,140 @@ def test_an_offline_hub_id_is_a_one_line_error_naming_it(monkeypatch):
     with pytest.raises(DataError, match="'nobody-here/no-such-dataset'") as caught:
         datasets.load_multiple_choice("nobody-here/no-such-dataset")
     assert "\n" not in str(caught.value)
+
+
+# ---- bad inputs ---------------------------------------------------------------------------------------
+
+
+def test_missing_data_file(tmp_path):
+    refuses(DataError, lambda: datasets.load_ifeval(tmp_path / "nope.jsonl"), "no such file")
+
+
+def test_ifeval_row_without_prompt(tmp_path):
+    path = tmp_path / "ifeval.jsonl"
+    path.write_text(json.dumps({"key": 1, "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}))
+    refuses(DataError, lambda: datasets.load_ifeval(path), "line 1: 'prompt'")
+
+
+def test_empty_multiple_choice_file(tmp_path):
+    path = tmp_path / "mc.jsonl"
+    path.write_text("\n\n", encoding="utf-8")
+    refuses(DataError, lambda: datasets.load_multiple_choice(path), "no multiple-choice rows")
+
+
+def test_multiple_choice_labels_that_are_not_a_list(tmp_path):
+    path = tmp_path / "mc.jsonl"
+    row = {"question": "Which?", "choices": {"text": ["a", "b"], "label": 5}, "answerKey": "A"}
+    path.write_text(json.dumps(row), encoding="utf-8")
+    refuses(DataError, lambda: datasets.load_multiple_choice(path), "one label per choice")
+
+
+def test_unknown_dataset_name():
+    refuses(InvalidArgumentError, lambda: datasets.load("json_formatt"), "unknown dataset 'json_formatt'")
+
+
+def test_unknown_split():
+    refuses(InvalidArgumentError, lambda: datasets.load("json_format", "dev"), "unknown split 'dev'")
+
+
+def test_unknown_variant():
+    refuses(InvalidArgumentError, lambda: datasets.load("italian", variant="fr"), "unknown variant 'fr'")
+
+
+def test_variant_on_a_dataset_without_variants():
+    refuses(InvalidArgumentError, lambda: datasets.load("json_format", variant="it"), "variant applies only")
+
+
+# ---- fuzz ---------------------------------------------------------------------------------------------
+
+
+def mutated(plausible: st.SearchStrategy, keys: list[str]) -> st.SearchStrategy:
+    """Plausible rows, and now and then one with a key dropped or a value replaced by arbitrary JSON."""
+    broken = st.tuples(
+        plausible,
+        st.sets(st.sampled_from(keys), max_size=1),
+        st.dictionaries(st.sampled_from([*keys, "stray"]), json_values, max_size=1),
+    ).map(lambda t: {**{k: v for k, v in t[0].items() if k not in t[1]}, **t[2]})
+    return st.one_of(plausible, plausible, broken)
+
+
+IFEVAL_ROW = mutated(
+    st.integers(1, 3).flatmap(
+        lambda n: st.fixed_dictionaries(
+            {
+                "key": st.one_of(st.integers(0, 10**6), st.text(max_size=3)),
+                "prompt": nonblank,
+                "instruction_id_list": st.lists(st.sampled_from(INSTRUCTION_IDS), min_size=n, max_size=n),
+                "kwargs": st.lists(
+                    st.one_of(st.none(), st.dictionaries(st.text(max_size=6), json_scalars, max_size=3)),
+                    min_size=n,
+                    max_size=n,
+                ),
+            }
+        )
+    ),
+    ["key", "prompt", "instruction_id_list", "kwargs"],
+)
+
+
+@FUZZ
+@given(content=jsonl_lines(IFEVAL_ROW))
+def test_load_ifeval_on_arbitrary_objects(content):
+    path = write(content)
+    try:
+        loaded = datasets.load_ifeval(path)
+    except (DataError, InvalidArgumentError) as e:
+        one_line(e)
+    else:
+        assert loaded.items and all(item.prompt.strip() for item in loaded.items)
+        assert all(len(item.kwargs) == len(item.instruction_id_list) for item in loaded.items)
+    finally:
+        path.unlink()
+
+
+LABELS = ["A", "B", "C", "D", "E", "1", "2", "3"]
+
+
+def mc_row(n: int) -> st.SearchStrategy:
+    """A plausible multiple-choice row with ``n`` choices, in the plain or one of ARC's layouts."""
+    texts = st.lists(nonblank, min_size=n, max_size=n)
+    labels = st.lists(st.sampled_from(LABELS), min_size=n, max_size=n, unique=True)
+    choices = st.one_of(
+        texts,
+        st.fixed_dictionaries({"text": texts, "label": labels}),
+        st.fixed_dictionaries({"text": texts, "label": st.one_of(st.integers(), st.floats(), json_values)}),
+        st.tuples(texts, labels).map(lambda t: [{"text": a, "label": b} for a, b in zip(*t, strict=True)]),
+    )
+    return st.fixed_dictionaries(
+        {
+            "question": st.one_of(nonblank, st.fixed_dictionaries({"stem": nonblank})),
+            "choices": choices,
+            "answer": st.one_of(st.integers(0, n - 1), st.integers(-1, 6)),
+        },
+        optional={
+            "id": st.one_of(st.text(max_size=4), st.integers()),
+            "split": st.sampled_from(["train", "test", "validation", "dev"]),
+            "answerKey": st.sampled_from([*LABELS, " A ", ""]),
+        },
+    )
+
+
+MC_ROW = mutated(
+    st.integers(2, 5).flatmap(mc_row), ["id", "split", "question", "choices", "answer", "answerKey"]
+)
+
+
+@settings(FUZZ, max_examples=200)
+@given(content=jsonl_lines(MC_ROW), split=st.sampled_from([None, "test", "train"]))
+def test_load_multiple_choice_on_arbitrary_objects(content, split):
+    path = write(content)
+    try:
+        items = datasets.load_multiple_choice(path, split=split)
+    except (DataError, InvalidArgumentError) as e:
+        one_line(e)
+    else:
+        for item in items:
+            assert len(item.choices) >= 2 and 0 <= item.answer < len(item.choices)
+            assert item.question.strip() and all(c.strip() for c in item.choices)
+    finally:
+        path.unlink()

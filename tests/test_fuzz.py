@@ -17,10 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workbench import datasets
 from workbench.errors import (
     CheckError,
-    DataError,
     InvalidArgumentError,
     WorkbenchError,
 )
@@ -37,7 +35,6 @@ from workbench.evaluation import (
     sentence_share,
     share_in_language,
 )
-from workbench.jsonl import read_jsonl
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -134,16 +131,6 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
-
-
-def mutated(plausible: st.SearchStrategy, keys: list[str]) -> st.SearchStrategy:
-    """Plausible rows, and now and then one with a key dropped or a value replaced by arbitrary JSON."""
-    broken = st.tuples(
-        plausible,
-        st.sets(st.sampled_from(keys), max_size=1),
-        st.dictionaries(st.sampled_from([*keys, "stray"]), json_values, max_size=1),
-    ).map(lambda t: {**{k: v for k, v in t[0].items() if k not in t[1]}, **t[2]})
-    return st.one_of(plausible, plausible, broken)
 
 
 def jsonl_lines(rows: st.SearchStrategy) -> st.SearchStrategy:
@@ -320,113 +307,3 @@ def test_fluency_metrics_on_loops_and_noise(parts, noise, n, ppl):
 
 
 # ---- data loaders -------------------------------------------------------------------------------------
-
-
-@FUZZ
-@given(data=st.one_of(st.binary(max_size=300), jsonl_lines(json_values).map(str.encode)))
-def test_read_jsonl_on_arbitrary_bytes(data):
-    path = write(data)
-    try:
-        rows = read_jsonl(path)
-    except DataError as e:
-        one_line(e)
-        assert str(path) in str(e)
-    else:
-        assert all(isinstance(row, dict) for row in rows)
-        assert len(rows) == sum(1 for line in data.decode("utf-8").split("\n") if line.strip())
-    finally:
-        path.unlink()
-
-
-@FUZZ
-@given(text=st.text(max_size=200))
-def test_read_jsonl_on_arbitrary_text(text):
-    path = write(text)
-    try:
-        read_jsonl(path)
-    except DataError as e:
-        one_line(e)
-    finally:
-        path.unlink()
-
-
-IFEVAL_ROW = mutated(
-    st.integers(1, 3).flatmap(
-        lambda n: st.fixed_dictionaries(
-            {
-                "key": st.one_of(st.integers(0, 10**6), st.text(max_size=3)),
-                "prompt": nonblank,
-                "instruction_id_list": st.lists(st.sampled_from(INSTRUCTION_IDS), min_size=n, max_size=n),
-                "kwargs": st.lists(
-                    st.one_of(st.none(), st.dictionaries(st.text(max_size=6), json_scalars, max_size=3)),
-                    min_size=n,
-                    max_size=n,
-                ),
-            }
-        )
-    ),
-    ["key", "prompt", "instruction_id_list", "kwargs"],
-)
-
-
-@FUZZ
-@given(content=jsonl_lines(IFEVAL_ROW))
-def test_load_ifeval_on_arbitrary_objects(content):
-    path = write(content)
-    try:
-        loaded = datasets.load_ifeval(path)
-    except (DataError, InvalidArgumentError) as e:
-        one_line(e)
-    else:
-        assert loaded.items and all(item.prompt.strip() for item in loaded.items)
-        assert all(len(item.kwargs) == len(item.instruction_id_list) for item in loaded.items)
-    finally:
-        path.unlink()
-
-
-LABELS = ["A", "B", "C", "D", "E", "1", "2", "3"]
-
-
-def mc_row(n: int) -> st.SearchStrategy:
-    """A plausible multiple-choice row with ``n`` choices, in the plain or one of ARC's layouts."""
-    texts = st.lists(nonblank, min_size=n, max_size=n)
-    labels = st.lists(st.sampled_from(LABELS), min_size=n, max_size=n, unique=True)
-    choices = st.one_of(
-        texts,
-        st.fixed_dictionaries({"text": texts, "label": labels}),
-        st.fixed_dictionaries({"text": texts, "label": st.one_of(st.integers(), st.floats(), json_values)}),
-        st.tuples(texts, labels).map(lambda t: [{"text": a, "label": b} for a, b in zip(*t, strict=True)]),
-    )
-    return st.fixed_dictionaries(
-        {
-            "question": st.one_of(nonblank, st.fixed_dictionaries({"stem": nonblank})),
-            "choices": choices,
-            "answer": st.one_of(st.integers(0, n - 1), st.integers(-1, 6)),
-        },
-        optional={
-            "id": st.one_of(st.text(max_size=4), st.integers()),
-            "split": st.sampled_from(["train", "test", "validation", "dev"]),
-            "answerKey": st.sampled_from([*LABELS, " A ", ""]),
-        },
-    )
-
-
-MC_ROW = mutated(
-    st.integers(2, 5).flatmap(mc_row), ["id", "split", "question", "choices", "answer", "answerKey"]
-)
-
-
-@settings(FUZZ, max_examples=200)
-@given(content=jsonl_lines(MC_ROW), split=st.sampled_from([None, "test", "train"]))
-def test_load_multiple_choice_on_arbitrary_objects(content, split):
-    path = write(content)
-    try:
-        items = datasets.load_multiple_choice(path, split=split)
-    except (DataError, InvalidArgumentError) as e:
-        one_line(e)
-    else:
-        for item in items:
-            assert len(item.choices) >= 2 and 0 <= item.answer < len(item.choices)
-            assert item.question.strip() and all(c.strip() for c in item.choices)
-    finally:
-        path.unlink()
