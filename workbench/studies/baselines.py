@@ -283,24 +283,29 @@ def _table(
 
 
 def plot_baselines(table: pd.DataFrame) -> Figure:
-    """Clean rate against English multiple-choice accuracy per method, one panel per behaviour; dynamic
-    steering (no multiple choice) is a dashed line at its clean rate."""
+    """Clean rate against English multiple-choice accuracy per method (one colour each; circles leave the
+    model as it is, squares steer, triangles fine-tune), one panel per behaviour; dynamic steering (no
+    multiple choice) is a dashed line at its clean rate."""
     names = list(dict.fromkeys(table["behaviour"]))
-    fig = Figure(figsize=(4.2 * len(names), 4), layout="constrained")
+    fig = Figure(figsize=(3.6 * len(names) + 1.8, 3.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(names), sharey=True))
+    handles: dict[str, object] = {}
     for ax, name in zip(axes, names, strict=True):
-        part = table[table["behaviour"] == name]
-        for k, row in enumerate(part.itertuples()):
-            colour = f"C{k}"
+        for row in table[table["behaviour"] == name].itertuples():
+            colour = f"C{list(METHODS).index(row.method)}"
             if np.isnan(row.mc_accuracy_en):
-                ax.axhline(row.clean_rate, ls="--", color=colour, label=row.method)
+                handles[row.method] = ax.axhline(row.clean_rate, ls="--", color=colour)
             else:
-                ax.scatter(row.mc_accuracy_en, row.clean_rate, color=colour, label=row.method)
+                marker = {"none": "o", "fixed": "s", "lora": "^"}[METHODS[row.method][1]]
+                handles[row.method] = ax.scatter(
+                    row.mc_accuracy_en, row.clean_rate, color=colour, marker=marker, s=50, alpha=0.8
+                )
         ax.set_title(name)
         ax.set_xlabel("multiple-choice accuracy (en)")
         ax.set_ylim(-0.02, 1.02)
     axes[0].set_ylabel("clean rate (on target, not degenerate)")
-    axes[-1].legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    order = [m for m in METHODS if m in handles]
+    fig.legend([handles[m] for m in order], order, fontsize="small", loc="outside right center")
     return fig
 
 
