@@ -165,8 +165,8 @@ def _frontier_runner(name: str) -> Runner:
     def run(job: _Run) -> StudyResult | str:
         from workbench.studies import frontier
 
-        # At full size both run at the search's own size, so the presets' test numbers reproduce it.
-        size = job.size if job.quick else Size.frontier()
+        # At the full size both run at the search's own, so the presets' test numbers reproduce it.
+        size = Size.frontier() if job.size == Size.full() else job.size
         study = getattr(frontier, f"{name}_study")
         return study(job.loaded, size, job.out, quick=job.quick, progress=job.progress)
 
