@@ -14,10 +14,8 @@ import torch
 
 from tests.conftest import build_tiny_model
 from workbench.errors import (
-    CheckError,
     WorkbenchError,
 )
-from workbench.evaluation.checks import check
 from workbench.vectors import SteeringVector
 
 
@@ -62,22 +60,6 @@ def vec() -> SteeringVector:
 
 
 # ---- instruction checks -------------------------------------------------------------------------------
-
-
-def test_unknown_instruction_id():
-    refuses(CheckError, lambda: check("detectable_format:haiku", "text"), "unknown instruction id")
-
-
-def test_missing_check_kwargs():
-    refuses(CheckError, lambda: check("keywords:frequency", "text", {"keyword": "cat"}), "needs kwarg")
-
-
-def test_unexpected_check_kwarg():
-    refuses(CheckError, lambda: check("punctuation:no_comma", "text", {"comma": 1}), "takes no kwarg")
-
-
-def test_check_kwargs_as_json_string():
-    refuses(CheckError, lambda: check("keywords:existence", "text", '{"keywords": ["cat"]}'), "kwargs")
 
 
 # ---- output locations ---------------------------------------------------------------------------------
