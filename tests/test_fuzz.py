@@ -18,15 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workbench.errors import (
-    CheckError,
     InvalidArgumentError,
     WorkbenchError,
 )
 from workbench.evaluation import (
-    INSTRUCTION_IDS,
     LANGUAGES,
-    check,
-    check_all,
     code_switching_rate,
     detect_language,
     is_degenerate,
@@ -60,66 +56,8 @@ nonblank = st.one_of(
     st.from_regex(r"[A-Za-zàé0-9?][A-Za-zàé0-9? ]{0,10}", fullmatch=True),
     st.text(min_size=1, max_size=15).filter(str.strip),
 )
-count = st.integers(min_value=0, max_value=12)
-relation = st.sampled_from(["less than", "at least"])
 
 #: For every instruction id, a strategy of valid kwargs (None where it takes none).
-KWARGS: dict[str, st.SearchStrategy] = {
-    "keywords:existence": st.fixed_dictionaries({"keywords": st.lists(nonblank, min_size=1, max_size=3)}),
-    "keywords:frequency": st.fixed_dictionaries(
-        {"keyword": nonblank, "frequency": count, "relation": relation}
-    ),
-    "keywords:forbidden_words": st.fixed_dictionaries(
-        {"forbidden_words": st.lists(nonblank, min_size=1, max_size=3)}
-    ),
-    "keywords:letter_frequency": st.fixed_dictionaries(
-        {
-            "letter": st.characters(exclude_categories=["Z", "Cc", "Cs"]),
-            "let_frequency": count,
-            "let_relation": relation,
-        }
-    ),
-    "language:response_language": st.fixed_dictionaries(
-        {"language": st.sampled_from(["en", "it", "es", "ja"])}
-    ),
-    "length_constraints:number_sentences": st.fixed_dictionaries(
-        {"num_sentences": count, "relation": st.sampled_from(["less than", "at least", "exactly"])}
-    ),
-    "length_constraints:number_paragraphs": st.fixed_dictionaries({"num_paragraphs": count}),
-    "length_constraints:number_words": st.fixed_dictionaries(
-        {"num_words": count, "relation": st.sampled_from(["less than", "at least", "exactly"])}
-    ),
-    "length_constraints:nth_paragraph_first_word": st.integers(1, 6).flatmap(
-        lambda n: st.fixed_dictionaries(
-            {"num_paragraphs": st.just(n), "nth_paragraph": st.integers(1, n), "first_word": nonblank}
-        )
-    ),
-    "detectable_content:number_placeholders": st.fixed_dictionaries({"num_placeholders": count}),
-    "detectable_content:postscript": st.fixed_dictionaries(
-        {"postscript_marker": st.one_of(st.sampled_from(["P.S.", "P.P.S"]), nonblank)}
-    ),
-    "detectable_format:number_bullet_lists": st.fixed_dictionaries({"num_bullets": count}),
-    "detectable_format:constrained_response": st.none(),
-    "detectable_format:number_highlighted_sections": st.fixed_dictionaries({"num_highlights": count}),
-    "detectable_format:multiple_sections": st.fixed_dictionaries(
-        {
-            "section_spliter": st.one_of(st.sampled_from(["Section", "SECTION", "*"]), nonblank),
-            "num_sections": count,
-        }
-    ),
-    "detectable_format:json_format": st.none(),
-    "detectable_format:title": st.none(),
-    "combination:two_responses": st.none(),
-    "combination:repeat_prompt": st.fixed_dictionaries({"prompt_to_repeat": nonblank}),
-    "startend:end_checker": st.fixed_dictionaries({"end_phrase": nonblank}),
-    "startend:quotation": st.none(),
-    "change_case:capital_word_frequency": st.fixed_dictionaries(
-        {"capital_frequency": count, "capital_relation": relation}
-    ),
-    "change_case:english_capital": st.none(),
-    "change_case:english_lowercase": st.none(),
-    "punctuation:no_comma": st.none(),
-}
 
 json_scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=12)
@@ -150,56 +88,6 @@ def write(data: bytes | str) -> Path:
 
 
 # ---- checks -------------------------------------------------------------------------------------------
-
-
-def test_the_kwargs_table_covers_every_instruction():
-    assert set(KWARGS) == set(INSTRUCTION_IDS)
-
-
-@pytest.mark.parametrize("instruction_id", INSTRUCTION_IDS)
-@settings(max_examples=12, deadline=None)
-@given(data=st.data(), response=structured_text, loose=st.booleans())
-def test_check_with_drawn_kwargs_on_structured_text(instruction_id, data, response, loose):
-    kwargs = data.draw(KWARGS[instruction_id])
-    assert isinstance(check(instruction_id, response, kwargs, loose=loose), bool)
-
-
-garbage = st.one_of(json_values, st.floats(), st.sampled_from(["less than", "exactly", "x", " "]))
-
-
-@FUZZ
-@given(
-    instruction_id=st.one_of(st.sampled_from(INSTRUCTION_IDS), st.text(max_size=20)),
-    kwargs=st.one_of(
-        st.none(),
-        st.dictionaries(
-            st.sampled_from(
-                ["keywords", "keyword", "frequency", "relation", "letter", "let_frequency", "let_relation",
-                 "language", "num_sentences", "num_paragraphs", "nth_paragraph", "first_word", "num_words",
-                 "num_placeholders", "postscript_marker", "num_bullets", "num_highlights", "section_spliter",
-                 "num_sections", "prompt_to_repeat", "end_phrase", "capital_frequency", "capital_relation",
-                 "forbidden_words", "unknown"]
-            ),
-            garbage,
-            max_size=4,
-        ),
-    ),
-    response=structured_text,
-)  # fmt: skip
-def test_check_with_garbage_kwargs_answers_or_refuses(instruction_id, kwargs, response):
-    try:
-        assert isinstance(check(instruction_id, response, kwargs), bool)
-    except CheckError as e:
-        one_line(e)
-
-
-@FUZZ
-@given(ids=st.lists(st.sampled_from(INSTRUCTION_IDS), max_size=4), response=structured_text)
-def test_check_all_without_kwargs_answers_or_refuses(ids, response):
-    try:
-        assert len(check_all(ids, [None] * len(ids), response)) == len(ids)
-    except CheckError as e:
-        one_line(e)
 
 
 # ---- language and fluency -----------------------------------------------------------------------------
