@@ -719,6 +719,7 @@ count = st.integers(min_value=0, max_value=12)
 relation = st.sampled_from(["less than", "at least"])
 
 
+#: For every instruction id, a strategy of valid kwargs (None where it takes none).
 KWARGS: dict[str, st.SearchStrategy] = {
     "keywords:existence": st.fixed_dictionaries({"keywords": st.lists(nonblank, min_size=1, max_size=3)}),
     "keywords:frequency": st.fixed_dictionaries(

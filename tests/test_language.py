@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from langdetect import DetectorFactory, LangDetectException, detect
 
+from tests.refusals import one_line
 from workbench.errors import InvalidArgumentError
 from workbench.evaluation.language import (
     LANGUAGES,
@@ -124,3 +125,86 @@ def test_fuzz_language_functions_never_crash(text: str) -> None:
     for value in (sentence_share(text, "it"), code_switching_rate(text)):
         assert math.isnan(value) or 0.0 <= value <= 1.0
     assert 0.0 <= share_in_language([text, text[::-1]]) <= 1.0
+
+
+WORDS = {
+    "it": ["il", "gatto", "dorme", "sempre", "sul", "divano", "perché", "la", "casa", "è", "molto", "calda"],
+    "en": [
+        "the",
+        "cat",
+        "always",
+        "sleeps",
+        "on",
+        "the",
+        "sofa",
+        "because",
+        "the",
+        "house",
+        "is",
+        "very",
+        "warm",
+    ],
+    "es": [
+        "el",
+        "gato",
+        "siempre",
+        "duerme",
+        "en",
+        "el",
+        "sofá",
+        "porque",
+        "la",
+        "casa",
+        "es",
+        "muy",
+        "cálida",
+    ],
+    "de": [
+        "die",
+        "Katze",
+        "schläft",
+        "immer",
+        "auf",
+        "dem",
+        "Sofa",
+        "weil",
+        "das",
+        "Haus",
+        "sehr",
+        "warm",
+        "ist",
+    ],
+}
+
+
+sentence = st.sampled_from(sorted(WORDS)).flatmap(
+    lambda lang: st.lists(st.sampled_from(WORDS[lang]), min_size=1, max_size=9).map(" ".join)
+)
+
+
+mixed_text = st.lists(
+    st.tuples(
+        st.one_of(sentence, st.text(max_size=10)), st.sampled_from([". ", "! ", "\n", "\n- ", "? ", ""])
+    ),
+    max_size=6,
+).map(lambda parts: "".join(s + sep for s, sep in parts))
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=mixed_text, lang=st.sampled_from(LANGUAGES))
+def test_language_metrics_on_mixed_language_text(text, lang):
+    assert detect_language(text) in (*LANGUAGES, "und")
+    share = sentence_share(text, lang)
+    rate = code_switching_rate(text)
+    assert math.isnan(share) or 0.0 <= share <= 1.0
+    assert math.isnan(rate) or 0.0 <= rate <= 1.0
+    assert 0.0 <= share_in_language([text, text.upper(), ""], lang) <= 1.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(text=st.text(max_size=30), lang=st.text(max_size=4).filter(lambda s: s not in LANGUAGES))
+def test_language_metrics_refuse_unknown_languages(text, lang):
+    for fn in (lambda: sentence_share(text, lang), lambda: share_in_language([text], lang)):
+        with pytest.raises(InvalidArgumentError) as info:
+            fn()
+        one_line(info.value)

@@ -12,7 +12,7 @@ of characters repeated back to back is a loop too, so loops without letters (``1
 ``1.1:10=1=1=1``, a steered base model's number salad) are caught. The rule is the quality frontier's
 (issue 16 unified three): a repeat rate of 0.5 let through loops that say a sentence twice or nest the same
 JSON object again and again (0.39-0.5 on SmolLM2) and steered "Italian" that repeats a clause (0.22-0.29),
-while ordinary answers stay far below 0.2 (the hand-made samples in ``tests/test_text_metrics.py``: at most
+while ordinary answers stay far below 0.2 (the hand-made samples in ``tests/test_fluency.py``: at most
 0.03). Checked on 240 unsteered greedy SmolLM2-135M-Instruct answers to the frontier's validation prompts
 (2026-12-02): 0 of the 120 answers to plain queries are flagged (as under the old 0.5 rule); of the 120
 answers to instructed prompts 27 are (old rule: 16); of the 11 added, 8 loop by eye (a sentence said
