@@ -11,11 +11,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from tests.conftest import PROMPTS
 from tests.refusals import refuses
-from workbench.activations import Activations, collect
+from workbench.activations import BYPASS_WARNING, Activations, collect
 from workbench.cli import app
 from workbench.datasets import load
 from workbench.errors import ArtifactError, InvalidArgumentError, OutputPathError
+from workbench.models import load_model
+from workbench.steering import Intervention, steer
 from workbench.vectors import SteeringVector
 
 
@@ -103,6 +106,87 @@ def test_save_under_a_file_is_refused(acts, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputPathError, match="cannot write the activations"):
         acts.save(tmp_path / "file" / "a.safetensors")
+
+
+# ---- capture and its cache --------------------------------------------------------------------------
+
+
+def test_collect_shapes_and_layers(tiny):
+    acts = collect(tiny, PROMPTS, layers=[1, 3], cache=False)
+    assert acts.tensor.shape == (len(PROMPTS), 2, 64)
+    assert acts.layers == (1, 3)
+    assert torch.equal(acts.layer(3), acts.tensor[:, 1])
+
+
+@pytest.mark.parametrize("position", ["last", "mean", 0, 2, -1, -3])
+def test_collect_is_batch_size_invariant(tiny, position):
+    one = collect(tiny, PROMPTS, position=position, batch_size=1, cache=False).tensor
+    many = collect(tiny, PROMPTS, position=position, batch_size=5, cache=False).tensor
+    odd = collect(tiny, PROMPTS, position=position, batch_size=2, cache=False).tensor
+    assert (one - many).abs().max() <= 1e-4
+    assert (one - odd).abs().max() <= 1e-4
+
+
+def test_collect_matches_run_with_cache_on_unpadded_prompt(tiny):
+    text = tiny.format_chat(PROMPTS[2])
+    tokens = tiny.encode([text], formatted=True)["input_ids"]
+    _, cache = tiny.bridge.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_resid_post"))
+    acts = collect(tiny, [PROMPTS[2], PROMPTS[4]], cache=False)
+    expected_last = cache["blocks.2.hook_resid_post"][0, -1]
+    expected_mean = cache["blocks.2.hook_resid_post"][0].mean(0)
+    assert torch.allclose(acts.layer(2)[0], expected_last, atol=1e-4)
+    mean = collect(tiny, [PROMPTS[2], PROMPTS[4]], position="mean", cache=False)
+    assert torch.allclose(mean.layer(2)[0], expected_mean, atol=1e-4)
+    first = collect(tiny, [PROMPTS[2], PROMPTS[4]], position=1, cache=False)
+    assert torch.allclose(first.layer(2)[0], cache["blocks.2.hook_resid_post"][0, 1], atol=1e-4)
+
+
+def test_collect_disk_cache_is_read_back(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    first = collect(tiny, PROMPTS, layers=[0, 2])
+    files = list((tmp_path / "activations").glob("*.safetensors"))
+    assert len(files) == 1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cached collect ran the model")
+
+    monkeypatch.setattr(tiny.hf_model, "forward", refuse)
+    second = collect(tiny, PROMPTS, layers=[0, 2])
+    assert torch.equal(first.tensor, second.tensor)
+    with pytest.raises(AssertionError):
+        collect(tiny, PROMPTS, layers=[0, 1])  # another key: must run the model
+
+
+def test_steering_inside_collect_does_not_poison_the_cache(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    vector = SteeringVector.from_directions(torch.ones(1, tiny.d_model) * 3.0, layers=[1])
+    plain = collect(tiny, PROMPTS, layers=[2], cache=False).tensor
+    with steer(tiny, Intervention(vector, 1, coef=20.0)), pytest.warns(UserWarning, match=BYPASS_WARNING):
+        steered = collect(tiny, PROMPTS, layers=[2]).tensor
+    assert (steered - plain).abs().max() > 1.0  # the steering reached the capture
+    assert not (tmp_path / "activations").exists()  # and was not stored
+    assert torch.allclose(collect(tiny, PROMPTS, layers=[2]).tensor, plain, atol=1e-5)
+    with steer(tiny, Intervention(vector, 1, coef=20.0)), pytest.warns(UserWarning, match=BYPASS_WARNING):
+        again = collect(tiny, PROMPTS, layers=[2]).tensor  # a cached plain entry is not served either
+    assert torch.allclose(again, steered, atol=1e-5)
+    handle = tiny.hf_model.model.layers[0].register_forward_hook(lambda *_: None)  # a user's torch hook
+    try:
+        with pytest.warns(UserWarning, match=BYPASS_WARNING):
+            collect(tiny, PROMPTS, layers=[2])
+    finally:
+        handle.remove()
+
+
+def test_collect_cache_keys_on_dtype(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    full = load_model(tiny_dir, device="cpu")
+    half = load_model(tiny_dir, device="cpu", dtype="bfloat16")
+    assert full.weights_hash == half.weights_hash and full.fingerprint != half.fingerprint
+    a = collect(full, PROMPTS[:2], layers=[1]).tensor
+    b = collect(half, PROMPTS[:2], layers=[1]).tensor
+    assert len(list((tmp_path / "activations").glob("*.safetensors"))) == 2
+    assert not torch.equal(a, b)
+    assert torch.equal(collect(half, PROMPTS[:2], layers=[1]).tensor, b)
 
 
 # ---- the command line: collect once, build from the files -----------------------------------------------

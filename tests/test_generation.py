@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import PROMPTS
 from tests.refusals import refuses
 from workbench.errors import InvalidArgumentError
 from workbench.generation import generate
@@ -64,3 +65,18 @@ def test_zero_temperature_when_sampling(tiny):
         lambda: generate(tiny, ["hi"], do_sample=True, temperature=0.0, max_new_tokens=2),
         "temperature",
     )
+
+
+def test_generate_greedy_is_batch_size_and_cache_invariant(tiny):
+    a = generate(tiny, PROMPTS, max_new_tokens=12, batch_size=5)
+    b = generate(tiny, PROMPTS, max_new_tokens=12, batch_size=2)
+    c = generate(tiny, PROMPTS, max_new_tokens=12, batch_size=5, use_cache=False)
+    assert a == b == c
+    assert all(isinstance(t, str) for t in a)
+    assert not any("<|im_start|>" in t for t in a)
+
+
+def test_generate_sampling_is_seeded(tiny):
+    a = generate(tiny, PROMPTS, max_new_tokens=8, do_sample=True, seed=3)
+    b = generate(tiny, PROMPTS, max_new_tokens=8, do_sample=True, seed=3)
+    assert a == b

@@ -3,6 +3,7 @@ model files, dtypes and devices are refused in one line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -154,3 +155,15 @@ def test_bad_dtype(dtype):
 @pytest.mark.parametrize("device", ["bogus", "cuda:99"])
 def test_bad_device(device):
     refuses(InvalidArgumentError, lambda: load_model(DEFAULT_SPEC, device=device), "device")
+
+
+def test_chat_format_carries_special_tokens_once(tiny):
+    text = tiny.format_chat("Hello")
+    assert text.startswith("<|im_start|>user\nHello<|im_end|>")
+    ids = tiny.encode([text], formatted=True)["input_ids"][0].tolist()
+    assert ids.count(tiny.tokenizer.convert_tokens_to_ids("<|im_start|>")) == 2  # user + assistant turns
+
+
+def test_base_format_is_question_answer(tiny):
+    base = dataclasses.replace(tiny, is_chat=False)
+    assert base.format_chat("Why?") == "Q: Why?\nA:"
