@@ -1,0 +1,129 @@
+"""The behavioural sweep: resume after an interruption, the selection rule, grids and config names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from workbench.datasets import ContrastiveSet, load
+from workbench.errors import InvalidArgumentError
+from workbench.sweeps import NONE, Config, choose, grid, per_layer, summarize, sweep
+from workbench.vectors import SteeringVector
+
+
+def summary_frame(rows: list[tuple[str, float, float]]) -> pd.DataFrame:
+    """(config, compliance, degeneration) rows; config 'add@L xC' is parsed into layer and coef."""
+    out = []
+    for config, compliance, degeneration in rows:
+        layer, coef = (None, np.nan) if config == NONE else map(float, config[4:].split("x"))
+        out.append(
+            {
+                "config": config,
+                "layer": None if layer is None else int(layer),
+                "mode": NONE if layer is None else "add",
+                "coef": coef,
+                "compliance": compliance,
+                "degeneration": degeneration,
+                "n": 10,
+            }
+        )
+    return pd.DataFrame(out).astype({"layer": "Int64"})
+
+
+def test_choose_takes_the_best_config_that_degenerates_no_more_than_no_steering():
+    summary = summary_frame(
+        [
+            (NONE, 0.2, 0.1),
+            ("add@2x1", 0.5, 0.1),
+            ("add@2x4", 0.9, 0.6),  # best compliance, but degenerates more: not eligible
+            ("add@4x1", 0.6, 0.0),
+            ("add@4x2", 0.6, 0.0),  # tie: the smaller coefficient wins
+        ]
+    )
+    choice = choose(summary)
+    assert (choice.config, choice.layer, choice.coef) == ("add@4x1", 4, 1.0)
+    assert choice.compliance == 0.6 and choice.baseline_compliance == 0.2
+    layers = per_layer(summary).set_index("layer")
+    assert layers.loc[2, "compliance"] == 0.5 and layers.loc[2, "max_compliance"] == 0.9
+    assert layers.loc[4, "coef"] == 1.0 and layers["steers"].all()
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [(NONE, 0.3, 0.0), ("add@2x1", 0.8, 0.1), ("add@4x1", 0.9, 0.5)],  # all degenerate more
+        [(NONE, 0.3, 0.2), ("add@2x1", 0.3, 0.0), ("add@4x1", 0.1, 0.1)],  # none beats no steering
+    ],
+)
+def test_choose_can_pick_no_steering(rows):
+    choice = choose(summary_frame(rows))
+    assert choice.config == NONE and choice.layer is None and choice.coef is None
+    assert choice.compliance == 0.3
+    assert not per_layer(summary_frame(rows))["steers"].any()
+
+
+def test_choose_needs_the_unsteered_reference():
+    with pytest.raises(InvalidArgumentError):
+        choose(summary_frame([("add@2x1", 0.5, 0.0)]))
+
+
+def random_vector(model):
+    directions = torch.randn(model.n_layers, model.d_model, generator=torch.Generator().manual_seed(0))
+    return SteeringVector.from_directions(directions, n_layers=model.n_layers)
+
+
+def small_set() -> ContrastiveSet:
+    validation = load("json_format", "validation")
+    return ContrastiveSet(validation.name, validation.split, validation.items[:3])
+
+
+def test_sweep_resumes_after_an_interruption_without_redoing_rows(tiny, tmp_path):
+    vector, items = random_vector(tiny), small_set()
+    configs = grid([1, 2], coefs=(1.0, 4.0))
+    assert [c.name for c in configs] == [NONE, "add@1x1", "add@1x4", "add@2x1", "add@2x4"]
+    kw = {"max_new_tokens": 4, "batch_size": 8, "chunk_size": 4}
+    whole = sweep(tiny, vector, items, configs, out_dir=tmp_path / "whole", **kw)
+    assert len(whole) == 15 and list(whole["config"].unique()) == [c.name for c in configs]
+    assert whole["follows"].dtype == bool and whole["degenerate"].dtype == bool
+    assert whole.loc[whole["config"] == NONE, "layer"].isna().all()
+
+    def interrupt(chunk):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep(tiny, vector, items, configs, out_dir=tmp_path / "resumed", on_chunk=interrupt, **kw)
+    assert len(list((tmp_path / "resumed").glob("part-*.parquet"))) == 1
+    redone: list[int] = []
+    resumed = sweep(
+        tiny,
+        vector,
+        items,
+        configs,
+        out_dir=tmp_path / "resumed",
+        on_chunk=lambda c: redone.append(len(c)),
+        **kw,
+    )
+    assert sum(redone) == 15 - 4  # the first chunk was not generated again
+    pd.testing.assert_frame_equal(resumed, whole)
+    pd.testing.assert_frame_equal(sweep(tiny, vector, items, configs, **kw), whole)
+
+    rerun: list[int] = []
+    again = sweep(
+        tiny, vector, items, configs, out_dir=tmp_path / "whole", on_chunk=lambda c: rerun.append(1), **kw
+    )
+    assert rerun == [] and again.equals(whole)
+    summary = summarize(whole)
+    assert list(summary["config"]) == [c.name for c in configs] and summary["n"].eq(3).all()
+    with pytest.raises(InvalidArgumentError, match="other settings"):
+        sweep(tiny, vector, items, configs, out_dir=tmp_path / "whole", **{**kw, "max_new_tokens": 5})
+    with pytest.raises(InvalidArgumentError, match="unsteered"):
+        sweep(tiny, vector, items, configs[1:], **kw)
+
+
+def test_grid_and_config_names():
+    assert [c.name for c in grid([3], mode="set_projection")] == [NONE, "set_projection@3"]
+    assert Config().name == NONE
+    with pytest.raises(InvalidArgumentError):
+        grid([1], mode="add", coefs=())
