@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import PROMPTS
 from tests.refusals import refuses
-from workbench.activations import BYPASS_WARNING, Activations, collect
+from workbench.activations import BYPASS_WARNING, Activations, collect, collect_responses
 from workbench.cli import app
 from workbench.datasets import load
 from workbench.errors import ArtifactError, InvalidArgumentError, OutputPathError
@@ -187,6 +187,51 @@ def test_collect_cache_keys_on_dtype(tiny_dir, tmp_path, monkeypatch):
     assert len(list((tmp_path / "activations").glob("*.safetensors"))) == 2
     assert not torch.equal(a, b)
     assert torch.equal(collect(half, PROMPTS[:2], layers=[1]).tensor, b)
+
+
+# ---- response-token activations ---------------------------------------------------------------------
+
+ANSWERS = ["Paris is the capital.", "An apple", "Light scatters in the air.", "Boil it.", "Cats and dogs."]
+
+
+@pytest.fixture
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.mark.usefixtures("_cache")
+def test_response_mean_matches_a_manual_mean_over_the_response_positions(tiny):
+    acts = collect_responses(tiny, PROMPTS, ANSWERS, layers=[1, 3], batch_size=3, cache=False)
+    for i in (0, 4):
+        head = tiny.encode([tiny.format_chat(PROMPTS[i])], formatted=True)["input_ids"][0]
+        tail = torch.tensor(tiny.tokenizer(ANSWERS[i], add_special_tokens=False)["input_ids"])
+        tokens = torch.cat([head, tail])[None]
+        _, cache = tiny.bridge.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_resid_post"))
+        for j, layer in enumerate((1, 3)):
+            expected = cache[f"blocks.{layer}.hook_resid_post"][0, len(head) :].mean(0)
+            assert torch.allclose(acts.tensor[i, j], expected, atol=1e-4)
+            prompt_mean = cache[f"blocks.{layer}.hook_resid_post"][0].mean(0)
+            assert not torch.allclose(acts.tensor[i, j], prompt_mean, atol=1e-3)
+
+
+@pytest.mark.usefixtures("_cache")
+def test_response_mean_is_batch_size_invariant_and_cached(tiny):
+    one = collect_responses(tiny, PROMPTS, ANSWERS, batch_size=1, cache=False).tensor
+    many = collect_responses(tiny, PROMPTS, ANSWERS, batch_size=5)
+    assert (one - many.tensor).abs().max() <= 1e-4
+    assert many.settings["position"] == "response_mean"
+    again = collect_responses(tiny, PROMPTS, ANSWERS, batch_size=5)
+    assert torch.equal(again.tensor, many.tensor)
+    other = collect_responses(tiny, PROMPTS, [*ANSWERS[:-1], "Dogs."], batch_size=5)
+    assert not torch.equal(other.tensor[-1], many.tensor[-1])
+
+
+@pytest.mark.usefixtures("_cache")
+def test_response_mean_refuses_bad_inputs(tiny):
+    with pytest.raises(InvalidArgumentError, match="one response per prompt"):
+        collect_responses(tiny, PROMPTS, ANSWERS[:2], cache=False)
+    with pytest.raises(InvalidArgumentError, match="response 1 is empty"):
+        collect_responses(tiny, PROMPTS[:2], ["ok", " "], cache=False)
 
 
 # ---- the command line: collect once, build from the files -----------------------------------------------
