@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import runpy
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from workbench.schedules import DynamicStrength
 from workbench.studies import baselines as study
 from workbench.studies import competitors
 from workbench.studies.common import Size
+from workbench.studies.report import EXTRA_STUDIES, STUDIES, run_report
 from workbench.vectors import SteeringVector
 
 RATES = ("target_rate", "clean_rate", "degeneration", "off_target_compliance", "mc_accuracy_en")
@@ -123,3 +125,10 @@ def test_the_analysis_script_writes_the_table(tiny_dir, tmp_path, monkeypatch):
     table = pd.read_csv(tmp_path / "baselines" / "table.csv")
     assert set(table["behaviour"]) == {"no_comma"} and {"unsteered", "steering"} <= set(table["method"])
     assert (tmp_path / "baselines" / "baselines.png").exists()
+
+
+def test_the_report_runs_it_on_request(confident, tmp_path):
+    report = run_report(confident, quick=True, out_dir=tmp_path, studies=["baselines"], progress=False)
+    entry = json.loads((tmp_path / "manifest.json").read_text())["studies"]["baselines"]
+    assert entry["status"] == "done" and "baselines" in report.read_text()
+    assert "baselines" in EXTRA_STUDIES and "baselines" not in STUDIES
