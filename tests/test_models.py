@@ -1,5 +1,5 @@
 """Loading: path-like specs stay on disk, hub ids fail offline in one line, device maps, Gemma 2; bad specs,
-model files, dtypes and devices are refused in one line."""
+model files, dtypes and devices are refused in one line; chat and base prompt formats."""
 
 from __future__ import annotations
 
