@@ -1,14 +1,16 @@
 """Baselines: steering against prompting, dynamic steering and LoRA fine-tuning on the same held-out prompts.
 
-    OMP_NUM_THREADS=2 .venv/bin/python analyses/baselines.py --out runs/baselines [--quick] [--behaviours italian]
+    OMP_NUM_THREADS=2 .venv/bin/python analyses/baselines.py --out runs/baselines [--quick] [--behaviours ...]
+    .venv/bin/python analyses/baselines.py --model gemma3-270m --behaviours italian --out runs/baselines
 
 Per behaviour (JSON, one sentence, no comma, Italian): unsteered, the instruction in the prompt, the fully
 Italian prompt (Italian), the fixed steering recipe (the preset, else chosen on validation), the same vector
 with a dynamic strength (Scalena et al. 2024), steering + instruction, a self-distilled LoRA adapter chosen
 on validation, and LoRA + instruction; on-target, clean and degeneration rates, median perplexity, off-target
 damage, multiple-choice accuracy gained and lost, and cost, all on the test split (32 prompts, 64 new
-tokens at full size). Writes ``<out>/baselines/``: ``table`` and ``rows`` (parquet and CSV), per behaviour
-the validation tables, the adapter and the cached generations, and ``baselines.{png,svg}``.
+tokens at full size). Writes ``<out>/baselines/`` (``<out>/baselines_base_model/`` for a base model):
+``table`` and ``rows`` (parquet and CSV), per behaviour the validation tables, the adapter and the cached
+generations, and ``baselines.{png,svg}``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     run_script(
         args,
         lambda model, size, out: baselines_study(
-            model, size if size.is_quick else FULL, out, behaviours=args.behaviours
+            model,
+            size if size.is_quick else FULL,
+            out,
+            behaviours=args.behaviours,
+            name="baselines" if model.is_chat else "baselines_base_model",
         ),
     )
 

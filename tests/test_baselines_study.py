@@ -1,4 +1,4 @@
-"""The baselines study on the tiny model: every method × column, competitors that change answers, resuming."""
+"""The baselines study on the tiny model: every method and column, competitors that act, resuming."""
 
 from __future__ import annotations
 

@@ -336,7 +336,9 @@ def baselines_study(
     notes.append(
         f"{model.name}: {size.n_test} test prompts, {size.max_new_tokens} new tokens, greedy; choices on "
         f"{size.n_validation} validation prompts; off-target: {max(2, size.n_test // 4)} prompts of each of "
-        "three other format instructions; prompt-only methods leave the multiple-choice answers unchanged"
+        "three other format instructions; prompt-only methods leave the multiple-choice answers unchanged; "
+        "train_cpu_seconds: building the vector (with the completions a response-token vector needs, when "
+        "not cached) or distilling and training the adapter, validation grids excluded"
     )
     figure = plot_baselines(table)
     return StudyResult(name, pd.concat(rows, ignore_index=True), table, save(figure, out, "baselines"), notes)
