@@ -1,4 +1,4 @@
-"""Synthetic activations and vectors and a GGUF writer, shared by the tests of methods, vectors, formats."""
+"""Synthetic activations, directions and vectors and a GGUF writer, shared by the tests."""
 
 from __future__ import annotations
 
@@ -33,6 +33,11 @@ def planted(
         Activations(neg, layers, "neg-hash", dict(SETTINGS)),
         u,
     )
+
+
+def directions(n_layers: int = 4, d_model: int = 64, seed: int = 0) -> torch.Tensor:
+    """Seeded random directions, by default one per layer of the tiny model (4 layers, d_model 64)."""
+    return torch.randn(n_layers, d_model, generator=torch.Generator().manual_seed(seed))
 
 
 def other_vector(layers=(1, 2, 3), d=32, seed=1) -> SteeringVector:

@@ -9,12 +9,9 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from tests.synthetic_vectors import directions
 from workbench.cli import app
 from workbench.vectors import SteeringVector
-
-
-def directions(n_layers: int = 4, d_model: int = 64, seed: int = 0) -> torch.Tensor:
-    return torch.randn(n_layers, d_model, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(scope="module")

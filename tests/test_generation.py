@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tests.conftest import PROMPTS
 from tests.refusals import refuses
+from tests.synthetic_vectors import directions
 from workbench.errors import InvalidArgumentError
 from workbench.generation import generate
 from workbench.steering import Intervention
 from workbench.vectors import SteeringVector
-
-
-def directions(n_layers: int = 4, d_model: int = 64, seed: int = 0) -> torch.Tensor:
-    return torch.randn(n_layers, d_model, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import torch
 
 from tests.conftest import PROMPTS
 from tests.refusals import refuses
+from tests.synthetic_vectors import directions
 from workbench.activations import collect
 from workbench.errors import InvalidArgumentError, ShapeMismatchError
 from workbench.generation import generate
@@ -292,10 +293,6 @@ def test_position_tracking_is_kept_off_the_model(tiny):
 
 
 # ---- bad inputs ---------------------------------------------------------------------------------------
-
-
-def directions(n_layers: int = 4, d_model: int = 64, seed: int = 0) -> torch.Tensor:
-    return torch.randn(n_layers, d_model, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(scope="module")
