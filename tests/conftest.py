@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random Llama built locally, and the real bundled SmolLM2 (slow)."""
+"""Shared fixtures: a tiny random Llama built locally, tiny configs of other architectures, and the real
+bundled SmolLM2 (slow)."""
 
 from __future__ import annotations
 
@@ -72,6 +73,41 @@ def build_tiny_hf(seed: int = 0, n_layers: int = 4):
     # Random weights rarely emit EOS; keep generation lengths fixed and comparable.
     hf.generation_config.eos_token_id = tokenizer.eos_token_id
     return hf, tokenizer
+
+
+# Sliding windows shorter than the prompts, so the windowed layers are exercised too.
+TINY_CONFIG_EXTRA = {
+    "qwen3": {"head_dim": 16},
+    "mistral": {"sliding_window": 6},
+    "gemma2": {"head_dim": 16, "sliding_window": 6},
+    "gemma3_text": {"head_dim": 16, "sliding_window": 6},
+}
+
+
+def tiny_config(kind: str, tokenizer) -> object:
+    """A 2-layer, d_model 64 config of any architecture ``kind``, for the shared tiny tokenizer."""
+    from transformers import AutoConfig
+
+    ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if kind == "gpt2":
+        return AutoConfig.for_model(
+            kind, vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=256, **ids
+        )
+    sizes = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 256,
+    }
+    if kind != "gpt_neox":
+        sizes["num_key_value_heads"] = 2
+    return AutoConfig.for_model(kind, **sizes, **ids, **TINY_CONFIG_EXTRA.get(kind, {}))
 
 
 def build_tiny_model(seed: int = 0, n_layers: int = 4):

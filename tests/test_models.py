@@ -10,9 +10,8 @@ import pytest
 import torch
 import transformers
 
-from tests.conftest import PROMPTS, build_tiny_tokenizer
+from tests.conftest import PROMPTS, build_tiny_tokenizer, tiny_config
 from tests.refusals import refuses
-from tests.test_parity import tiny_config
 from workbench.activations import collect
 from workbench.errors import InvalidArgumentError, ModelLoadError
 from workbench.generation import generate

@@ -207,8 +207,7 @@ def test_other_caches_and_positions(kind, tmp_path):
     """Gemma 3's sliding-window layers (window 6, shorter than the prompts) and GPT-2's absolute positions."""
     from transformers import AutoModelForCausalLM
 
-    from tests.conftest import build_tiny_tokenizer
-    from tests.test_parity import tiny_config
+    from tests.conftest import build_tiny_tokenizer, tiny_config
     from workbench.models import load_model
 
     tokenizer = build_tiny_tokenizer()

@@ -21,9 +21,9 @@ from contextlib import ExitStack
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
-from tests.conftest import PROMPTS, build_tiny_tokenizer
+from tests.conftest import PROMPTS, build_tiny_tokenizer, tiny_config
 from workbench.activations import collect
 from workbench.evaluation.perplexity import continuation_logprobs
 from workbench.fastpath import ARCHITECTURES, STRICT_ENV, bridge_only, direct_forward
@@ -33,13 +33,6 @@ from workbench.positions import POSITIONS
 from workbench.steering import MODES, Intervention, steer_rows, tracking
 from workbench.vectors import SteeringVector
 
-# Sliding windows shorter than the prompts, so the windowed layers are exercised too.
-EXTRA = {
-    "qwen3": {"head_dim": 16},
-    "mistral": {"sliding_window": 6},
-    "gemma2": {"head_dim": 16, "sliding_window": 6},
-    "gemma3_text": {"head_dim": 16, "sliding_window": 6},
-}
 MATRIX: dict[str, dict[str, float]] = {}
 CHECKS = (
     "collect vs run_with_cache",
@@ -50,29 +43,6 @@ CHECKS = (
     "greedy rows differing",
 )
 _MODELS: dict[str, Model] = {}
-
-
-def tiny_config(kind: str, tokenizer) -> object:
-    ids = {
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-    if kind == "gpt2":
-        return AutoConfig.for_model(
-            kind, vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=256, **ids
-        )
-    sizes = {
-        "vocab_size": len(tokenizer),
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 256,
-    }
-    if kind != "gpt_neox":
-        sizes["num_key_value_heads"] = 2
-    return AutoConfig.for_model(kind, **sizes, **ids, **EXTRA.get(kind, {}))
 
 
 @pytest.fixture
