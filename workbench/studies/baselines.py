@@ -9,7 +9,9 @@ rescores). Columns:
 
 * ``target_rate`` (the behaviour's target, named in ``target``), ``clean_rate`` (on target and not
   degenerate), ``degeneration`` (:func:`~workbench.evaluation.is_degenerate`) and ``median_perplexity``
-  under the unmodified model, all from :func:`workbench.baselines.score_answers`;
+  under the unmodified model, all from :func:`workbench.baselines.score_answers`; ``distinct_rate``: the
+  share of distinct answers (a model that answers every prompt with one memorised sentence is on target,
+  clean, and has a low one);
 * ``off_target_compliance``: IFEval compliance with *other* format instructions (:data:`OFF_TARGET`) asked
   for in the prompt, under the method's intervention; ``off_target_damage`` = the unmodified model's
   compliance minus that (NaN for prompt-only methods: the other instruction is the prompt);
@@ -17,8 +19,8 @@ rescores). Columns:
   (English for format behaviours, both languages for Italian) under the intervention, against the unmodified
   model (prompt-only methods leave the model as it is; dynamic steering has none: its strength is set
   while generating);
-* ``train_cpu_seconds`` (building the vector, or distilling and training the adapter; the validation grids
-  excluded) and ``tokens_per_second`` (test generation, wall clock, measured when it ran).
+* ``train_cpu_seconds`` (building the vector with the caches off, or distilling and training the adapter;
+  the validation grids excluded) and ``tokens_per_second`` (test generation, wall clock, measured when it ran).
 """
 
 from __future__ import annotations
@@ -271,6 +273,7 @@ def _table(
             "clean_rate": mine["clean"].mean(),
             "degeneration": mine["degenerate"].mean(),
             "median_perplexity": mine["perplexity"].median(),
+            "distinct_rate": mine["response"].nunique() / len(mine),
             "off_target_compliance": compliance[kind] if intervened else np.nan,
             "off_target_damage": compliance["none"] - compliance[kind] if intervened else np.nan,
         }
@@ -337,8 +340,8 @@ def baselines_study(
         f"{model.name}: {size.n_test} test prompts, {size.max_new_tokens} new tokens, greedy; choices on "
         f"{size.n_validation} validation prompts; off-target: {max(2, size.n_test // 4)} prompts of each of "
         "three other format instructions; prompt-only methods leave the multiple-choice answers unchanged; "
-        "train_cpu_seconds: building the vector (with the completions a response-token vector needs, when "
-        "not cached) or distilling and training the adapter, validation grids excluded"
+        "train_cpu_seconds: building the vector with the caches off (with the completions a response-token "
+        "vector needs) or distilling and training the adapter, validation grids excluded"
     )
     figure = plot_baselines(table)
     return StudyResult(name, pd.concat(rows, ignore_index=True), table, save(figure, out, "baselines"), notes)
