@@ -49,3 +49,19 @@ def test_italian_sweeps_are_rescored_by_the_current_rule(tiny, tmp_path, monkeyp
     for variant in ("it", "en_answer_it"):
         sweep = pd.read_csv(tmp_path / "italian" / f"sweep_{variant}.csv")
         assert (sweep["degeneration"] == 1).all()
+
+
+def test_a_quick_study_builds_the_preset_from_its_own_few_pairs(tiny, tmp_path, monkeypatch):
+    from workbench import presets
+    from workbench.presets import Preset
+    from workbench.recipes import Recipe
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    preset = Preset("italian", "italian", {"tiny-llama": Recipe("last", (1,), strength=0.2)}, n_train=48)
+    monkeypatch.setitem(presets.PRESETS, "italian", preset)
+    scale = Scale(n_train=3, n_validation=2, n_test=2, max_new_tokens=3, layers=(1,), batch_size=16, n_mc=2)
+    result = italian_study(tiny, scale, tmp_path)
+    assert "English prompt + steering (preset)" in set(result.table["setting"])
+    assert presets.path(tiny, "italian", 3).exists() and not presets.path(tiny, "italian").exists()
+    assert presets.provenance(tiny, "italian", n_train=3)["n_train"] == 3
+    assert any("(3 train pairs)" in note for note in result.notes)

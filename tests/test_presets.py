@@ -94,6 +94,27 @@ def test_damaged_or_outdated_cache_is_rebuilt(tiny, tiny_preset, monkeypatch):
     assert calls == [1, 1] and iv.coef == pytest.approx(0.4 * iv.vector.stats[1].resid_norm)
 
 
+def test_a_smaller_train_set_is_cached_apart_and_never_served_as_the_preset(tiny, tiny_preset, monkeypatch):
+    small = presets.vector(tiny, "tiny_bullets", n_train=2)
+    small_path, full_path = presets.path(tiny, "tiny_bullets", 2), presets.path(tiny, "tiny_bullets")
+    assert small_path != full_path and small_path.exists() and not full_path.exists()
+    assert presets.provenance(tiny, "tiny_bullets", n_train=2)["n_train"] == 2
+    assert small.provenance["dataset_hash"] == load_dataset("bullet_lists", "train").head(2).hash
+    full = presets.vector(tiny, "tiny_bullets")
+    assert full_path.exists() and presets.provenance(tiny, "tiny_bullets")["n_train"] == 6
+    assert full.provenance["dataset_hash"] != small.provenance["dataset_hash"]
+    # a count at or above the preset's is the preset itself; a quick record copied over the preset's is stale
+    assert presets.path(tiny, "tiny_bullets", 6) == presets.path(tiny, "tiny_bullets", 99) == full_path
+    full_path.with_suffix(".json").write_text(small_path.with_suffix(".json").read_text())
+    calls = []
+    real = presets.build_vectors
+    monkeypatch.setattr(presets, "build_vectors", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    presets.vector(tiny, "tiny_bullets")
+    assert calls == [6]
+    with pytest.raises(InvalidArgumentError, match="n_train must be at least 1"):
+        presets.vector(tiny, "tiny_bullets", n_train=0)
+
+
 def test_steer_command_takes_a_preset(tiny_dir, monkeypatch):
     runner = CliRunner()
     bad = runner.invoke(app, ["steer", "Hello", "--preset", "nope", "--model", tiny_dir])

@@ -12,6 +12,9 @@ The vector is built for the loaded model on first use from the bundled train spl
 ``cache_dir()/presets`` as ``<name>-<model fingerprint>.safetensors`` (the vector, checksummed, with its
 own provenance) plus ``.json`` (the preset, the recipe, the model and dataset hashes, how it was built). A
 later call reads the cache; a cache built for another recipe or model, or damaged on disk, is rebuilt.
+``n_train`` (every function taking a model) builds from fewer train pairs than the preset's, for smoke
+runs: such a vector is cached as ``<name>-n<n_train>-<fingerprint>`` and its record says ``n_train``, so it
+is never served as the preset itself.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ __all__ = [
     "path",
     "provenance",
     "read",
+    "train_pairs",
     "vector",
 ]
 
@@ -179,12 +183,29 @@ def get(name: str) -> Preset:
     return PRESETS[name]
 
 
-def path(model: Model, name: str) -> Path:
-    """Where the preset's vector for ``model`` is cached (``.safetensors``; the ``.json`` sits beside it)."""
-    return cache_dir() / "presets" / f"{name}-{model.fingerprint}.safetensors"
+def train_pairs(name: str, n_train: int | None = None) -> int:
+    """How many train pairs build preset ``name``: its own count, or ``n_train`` if smaller."""
+    preset = get(name)
+    if n_train is None:
+        return preset.n_train
+    if n_train < 1:
+        raise InvalidArgumentError(
+            f"n_train must be at least 1, not {n_train}: pass a positive count or None"
+        )
+    return min(n_train, preset.n_train)
 
 
-def _record(model: Model, preset: Preset, recipe: Recipe, vector: SteeringVector) -> dict[str, Any]:
+def path(model: Model, name: str, n_train: int | None = None) -> Path:
+    """Where the preset's vector for ``model`` is cached (``.safetensors``; the ``.json`` sits beside it);
+    a vector from fewer train pairs than the preset's (``n_train``) has its own file."""
+    n = train_pairs(name, n_train)
+    size = "" if n == get(name).n_train else f"-n{n}"
+    return cache_dir() / "presets" / f"{name}{size}-{model.fingerprint}.safetensors"
+
+
+def _record(
+    model: Model, preset: Preset, recipe: Recipe, vector: SteeringVector, n_train: int
+) -> dict[str, Any]:
     return {
         "preset": preset.name,
         "behaviour": preset.behaviour,
@@ -192,7 +213,7 @@ def _record(model: Model, preset: Preset, recipe: Recipe, vector: SteeringVector
         "chosen_by": preset.chosen_by,
         "validation": dict(preset.validation.get(model.name, {})),
         "scorer_version": preset.scorer_version,
-        "n_train": preset.n_train,
+        "n_train": n_train,
         "model_name": model.name,
         "weights_hash": model.weights_hash,
         "fingerprint": model.fingerprint,
@@ -206,15 +227,19 @@ def _record(model: Model, preset: Preset, recipe: Recipe, vector: SteeringVector
     }
 
 
-def build(model: Model, name: str, *, progress: bool = False) -> tuple[SteeringVector, dict[str, Any]]:
-    """Build preset ``name``'s vector for ``model`` from the bundled train split and write the cache."""
+def build(
+    model: Model, name: str, *, n_train: int | None = None, progress: bool = False
+) -> tuple[SteeringVector, dict[str, Any]]:
+    """Build preset ``name``'s vector for ``model`` from the bundled train split (its first
+    :func:`train_pairs` pairs) and write the cache."""
     preset = get(name)
     recipe = preset.recipe(model)
     behaviour = BEHAVIOURS[preset.behaviour]
-    vectors = build_vectors(model, behaviour, preset.n_train, sources=(recipe.source,), progress=progress)
+    n = train_pairs(name, n_train)
+    vectors = build_vectors(model, behaviour, n, sources=(recipe.source,), progress=progress)
     vector = vectors[recipe.source].select(recipe.layers)
-    record = _record(model, preset, recipe, vector)
-    target = path(model, name)
+    record = _record(model, preset, recipe, vector, n)
+    target = path(model, name, n)
     vector.save(target)
     atomic_text(
         target.with_suffix(".json"), json.dumps(record, indent=1, sort_keys=True) + "\n", "preset record"
@@ -222,31 +247,44 @@ def build(model: Model, name: str, *, progress: bool = False) -> tuple[SteeringV
     return vector, record
 
 
-def _cached(model: Model, name: str, recipe: Recipe) -> tuple[SteeringVector, dict[str, Any]] | None:
-    target = path(model, name)
+def _cached(
+    model: Model, name: str, recipe: Recipe, n_train: int | None
+) -> tuple[SteeringVector, dict[str, Any]] | None:
+    n = train_pairs(name, n_train)
+    target = path(model, name, n)
     try:
         record = json.loads(target.with_suffix(".json").read_text(encoding="utf-8"))
         vector = SteeringVector.load(target)
     except (OSError, ValueError, ArtifactError):
         return None
-    fresh = record.get("recipe") == recipe.to_json() and record.get("fingerprint") == model.fingerprint
+    fresh = (
+        record.get("recipe") == recipe.to_json()
+        and record.get("fingerprint") == model.fingerprint
+        and record.get("n_train") == n
+    )
     return (vector, record) if fresh and vector.provenance.get("weights_hash") == model.weights_hash else None
 
 
-def vector(model: Model, name: str, *, progress: bool = False) -> SteeringVector:
-    """Preset ``name``'s vector for ``model`` (its recipe's layers), built on first use and cached on disk."""
+def _found(
+    model: Model, name: str, n_train: int | None, progress: bool
+) -> tuple[SteeringVector, dict[str, Any]]:
     recipe = get(name).recipe(model)
-    found, _ = _cached(model, name, recipe) or build(model, name, progress=progress)
-    return found
+    return _cached(model, name, recipe, n_train) or build(model, name, n_train=n_train, progress=progress)
 
 
-def load(model: Model, name: str, *, progress: bool = False) -> list[Intervention]:
+def vector(model: Model, name: str, *, n_train: int | None = None, progress: bool = False) -> SteeringVector:
+    """Preset ``name``'s vector for ``model`` (its recipe's layers), built on first use and cached on disk;
+    ``n_train`` caps its train pairs (a smoke run's vector, cached apart from the preset's)."""
+    return _found(model, name, n_train, progress)[0]
+
+
+def load(
+    model: Model, name: str, *, n_train: int | None = None, progress: bool = False
+) -> list[Intervention]:
     """The interventions of preset ``name`` for ``model``, built on first use and cached on disk."""
-    return get(name).recipe(model).interventions(vector(model, name, progress=progress))
+    return get(name).recipe(model).interventions(vector(model, name, n_train=n_train, progress=progress))
 
 
-def provenance(model: Model, name: str) -> dict[str, Any]:
+def provenance(model: Model, name: str, *, n_train: int | None = None) -> dict[str, Any]:
     """The cached JSON record of preset ``name`` for ``model`` (building it first if needed)."""
-    recipe = get(name).recipe(model)
-    _, record = _cached(model, name, recipe) or build(model, name)
-    return record
+    return _found(model, name, n_train, False)[1]

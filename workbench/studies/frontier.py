@@ -383,7 +383,8 @@ def presets_study(
     test settings of :func:`frontier_study` (unsteered, instruction in the prompt, Italian prompt, the
     preset alone, the preset with the instruction) on ``scale.n_test`` prompts, each behaviour with its
     own token budget. ``quick`` (default as :func:`frontier_study`): only the :data:`QUICK_BEHAVIOURS`
-    presets, at :data:`QUICK_CAPS`, without the base model. Returns a "not run" line when no preset was
+    presets, at :data:`QUICK_CAPS` (their vectors from its few train pairs, cached apart from the presets'
+    own), without the base model. Returns a "not run" line when no preset was
     chosen for ``model``. Writes under ``out_dir/presets``; table columns as :func:`frontier_study`'s; one
     ``frontier_<model>_<behaviour>`` figure of the test settings per preset. Test rows are cached there.
     """
@@ -411,7 +412,8 @@ def presets_study(
         preset = presets.get(name)
         behaviour = _budgeted(BEHAVIOURS[preset.behaviour], scale)
         recipe = preset.recipe(loaded)
-        vector = presets.vector(loaded, name, progress=progress)
+        pairs = presets.train_pairs(name, scale.n_train if quick else None)
+        vector = presets.vector(loaded, name, n_train=pairs, progress=progress)
         rows = _test_rows(loaded, behaviour, {recipe.source: vector}, recipe, scale, out, progress)
         table = _table(loaded.name, behaviour, rows)
         recipes = list(_test_recipes(behaviour, recipe).values())
@@ -421,8 +423,8 @@ def presets_study(
             plot_frontier(summary, title, recipe.name), out / f"frontier_{loaded.name}_{behaviour.name}"
         )
         notes.append(
-            f"{loaded.name} / preset {name}: `{recipe.name}` (validation: {preset.validation_note(loaded.name)}); "
-            + _verdict(table.set_index("setting"))
+            f"{loaded.name} / preset {name}: `{recipe.name}` (validation: {preset.validation_note(loaded.name)}; "
+            f"vector from {pairs} train pairs); " + _verdict(table.set_index("setting"))
         )
         tables.append(table)
         frames.append(rows.assign(model=loaded.name, behaviour=behaviour.name, preset=name))

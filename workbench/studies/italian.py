@@ -153,7 +153,8 @@ def italian_study(
     """Italian answers on English prompts by steering; fluency; multiple-choice accuracy gained and lost.
 
     Steering configurations: each paper vector (``it``, ``en_answer_it``) where its validation sweep beat
-    no steering, and the ``italian`` preset (the quality frontier's recipe) where one exists for ``model``.
+    no steering, and the ``italian`` preset (the quality frontier's recipe) where one exists for ``model``
+    (a quick ``scale`` builds it from ``scale.n_train`` pairs, cached apart from the preset's own vector).
     """
     out = Path(out_dir) / name
     out.mkdir(parents=True, exist_ok=True)
@@ -177,8 +178,9 @@ def italian_study(
     ]
     steerings = {variant: [iv] for variant, iv in chosen.items() if iv is not None}
     if "italian" in presets.available(model):  # the quality frontier's recipe, for comparison
-        steerings["preset"] = presets.load(model, "italian")
-        notes.append(f"preset italian: `{presets.get('italian').recipe(model).name}`")
+        pairs = presets.train_pairs("italian", scale.n_train if scale.is_quick else None)  # smoke: its few
+        steerings["preset"] = presets.load(model, "italian", n_train=pairs)
+        notes.append(f"preset italian: `{presets.get('italian').recipe(model).name}` ({pairs} train pairs)")
     for label, ivs in steerings.items():
         settings.append((f"English prompt + steering ({label})", english, ivs))
         settings.append((f"Italian prompt + steering ({label})", italian, ivs))
