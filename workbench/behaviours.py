@@ -10,6 +10,8 @@ reference for all of them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,7 +25,8 @@ from workbench.errors import InvalidArgumentError
 from workbench.evaluation import is_degenerate
 from workbench.evaluation.targets import on_target
 from workbench.models import Model, cache_dir
-from workbench.runner import Job, run_grid
+from workbench.runner import Job, grid_settings, run_grid
+from workbench.runs import json_default
 from workbench.vectors import SteeringVector
 
 __all__ = [
@@ -110,8 +113,11 @@ def complete(
 ) -> list[str]:
     """Unsteered greedy answers to ``prompts``, generated once: cached by :func:`~workbench.runner.run_grid`
     under ``$WORKBENCH_CACHE/completions``, keyed by the model's fingerprint (weights, dtype, device),
-    the budget and the chat format."""
-    folder = f"{model.fingerprint}-{max_new_tokens}-{int(model.is_chat)}"
+    the budget, the chat format and a hash of the grid's whole manifest, so a folder written with other
+    settings (an older workbench's) is never this one."""
+    manifest = json.dumps(grid_settings(model, max_new_tokens), sort_keys=True, default=json_default)
+    digest = hashlib.sha256(manifest.encode()).hexdigest()[:12]
+    folder = f"{model.fingerprint}-{max_new_tokens}-{int(model.is_chat)}-{digest}"
     unique = sorted(set(prompts))
     rows = run_grid(
         model,

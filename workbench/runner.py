@@ -26,7 +26,17 @@ from workbench.models import Model
 from workbench.runs import atomic_text, atomic_write, json_default
 from workbench.steering import Intervention
 
-__all__ = ["GRID_MANIFEST", "Chunk", "Executor", "Job", "LocalExecutor", "Scorer", "run_chunk", "run_grid"]
+__all__ = [
+    "GRID_MANIFEST",
+    "Chunk",
+    "Executor",
+    "Job",
+    "LocalExecutor",
+    "Scorer",
+    "grid_settings",
+    "run_chunk",
+    "run_grid",
+]
 
 #: The manifest of an ``out_dir``: model fingerprint, generation settings and the caller's key.
 GRID_MANIFEST = "grid.json"
@@ -181,6 +191,18 @@ def _part(jobs: Sequence[Job], keys: Sequence[str], responses: Sequence[str]) ->
     )
 
 
+def grid_settings(
+    model: Model,
+    max_new_tokens: int,
+    chat: bool = True,
+    generate_kwargs: Mapping[str, object] | None = None,
+    key: Mapping[str, object] | None = None,
+) -> dict[str, object]:
+    """What :func:`run_grid`'s ``out_dir`` manifest records and must match (:data:`GRID_MANIFEST`)."""
+    extra = {"generate_kwargs": dict(generate_kwargs or {}), **dict(key or {})}
+    return {"fingerprint": model.fingerprint, "max_new_tokens": max_new_tokens, "chat": chat, **extra}
+
+
 def run_grid(
     model: Model,
     jobs: Sequence[Job],
@@ -212,13 +234,7 @@ def run_grid(
         raise InvalidArgumentError("the grid has no jobs: give at least one (setting, item, prompt)")
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise InvalidArgumentError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    settings = {
-        "fingerprint": model.fingerprint,
-        "max_new_tokens": max_new_tokens,
-        "chat": chat,
-        "generate_kwargs": dict(generate_kwargs or {}),
-        **dict(key or {}),
-    }
+    settings = grid_settings(model, max_new_tokens, chat, generate_kwargs, key)
     keys = _Keys()
     row_keys = [keys.row(job) for job in jobs]
     first = dict(zip(reversed(row_keys), reversed(jobs), strict=True))
