@@ -195,7 +195,7 @@ def test_cached_test_rows_are_rescored_by_the_current_scorer(writer, tmp_path, m
     )
     scale = Scale(n_train=6, n_validation=20, n_test=3, max_new_tokens=6, layers=None, batch_size=8)
     first = presets_study(writer, scale, tmp_path, base_model=False, quick=False)
-    parts = {p: p.stat().st_mtime_ns for p in (tmp_path / "presets").glob("*.parquet")}
+    parts = {p: p.stat().st_mtime_ns for p in (tmp_path / "presets" / "grids").rglob("*.parquet")}
     assert parts and (first.table["degeneration"] < 1).any()
     monkeypatch.setattr(fluency, "MAX_NGRAM_REPEAT_RATE", -1.0)  # every answer with a word now loops
     second = presets_study(writer, scale, tmp_path, base_model=False, quick=False)

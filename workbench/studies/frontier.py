@@ -7,8 +7,9 @@ Italian also the fully Italian prompt), the chosen recipe, and the chosen recipe
 Each chosen recipe that beats the unsteered clean rate in the confirmation round is recorded, with its
 validation numbers and hashes, in ``frontier/presets.json`` (the layout of :data:`workbench.presets.BUNDLED`).
 The frontier figure plots every validation recipe. A full-scale run also steers Italian on the
-multilingual Gemma 3 270M base model, when it is installed. Validation and test rows are cached in the
-study folder (unscored), so a rerun with the same settings resumes and rescoring needs no generation.
+multilingual Gemma 3 270M base model, when it is installed. Validation and test answers are kept in the
+study folder as :func:`~workbench.runner.run_grid` parts keyed by the model's fingerprint
+(:func:`~workbench.studies.search.grid_dir`), unscored, so a rerun resumes and rescoring needs no generation.
 """
 
 from __future__ import annotations
@@ -28,16 +29,16 @@ from workbench.errors import InvalidArgumentError, ModelLoadError
 from workbench.evaluation.targets import starts_json
 from workbench.models import Model, load_model
 from workbench.plots import plot_frontier, save_figure
-from workbench.recipes import Recipe, answer, cached_rows, rank, score, summarize_recipes
+from workbench.recipes import Recipe, answer, rank, score, summarize_recipes
 from workbench.runs import atomic_text, read_manifest, utc_now
-from workbench.studies.common import Scale, StudyResult
+from workbench.studies.common import Size, StudyResult
 from workbench.studies.search import (
     CONFIRM,
     CONFIRM_K,
     baselines,
     coarse_grid,
+    grid_dir,
     refinements,
-    rows_key,
     search,
     spans,
 )
@@ -46,7 +47,6 @@ from workbench.vectors import SteeringVector
 __all__ = [
     "CONFIRM",
     "CONFIRM_K",
-    "FULL_SCALE",
     "QUICK_BEHAVIOURS",
     "BehaviourResult",
     "baselines",
@@ -58,13 +58,9 @@ __all__ = [
     "spans",
 ]
 
-#: The full-scale run (the report's and analyses/quality_frontier.py's): 48 train pairs, 10 validation and
-#: 20 test prompts, each behaviour's own token budget (at most 64). About 70 recipes per behaviour make
-#: this study the report's largest, so it runs on fewer prompts than :meth:`Scale.full`.
-FULL_SCALE = Scale(n_train=48, n_validation=10, n_test=20, max_new_tokens=64, layers=None, batch_size=60)
-#: Behaviours of a quick (CI-sized) run, and the most it runs of each size (a smoke run, not a result).
+#: Behaviours of a quick (CI-sized) run, which runs at most :meth:`Size.quick` of each count (a smoke run,
+#: not a result); the full-size search runs at :meth:`Size.frontier`.
 QUICK_BEHAVIOURS = ("italian",)
-QUICK_CAPS = {"n_train": 8, "n_validation": 6, "n_test": 6, "max_new_tokens": 16}
 #: Test settings, in table order.
 SETTINGS = ("unsteered", "instruction in prompt", "Italian prompt", "steering", "steering + instruction")
 
@@ -94,7 +90,7 @@ class BehaviourResult:
         return self.validation[self.validation["stage"] == "confirm"]
 
 
-def _budgeted(behaviour: Behaviour, scale: Scale) -> Behaviour:
+def _budgeted(behaviour: Behaviour, scale: Size) -> Behaviour:
     return dataclasses.replace(behaviour, max_new_tokens=min(behaviour.max_new_tokens, scale.max_new_tokens))
 
 
@@ -110,7 +106,7 @@ def _test_recipes(behaviour: Behaviour, chosen: Recipe) -> dict[str, Recipe]:
 def run_behaviour(
     model: Model,
     behaviour: Behaviour,
-    scale: Scale,
+    scale: Size,
     out: Path,
     *,
     quick: bool = False,
@@ -130,26 +126,24 @@ def _test_rows(
     behaviour: Behaviour,
     vectors: dict[str, SteeringVector],
     chosen: Recipe,
-    scale: Scale,
+    scale: Size,
     out: Path,
     progress: bool,
 ) -> pd.DataFrame:
-    """The test settings of ``chosen`` (rows cached in ``out``), scored, with a ``setting`` column."""
+    """The test settings of ``chosen`` (answers kept in ``out``: :func:`grid_dir`), scored, with a ``setting``
+    column."""
     settings = _test_recipes(behaviour, chosen)
     recipes = list(settings.values())
-    rows = cached_rows(
-        out / f"rows_{model.name}_{behaviour.name}_test.parquet",
-        rows_key(model, behaviour, scale, "test", recipes),
-        lambda: answer(
-            model,
-            behaviour,
-            vectors,
-            recipes,
-            "test",
-            scale.n_test,
-            batch_size=scale.batch_size,
-            progress=progress,
-        ),
+    rows = answer(
+        model,
+        behaviour,
+        vectors,
+        recipes,
+        "test",
+        scale.n_test,
+        batch_size=scale.batch_size,
+        out_dir=grid_dir(out, model, behaviour),
+        progress=progress,
     )
     rows = score(behaviour, rows)
     label = {r.name: s for s, r in settings.items()}
@@ -276,13 +270,11 @@ def _notes(result: BehaviourResult) -> list[str]:
     ]
 
 
-def _quick(scale: Scale, quick: bool | None) -> tuple[Scale, bool]:
-    """The scale a run uses and whether it is quick (default: no more validation prompts than
-    :meth:`Scale.quick`); a quick run is capped at :data:`QUICK_CAPS`."""
+def _quick(scale: Size, quick: bool | None) -> tuple[Size, bool]:
+    """The size a run uses and whether it is quick (default: :attr:`Size.is_quick`); a quick run is capped
+    at :meth:`Size.quick`."""
     quick = scale.is_quick if quick is None else quick
-    if quick:
-        scale = dataclasses.replace(scale, **{k: min(getattr(scale, k), v) for k, v in QUICK_CAPS.items()})
-    return scale, quick
+    return (scale.at_most(Size.quick()) if quick else scale), quick
 
 
 def _gemma() -> Model | None:
@@ -294,7 +286,7 @@ def _gemma() -> Model | None:
 
 def frontier_study(
     model: Model,
-    scale: Scale,
+    scale: Size,
     out_dir: str | os.PathLike[str],
     *,
     behaviours: Sequence[str] | None = None,
@@ -304,11 +296,10 @@ def frontier_study(
 ) -> StudyResult:
     """The quality frontier of every behaviour on ``model`` (and Italian on Gemma 3 270M with ``base_model``).
 
-    ``quick`` (default: the scale has no more validation prompts than :meth:`Scale.quick`) runs the quick
-    grid (the band at one strength, no refinements) on :data:`QUICK_BEHAVIOURS`, with the scale capped
-    at :data:`QUICK_CAPS` and without the base model. Table columns: ``model, behaviour, target,
-    setting, recipe, target_rate, clean_rate, degeneration, perplexity, ifeval_rate`` (``starts_json``
-    for JSON) ``, n`` (test split; see :func:`_table`).
+    ``quick`` (default: :attr:`Size.is_quick`) runs the quick grid (the band at one strength, no
+    refinements) on :data:`QUICK_BEHAVIOURS`, with the size capped at :meth:`Size.quick` and without the
+    base model. Table columns: ``model, behaviour, target, setting, recipe, target_rate, clean_rate,
+    degeneration, perplexity, ifeval_rate`` (``starts_json`` for JSON) ``, n`` (test split; see :func:`_table`).
     The folder also holds ``sweep_validation.csv`` (every recipe), ``methods.csv`` (best rates per knob),
     ``sweep_refinements.csv`` (each refinement against its seed),
     ``chosen.json``, ``presets.json`` (:func:`_landed`: the layout of :data:`workbench.presets.BUNDLED`;
@@ -370,7 +361,7 @@ def _verdict(table: pd.DataFrame) -> str:
 
 def presets_study(
     model: Model,
-    scale: Scale,
+    scale: Size,
     out_dir: str | os.PathLike[str],
     *,
     base_model: bool | None = None,
@@ -383,7 +374,7 @@ def presets_study(
     test settings of :func:`frontier_study` (unsteered, instruction in the prompt, Italian prompt, the
     preset alone, the preset with the instruction) on ``scale.n_test`` prompts, each behaviour with its
     own token budget. ``quick`` (default as :func:`frontier_study`): only the :data:`QUICK_BEHAVIOURS`
-    presets, at :data:`QUICK_CAPS` (their vectors from its few train pairs, cached apart from the presets'
+    presets, at :meth:`Size.quick` (their vectors from its few train pairs, cached apart from the presets'
     own), without the base model. Returns a "not run" line when no preset was
     chosen for ``model``. Writes under ``out_dir/presets``; table columns as :func:`frontier_study`'s; one
     ``frontier_<model>_<behaviour>`` figure of the test settings per preset. Test rows are cached there.

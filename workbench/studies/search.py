@@ -18,8 +18,11 @@ Per behaviour (:data:`workbench.behaviours.BEHAVIOURS`):
    luckiest: only fresh prompts give it an independent check).
 
 The confirmed recipe with the best clean rate (on target and not degenerate) is chosen
-(:func:`workbench.recipes.choose_clean` on the confirmation round). Rows are cached in the study folder
-unscored, so a rerun with the same settings resumes and rescoring needs no generation.
+(:func:`workbench.recipes.choose_clean` on the confirmation round). Steered answers are kept as
+:func:`~workbench.runner.run_grid` parts in the study folder (:func:`grid_dir`, keyed by the model's
+fingerprint) and unsteered ones in the shared completions cache, unscored, so a rerun resumes and
+rescoring needs no generation; each stage's answers are also written as ``rows_<model>_<behaviour>_<stage>``
+(unscored) for auditing the choice.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ import pandas as pd
 
 from workbench.behaviours import SOURCES, Behaviour, NoCompletionsError, build_vectors
 from workbench.models import Model
-from workbench.recipes import Recipe, answer, cached_rows, choose_clean, rank, score, summarize_recipes
+from workbench.recipes import Recipe, answer, choose_clean, rank, score, summarize_recipes
+from workbench.runs import write_frame
 from workbench.studies.common import Scale
 from workbench.vectors import SteeringVector
 
@@ -44,8 +48,8 @@ __all__ = [
     "TOP_K",
     "baselines",
     "coarse_grid",
+    "grid_dir",
     "refinements",
-    "rows_key",
     "search",
     "spans",
 ]
@@ -109,16 +113,12 @@ def refinements(recipe: Recipe, max_new_tokens: int, vector: SteeringVector) -> 
     return {label: dataclasses.replace(recipe, **change) for label, change in vary.items()}  # type: ignore[arg-type]
 
 
-def rows_key(model: Model, behaviour: Behaviour, scale: Scale, split: str, recipes: Sequence[Recipe]) -> dict:
-    """What changes a stage's cached (unscored) rows: the model's fingerprint, the behaviour, sizes, recipes."""
-    return {
-        "model": model.fingerprint,
-        "behaviour": dataclasses.asdict(behaviour),
-        "n_train": scale.n_train,
-        "n": scale.n_validation if split == "validation" else scale.n_test,
-        "split": split,
-        "recipes": [r.name for r in recipes],
-    }
+def grid_dir(out: Path, model: Model, behaviour: Behaviour) -> Path:
+    """The :func:`~workbench.runner.run_grid` folder of a behaviour's steered answers on ``model``: one per
+    model fingerprint and token budget (a grid refuses other settings), shared by every stage and split
+    (its rows are keyed by prompt and intervention content, so a changed vector is answered afresh)."""
+    tag = f"{model.fingerprint[:12]}-{behaviour.max_new_tokens}"
+    return out / "grids" / f"{model.name}_{behaviour.name}-{tag}"
 
 
 def search(
@@ -138,7 +138,6 @@ def search(
     chosen recipe and notes on how the vectors were built.
     """
     vectors, notes = _vectors(model, behaviour, scale, progress)
-    stem = f"{model.name}_{behaviour.name}"
 
     answers: dict[str, tuple[str, ...]] = {}  # recipe -> its validation answers, to spot equivalent recipes
 
@@ -148,21 +147,18 @@ def search(
         name: str, recipes: list[Recipe], n: int = scale.n_validation, fresh: bool = False
     ) -> pd.DataFrame:
         """Validation rows of the first ``n`` prompts; ``fresh``: only those after the selection prompts."""
-        key = rows_key(model, behaviour, dataclasses.replace(scale, n_validation=n), "validation", recipes)
-        rows = cached_rows(
-            out / f"rows_{stem}_{name}.parquet",
-            key,
-            lambda: answer(
-                model,
-                behaviour,
-                vectors,
-                recipes,
-                "validation",
-                n,
-                batch_size=scale.batch_size,
-                progress=progress,
-            ),
+        rows = answer(
+            model,
+            behaviour,
+            vectors,
+            recipes,
+            "validation",
+            n,
+            batch_size=scale.batch_size,
+            out_dir=grid_dir(out, model, behaviour),
+            progress=progress,
         )
+        write_frame(rows, out / f"rows_{model.name}_{behaviour.name}_{name}.parquet", f"{name} answers")
         if fresh:
             rows = rows[~rows["id"].isin(selection)].reset_index(drop=True)
         for recipe, group in rows.groupby("recipe", sort=False):
