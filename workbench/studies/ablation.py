@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from workbench.datasets import load
 from workbench.errors import InvalidArgumentError
 from workbench.models import Model
+from workbench.runs import write_frame
 from workbench.steering import Intervention
 from workbench.studies.common import Scale, StudyResult
 from workbench.studies.steps import Selected, TestJob, budget, run_jobs, save, select
@@ -132,7 +133,7 @@ def ablation_study(
     jobs, selections = [], {}
     for name in names:
         sel = selections[name] = select(model, name, scale, out_dir, progress=progress)
-        sel.summary.to_csv(out / f"sweep_{name}.csv", index=False)
+        write_frame(sel.summary, out / f"sweep_{name}.csv", "sweep summary")
         tokens = budget(name, scale)
         for item in load(name, "test").head(scale.n_test).items:
             for setting, seed, instructed, ivs in _settings(sel, randoms, model.n_layers):

@@ -30,7 +30,7 @@ from workbench.evaluation.targets import starts_json
 from workbench.models import Model, load_model
 from workbench.plots import plot_frontier, save_figure
 from workbench.recipes import Recipe, answer, rank, score, summarize_recipes
-from workbench.runs import atomic_text, read_manifest, utc_now
+from workbench.runs import atomic_text, read_manifest, utc_now, write_frame
 from workbench.studies.common import Size, StudyResult
 from workbench.studies.search import (
     CONFIRM,
@@ -331,13 +331,12 @@ def frontier_study(
         )
         notes += _notes(r)
     table = pd.concat([_table(r.model, r.behaviour, r.test_rows) for r in results], ignore_index=True)
-    pd.concat([r.validation.assign(model=r.model, behaviour=r.behaviour.name) for r in results]).to_csv(
-        out / "sweep_validation.csv", index=False
-    )
-    pd.concat([_methods(r) for r in results]).to_csv(out / "methods.csv", index=False)
+    validation = pd.concat([r.validation.assign(model=r.model, behaviour=r.behaviour.name) for r in results])
+    write_frame(validation, out / "sweep_validation.csv", "validation sweep")
+    write_frame(pd.concat([_methods(r) for r in results]), out / "methods.csv", "best rates per knob")
     effects = [_refinement_effects(r) for r in results if "seed" in r.validation]
     if effects:
-        pd.concat(effects).to_csv(out / "sweep_refinements.csv", index=False)
+        write_frame(pd.concat(effects), out / "sweep_refinements.csv", "refinement effects")
     chosen = [
         {"model": r.model, "behaviour": r.behaviour.name, "recipe": r.chosen.to_json()} for r in results
     ]

@@ -36,6 +36,7 @@ from workbench.datasets import Item, load
 from workbench.datasets import names as dataset_names
 from workbench.errors import InvalidArgumentError
 from workbench.models import Model
+from workbench.runs import write_frame
 from workbench.steering import Intervention
 from workbench.studies.ablation import ablation_study
 from workbench.studies.common import Scale, StudyResult
@@ -133,7 +134,7 @@ def format_study(
         chosen[name] = select(
             model, name, scale, run, coefs=coefs, json_tokens=json_tokens, progress=progress
         )
-        chosen[name].summary.to_csv(out / f"sweep_{name}.csv", index=False)
+        write_frame(chosen[name].summary, out / f"sweep_{name}.csv", "sweep summary")
     jobs = []
     for name in names:
         iv = chosen[name].intervention
@@ -153,7 +154,7 @@ def format_study(
     rows = run_jobs(model, jobs, scale, out, progress=progress)
     table = _format_table(rows, chosen)
     choices = pd.DataFrame([chosen[n].describe() for n in names])
-    choices.astype({"layer": "Int64"}).to_csv(out / "choices.csv", index=False)
+    write_frame(choices.astype({"layer": "Int64"}), out / "choices.csv", "layer choices")
     figures = save(
         bars(table, "instruction", SETTINGS, "Format compliance on held-out prompts", "compliance (strict)"),
         out,
@@ -287,7 +288,7 @@ def length_study(
     out.mkdir(parents=True, exist_ok=True)
     tokens = max_new_tokens or 2 * scale.max_new_tokens
     picked = select(model, concise, scale, out_dir, max_new_tokens=tokens, progress=progress)
-    picked.summary.to_csv(out / f"sweep_{concise}.csv", index=False)
+    write_frame(picked.summary, out / f"sweep_{concise}.csv", "sweep summary")
     layer = picked.layer
     verbose_vector = build_vector(model, verbose, scale)
     vectors = {concise: picked.vector, verbose: verbose_vector}
@@ -295,7 +296,7 @@ def length_study(
     jobs = _length_jobs(vectors, layer, coefs, (concise, at_most), steering, scale, tokens)
     rows = run_jobs(model, jobs, scale, out, progress=progress)
     table, compliance = _length_tables(rows, layer, at_most)
-    compliance.to_csv(out / "sentences_at_most.csv", index=False)
+    write_frame(compliance, out / "sentences_at_most.csv", "sentence-limit compliance")
     figures = save(_length_figure(table, layer, tokens), out, "length_curve")
     figures += save(
         bars(compliance, "setting", ["compliance", "degeneration"], f"{at_most} on held-out prompts", "rate"),
@@ -356,7 +357,7 @@ def composition_study(
     f_sel = select(model, format_name, scale, out_dir, progress=progress)
     l_sel = select(model, length_name, scale, out_dir, progress=progress)
     for sel in (f_sel, l_sel):
-        sel.summary.to_csv(out / f"sweep_{sel.name}.csv", index=False)
+        write_frame(sel.summary, out / f"sweep_{sel.name}.csv", "sweep summary")
     f_iv, l_iv = f_sel.or_add(), l_sel.or_add()
     layer = f_iv.layer
     summed = f_sel.vector.select(layer) * f_sel.add_coef + l_sel.vector.select(layer) * l_sel.add_coef

@@ -32,6 +32,7 @@ from workbench.evaluation.targets import is_real_italian
 from workbench.generation import generate
 from workbench.models import Model, load_model
 from workbench.plots import save_figure
+from workbench.runs import write_frame
 from workbench.steering import Intervention
 from workbench.studies.common import Scale, StudyResult
 from workbench.studies.instructions import candidate_layers
@@ -163,7 +164,7 @@ def italian_study(
     notes = []
     for variant, vector in vectors.items():
         chosen[variant], summary = choose_config(model, vector, scale, out / f"sweep_{variant}")
-        summary.to_csv(out / f"sweep_{variant}.csv", index=False)
+        write_frame(summary, out / f"sweep_{variant}.csv", "sweep summary")
         iv = chosen[variant]
         notes.append(
             f"vector {variant}: "
@@ -215,8 +216,8 @@ def italian_study(
     mc_steerings = {label: steerings[label] for label in (best, "preset") if label in steerings}
     mc_rows, mc_table, upset = _multiple_choice(model, mc_steerings, scale.n_mc, out)
     figures += upset
-    mc_table.to_csv(out / "multiple_choice.csv", index=False)
-    mc_rows.to_parquet(out / "multiple_choice.parquet", index=False)
+    write_frame(mc_table, out / "multiple_choice.csv", "multiple-choice table")
+    write_frame(mc_rows, out / "multiple_choice.parquet", "multiple-choice rows")
     notes.append(
         "multiple choice: " + "; ".join(f"{r.config} {r.accuracy:.3f}" for r in mc_table.itertuples())
     )
