@@ -16,3 +16,23 @@ def test_the_top_level_exports_what_the_readme_leads_with():
     assert all(getattr(wb, name) is not None for name in wb.__all__)
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         _ = wb.nothing
+
+
+def test_the_top_level_reaches_the_runner_recipes_schedules_and_baselines():
+    from workbench import baselines, recipes, runner, schedules
+    from workbench.schedules import DynamicStrength
+
+    assert (wb.baselines, wb.recipes, wb.runner, wb.schedules) == (baselines, recipes, runner, schedules)
+    assert wb.DynamicStrength is DynamicStrength and "DynamicStrength" in wb.__all__
+
+
+def test_evaluation_exports_the_reference_calibration_lazily():  # torch-free text checks: test_table
+    from workbench import evaluation
+    from workbench.evaluation import reference
+
+    assert (
+        evaluation.calibrate is reference.calibrate
+        and evaluation.reference_model is reference.reference_model
+    )
+    assert evaluation.ReferenceFluency is reference.ReferenceFluency
+    assert {"calibrate", "ReferenceFluency", "reference_model"} <= set(evaluation.__all__)

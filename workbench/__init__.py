@@ -24,6 +24,7 @@ _EXPORTS = {
     "evaluate": "workbench.evaluation",
     "find_layers": "workbench.layers",
     "sweep": "workbench.sweeps",
+    "DynamicStrength": "workbench.schedules",
 }
 _SUBMODULES = (
     "datasets",
@@ -35,6 +36,10 @@ _SUBMODULES = (
     "frontier",
     "presets",
     "runs",
+    "baselines",
+    "schedules",
+    "recipes",
+    "runner",
 )
 
 __all__ = [*_EXPORTS, *_SUBMODULES, "__version__"]

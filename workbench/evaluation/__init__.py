@@ -1,8 +1,10 @@
 """Score responses: IFEval's verifiable checks, language identification, fluency signals, text counts.
 
-``evaluate`` (one results row per response, :mod:`workbench.evaluation.table`) is imported on first use,
-so the text-only checks load without torch; model-based scoring lives in
-:mod:`workbench.evaluation.perplexity` and :mod:`workbench.evaluation.multiple_choice`.
+``evaluate`` (one results row per response, :mod:`workbench.evaluation.table`) and the reference-model
+fluency calibration (``calibrate``, ``ReferenceFluency``, ``reference_model``:
+:mod:`workbench.evaluation.reference`) are imported on first use, so the text-only checks load without
+torch; model-based scoring lives in :mod:`workbench.evaluation.perplexity` and
+:mod:`workbench.evaluation.multiple_choice`.
 
 Every metric has one definition here: degeneration is :func:`is_degenerate` (:mod:`.fluency`), on-target
 checks (strict JSON, a JSON start, real Italian, IFEval items) are in :mod:`.targets`. Caches hold raw
@@ -29,10 +31,20 @@ from workbench.evaluation.text import count_sentences, count_words, split_senten
 #: strict JSON of issue 16 (earlier scores carry no version).
 SCORER_VERSION = 1
 
+#: The names imported on first use, by module.
+_LAZY = {
+    "evaluate": "workbench.evaluation.table",
+    "ReferenceFluency": "workbench.evaluation.reference",
+    "calibrate": "workbench.evaluation.reference",
+    "reference_model": "workbench.evaluation.reference",
+}
+
 __all__ = [
     "INSTRUCTION_IDS",
     "LANGUAGES",
     "SCORER_VERSION",
+    "ReferenceFluency",
+    "calibrate",
     "check",
     "check_all",
     "code_switching_rate",
@@ -42,6 +54,7 @@ __all__ = [
     "evaluate",
     "is_degenerate",
     "longest_repeated_run",
+    "reference_model",
     "repeated_ngram_rate",
     "sentence_share",
     "share_in_language",
@@ -50,6 +63,6 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "evaluate":
-        return importlib.import_module("workbench.evaluation.table").evaluate
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'workbench.evaluation' has no attribute {name!r}")
