@@ -219,10 +219,8 @@ def _load_gguf(gguf: Path, dtype: torch.dtype, placement: dict[str, Any]) -> tup
         if not placement:
             return model.to(dtype), tokenizer, weights_hash
     meta = json.loads(meta_path.read_text())
-    if placement:
-        model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, **placement)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32).to(dtype)
+    # Loading straight in ``dtype`` rounds each tensor as ``.to(dtype)`` would, without a float32 copy first.
+    model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, **placement)
     return model, AutoTokenizer.from_pretrained(cached), meta["weights_hash"]
 
 
