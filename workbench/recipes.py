@@ -27,6 +27,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import numpy as np
 import pandas as pd
@@ -242,6 +243,15 @@ def _vector(vectors: dict[str, SteeringVector], recipe: Recipe) -> SteeringVecto
     return vectors[recipe.source]  # type: ignore[index]
 
 
+class AnswerOptions(TypedDict, total=False):
+    """The keywords :func:`answer` takes after its positional arguments."""
+
+    batch_size: int
+    out_dir: str | os.PathLike[str] | None
+    executor: Executor | None
+    progress: bool
+
+
 def answer(
     model: Model,
     behaviour: Behaviour,
@@ -309,26 +319,10 @@ def run_recipes(
     recipes: Sequence[Recipe],
     split: str,
     n: int,
-    *,
-    batch_size: int = 32,
-    out_dir: str | os.PathLike[str] | None = None,
-    executor: Executor | None = None,
-    progress: bool = False,
+    **options: Unpack[AnswerOptions],
 ) -> pd.DataFrame:
-    """:func:`answer` then :func:`score`: one scored row per (recipe, item)."""
-    rows = answer(
-        model,
-        behaviour,
-        vectors,
-        recipes,
-        split,
-        n,
-        batch_size=batch_size,
-        out_dir=out_dir,
-        executor=executor,
-        progress=progress,
-    )
-    return score(behaviour, rows)
+    """:func:`answer` (``options`` are its keywords) then :func:`score`: one scored row per (recipe, item)."""
+    return score(behaviour, answer(model, behaviour, vectors, recipes, split, n, **options))
 
 
 def summarize_recipes(rows: pd.DataFrame, recipes: Sequence[Recipe], n_layers: int) -> pd.DataFrame:
