@@ -16,10 +16,11 @@ from typing import cast
 
 import torch
 
+from workbench.bench import harness
+from workbench.bench.harness import *  # noqa: F403 (re-exports harness.__all__)
 from workbench.bench.harness import (
     FULL,
     ITEMS,
-    QUICK,
     SETTINGS,
     Clock,
     ClockKind,
@@ -27,11 +28,7 @@ from workbench.bench.harness import (
     Report,
     Row,
     Settings,
-    Timed,
     bench_prompts,
-    interleaved,
-    peak_rss,
-    round_spread,
 )
 from workbench.bench.items import RUNNERS, Context, plain_copy
 from workbench.errors import InvalidArgumentError
@@ -39,25 +36,7 @@ from workbench.generation import generate
 from workbench.models import DEFAULT_SPEC, Model
 from workbench.runs import utc_now
 
-__all__ = [
-    "FULL",
-    "ITEMS",
-    "QUICK",
-    "SETTINGS",
-    "Clock",
-    "Report",
-    "Row",
-    "Settings",
-    "Timed",
-    "bench_prompts",
-    "interleaved",
-    "main",
-    "peak_rss",
-    "plain_copy",
-    "random_llama_1b",
-    "round_spread",
-    "run",
-]
+__all__ = [*harness.__all__, "main", "plain_copy", "random_llama_1b", "run"]
 
 
 def _checked(items: Sequence[str] | None) -> list[Item]:
