@@ -92,18 +92,7 @@ def generate(
     prompt in order, the per-token strengths of its dynamic interventions (:mod:`workbench.schedules`);
     a batch with one runs a side forward per token and does not share its prompt prefix.
     """
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise InvalidArgumentError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    if not isinstance(min_new_tokens, int) or not 0 <= min_new_tokens <= max_new_tokens:
-        raise InvalidArgumentError(
-            f"min_new_tokens must be an integer from 0 to max_new_tokens ({max_new_tokens}), got {min_new_tokens!r}"
-        )
-    if do_sample and not (isinstance(temperature, int | float) and 0 < temperature < float("inf")):
-        raise InvalidArgumentError(
-            f"temperature must be a finite number > 0 when sampling, got {temperature!r}"
-        )
-    if do_sample and top_p is not None and not (isinstance(top_p, int | float) and 0 < top_p <= 1):
-        raise InvalidArgumentError(f"top_p must be a number in (0, 1] when sampling, got {top_p!r}")
+    _check_settings(max_new_tokens, min_new_tokens, do_sample, temperature, top_p)
     texts = format_prompts(model, prompts, chat=chat)
     rows = per_row(interventions, len(texts))
     shared = [] if rows is not None or not interventions else list(interventions)
@@ -118,13 +107,9 @@ def generate(
         encoded = model.encode([texts[i] for i in batch], formatted=chat)
         row_ivs = [shared + (rows[i] if rows is not None else []) for i in batch]
         dynamic = any(iv.strength for ivs in row_ivs for iv in ivs)
-        # Padding after a shared prefix must not enter a sliding attention window (Gemma 2, Mistral).
-        window = getattr(model.hf_model.config, "sliding_window", None)
-        fits = not window or encoded["input_ids"].shape[1] + max_new_tokens <= window
-        prefix = _shared_prefix(encoded) if share_prefix and use_cache and not dynamic and fits else 0
+        allowed = share_prefix and use_cache and not dynamic
+        prefix, encoded = _split_prefix(model, encoded, max_new_tokens, allowed)
         part = StrengthTrace()
-        if prefix >= MIN_SHARED_PREFIX:
-            encoded = _after_prefix(encoded, prefix, tokenizer.pad_token_id)
         prompt_len = encoded["input_ids"].shape[1]
         with ExitStack() as stack:
             tracker = stack.enter_context(tracking(model))
@@ -151,17 +136,59 @@ def generate(
                 **stop,
             )
         texts_out = tokenizer.batch_decode(output[:, prompt_len:], skip_special_tokens=True)
-        for r, i in enumerate(batch[: len(part.labels)]):
-            if not part.labels[r]:
-                continue
-            n = _generated(output[r, prompt_len:].tolist(), eos, tokenizer.pad_token_id)
-            traced[i] = (part.labels[r], part.strengths[r][:, :n], part.kl[r][:, :n])
+        traced |= _traced_rows(part, batch, output[:, prompt_len:], eos, tokenizer.pad_token_id)
         for i, text in zip(batch, texts_out, strict=True):
             responses[i] = _cut(text, model.stop_strings)
     if trace is not None:
         for i in range(len(texts)):
             trace.append(*traced.get(i, ([], torch.zeros(0, 0), torch.zeros(0, 0))))
     return responses
+
+
+def _check_settings(
+    max_new_tokens: int, min_new_tokens: int, do_sample: bool, temperature: float, top_p: float | None
+) -> None:
+    """A one-line error for a token budget or sampling setting :func:`generate` cannot use."""
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise InvalidArgumentError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if not isinstance(min_new_tokens, int) or not 0 <= min_new_tokens <= max_new_tokens:
+        raise InvalidArgumentError(
+            f"min_new_tokens must be an integer from 0 to max_new_tokens ({max_new_tokens}), got {min_new_tokens!r}"
+        )
+    if do_sample and not (isinstance(temperature, int | float) and 0 < temperature < float("inf")):
+        raise InvalidArgumentError(
+            f"temperature must be a finite number > 0 when sampling, got {temperature!r}"
+        )
+    if do_sample and top_p is not None and not (isinstance(top_p, int | float) and 0 < top_p <= 1):
+        raise InvalidArgumentError(f"top_p must be a number in (0, 1] when sampling, got {top_p!r}")
+
+
+def _split_prefix(
+    model: Model, encoded: dict[str, Tensor], max_new_tokens: int, allowed: bool
+) -> tuple[int, dict[str, Tensor]]:
+    """How many leading prompt tokens the batch shares and runs once (when ``allowed``; under
+    ``MIN_SHARED_PREFIX``: none), and the batch laid out for it (:func:`_after_prefix`).
+
+    Padding after a shared prefix must not enter a sliding attention window (Gemma 2, Mistral)."""
+    window = getattr(model.hf_model.config, "sliding_window", None)
+    fits = not window or encoded["input_ids"].shape[1] + max_new_tokens <= window
+    prefix = _shared_prefix(encoded) if allowed and fits else 0
+    if prefix < MIN_SHARED_PREFIX:
+        return prefix, encoded
+    return prefix, _after_prefix(encoded, prefix, model.tokenizer.pad_token_id)
+
+
+def _traced_rows(
+    part: StrengthTrace, batch: list[int], generated: Tensor, eos: int | list[int], pad: int
+) -> dict[int, tuple[list[str], Tensor, Tensor]]:
+    """A batch's strength traces by prompt index, cut to each row's generated tokens (rows without a
+    dynamic intervention left out)."""
+    traced = {}
+    for r, i in enumerate(batch[: len(part.labels)]):
+        if part.labels[r]:
+            n = _generated(generated[r].tolist(), eos, pad)
+            traced[i] = (part.labels[r], part.strengths[r][:, :n], part.kl[r][:, :n])
+    return traced
 
 
 def _generated(tokens: list[int], eos: int | list[int], pad: int) -> int:
