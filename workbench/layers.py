@@ -172,6 +172,21 @@ class LayerReport:
         return plot_layer_signals(self.to_frame(), picks=self.picks)
 
 
+def _checked_layers(
+    model: Model, layers: Sequence[int] | None, top_k: int | None, n_validation: int, n_available: int
+) -> tuple[int, ...]:
+    """:func:`find_layers`'s candidate blocks (default all), or a one-line error for an empty list, a
+    ``top_k`` beyond them or an ``n_validation`` beyond the ``n_available`` validation prompts."""
+    checked = tuple(range(model.n_layers)) if layers is None else tuple(model.layer_check(b) for b in layers)
+    if not checked:
+        raise InvalidArgumentError("layers is empty: pass at least one block index, or None for all")
+    if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= len(checked)):
+        raise InvalidArgumentError(f"top_k must be an integer from 1 to {len(checked)}, got {top_k!r}")
+    if not isinstance(n_validation, int) or not 1 <= n_validation <= n_available:
+        raise InvalidArgumentError(f"n_validation must be from 1 to {n_available}, got {n_validation!r}")
+    return checked
+
+
 def find_layers(
     model: Model,
     dataset: str,
@@ -202,13 +217,7 @@ def find_layers(
     """
     train = load(dataset, "train", variant=variant)
     validation = load(dataset, "validation", variant=variant)
-    layers = tuple(range(model.n_layers)) if layers is None else tuple(model.layer_check(b) for b in layers)
-    if not layers:
-        raise InvalidArgumentError("layers is empty: pass at least one block index, or None for all")
-    if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= len(layers)):
-        raise InvalidArgumentError(f"top_k must be an integer from 1 to {len(layers)}, got {top_k!r}")
-    if not isinstance(n_validation, int) or not 1 <= n_validation <= len(validation):
-        raise InvalidArgumentError(f"n_validation must be from 1 to {len(validation)}, got {n_validation!r}")
+    layers = _checked_layers(model, layers, top_k, n_validation, len(validation))
 
     def acts(split: ContrastiveSet) -> tuple[Any, Any]:
         kw = {"layers": layers, "position": position, "batch_size": batch_size, "progress": progress}
