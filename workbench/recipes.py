@@ -46,6 +46,7 @@ from workbench.behaviours import (
 from workbench.errors import InvalidArgumentError
 from workbench.evaluation import is_degenerate
 from workbench.evaluation.perplexity import perplexity
+from workbench.evaluation.table import summarize_scores
 from workbench.evaluation.targets import MIN_ITALIAN_SHARE, follows, is_real_italian, starts_json
 from workbench.models import Model
 from workbench.positions import check_positions
@@ -328,14 +329,7 @@ def run_recipes(
 def summarize_recipes(rows: pd.DataFrame, recipes: Sequence[Recipe], n_layers: int) -> pd.DataFrame:
     """One row per recipe (in ``recipes`` order): its knobs and ``target_rate, ifeval_rate, clean_rate,
     degeneration, perplexity`` (median), ``n``."""
-    stats = rows.groupby("recipe", sort=False).agg(
-        target_rate=("on_target", "mean"),
-        ifeval_rate=("follows_ifeval", "mean"),
-        clean_rate=("clean", "mean"),
-        degeneration=("degenerate", "mean"),
-        perplexity=("perplexity", "median"),
-        n=("on_target", "size"),
-    )
+    stats = summarize_scores(rows, "recipe", ifeval=True)
     knobs = pd.DataFrame(
         [
             {

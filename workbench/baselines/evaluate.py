@@ -22,6 +22,7 @@ from workbench.errors import InvalidArgumentError, ShapeMismatchError
 from workbench.evaluation import is_degenerate
 from workbench.evaluation.multiple_choice import multiple_choice
 from workbench.evaluation.perplexity import perplexity
+from workbench.evaluation.table import summarize_scores
 from workbench.evaluation.targets import TARGETS, on_target
 from workbench.generation import generate
 from workbench.models import Model
@@ -107,13 +108,7 @@ def evaluate_lora(
         ppl = perplexity(model, prompts, answers, batch_size=batch_size)
         frames.append(score_answers(rule, test.items, answers, ppl).assign(config=config))
     rows = pd.concat(frames, ignore_index=True)
-    summary = rows.groupby("config", sort=False).agg(
-        target_rate=("on_target", "mean"),
-        clean_rate=("clean", "mean"),
-        degeneration=("degenerate", "mean"),
-        perplexity=("perplexity", "median"),
-        n=("clean", "size"),
-    )
+    summary = summarize_scores(rows, "config")
     mc_rows = _mc(model, adapter, mc_languages, n_mc, batch_size)
     return Evaluation(rows, summary.reset_index(), _mc_table(mc_rows), mc_rows)
 

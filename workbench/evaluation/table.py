@@ -15,7 +15,7 @@ from workbench.evaluation.perplexity import perplexity
 from workbench.evaluation.text import count_sentences, count_words
 from workbench.models import Model
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "summarize_scores"]
 
 
 def evaluate(
@@ -87,3 +87,18 @@ def evaluate(
     rest = [c for c in frame.columns if c not in checks]
     at = rest.index("follows_loose") + 1
     return frame[[*rest[:at], *checks, *rest[at:]]]
+
+
+def summarize_scores(rows: pd.DataFrame, by: str, *, ifeval: bool = False) -> pd.DataFrame:
+    """One row per value of ``by`` (first-seen order, as the index) of scored rows: ``target_rate``,
+    ``ifeval_rate`` (with ``ifeval``, from ``follows_ifeval``), ``clean_rate``, ``degeneration``, median
+    ``perplexity`` and ``n``; the one definition of these rates for every table."""
+    extra = {"ifeval_rate": ("follows_ifeval", "mean")} if ifeval else {}
+    return rows.groupby(by, sort=False).agg(
+        target_rate=("on_target", "mean"),
+        **extra,
+        clean_rate=("clean", "mean"),
+        degeneration=("degenerate", "mean"),
+        perplexity=("perplexity", "median"),
+        n=("on_target", "size"),
+    )
