@@ -21,7 +21,7 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 MARKER = "@@NOTEBOOK-RESULT@@"
 KERNEL = "workbench-test"
 
@@ -78,7 +78,7 @@ def run_notebook(
     for key in settings:
         assert re.search(rf"^{key}\s*=", cell.source, re.M), f"{name}'s settings cell does not set {key}"
     overrides = "\n".join(f"{key} = {value!r}" for key, value in settings.items())
-    cell.source += f"\n\n# tiny settings injected by tests/test_notebooks.py\n{overrides}\n"
+    cell.source += f"\n\n# tiny settings injected by tests/integration/test_notebooks.py\n{overrides}\n"
     nb.cells.append(
         nbformat.v4.new_code_cell(
             EXPORT.replace("__MARKER__", repr(MARKER)).replace("__EXPRS__", repr(exprs))
