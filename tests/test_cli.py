@@ -1,9 +1,12 @@
-"""The command line: bad arguments and files end in exit code 2 and one line on stderr, no traceback."""
+"""The command line: every command's help; bad arguments and files end in exit code 2 and one line on
+stderr, no traceback; collect, sweep and layers write run directories."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -11,6 +14,7 @@ from typer.testing import CliRunner
 
 from tests.synthetic_vectors import directions
 from workbench.cli import app
+from workbench.studies.common import Size
 from workbench.vectors import SteeringVector
 
 
@@ -101,3 +105,94 @@ def test_cli_steer_with_an_unknown_model(tmp_path, vec):
 def test_cli_vector_export_under_a_file(tmp_path, a_file):
     path = SteeringVector.from_directions(directions(), layers=(1, 2, 3, 4)).save(tmp_path / "v.safetensors")
     assert "cannot write" in run_cli("vector", "export", path, "--out", a_file / "v.gguf")
+
+
+# ---- every command on the tiny model --------------------------------------------------------------------
+
+
+@pytest.fixture
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "studies_cache"))
+
+
+COMMANDS = [["report"], ["study"], ["collect"], ["layers"], ["sweep"], ["models"], ["steer"], ["bench"]]
+COMMANDS += [["vector", sub] for sub in ("build", "show", "export")]
+
+
+@pytest.mark.usefixtures("_cache")
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_cli_help(command):
+    result = CliRunner().invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+@pytest.mark.usefixtures("_cache")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["study", "nonsense"],
+        ["sweep", "json_format", "--layers", "a,b"],
+        ["sweep", "json_format", "--layers", "1", "--coefs", ""],
+        ["collect", "json_format", "--position", "middle"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_cli_refuses_bad_arguments_before_loading(args):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+
+
+def _manifest_of(folder):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["model"]["weights_hash"] and manifest["versions"]["torch"]
+    assert manifest["started"] <= manifest["finished"] and manifest["timings_seconds"]
+    return manifest
+
+
+@pytest.mark.usefixtures("_cache")
+def test_cli_collect_sweep_and_layers_write_run_directories(tiny_dir, tmp_path):
+    from workbench.activations import Activations
+
+    runner = CliRunner()
+    acts = tmp_path / "collect"
+    args = ["collect", "json_format", "--split", "validation", "--model", tiny_dir, "--out", str(acts)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    pos, neg = (Activations.load(acts / f"{role}.safetensors") for role in ("positive", "negative"))
+    assert pos.tensor.shape == neg.tensor.shape and pos.layers == (0, 1, 2, 3)
+    assert pos.settings["dataset"] == "json_format"
+    assert _manifest_of(acts)["configuration"]["split"] == "validation"
+
+    run = tmp_path / "sweep"
+    args = [
+        "sweep",
+        "json_format",
+        "--layers",
+        "1,2",
+        "--coefs=-1,1",
+        "--n-train",
+        "4",
+        "--n-validation",
+        "2",
+    ]
+    result = runner.invoke(app, [*args, "--max-new-tokens", "3", "--model", tiny_dir, "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(run / "summary.csv")
+    assert list(summary["config"]) == ["none", "add@1x-1", "add@1x1", "add@2x-1", "add@2x1"]
+    assert (run / "sweep.png").exists() and (run / "vector.safetensors").exists()
+    assert json.loads((run / "choice.json").read_text())["config"] in set(summary["config"])
+    assert _manifest_of(run)["configuration"]["coefs"] == [-1.0, 1.0]
+
+    run = tmp_path / "layers"
+    result = runner.invoke(
+        app, ["layers", "json_format", "--quick", "--coefs", "2", "--model", tiny_dir, "--out", str(run)]
+    )
+    assert result.exit_code == 0, result.output
+    layers = pd.read_csv(run / "layers.csv")
+    quick_layers = len(Size.quick().depths)  # --quick sweeps as many layers as a quick study has candidates
+    assert list(layers["layer"]) == [0, 1, 2, 3] and layers["swept"].sum() == quick_layers
+    assert (run / "layers.png").exists() and (run / "signals.csv").exists()
+    assert _manifest_of(run)["configuration"]["top_k"] == quick_layers

@@ -1,8 +1,17 @@
-"""The report's bookkeeping: which finished study tables may be reused."""
+"""The report: which finished study tables may be reused; a micro report on the tiny model, its rerun and
+its published pages."""
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
+import pytest
+
+from workbench.errors import InvalidArgumentError
+from workbench.studies import report
+from workbench.studies.common import Scale
+from workbench.studies.render import publish
 
 
 def test_a_new_scorer_version_makes_finished_report_studies_stale(tmp_path, monkeypatch):
@@ -19,3 +28,70 @@ def test_a_new_scorer_version_makes_finished_report_studies_stale(tmp_path, monk
     monkeypatch.setattr(evaluation, "SCORER_VERSION", evaluation.SCORER_VERSION + 1)
     assert report._reusable_tables(tmp_path, studies, configuration) == {}
     assert studies["italian"]["stale"] is True
+
+
+MICRO = Scale(n_train=6, n_validation=4, n_test=4, max_new_tokens=6, layers=(1, 2), batch_size=32)
+
+
+@pytest.fixture
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "studies_cache"))
+
+
+@pytest.mark.usefixtures("_cache")
+def test_report_writes_everything_and_rerun_skips(tiny, tmp_path, monkeypatch):
+    from workbench.studies import italian
+
+    monkeypatch.setattr(italian, "base_model_study", lambda scale, out_dir: None)
+    out = tmp_path / "report"
+    path = report.run_report(tiny, quick=True, out_dir=out, size=MICRO, progress=False)
+    assert path == out / "report.md"
+    manifest = json.loads((out / "manifest.json").read_text())
+    studies = manifest["studies"]
+    # No preset was chosen for the tiny model: the presets study says how to search for one.
+    assert {n: s["status"] for n, s in studies.items()} == {
+        **{n: "done" for n in report.STUDIES if n not in ("base_model", "presets")},
+        "base_model": "unavailable",
+        "presets": "unavailable",
+    }
+    assert "workbench study frontier --model tiny-llama" in studies["presets"]["notes"][0]
+    assert manifest["model"]["weights_hash"] == tiny.weights_hash
+    assert manifest["configuration"]["size"]["n_test"] == MICRO.n_test
+    assert manifest["versions"]["torch"] and manifest["seeds"]["ablation_random_directions"]
+    assert all(isinstance(s["seconds"], float) for s in studies.values())
+    for name in ("format", "length", "composition", "ablation", "italian"):
+        for file in ("table.parquet", "table.csv", "rows.parquet", "rows.csv"):
+            assert (out / name / file).exists(), (name, file)
+    md = path.read_text()
+    html = (out / "report.html").read_text()
+    for figure in ("format/compliance.png", "length/length_curve.png", "ablation/ablation.png"):
+        assert f"]({figure})" in md and f'src="{figure}"' in html
+    assert "| instruction |" in md and "<table" in html and "average" in md
+    assert "not installed" in md
+
+    # A rerun with the same configuration reuses every study: nothing is generated.
+    def refuse(*args, **kwargs):
+        raise AssertionError("the rerun generated text")
+
+    monkeypatch.setattr(tiny.hf_model, "generate", refuse)
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*/table.parquet")}
+    report.run_report(tiny, quick=True, out_dir=out, size=MICRO, progress=False)
+    assert before == {p: p.stat().st_mtime_ns for p in out.glob("*/table.parquet")}
+    assert "| instruction |" in (out / "report.md").read_text()
+
+    # Publishing writes one page and one CSV per finished study, and an index linking them.
+    results = tmp_path / "results"
+    publish(out, results, report.STUDIES)
+    finished = [n for n, s in studies.items() if s["status"] == "done"]
+    assert sorted(p.name for p in results.glob("*.md")) == sorted(
+        [*(f"{n}.md" for n in finished), "index.md"]
+    )
+    page = (results / "format.md").read_text()
+    assert page.startswith("# Format instructions") and "| instruction |" in page and "tiny-llama" in page
+    pd.testing.assert_frame_equal(
+        pd.read_csv(results / "format.csv"), pd.read_csv(out / "format" / "table.csv"), check_dtype=False
+    )
+    index = (results / "index.md").read_text()
+    assert all(f"({n}.md)" in index for n in finished) and "(presets.md)" not in index
+    with pytest.raises(InvalidArgumentError, match=r"no manifest\.json"):
+        publish(tmp_path / "nothing", results, report.STUDIES)
