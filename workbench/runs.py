@@ -38,6 +38,8 @@ __all__ = [
 ]
 
 MANIFEST = "manifest.json"
+_UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it)
+os.umask(_UMASK)
 _PACKAGES = (
     "torch",
     "transformers",
@@ -58,12 +60,15 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object], 
     """Write via ``write(tmp)`` to a temporary file beside ``path``, then rename it onto ``path``.
 
     Creates the parent folder; an OS error becomes one-line :class:`OutputPathError` naming ``what``.
+    The file gets the permissions of any new file under the process umask (``safetensors`` alone writes
+    owner-only files, which other users could not load).
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except OSError as e:
         raise OutputPathError(
