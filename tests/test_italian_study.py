@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
+import torch
 
 from workbench.evaluation import is_degenerate
-from workbench.studies.common import Scale
+from workbench.studies.common import Scale, Size
 from workbench.studies.italian import italian_study
 
 
@@ -65,3 +68,70 @@ def test_a_quick_study_builds_the_preset_from_its_own_few_pairs(tiny, tmp_path, 
     assert presets.path(tiny, "italian", 3).exists() and not presets.path(tiny, "italian").exists()
     assert presets.provenance(tiny, "italian", n_train=3)["n_train"] == 3
     assert any("(3 train pairs)" in note for note in result.notes)
+
+
+def _counting_generate(monkeypatch) -> list[str]:
+    """Record every prompt the grid runner sends to generation (validation sweeps and test grid alike)."""
+    from workbench import runner
+
+    generated: list[str] = []
+    real = runner.generate
+
+    def counting(model, prompts, **kwargs):
+        generated.extend(prompts)
+        return real(model, prompts, **kwargs)
+
+    monkeypatch.setattr(runner, "generate", counting)
+    return generated
+
+
+def test_a_rerun_generates_nothing_and_a_lost_part_regenerates_only_itself(writer, tmp_path, monkeypatch):
+    """The test answers are run_grid parts keyed by the fingerprint: a stopped study resumes where it left off."""
+    from workbench import presets
+    from workbench.presets import Preset
+    from workbench.recipes import Recipe
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    preset = Preset("italian", "italian", {"tiny-llama": Recipe("last", (1,), strength=0.2)}, n_train=48)
+    monkeypatch.setitem(presets.PRESETS, "italian", preset)  # steered rows in the grid too
+    size = replace(Size.quick(), max_new_tokens=4, batch_size=2, n_mc=2)  # a part per batch of 2 answers
+    first = italian_study(writer, size, tmp_path)
+    grid = tmp_path / "italian" / "grids" / f"{writer.fingerprint}-{size.max_new_tokens}"
+    parts = sorted(grid.glob("part-*.parquet"))
+    assert "Italian prompt + steering (preset)" in set(first.rows["setting"])
+    assert len(parts) == len(first.rows) // size.batch_size >= 5
+    generated = _counting_generate(monkeypatch)
+    again = italian_study(writer, size, tmp_path)
+    assert generated == []
+    pd.testing.assert_frame_equal(again.rows, first.rows)
+    pd.testing.assert_frame_equal(again.table, first.table)
+    lost = pd.read_parquet(parts[1])
+    parts[1].unlink()
+    resumed = italian_study(writer, size, tmp_path)
+    assert sorted(generated) == sorted(lost["prompt"])
+    assert len(list(grid.glob("part-*.parquet"))) == len(parts)
+    pd.testing.assert_frame_equal(resumed.rows, first.rows)
+    pd.testing.assert_frame_equal(resumed.table, first.table)
+
+
+def test_build_vector_is_the_diff_in_means_of_the_variants_train_pairs(tiny, tmp_path, monkeypatch):
+    """from_dataset gives the vector the study built by hand before: same directions, stats and provenance."""
+    from workbench.activations import collect
+    from workbench.datasets import load
+    from workbench.studies.italian import build_vector
+    from workbench.vectors import SteeringVector
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    train = load("italian", "train", variant="en_answer_it").head(3)
+    pos, neg = collect(tiny, train.positive), collect(tiny, train.negative)
+    by_hand = SteeringVector.from_activations(
+        pos, neg, dataset="italian:en_answer_it", dataset_hash=train.hash
+    )
+    built = build_vector(tiny, "en_answer_it", 3)
+    assert torch.equal(built.directions, by_hand.directions) and built.layers == by_hand.layers
+    assert built.stats == by_hand.stats
+    drop = {"created"}
+    assert {k: v for k, v in built.provenance.items() if k not in drop} == {
+        k: v for k, v in by_hand.provenance.items() if k not in drop
+    }
+    assert built.provenance["dataset"] == "italian:en_answer_it"
