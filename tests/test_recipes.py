@@ -214,6 +214,26 @@ def test_frontier_study_writes_table_figure_and_choice(writer, tmp_path):
     assert chosen_row["clean_rate"] == finalists["clean_rate"].max()
 
 
+def test_a_reduced_search_is_narrower_and_still_confirms_on_fresh_prompts(writer, tmp_path):
+    from workbench.studies import frontier as study
+    from workbench.studies.common import Scale
+
+    scale = Scale(n_train=6, n_validation=3, n_test=3, max_new_tokens=5, layers=None)
+    plan = study.Plan.reduced()
+    result = study.frontier_study(
+        writer, scale, tmp_path, behaviours=["bullets"], base_model=False, quick=False, plan=plan
+    )
+    validation = pd.read_csv(tmp_path / "frontier" / "sweep_validation.csv")
+    assert set(validation["stage"]) == {"baseline", "coarse", "refine", "confirm"}
+    coarse = validation[validation["stage"] == "coarse"]
+    assert len(coarse) == 9 * len(plan.sources) and set(coarse["source"]) == set(plan.sources)
+    refined = validation[validation["stage"] == "refine"]
+    assert refined["seed"].nunique() == plan.top_k
+    confirm = validation[validation["stage"] == "confirm"]
+    assert (confirm["n"] == plan.confirm * 3).all() and 2 <= len(confirm) <= 1 + plan.confirm_k
+    assert not any("response-token" in note for note in result.notes)  # no completions generated for it
+
+
 def test_full_grid_covers_every_method():
     from workbench.studies import frontier as study
 

@@ -30,6 +30,49 @@ def test_a_new_scorer_version_makes_finished_report_studies_stale(tmp_path, monk
     assert studies["italian"]["stale"] is True
 
 
+def test_new_presets_make_the_studies_that_run_them_stale(tmp_path, monkeypatch):
+    from workbench import presets
+
+    configuration = {"model": "m", "size": {"n_test": 3}}
+    before = {name: report._study_key(name, configuration) for name in ("presets", "italian", "format")}
+    changed = tmp_path / "presets.json"
+    changed.write_text(presets.BUNDLED.read_text() + "\n")
+    monkeypatch.setattr(presets, "BUNDLED", changed)
+    after = {name: report._study_key(name, configuration) for name in before}
+    assert after["presets"] != before["presets"] and after["italian"] != before["italian"]
+    assert after["format"] == before["format"]
+
+
+def test_a_large_model_gets_the_large_report(tiny, tmp_path, monkeypatch):
+    """From a billion parameters: three formats, Italian and a reduced frontier, at Size.large."""
+    from workbench.studies import frontier
+
+    assert report.report_kind(False, tiny) == "full" and report.report_kind(True, tiny) == "quick"
+    monkeypatch.setattr(report, "LARGE_MODEL_PARAMS", tiny.n_params)
+    assert report.report_kind(False, tiny) == "large"
+    seen = {}
+
+    def fake(name):
+        def run(job):
+            seen[name] = job
+            return f"not run: {name} recorded"
+
+        return run
+
+    monkeypatch.setattr(report, "RUNNERS", {name: fake(name) for name in report.RUNNERS})
+    report.run_report(tiny, out_dir=tmp_path, progress=False)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert list(manifest["studies"]) == list(report.LARGE_STUDIES) == list(seen)
+    assert manifest["configuration"]["kind"] == "large" and seen["format"].size == report.Size.large()
+
+    calls = []
+    monkeypatch.setattr(frontier, "frontier_study", lambda *a, **k: calls.append(k) or "ran")
+    assert report._frontier_runner("frontier")(seen["frontier"]) == "ran"
+    (kwargs,) = calls
+    assert kwargs["behaviours"] == report.LARGE_BEHAVIOURS and kwargs["base_model"] is False
+    assert kwargs["plan"] == frontier.Plan.reduced()
+
+
 MICRO = Scale(n_train=6, n_validation=4, n_test=4, max_new_tokens=6, layers=(1, 2), batch_size=32)
 
 

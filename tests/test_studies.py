@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from workbench.errors import InvalidArgumentError
 from workbench.studies import instructions
 from workbench.studies.common import Scale, Size
 from workbench.studies.instructions import FORMATS, SETTINGS
@@ -42,9 +43,18 @@ def test_candidate_layers_sit_at_the_same_depths_of_any_model():
 
 def test_quick_sizes_are_told_from_full_ones():
     assert Size.quick().is_quick and MICRO.is_quick
-    assert not Size.full().is_quick and not Size.frontier().is_quick
+    assert not Size.full().is_quick and not Size.frontier().is_quick and not Size.large().is_quick
     assert Size.named("quick") == Size.quick() and Size.named("full") == Size.full()
+    assert Size.named("large") == Size.large()
+    with pytest.raises(InvalidArgumentError, match="unknown size 'huge'"):
+        Size.named("huge")  # type: ignore[arg-type]
     assert Scale is Size  # the former name
+
+
+def test_a_large_models_size_confirms_on_prompts_disjoint_from_its_selection():
+    large = Size.large()
+    assert large.n_validation == Size.frontier().n_validation  # the confirmation round's items exist
+    assert Size.large().candidate_layers(28) == [9, 13, 16]  # Qwen2.5-1.5B: the middle third
 
 
 def test_a_size_capped_at_another_keeps_the_smaller_counts():

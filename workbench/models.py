@@ -92,6 +92,11 @@ class Model:
         return int(self.bridge.cfg.n_ctx)
 
     @property
+    def n_params(self) -> int:
+        """Parameters of the wrapped model (tied embeddings counted once)."""
+        return sum(p.numel() for p in self.hf_model.parameters())
+
+    @property
     def device(self) -> torch.device:
         return next(self.hf_model.parameters()).device
 

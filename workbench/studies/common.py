@@ -9,6 +9,7 @@ from typing import Literal
 
 import pandas as pd
 
+from workbench.errors import InvalidArgumentError
 from workbench.runs import write_frame
 
 #: Depths (fractions of the last block's index) of the validation sweeps' candidate layers.
@@ -16,8 +17,14 @@ DEPTHS = (0.2, 0.33, 0.47, 0.6, 0.73)
 #: Candidate depths of a quick run (a smoke test: two layers, so that choosing one is exercised).
 QUICK_DEPTHS = (0.3, 0.55)
 
-#: The named sizes: ``quick`` (a smoke test of every step, for tests and CI) and ``full`` (the report's).
-SizeName = Literal["quick", "full"]
+#: Candidate depths of a large model's report: the middle of the network, where Stolfo et al.'s layers are.
+LARGE_DEPTHS = (0.33, 0.47, 0.6)
+#: Parameters from which a model's report runs at :meth:`Size.large` (fewer studies, prompts and layers).
+LARGE_MODEL_PARAMS = 1_000_000_000
+
+#: The named sizes: ``quick`` (a smoke test of every step, for tests and CI), ``full`` (the report's) and
+#: ``large`` (the report of a model of :data:`LARGE_MODEL_PARAMS` or more).
+SizeName = Literal["quick", "full", "large"]
 _COUNTS = ("n_train", "n_validation", "n_test", "max_new_tokens", "batch_size", "n_mc")
 
 
@@ -54,9 +61,27 @@ class Size:
         return cls(n_train=48, n_validation=10, n_test=20, max_new_tokens=64, layers=None, batch_size=60)
 
     @classmethod
+    def large(cls) -> Size:
+        """A 1-2B model's report on 2 CPU cores (about an hour in bfloat16): three candidate layers, fewer
+        prompts and tokens; the frontier search's validation count, so its confirmation round is disjoint."""
+        return cls(
+            n_train=32,
+            n_validation=10,
+            n_test=20,
+            max_new_tokens=40,
+            layers=None,
+            batch_size=40,
+            n_mc=100,
+            depths=LARGE_DEPTHS,
+        )
+
+    @classmethod
     def named(cls, name: SizeName) -> Size:
-        """:meth:`quick` or :meth:`full` by name."""
-        return cls.quick() if name == "quick" else cls.full()
+        """:meth:`quick`, :meth:`full` or :meth:`large` by name."""
+        sizes = {"quick": cls.quick, "full": cls.full, "large": cls.large}
+        if name not in sizes:
+            raise InvalidArgumentError(f"unknown size {name!r}: use one of {', '.join(sizes)}")
+        return sizes[name]()
 
     @property
     def is_quick(self) -> bool:

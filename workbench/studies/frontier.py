@@ -35,6 +35,7 @@ from workbench.studies.common import Size, StudyResult
 from workbench.studies.search import (
     CONFIRM,
     CONFIRM_K,
+    Plan,
     baselines,
     coarse_grid,
     grid_dir,
@@ -49,6 +50,7 @@ __all__ = [
     "CONFIRM_K",
     "QUICK_BEHAVIOURS",
     "BehaviourResult",
+    "Plan",
     "baselines",
     "coarse_grid",
     "frontier_study",
@@ -110,11 +112,14 @@ def run_behaviour(
     out: Path,
     *,
     quick: bool = False,
+    plan: Plan = Plan(),
     progress: bool = False,
 ) -> BehaviourResult:
-    """:func:`search` on validation, then the test settings of the chosen recipe."""
+    """:func:`search` (as wide as ``plan``) on validation, then the test settings of the chosen recipe."""
     behaviour = _budgeted(behaviour, scale)
-    vectors, validation, chosen, notes = search(model, behaviour, scale, out, quick=quick, progress=progress)
+    vectors, validation, chosen, notes = search(
+        model, behaviour, scale, out, quick=quick, plan=plan, progress=progress
+    )
     rows = _test_rows(model, behaviour, vectors, chosen, scale, out, progress)
     return BehaviourResult(
         model.name, model.weights_hash, scale.n_train, behaviour, vectors, validation, chosen, rows, notes
@@ -292,9 +297,11 @@ def frontier_study(
     behaviours: Sequence[str] | None = None,
     base_model: bool | None = None,
     quick: bool | None = None,
+    plan: Plan = Plan(),
     progress: bool = False,
 ) -> StudyResult:
-    """The quality frontier of every behaviour on ``model`` (and Italian on Gemma 3 270M with ``base_model``).
+    """The quality frontier of every behaviour on ``model`` (and Italian on Gemma 3 270M with ``base_model``),
+    each searched as wide as ``plan``.
 
     ``quick`` (default: :attr:`Size.is_quick`) runs the quick grid (the band at one strength, no
     refinements) on :data:`QUICK_BEHAVIOURS`, with the size capped at :meth:`Size.quick` and without the
@@ -320,7 +327,7 @@ def frontier_study(
             notes.append("Gemma 3 270M is not installed: its Italian frontier was not run")
         else:
             jobs.append((gemma, BEHAVIOURS["italian"]))
-    results = [run_behaviour(m, b, scale, out, quick=quick, progress=progress) for m, b in jobs]
+    results = [run_behaviour(m, b, scale, out, quick=quick, plan=plan, progress=progress) for m, b in jobs]
     figures = []
     for r in results:
         title = (

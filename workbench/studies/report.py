@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from workbench import evaluation
+from workbench import evaluation, presets
 from workbench.errors import InvalidArgumentError, WorkbenchError
 from workbench.models import DEFAULT_SPEC, Model, load_model
 from workbench.paths import check_writable
@@ -48,17 +48,21 @@ from workbench.runs import (  # markdown_table, package_versions, write_manifest
     utc_now,
     write_manifest,
 )
-from workbench.studies.common import Size, StudyResult
+from workbench.studies.common import LARGE_MODEL_PARAMS, Size, SizeName, StudyResult
 from workbench.studies.render import render
 
 __all__ = [
     "ABLATION_SEEDS",
     "EXTRA_STUDIES",
+    "LARGE_BEHAVIOURS",
+    "LARGE_FORMATS",
+    "LARGE_STUDIES",
     "STUDIES",
     "StudyError",
     "StudyName",
     "markdown_table",
     "package_versions",
+    "report_kind",
     "report_scale",
     "report_size",
     "run_report",
@@ -79,6 +83,14 @@ STUDIES: tuple[StudyName, ...] = (
     "base_model",
     "presets",
 )
+#: The studies of a large model's report (:meth:`Size.large`): three formats, Italian and a reduced frontier.
+LARGE_STUDIES: tuple[StudyName, ...] = ("format", "italian", "frontier")
+#: Format instructions of a large model's report: a format, a constraint and a length (Stolfo et al.'s kinds).
+LARGE_FORMATS = ("json_format", "no_comma", "one_sentence")
+#: Behaviours of a large model's frontier search (searched as wide as :meth:`Plan.reduced`).
+LARGE_BEHAVIOURS = ("json", "italian")
+#: JSON's token budget in a large model's report (:data:`~workbench.studies.steps.JSON_TOKENS` at full size).
+LARGE_JSON_TOKENS = 64
 #: Studies that run on request only: the frontier search that chose the presets (about an hour on 2 CPU
 #: cores at full size, so not part of the report) and the baselines study (about 30 min).
 EXTRA_STUDIES: tuple[StudyName, ...] = ("frontier", "baselines")
@@ -99,6 +111,14 @@ def report_size(quick: bool) -> Size:
     return Size.named("quick" if quick else "full")
 
 
+def report_kind(quick: bool, model: Model | None) -> SizeName:
+    """``quick``; ``large`` for a model of :data:`~workbench.studies.common.LARGE_MODEL_PARAMS` or more;
+    else ``full``."""
+    if quick:
+        return "quick"
+    return "large" if model is not None and model.n_params >= LARGE_MODEL_PARAMS else "full"
+
+
 #: The former name of :func:`report_size`.
 report_scale = report_size
 
@@ -113,8 +133,12 @@ class _Run:
     model: Model | None
     size: Size
     out: Path
-    quick: bool
+    kind: SizeName
     progress: bool
+
+    @property
+    def quick(self) -> bool:
+        return self.kind == "quick"
 
     @property
     def loaded(self) -> Model:
@@ -134,6 +158,8 @@ def _instruction_runner(name: str) -> Runner:
         knobs: dict[str, Any] = {"seeds": ABLATION_SEEDS} if name == "ablation" else {}
         if name == "format" and job.quick:
             knobs["names"] = QUICK_FORMATS
+        if name == "format" and job.kind == "large":
+            knobs |= {"names": LARGE_FORMATS, "json_tokens": LARGE_JSON_TOKENS}
         return study(job.loaded, job.size, job.out, progress=job.progress, **knobs)
 
     return run
@@ -167,6 +193,17 @@ def _frontier_runner(name: str) -> Runner:
 
         # At the full size both run at the search's own, so the presets' test numbers reproduce it.
         size = Size.frontier() if job.size == Size.full() else job.size
+        if name == "frontier" and job.kind == "large":
+            return frontier.frontier_study(
+                job.loaded,
+                size,
+                job.out,
+                behaviours=LARGE_BEHAVIOURS,
+                base_model=False,
+                quick=False,
+                plan=frontier.Plan.reduced(),
+                progress=job.progress,
+            )
         study = getattr(frontier, f"{name}_study")
         return study(job.loaded, size, job.out, quick=job.quick, progress=job.progress)
 
@@ -193,6 +230,8 @@ def _study_key(name: str, configuration: dict[str, Any]) -> str:
         relevant = {"quick": configuration.get("quick"), "size": {**configuration["size"], "layers": None}}
     else:
         relevant = dict(configuration)
+    if name in ("presets", "italian"):  # they run the bundled presets: new presets, new results
+        relevant["presets"] = hashlib.sha256(presets.BUNDLED.read_bytes()).hexdigest()
     text = json.dumps(
         {"study": name, "scorer": evaluation.SCORER_VERSION, **relevant}, sort_keys=True, default=json_default
     )
@@ -272,13 +311,13 @@ def _run_study(name: str, job: _Run) -> tuple[dict, Any]:
     return entry, table
 
 
-def _load(model_spec: str | Model, wanted: Sequence[str]) -> Model | None:
+def _load(model_spec: str | Model, wanted: Sequence[str] | None, dtype: str | None) -> Model | None:
     if isinstance(model_spec, Model):
         return model_spec
-    if all(s == "base_model" for s in wanted):  # the base-model study loads its own model
+    if wanted is not None and all(s == "base_model" for s in wanted):  # it loads its own model
         return None
-    _log(f"loading {model_spec}")
-    return load_model(model_spec)
+    _log(f"loading {model_spec}" + (f" in {dtype}" if dtype else ""))
+    return load_model(model_spec, dtype=dtype)
 
 
 def run_report(
@@ -288,36 +327,43 @@ def run_report(
     out_dir: str | os.PathLike[str] = "runs/report",
     studies: Sequence[StudyName] | None = None,
     size: Size | None = None,
+    dtype: str | None = None,
     progress: bool = True,
 ) -> Path:
-    """Run ``studies`` (default :data:`STUDIES`; also :data:`EXTRA_STUDIES`) on ``model_spec`` (a spec or a
-    loaded Model) into ``out_dir``.
+    """Run ``studies`` on ``model_spec`` (a spec, loaded in ``dtype``, or a loaded Model) into ``out_dir``.
 
-    ``size`` overrides the quick/full size (:func:`report_size`). Returns the path of ``report.md``.
+    The report's kind (:func:`report_kind`) sets its size and default studies: :data:`STUDIES` at
+    :meth:`Size.full`; for a model of a billion parameters or more, :data:`LARGE_STUDIES` at
+    :meth:`Size.large` (:data:`LARGE_FORMATS`, and the frontier search of :data:`LARGE_BEHAVIOURS` as wide
+    as :meth:`~workbench.studies.search.Plan.reduced`); :data:`EXTRA_STUDIES` run on request. ``size``
+    overrides the kind's size. Returns the path of ``report.md``.
     Studies already finished in ``out_dir`` with the same configuration are reused, not rerun. A study
     that raises is recorded as failed in the manifest and the report, the remaining studies still run, and
     :class:`StudyError` is raised at the end.
     """
-    wanted = list(STUDIES if studies is None else studies)
-    unknown = [s for s in wanted if s not in RUNNERS]
-    if unknown or not wanted:
+    unknown = [s for s in studies or () if s not in RUNNERS]
+    if unknown or (studies is not None and not studies):
         raise InvalidArgumentError(f"unknown or no studies {unknown}; choose from {', '.join(RUNNERS)}")
     run = Path(out_dir)
     check_writable(run / MANIFEST)  # before the model loads
     clock = time.perf_counter()
-    model = _load(model_spec, wanted)
-    size = size or report_size(quick)
+    model = _load(model_spec, studies, dtype)
+    kind = report_kind(quick, model)
+    wanted = list(studies or (LARGE_STUDIES if kind == "large" else STUDIES))
+    size = size or Size.named(kind)
     configuration = {
         "model": model.name if model is not None else str(model_spec),
         "weights_hash": model.weights_hash if model is not None else None,
+        "fingerprint": model.fingerprint if model is not None else None,
         "quick": quick,
+        "kind": kind,
         "size": asdict(size),
         "ablation_seeds": list(ABLATION_SEEDS),
     }
     manifest = _manifest(model_spec, model, configuration, run)
     done = manifest["studies"]
     tables = _reusable_tables(run, done, configuration)
-    job = _Run(model, size, run, quick, progress)
+    job = _Run(model, size, run, kind, progress)
 
     def save() -> None:
         manifest["updated"] = utc_now()

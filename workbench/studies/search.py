@@ -46,6 +46,7 @@ __all__ = [
     "CONFIRM_K",
     "ROUNDS",
     "TOP_K",
+    "Plan",
     "baselines",
     "coarse_grid",
     "grid_dir",
@@ -62,6 +63,24 @@ ONE_LAYER, BAND = 0.3, (0.2, 0.45)
 TOP_K, ROUNDS = 2, 2
 #: Finalists of the confirmation round, and how many times the validation prompts they run on.
 CONFIRM_K, CONFIRM = 4, 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How wide a search runs: the vector sources of the coarse grid, the refinement rounds and the
+    recipes that seed each, the finalists and how many times the selection prompts they are confirmed on."""
+
+    sources: tuple[str, ...] = SOURCES
+    rounds: int = ROUNDS
+    top_k: int = TOP_K
+    confirm_k: int = CONFIRM_K
+    confirm: int = CONFIRM
+
+    @classmethod
+    def reduced(cls) -> Plan:
+        """A large model's search: last- and mean-token vectors only (no contrastive completions to
+        generate), one round of refinements of the best recipe, two finalists confirmed on twice the prompts."""
+        return cls(sources=("last", "mean"), rounds=1, top_k=1, confirm_k=2, confirm=2)
 
 
 def spans(n_layers: int) -> dict[str, tuple[int, ...]]:
@@ -128,16 +147,17 @@ def search(
     out: Path,
     *,
     quick: bool = False,
+    plan: Plan = Plan(),
     progress: bool = False,
 ) -> tuple[dict[str, SteeringVector], pd.DataFrame, Recipe, list[str]]:
-    """Build the vectors, run the coarse grid, the refinements and the confirmation round on validation;
-    choose by clean rate in the confirmation round.
+    """Build the vectors, run the coarse grid, the refinements and the confirmation round on validation
+    (as wide as ``plan``); choose by clean rate in the confirmation round.
 
     Returns the vectors, the validation summary (column ``stage``: baseline, coarse, refine, refine2,
     and one row per finalist with stage ``confirm``, whose rates are on the larger validation set), the
     chosen recipe and notes on how the vectors were built.
     """
-    vectors, notes = _vectors(model, behaviour, scale, progress)
+    vectors, notes = _vectors(model, behaviour, scale, plan.sources, progress)
 
     answers: dict[str, tuple[str, ...]] = {}  # recipe -> its validation answers, to spot equivalent recipes
 
@@ -171,9 +191,9 @@ def search(
     )
     recipes = {r.name: r for r in first}
     used: set[str] = set()
-    for round_no in range(1, 1 if quick else ROUNDS + 1):
+    for round_no in range(1, 1 if quick else plan.rounds + 1):
         ranked = rank(summary).sort_values(["clean_rate", "target_rate"], ascending=False, kind="stable")
-        seeds = [recipes[name] for name in ranked["recipe"] if name not in used][:TOP_K]
+        seeds = [recipes[name] for name in ranked["recipe"] if name not in used][: plan.top_k]
         used |= {seed.name for seed in seeds}
         extra: dict[str, tuple[str, str, Recipe]] = {}  # name -> (seed, change, recipe)
         for seed in seeds:
@@ -190,28 +210,31 @@ def search(
         recipes |= {r.name: r for _, _, r in extra.values()}
     if quick:
         return vectors, summary, recipes[choose_clean(summary)["recipe"]], notes
-    finalists = [recipes[name] for name in _finalists(summary, answers)]
-    confirmed = stage("confirm", [Recipe(), *finalists], (1 + CONFIRM) * scale.n_validation, fresh=True)
+    finalists = [recipes[name] for name in _finalists(summary, answers, plan.confirm_k)]
+    confirmed = stage("confirm", [Recipe(), *finalists], (1 + plan.confirm) * scale.n_validation, fresh=True)
     summary = pd.concat([summary, confirmed.assign(stage="confirm")], ignore_index=True)
     return vectors, summary, recipes[choose_clean(confirmed)["recipe"]], notes
 
 
-def _finalists(summary: pd.DataFrame, answers: dict[str, tuple[str, ...]]) -> list[str]:
-    """The :data:`CONFIRM_K` best recipes by :func:`~workbench.recipes.rank`; recipes that wrote the same
+def _finalists(summary: pd.DataFrame, answers: dict[str, tuple[str, ...]], k: int) -> list[str]:
+    """The ``k`` best recipes by :func:`~workbench.recipes.rank`; recipes that wrote the same
     answers are one finalist (e.g. a decay on prompt-only steering, which never reaches a generated token):
     the first of each."""
     first_of: dict[tuple[str, ...], str] = {}
     for name in rank(summary)["recipe"]:
         first_of.setdefault(answers[name], name)
-    return list(first_of.values())[:CONFIRM_K]
+    return list(first_of.values())[:k]
 
 
 def _vectors(
-    model: Model, behaviour: Behaviour, scale: Scale, progress: bool
+    model: Model, behaviour: Behaviour, scale: Scale, sources: Sequence[str], progress: bool
 ) -> tuple[dict[str, SteeringVector], list[str]]:
-    """Every source's vector; the response source is left out, with a note, when the answers cannot make it."""
+    """The vector of each of ``sources``; the response source is left out, with a note, when the answers
+    cannot make it."""
     build = functools.partial(build_vectors, model, behaviour, scale.n_train, batch_size=scale.batch_size)
-    vectors = build(sources=("last", "mean"), progress=progress)
+    vectors = build(sources=tuple(s for s in sources if s != "response"), progress=progress)
+    if "response" not in sources:
+        return vectors, []
     try:
         vectors |= build(sources=("response",), progress=progress)
     except NoCompletionsError as e:
