@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import PROMPTS
+from tests.conftest import PROMPTS, build_tiny_model
 from workbench.errors import InvalidArgumentError
-from workbench.runner import GRID_MANIFEST, Job, LocalExecutor, run_grid
+from workbench.runner import GRID_MANIFEST, Job, LocalExecutor, run_grid, using_executor
 from workbench.steering import Intervention
 from workbench.vectors import SteeringVector
 
@@ -46,6 +47,9 @@ class Counting:
                 raise KeyboardInterrupt
             self.sizes.append(len(chunks[index].prompts))
             yield index, responses
+
+    def serves(self, model):
+        return self.local.serves(model)
 
 
 def _length_scorer(limit: int):
@@ -114,3 +118,28 @@ def test_an_executor_may_finish_chunks_in_any_order(tiny):
     pd.testing.assert_frame_equal(
         run_grid(tiny, jobs, executor=Backwards(), **kw), run_grid(tiny, jobs, **kw)
     )
+
+
+def test_using_executor_is_the_default_for_its_own_model_only(tiny):
+    jobs, kw = _jobs(tiny)[:6], {"max_new_tokens": 4, "chunk_size": 3}
+    local = run_grid(tiny, jobs, **kw)
+    other = build_tiny_model(seed=1)
+    assert other.fingerprint != tiny.fingerprint
+    other_local = run_grid(other, _jobs(other)[:6], **kw)
+    default, explicit = Counting(tiny), Counting(tiny)
+    with using_executor(default):
+        pd.testing.assert_frame_equal(run_grid(tiny, jobs, **kw), local)
+        assert default.sizes == [3, 3]
+        run_grid(tiny, jobs, executor=explicit, **kw)  # the argument wins over the block's default
+        assert explicit.sizes == [3, 3] and default.sizes == [3, 3]
+        with using_executor(None):  # None keeps the outer default
+            run_grid(tiny, jobs[:1], **kw)
+        assert default.sizes == [3, 3, 1]
+        # Another model (other weights, so another fingerprint) is not sent to tiny's executor.
+        pd.testing.assert_frame_equal(run_grid(other, _jobs(other)[:6], **kw), other_local)
+        assert default.sizes == [3, 3, 1]
+    run_grid(tiny, jobs, **kw)
+    assert default.sizes == [3, 3, 1], "the default ends with its block"
+    unbound = SimpleNamespace(map=LocalExecutor(tiny).map)  # an executor that cannot say whose model it runs
+    with pytest.raises(InvalidArgumentError, match="serves"), using_executor(unbound):
+        pass

@@ -2,18 +2,21 @@
 
 :func:`run_grid` cuts a grid of :class:`Job` s into fixed :class:`Chunk` s; an *executor* generates each
 chunk's responses. The default, :class:`LocalExecutor`, runs them one after another on the loaded model;
-:mod:`workbench.distributed` runs them on Ray actors. The driver writes each finished chunk as a parquet
+:mod:`workbench.distributed` runs them on Ray actors; :func:`using_executor` makes one the default of every
+grid run inside a block (studies included) for the model it serves. The driver writes each finished chunk as a parquet
 part of raw responses (never scores) under ``out_dir``, beside a manifest of everything that changes the
 responses, so a rerun generates only missing rows and scores are always recomputed by the scorer given.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -32,10 +35,12 @@ __all__ = [
     "Executor",
     "Job",
     "LocalExecutor",
+    "ModelExecutor",
     "Scorer",
     "grid_settings",
     "run_chunk",
     "run_grid",
+    "using_executor",
 ]
 
 #: The manifest of an ``out_dir``: model fingerprint, generation settings and the caller's key.
@@ -63,6 +68,12 @@ class Executor(Protocol):
     def map(self, chunks: Sequence[Chunk]) -> Iterator[tuple[int, list[str]]]: ...
 
 
+class ModelExecutor(Executor, Protocol):
+    """An executor bound to one model; ``serves(model)`` says whether its chunks run on ``model``'s weights."""
+
+    def serves(self, model: Model) -> bool: ...
+
+
 def run_chunk(model: Model, chunk: Chunk, *, progress: bool = False) -> list[str]:
     """The responses of one chunk on ``model`` (greedy unless ``generate_kwargs`` says otherwise)."""
     return generate(
@@ -87,6 +98,36 @@ class LocalExecutor:
     def map(self, chunks: Sequence[Chunk]) -> Iterator[tuple[int, list[str]]]:
         for index, chunk in enumerate(chunks):
             yield index, run_chunk(self.model, chunk, progress=self.progress)
+
+    def serves(self, model: Model) -> bool:
+        """Whether ``model`` gives this executor's outputs: the same fingerprint (weights, dtype, device)."""
+        return model.fingerprint == self.model.fingerprint
+
+
+_DEFAULT_EXECUTOR: ContextVar[ModelExecutor | None] = ContextVar("workbench_executor", default=None)
+
+
+@contextlib.contextmanager
+def using_executor(executor: ModelExecutor | None) -> Iterator[None]:
+    """Within the block, :func:`run_grid` without an ``executor`` runs on ``executor`` whenever
+    ``executor.serves(model)`` (a grid of another model, e.g. a study that loads its own, runs in process).
+    None changes nothing; the previous default comes back on exit."""
+    if executor is not None and not callable(getattr(executor, "serves", None)):
+        raise InvalidArgumentError(
+            f"{type(executor).__name__} has no serves(model) method: a default executor must say which "
+            "model it runs, or pass it to run_grid(executor=...) directly"
+        )
+    token = _DEFAULT_EXECUTOR.set(executor if executor is not None else _DEFAULT_EXECUTOR.get())
+    try:
+        yield
+    finally:
+        _DEFAULT_EXECUTOR.reset(token)
+
+
+def _executor_for(model: Model, progress: bool) -> Executor:
+    """The block's default executor (:func:`using_executor`) if it serves ``model``, else a local one."""
+    default = _DEFAULT_EXECUTOR.get()
+    return default if default is not None and default.serves(model) else LocalExecutor(model, progress)
 
 
 @dataclass(frozen=True)
@@ -222,8 +263,8 @@ def run_grid(
     """Generate every job's response and score the rows; one row per job, in job order.
 
     The distinct generations (prompt and interventions) are cut, in job order, into fixed chunks of
-    ``chunk_size``; each chunk's missing rows are one :class:`Chunk` for ``executor`` (default
-    :class:`LocalExecutor`), so a resumed grid batches exactly as an uninterrupted one. With ``out_dir``,
+    ``chunk_size``; each chunk's missing rows are one :class:`Chunk` for ``executor`` (default: the one
+    :func:`using_executor` set, if it serves ``model``, else :class:`LocalExecutor`), so a resumed grid batches exactly as an uninterrupted one. With ``out_dir``,
     each finished chunk is written as a parquet part of raw responses (never scores) and a rerun
     generates only what no part holds; the directory's manifest (:data:`GRID_MANIFEST`: model fingerprint,
     ``max_new_tokens``, ``chat``, ``generate_kwargs`` and the caller's ``key``) must match. ``on_chunk``
@@ -256,7 +297,7 @@ def run_grid(
                 )
             )
             members.append(todo)
-    for index, responses in (executor or LocalExecutor(model, progress)).map(chunks):
+    for index, responses in (executor or _executor_for(model, progress)).map(chunks):
         part = _part([first[k] for k in members[index]], members[index], responses)
         if store is not None:
             store.write(part)
