@@ -1,10 +1,12 @@
-"""Grids on a local Ray cluster with 2 CPU workers: same rows as in-process, a killed worker, clean shutdown.
+"""Grids on a local Ray cluster with 2 CPU workers: same rows as in-process (a sweep, a study run under the
+cluster as default executor), a killed worker, clean shutdown.
 
 One cluster serves the module (starting workers costs seconds each); the last test shuts it down by error.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -19,7 +21,7 @@ from tests.conftest import PROMPTS, build_tiny_hf
 from workbench.cli import app
 from workbench.errors import InvalidArgumentError
 from workbench.models import load_model
-from workbench.runner import Chunk, Job, run_grid
+from workbench.runner import Chunk, Job, LocalExecutor, run_grid, using_executor
 from workbench.steering import Intervention
 from workbench.vectors import SteeringVector
 
@@ -93,6 +95,32 @@ def test_a_killed_worker_is_restarted_by_ray_and_rows_are_unchanged(driver, jobs
     assert after[0] != before[0] and after[1] == before[1], "Ray restarted exactly the killed actor"
 
 
+def test_a_study_under_the_ray_default_sends_every_grid_of_its_model_to_ray(
+    writer_dir, driver, executor, tmp_path, monkeypatch
+):
+    from workbench.studies.report import run_report
+
+    assert executor.serves(driver) and not executor.serves(dataclasses.replace(driver, weights_hash="0" * 64))
+    assert not executor.serves(dataclasses.replace(driver, source="gemma3-270m"))
+    study = {"quick": True, "studies": ["length"], "progress": False}
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "local-cache"))
+    run_report(writer_dir, out_dir=tmp_path / "local", **study)
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "ray-cache"))  # nothing cached: all generated anew
+
+    def refuse(self, chunks):
+        raise AssertionError("a grid of the executor's model ran in process")
+
+    sent, ray_map = [], executor.map
+    monkeypatch.setattr(LocalExecutor, "map", refuse)
+    monkeypatch.setattr(executor, "map", lambda chunks: sent.append(len(chunks)) or ray_map(chunks))
+    with using_executor(executor):
+        run_report(writer_dir, out_dir=tmp_path / "ray", **study)
+    assert sent and sum(sent) >= 2, "the study's grids went to the workers"
+    rows = [pd.read_parquet(tmp_path / run / "length" / "rows.parquet") for run in ("local", "ray")]
+    assert_frame_equal(*rows)
+    assert rows[0]["response"].nunique() > 1
+
+
 def test_an_error_in_a_worker_is_raised_and_leaves_no_ray_process(executor):
     assert len(executor.pids) == 2  # the cluster and its workers are up
     started = psutil.Process().children(recursive=True)
@@ -137,6 +165,7 @@ def test_bad_worker_settings_are_refused_before_anything_starts():
     for kwargs in ({"workers": 0}, {"threads_per_worker": 0}, {"workers": True}):
         with pytest.raises(InvalidArgumentError, match="positive integer"):
             RayExecutor("x", **kwargs)
-    result = CliRunner().invoke(app, ["sweep", "json_format", "--layers", "1", "--workers", "2"])
-    assert result.exit_code == 2 and "--workers needs --ray" in result.output
+    for args in (["sweep", "json_format", "--layers", "1"], ["study", "length"], ["report"]):
+        result = CliRunner().invoke(app, [*args, "--workers", "2"])
+        assert result.exit_code == 2 and "--workers needs --ray" in result.output, args
     assert not ray.is_initialized()

@@ -40,6 +40,18 @@ ModelSpec = Annotated[
 ]
 
 
+#: ``--ray`` and ``--workers`` of the commands that run grids (sweep, study, report).
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray", metavar="local|ADDRESS", help="Run the grids on Ray: local, auto or ray://HOST:PORT."
+    ),
+]
+RayWorkers = Annotated[
+    int | None, typer.Option("--workers", help="Ray workers (default: one per GPU, else 2).")
+]
+
+
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn workbench errors into a one-line message and exit code 2."""
 
@@ -275,17 +287,21 @@ def report(
         "--publish",
         help="Also write each study's tables as DIR/<study>.md and .csv (e.g. docs/results).",
     ),
+    ray: RayAddress = None,
+    workers: RayWorkers = None,
 ) -> None:
     """Run every study (format, length, composition, ablation, Italian, base model, presets); write
     report.md/.html. The frontier search that chose the presets runs alone: `workbench study frontier`.
 
     A rerun with the same --out reuses the studies that finished with the same configuration, so
-    `--publish` on a finished run only writes the pages.
+    `--publish` on a finished run only writes the pages. With --ray every grid of the model runs on Ray.
     """
+    from workbench.distributed import ray_executor
     from workbench.studies.render import publish as publish_pages
     from workbench.studies.report import EXTRA_STUDIES, STUDIES, run_report
 
-    typer.echo(str(run_report(model, quick=quick, out_dir=out)))
+    with ray_executor(ray, workers, model):
+        typer.echo(str(run_report(model, quick=quick, out_dir=out)))
     if publish is not None:
         pages = publish_pages(out, publish, (*STUDIES, *EXTRA_STUDIES))
         typer.echo("\n".join(str(p) for p in pages))
@@ -303,12 +319,18 @@ def study(
     quick: bool = typer.Option(False, "--quick", help="A smoke test of every step at tiny sizes."),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (default runs/study-NAME)."),
     model: ModelSpec = ...,
+    ray: RayAddress = None,
+    workers: RayWorkers = None,
 ) -> None:
-    """Run one study; writes its tables, figures, manifest.json and report.md under the run directory."""
+    """Run one study; writes its tables, figures, manifest.json and report.md under the run directory.
+
+    With --ray every grid of the model runs on Ray (a model the study loads itself runs in process)."""
+    from workbench.distributed import ray_executor
     from workbench.studies.report import run_report
 
     run = out or Path("runs") / f"study-{name}"
-    typer.echo(str(run_report(model, quick=quick, out_dir=run, studies=[name])))
+    with ray_executor(ray, workers, model):
+        typer.echo(str(run_report(model, quick=quick, out_dir=run, studies=[name])))
 
 
 @app.command("collect")
@@ -412,10 +434,8 @@ def sweep_command(
     n_validation: int = typer.Option(24, help="Validation prompts to steer."),
     max_new_tokens: int = typer.Option(40, help="Tokens to generate per response."),
     scale: str = typer.Option("diff_norm", help="Units of --coefs: diff_norm, residual_norm or absolute."),
-    ray: str = typer.Option(
-        None, "--ray", metavar="local|ADDRESS", help="Run the grid on Ray: local, auto or ray://HOST:PORT."
-    ),
-    workers: int = typer.Option(None, "--workers", help="Ray workers (default: one per GPU, else 2)."),
+    ray: RayAddress = None,
+    workers: RayWorkers = None,
 ) -> None:
     """Steer a dataset's validation prompts over layers × coefficients; score compliance and degeneration.
 

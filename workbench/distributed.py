@@ -7,7 +7,8 @@ directory that every node can read) and runs :func:`~workbench.runner.run_chunk`
 worker is free, and their responses are yielded as each finishes. A worker that dies is restarted by Ray
 (``max_restarts``) and its unfinished chunks are re-sent by Ray (``max_task_retries``); greedy responses do
 not depend on which worker produced them. Without ``address`` a local cluster is started and shut down
-again by :meth:`RayExecutor.close` (or leaving the ``with`` block), also after an error.
+again by :meth:`RayExecutor.close` (or leaving the ``with`` block), also after an error. Under
+:func:`~workbench.runner.using_executor` it serves only grids of its own model (:meth:`RayExecutor.serves`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workbench.errors import InvalidArgumentError, ModelLoadError, WorkbenchError
-from workbench.runner import Chunk, run_chunk
+from workbench.runner import Chunk, run_chunk, using_executor
+
+if TYPE_CHECKING:
+    from workbench.models import Model
 
 __all__ = ["RayExecutor", "RayWorkerError", "ray_executor"]
 
@@ -43,6 +47,9 @@ class _Worker:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def weights_hash(self) -> str:
+        return self.model.weights_hash
 
     def run(self, chunk: Chunk) -> list[str]:
         return run_chunk(self.model, chunk)
@@ -83,6 +90,7 @@ class RayExecutor:
     max_task_retries: int = 2
     _actors: list[Any] = field(default_factory=list, init=False, repr=False)
     _started_ray: bool = field(default=False, init=False, repr=False)
+    _weights_hash: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("workers", "threads_per_worker"):
@@ -103,6 +111,18 @@ class RayExecutor:
         """The worker processes' ids (starts the workers and waits until each has loaded the model)."""
         ray = _ray()
         return ray.get([actor.pid.remote() for actor in self._start()])
+
+    def serves(self, model: Model) -> bool:
+        """Whether the workers' model is ``model``: loaded from the same spec (compared first, so a grid of
+        another model starts no worker) with the same weights hash (so weights changed in place under that
+        spec, e.g. a LoRA adapter applied, are not mistaken for the spec's). Device and dtype are the
+        workers' own (``load_kwargs``): a CPU driver may send its grids to GPU workers."""
+        if model.source != self.spec:
+            return False
+        if self._weights_hash is None:
+            ray = _ray()
+            self._weights_hash = self._result(ray, self._start()[0].weights_hash.remote())
+        return model.weights_hash == self._weights_hash
 
     def _start(self) -> list[Any]:
         if self._actors:
@@ -184,11 +204,18 @@ class RayExecutor:
 
 def ray_executor(
     address: str | None, workers: int | None, spec: str
-) -> RayExecutor | contextlib.nullcontext[None]:
-    """The command line's ``--ray local|ADDRESS`` / ``--workers``: an executor to use in ``with``, or a null
-    context (the in-process runner) without ``--ray``."""
+) -> contextlib.AbstractContextManager[RayExecutor | None]:
+    """The command line's ``--ray local|ADDRESS`` / ``--workers``, checked now: a ``with`` context yielding a
+    :class:`RayExecutor` of ``spec`` that is also the default of every grid of that model inside the block
+    (:func:`~workbench.runner.using_executor`), or None (the in-process runner) without ``--ray``."""
     if address is None:
         if workers is not None:
             raise InvalidArgumentError("--workers needs --ray (local or a cluster address)")
         return contextlib.nullcontext()
-    return RayExecutor(spec, workers, address=None if address == "local" else address)
+    return _as_default(RayExecutor(spec, workers, address=None if address == "local" else address))
+
+
+@contextlib.contextmanager
+def _as_default(executor: RayExecutor) -> Iterator[RayExecutor]:
+    with executor, using_executor(executor):
+        yield executor
