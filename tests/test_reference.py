@@ -9,7 +9,7 @@ import torch
 
 from workbench.datasets import load
 from workbench.errors import InvalidArgumentError
-from workbench.evaluation.reference import calibrate, reference_model
+from workbench.evaluation.reference import Judge, calibrate, reference_model
 from workbench.generation import generate
 
 
@@ -38,6 +38,10 @@ def test_natural_answers_pass_and_token_salad_fails(writer, prompts, natural):
     assert scored["relative_perplexity"].min() > held_out["relative_perplexity"].median()
     assert set(scored["reference"]) == {writer.name}
     assert not rule.score(writer, prompts[:1], [""])["fluent_reference"].iloc[0]
+    in_pairs = Judge(writer, rule, batch_size=1)(prompts[8:], salad)  # batch size changes no verdict
+    assert list(in_pairs["fluent_reference"]) == list(scored["fluent_reference"])
+    assert in_pairs["reference_perplexity"].tolist() == pytest.approx(scored["reference_perplexity"].tolist())
+    assert writer.name in rule.describe() and f"{rule.threshold:.3g}" in rule.describe()
 
 
 def test_the_rule_names_its_reference_and_refuses_another(writer, prompts, natural):

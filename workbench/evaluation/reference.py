@@ -11,7 +11,8 @@ validation answers' own relative perplexities: about 5% of natural answers fall 
 The reference is the stronger Qwen2.5-Coder-1.5B-Instruct once fetched (:func:`reference_model`), else the
 model that wrote the unsteered answers; every score names it. Perplexities come from
 :func:`~workbench.evaluation.perplexity.perplexity` (each answer given the prompt it answered, in the
-reference's own chat format).
+reference's own chat format, ``batch_size`` answers per forward). A :class:`Judge` is the rule with the
+model it was calibrated on, loaded once and called on any number of answers.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from workbench.errors import InvalidArgumentError, ModelLoadError
 from workbench.evaluation.perplexity import perplexity
 from workbench.models import Model, load_model
 
-__all__ = ["QUANTILE", "REFERENCE_SPEC", "ReferenceFluency", "calibrate", "reference_model"]
+__all__ = ["QUANTILE", "REFERENCE_SPEC", "Judge", "ReferenceFluency", "calibrate", "reference_model"]
 
 REFERENCE_SPEC = "qwen2.5-coder-1.5b-instruct"
 """The stronger reference model, used when it has been fetched (``workbench models fetch``)."""
@@ -64,7 +65,18 @@ class ReferenceFluency:
         """The larger anchor: the perplexity that relative perplexities are measured in."""
         return max(self.anchors.values())
 
-    def score(self, reference: Model, prompts: Sequence[str], responses: Sequence[str]) -> pd.DataFrame:
+    def describe(self) -> str:
+        """One line for a table's notes: the reference, the anchors and the threshold."""
+        anchors = ", ".join(f"{name} {value:.3g}" for name, value in self.anchors.items())
+        return (
+            f"fluency judged by {self.reference}: perplexity relative to natural validation answers (medians "
+            f"{anchors}), fluent at most {self.threshold:.3g}, the {self.quantile:g} quantile of "
+            f"{self.n_validation} natural answers"
+        )
+
+    def score(
+        self, reference: Model, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 16
+    ) -> pd.DataFrame:
         """Per answer: ``reference`` (the model's name), ``reference_perplexity``, ``relative_perplexity``
         and ``fluent_reference`` (False for an empty answer)."""
         if reference.fingerprint != self.reference_fingerprint:
@@ -72,7 +84,7 @@ class ReferenceFluency:
                 f"this fluency rule was calibrated on {self.reference} ({self.reference_fingerprint}), not on "
                 f"{reference.name} ({reference.fingerprint}): score with that model or calibrate again"
             )
-        ppl = np.asarray(perplexity(reference, prompts, responses), dtype=float)
+        ppl = np.asarray(perplexity(reference, prompts, responses, batch_size=batch_size), dtype=float)
         relative = ppl / self.anchor
         return pd.DataFrame(
             {
@@ -89,6 +101,7 @@ def calibrate(
     natural: Mapping[str, tuple[Sequence[str], Sequence[str]]],
     *,
     quantile: float = QUANTILE,
+    batch_size: int = 16,
 ) -> ReferenceFluency:
     """The fluency rule from natural validation answers: ``natural`` maps a set's name (``"unsteered"``,
     ``"italian"``) to its ``(prompts, answers)``. Empty answers are left out."""
@@ -100,7 +113,7 @@ def calibrate(
         raise InvalidArgumentError(f"quantile must be in (0, 1], got {quantile!r}")
     scores: dict[str, np.ndarray] = {}
     for name, (prompts, answers) in natural.items():
-        ppl = np.asarray(perplexity(reference, prompts, answers), dtype=float)
+        ppl = np.asarray(perplexity(reference, prompts, answers, batch_size=batch_size), dtype=float)
         scores[name] = ppl[np.isfinite(ppl)]
         if len(scores[name]) < 2:
             raise InvalidArgumentError(
@@ -119,3 +132,18 @@ def calibrate(
         quantile=quantile,
         n_validation=len(relative),
     )
+
+
+@dataclass(frozen=True)
+class Judge:
+    """A calibrated fluency rule with the reference model it was calibrated on: load the model once, call
+    the judge on every batch of answers (``batch_size`` answers per forward: the reference's logits over
+    its vocabulary are the memory that counts)."""
+
+    model: Model
+    rule: ReferenceFluency
+    batch_size: int = 16
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> pd.DataFrame:
+        """:meth:`ReferenceFluency.score` of ``responses`` (each given its prompt) under :attr:`model`."""
+        return self.rule.score(self.model, prompts, responses, batch_size=self.batch_size)
