@@ -14,11 +14,13 @@ from workbench.baselines import (
     evaluate_lora,
     lora,
     lora_applied,
+    score_answers,
 )
 from workbench.datasets import load
 from workbench.errors import ArtifactError, InvalidArgumentError, ShapeMismatchError
 from workbench.evaluation import check_all, is_degenerate
 from workbench.evaluation.perplexity import perplexity
+from workbench.evaluation.reference import Judge, calibrate
 from workbench.fastpath import bridge_only, direct_forward
 from workbench.generation import generate
 
@@ -56,6 +58,14 @@ def base_loss(fluent, pairs):
 @pytest.fixture(scope="module")
 def adapter(fluent, train, pairs, base_loss):
     return lora(fluent, train, pairs=pairs, rank=4, alpha=8, steps=10, lr=1e-2)
+
+
+@pytest.fixture(scope="module")
+def judge(writer, train, pairs):
+    """A reference judge calibrated on the kept answers at their median, so that it rejects some of them."""
+    positive = dict(zip([item.id for item in train.items], train.positive, strict=True))
+    rule = calibrate(writer, {"kept": ([positive[i] for i in pairs.ids], list(pairs.answers))}, quantile=0.5)
+    return Judge(writer, rule, batch_size=3)
 
 
 def _logits(model, prompts):
@@ -199,3 +209,38 @@ def test_choose_lora_picks_the_best_validation_clean_rate_from_one_run_per_rank_
     assert grid["train_cpu_seconds"].iloc[1] > grid["train_cpu_seconds"].iloc[0]  # one run, two snapshots
     with pytest.raises(InvalidArgumentError):
         choose_lora(fluent, train, train, pairs=pairs)
+
+
+def test_clean_needs_the_judges_verdict_where_one_is_given(writer):
+    """Token salad without a comma passes the text rule for "no comma"; the reference judge rejects it."""
+    data = load("no_comma", "validation").head(12)
+    natural = generate(writer, data.negative, max_new_tokens=10)
+    judge = Judge(writer, calibrate(writer, {"unsteered": (data.negative[:8], natural[:8])}), batch_size=3)
+    generator = torch.Generator().manual_seed(0)
+    salad = [writer.tokenizer.decode(torch.randint(5, 400, (10,), generator=generator)) for _ in range(4)]
+    salad = [text.replace(",", "") for text in salad]
+    items = data.items[8:]
+    text_rule = score_answers("ifeval", items, salad)
+    verdict = judge(data.negative[8:], salad)["fluent_reference"]
+    judged = score_answers("ifeval", items, salad, fluent=verdict)
+    assert text_rule["clean"].all() and not verdict.any() and not judged["clean"].any()
+    held_out = judge(data.negative[8:], natural[8:])["fluent_reference"]
+    scored = score_answers("ifeval", items, natural[8:], fluent=held_out)
+    assert (scored["clean"] == (scored["on_target"] & ~scored["degenerate"] & held_out)).all()
+    assert list(scored["fluent"]) == list(held_out)
+    with pytest.raises(ShapeMismatchError):
+        score_answers("ifeval", items, salad, fluent=[True])
+
+
+def test_distill_drops_the_answers_the_judge_rejects_and_says_so(fluent, train, pairs, judge):
+    positive = dict(zip([item.id for item in train.items], train.positive, strict=True))
+    verdict = judge([positive[i] for i in pairs.ids], list(pairs.answers))["fluent_reference"]
+    rejected = [i for i, ok in zip(pairs.ids, verdict, strict=True) if not ok]
+    judged = distill(fluent, train, max_new_tokens=TOKENS, judge=judge)
+    assert rejected and len(judged) == len(pairs) - len(rejected)
+    assert judged.ids == tuple(i for i in pairs.ids if i not in rejected)
+    assert judged.fluency["rejected_ids"] == rejected and judged.fluency["threshold"] == judge.rule.threshold
+    assert pairs.fluency is None
+    adapter = lora(fluent, train, pairs=judged, rank=2, steps=1)
+    recorded = adapter.provenance["fluency_judge"]
+    assert recorded["reference"] == judge.rule.reference and recorded["rejected_ids"] == rejected

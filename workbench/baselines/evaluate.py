@@ -3,7 +3,8 @@
 Per answer: ``on_target`` (:func:`~workbench.evaluation.targets.on_target`), ``perplexity`` under the
 *unmodified* model given the prompt answered, ``degenerate``
 (:func:`~workbench.evaluation.is_degenerate` with that perplexity) and ``clean`` (on target and not
-degenerate). Per model: multiple-choice accuracy on the bundled questions
+degenerate, and ``fluent`` by a reference model's judge where one is given:
+:class:`~workbench.evaluation.reference.Judge`). Per model: multiple-choice accuracy on the bundled questions
 (:func:`~workbench.evaluation.multiple_choice.multiple_choice`) and the questions gained and lost against
 the unmodified model.
 """
@@ -41,11 +42,19 @@ def target_for(dataset: ContrastiveSet, target: str | None = None) -> str:
 
 
 def score_answers(
-    target: str, items: Sequence[Item], responses: Sequence[str], perplexities: Sequence[float] | None = None
+    target: str,
+    items: Sequence[Item],
+    responses: Sequence[str],
+    perplexities: Sequence[float] | None = None,
+    fluent: Sequence[bool] | None = None,
 ) -> pd.DataFrame:
-    """One row per answer: ``id, response, on_target, degenerate, clean`` (and ``perplexity`` when given)."""
-    if len(items) != len(responses) or (perplexities is not None and len(perplexities) != len(items)):
-        raise ShapeMismatchError(f"got {len(items)} items for {len(responses)} responses: give one per item")
+    """One row per answer: ``id, response, on_target, degenerate, clean`` (and ``perplexity`` when given).
+
+    ``fluent``: a reference model's verdict per answer; when given it is a column and ``clean`` needs it.
+    """
+    for name, values in (("responses", responses), ("perplexities", perplexities), ("fluent", fluent)):
+        if values is not None and len(values) != len(items):
+            raise ShapeMismatchError(f"got {len(items)} items but {len(values)} {name}: give one per item")
     ppl = list(perplexities) if perplexities is not None else [None] * len(items)
     target_hit = [on_target(target, item, r) for item, r in zip(items, responses, strict=True)]
     known = [p if p is not None and math.isfinite(p) and p > 0 else None for p in ppl]  # NaN: empty answer
@@ -53,10 +62,13 @@ def score_answers(
     frame = pd.DataFrame({"id": [item.id for item in items], "response": list(responses)})
     if perplexities is not None:
         frame["perplexity"] = ppl
+    if fluent is not None:
+        frame["fluent"] = [bool(f) for f in fluent]
+    passes = frame["fluent"] if fluent is not None else [True] * len(items)
     return frame.assign(
         on_target=target_hit,
         degenerate=degenerate,
-        clean=[t and not d for t, d in zip(target_hit, degenerate, strict=True)],
+        clean=[t and not d and f for t, d, f in zip(target_hit, degenerate, passes, strict=True)],
     )
 
 

@@ -3,8 +3,9 @@
 :func:`distill` makes the training pairs without outside data. The input is each item's *negative* prompt
 (no instruction, English); the target is the model's own greedy answer to the *positive* prompt (with the
 instruction, or the Italian query), kept when it is on target
-(:func:`~workbench.baselines.evaluate.target_for`) and not degenerate
-(:func:`~workbench.evaluation.is_degenerate`). :func:`lora` trains a peft LoRA adapter on them: the loss is
+(:func:`~workbench.baselines.evaluate.target_for`), not degenerate
+(:func:`~workbench.evaluation.is_degenerate`) and, given a reference model's
+:class:`~workbench.evaluation.reference.Judge`, fluent by it. :func:`lora` trains a peft LoRA adapter on them: the loss is
 the cross-entropy of the answer tokens only (and the end-of-turn token where the answer ended within its
 budget), after the prompt chat-formatted exactly as generation formats it. :func:`choose_lora` picks rank,
 steps and learning rate on the validation split by clean rate.
@@ -12,6 +13,7 @@ steps and learning rate on the validation split by clean rate.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import time
 from collections.abc import Sequence
@@ -37,6 +39,7 @@ from workbench.datasets import ContrastiveSet
 from workbench.errors import InvalidArgumentError
 from workbench.evaluation import is_degenerate
 from workbench.evaluation.perplexity import join, perplexity
+from workbench.evaluation.reference import Judge
 from workbench.evaluation.targets import on_target
 from workbench.fastpath import direct_forward
 from workbench.generation import generate
@@ -67,6 +70,7 @@ class Pairs:
     max_new_tokens: int
     cpu_seconds: float
     wall_seconds: float
+    fluency: dict[str, Any] | None = None  # the judge's rule and the ids it rejected, when one judged
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -79,9 +83,11 @@ def distill(
     max_new_tokens: int = 64,
     target: str | None = None,
     batch_size: int = 16,
+    judge: Judge | None = None,
 ) -> Pairs:
-    """The model's greedy answers to ``dataset.positive``, kept when on target and not degenerate, paired
-    with ``dataset.negative``. Raises :class:`NoPairsError` when none is kept."""
+    """The model's greedy answers to ``dataset.positive``, kept when on target and not degenerate (and,
+    given a ``judge``, fluent by it, each answer given its positive prompt), paired with
+    ``dataset.negative``. Raises :class:`NoPairsError` when none is kept."""
     rule = target_for(dataset, target)
     cpu, wall = time.process_time(), time.perf_counter()
     answers = generate(model, dataset.positive, max_new_tokens=max_new_tokens, batch_size=batch_size)
@@ -90,10 +96,17 @@ def distill(
         for i, (item, answer) in enumerate(zip(dataset.items, answers, strict=True))
         if on_target(rule, item, answer) and not is_degenerate(answer)
     ]
+    fluency = None
+    if judge is not None:
+        verdict = judge([dataset.positive[i] for i in keep], [answers[i] for i in keep])
+        rejected = [i for i, ok in zip(keep, verdict["fluent_reference"], strict=True) if not ok]
+        keep = [i for i in keep if i not in rejected]
+        fluency = {**dataclasses.asdict(judge.rule), "rejected_ids": [dataset.items[i].id for i in rejected]}
     if not keep:
+        fluent = f" and fluent by {judge.rule.reference}" if judge is not None else ""
         raise NoPairsError(
             f"none of {model.name}'s {len(answers)} answers to the positive prompts of {dataset.name!r} is on "
-            f"target ({rule}) and not degenerate: use more prompts or a model that can show the behaviour"
+            f"target ({rule}), not degenerate{fluent}: use more prompts or a model that can show the behaviour"
         )
     return Pairs(
         prompts=tuple(dataset.negative[i] for i in keep),
@@ -107,6 +120,7 @@ def distill(
         max_new_tokens=max_new_tokens,
         cpu_seconds=time.process_time() - cpu,
         wall_seconds=time.perf_counter() - wall,
+        fluency=fluency,
     )
 
 
@@ -219,6 +233,7 @@ def _provenance(model: Model, pairs: Pairs, recipe: dict[str, Any], stats: dict[
         "kept_pairs": len(pairs),
         "generated_pairs": pairs.n_generated,
         "kept_ids": list(pairs.ids),
+        "fluency_judge": pairs.fluency,
         "recipe": {**recipe, "max_new_tokens": pairs.max_new_tokens},
         **stats,
         "distill_cpu_seconds": pairs.cpu_seconds,
@@ -262,18 +277,19 @@ def lora(
     modules: Sequence[str] | None = None,
     target: str | None = None,
     pairs: Pairs | None = None,
+    judge: Judge | None = None,
 ) -> LoraAdapter:
     """A LoRA adapter trained on ``dataset`` (the train split a steering vector uses) by self-distillation.
 
     Every linear layer but the output head is adapted, or those named in ``modules`` (``("q_proj",)``).
-    ``pairs`` reuses :func:`distill`'s output. The provenance records the recipe, the kept pairs, the
+    ``pairs`` reuses :func:`distill`'s output; else ``judge`` filters the distilled answers. The provenance records the recipe, the kept pairs, the
     trainable parameters, the per-step losses and the CPU and wall seconds of distilling and training.
     """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")
     recipe = _recipe(rank, alpha, lr, batch_size, seed, modules)
     if pairs is None:
-        pairs = distill(model, dataset, max_new_tokens=max_new_tokens, target=target)
+        pairs = distill(model, dataset, max_new_tokens=max_new_tokens, target=target, judge=judge)
     return _fit(model, pairs, recipe, [steps])[0]
 
 
@@ -291,11 +307,13 @@ def choose_lora(
     modules: Sequence[str] | None = None,
     target: str | None = None,
     pairs: Pairs | None = None,
+    judge: Judge | None = None,
 ) -> tuple[LoraAdapter, pd.DataFrame]:
     """The adapter of the grid ``ranks × steps × lrs`` (alpha = 2 × rank) with the best clean rate on the
     validation prompts (ties: higher target rate, then grid order), and one row per grid point.
 
-    Each (rank, lr) trains once, with a snapshot at every ``steps`` value.
+    Each (rank, lr) trains once, with a snapshot at every ``steps`` value. ``judge`` filters the distilled
+    answers (:func:`distill`) and the validation clean rate needs its verdict too.
     """
     overlap = {i.base_id for i in train.items} & {i.base_id for i in validation.items}
     if overlap:
@@ -305,7 +323,7 @@ def choose_lora(
         )
     rule = target_for(train, target)
     if pairs is None:
-        pairs = distill(model, train, max_new_tokens=max_new_tokens, target=rule)
+        pairs = distill(model, train, max_new_tokens=max_new_tokens, target=rule, judge=judge)
     candidates, rows = [], []
     for rank in ranks:
         for lr in lrs:
@@ -314,7 +332,8 @@ def choose_lora(
                 with lora_applied(model, adapter):
                     answers = generate(model, validation.negative, max_new_tokens=max_new_tokens)
                 ppl = perplexity(model, validation.negative, answers)
-                scored = score_answers(rule, validation.items, answers, ppl)
+                fluent = None if judge is None else judge(validation.negative, answers)["fluent_reference"]
+                scored = score_answers(rule, validation.items, answers, ppl, fluent)
                 candidates.append(adapter)
                 rows.append(
                     {
@@ -328,7 +347,12 @@ def choose_lora(
     grid = pd.DataFrame(rows)
     best = int(grid.sort_values(["clean_rate", "target_rate"], ascending=False, kind="stable").index[0])
     chosen = candidates[best]
-    selection = {"validation_hash": validation.hash, "n_validation": len(validation), "grid": rows}
+    selection = {
+        "validation_hash": validation.hash,
+        "n_validation": len(validation),
+        "grid": rows,
+        "fluency_judge": None if judge is None else dataclasses.asdict(judge.rule),
+    }
     return LoraAdapter(
         chosen.rank, chosen.alpha, chosen.A, chosen.B, {**chosen.provenance, "selection": selection}
     ), grid
