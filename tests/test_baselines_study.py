@@ -10,10 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import build_tiny_model
+from conftest import build_tiny_hf, build_tiny_model
 
 from workbench.datasets import load
+from workbench.evaluation.reference import calibrate
 from workbench.generation import generate
+from workbench.models import from_hf
 from workbench.recipes import Recipe
 from workbench.runner import Job, run_grid
 from workbench.schedules import DynamicStrength
@@ -28,6 +30,7 @@ RATES = (
     "clean_rate",
     "degeneration",
     "distinct_rate",
+    "fluent_rate",
     "off_target_compliance",
     "mc_accuracy_en",
 )
@@ -59,6 +62,31 @@ def run(confident, tmp_path_factory):
         confident, Size.quick(), out, behaviours=("no_comma", "italian"), candidates=CANDIDATES
     )
     return out, result
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """A stronger reference model for the tests: another tiny model (other weights, so not the scored one)."""
+    hf, tokenizer = build_tiny_hf(seed=1)
+    return from_hf(hf, tokenizer, "tiny-judge", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def judged(confident, reference, tmp_path_factory):
+    """The study with a stronger reference. A tiny random model finds every answer about as unlikely as any
+    other (perplexity about 1e4), so the text rule's perplexity cap is lifted here: then answers pass the
+    text rule and the judge's verdict is what decides whether they are clean."""
+    out = tmp_path_factory.mktemp("judged")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("workbench.evaluation.fluency.MAX_PERPLEXITY", float("inf"))
+        result = study.baselines_study(
+            confident, Size.quick(), out, behaviours=("no_comma",), candidates=CANDIDATES, reference=reference
+        )
+    return out, result
+
+
+def _text_clean(rows):
+    return rows["on_target"].astype(bool) & ~rows["degenerate"].astype(bool)
 
 
 def test_every_method_and_column_on_the_test_prompts(run):
@@ -134,3 +162,48 @@ def test_the_report_runs_it_on_request(confident, tmp_path):
     entry = json.loads((tmp_path / "manifest.json").read_text())["studies"]["baselines"]
     assert entry["status"] == "done" and "baselines" in report.read_text()
     assert "baselines" in EXTRA_STUDIES and "baselines" not in STUDIES
+
+
+def test_without_a_stronger_reference_fluency_is_reported_and_clean_is_the_text_rule(run, confident):
+    _, result = run
+    rows = result.rows[~result.rows["setting"].str.startswith("off-target ")]
+    assert (rows["clean"].astype(bool) == _text_clean(rows)).all()
+    assert set(rows["reference"]) == {confident.name} and rows["relative_perplexity"].gt(0).all()
+    assert not result.table["clean_with_reference"].any()
+    assert set(result.table["reference"]) == {confident.name}
+    assert any("did not load offline" in note and "text rule" in note for note in result.notes)
+
+
+def test_a_stronger_reference_joins_the_clean_rate(judged):
+    out, result = judged
+    rows = result.rows[~result.rows["setting"].str.startswith("off-target ")]
+    fluent = rows["fluent"].astype(bool)
+    assert (rows["clean"].astype(bool) == (_text_clean(rows) & fluent)).all()
+    assert (~fluent & _text_clean(rows)).any()  # the judge turned some text-clean answers down
+    table = result.table.set_index("method")
+    assert table["clean_with_reference"].all() and set(table["reference"]) == {"tiny-judge"}
+    text_rate = _text_clean(rows).groupby(rows["setting"]).mean()
+    assert (table["clean_rate"] <= text_rate.reindex(table.index)).all()
+    assert (table["clean_rate"] < text_rate.reindex(table.index)).any()
+    assert any(note.startswith("fluency reference: tiny-judge") for note in result.notes)
+    assert any("fluency judged by tiny-judge" in note for note in result.notes)
+    lora = json.loads((out / "baselines" / "no_comma" / "lora.json").read_text())
+    assert lora["no_pairs"] is None or "fluent by tiny-judge" in lora["no_pairs"]
+
+
+def test_the_judge_is_calibrated_on_validation_answers_only(judged, confident, reference, tmp_path):
+    out, _ = judged
+    stored = json.loads((out / "baselines" / "no_comma" / "reference_fluency.json").read_text())
+    size = Size.quick()
+    behaviour = study._BEHAVIOURS["no_comma"]
+    natural = {}
+    for name, kind in {"unsteered": "plain", "target": "instruction"}.items():
+        prompts = behaviour.prompts("validation", size.n_validation, kind)
+        natural[name] = (prompts, generate(confident, prompts, max_new_tokens=size.max_new_tokens))
+    rule = calibrate(reference, natural, batch_size=competitors.JUDGE_BATCH)
+    assert stored["n_validation"] == 2 * size.n_validation
+    assert stored["threshold"] == pytest.approx(rule.threshold)
+    assert stored["anchors"] == pytest.approx(rule.anchors)
+    more_test_rows = dataclasses.replace(size, n_test=size.n_test + 2)
+    study.study_behaviour(confident, "no_comma", more_test_rows, tmp_path, CANDIDATES, reference)
+    assert json.loads((tmp_path / "no_comma" / "reference_fluency.json").read_text()) == stored

@@ -7,9 +7,16 @@ instruction, LoRA and LoRA + instruction; the competitors are chosen on the vali
 intervention with :func:`~workbench.runner.run_grid` (raw parts in the study folder, so a rerun resumes and
 rescores). Columns:
 
-* ``target_rate`` (the behaviour's target, named in ``target``), ``clean_rate`` (on target and not
-  degenerate), ``degeneration`` (:func:`~workbench.evaluation.is_degenerate`) and ``median_perplexity``
-  under the unmodified model, all from :func:`workbench.baselines.score_answers`; ``distinct_rate``: the
+* ``target_rate`` (the behaviour's target, named in ``target``), ``clean_rate`` (on target, not
+  degenerate and, where the reference model is stronger than the scored one, fluent by it:
+  ``clean_with_reference``), ``degeneration`` (:func:`~workbench.evaluation.is_degenerate`) and
+  ``median_perplexity`` under the unmodified model, all from :func:`workbench.baselines.score_answers`;
+* ``fluent_rate`` and ``median_relative_perplexity``: the answers' fluency judged by the ``reference``
+  model (:mod:`workbench.evaluation.reference`; Qwen2.5-Coder-1.5B-Instruct once fetched, else the scored
+  model itself, reported but not part of the clean rate), loaded once per study, calibrated per behaviour
+  on the unmodified model's validation answers (:func:`~workbench.studies.competitors.fluency_judge`);
+  the same judge filters LoRA's distilled answers and joins the validation clean rates of dynamic steering
+  and LoRA where it is stronger; ``distinct_rate``: the
   share of distinct answers (a model that answers every prompt with one memorised sentence is on target,
   clean, and has a low one);
 * ``off_target_compliance``: IFEval compliance with *other* format instructions (:data:`OFF_TARGET`) asked
@@ -47,6 +54,7 @@ from workbench.datasets import Item, load, load_multiple_choice
 from workbench.errors import InvalidArgumentError
 from workbench.evaluation.multiple_choice import multiple_choice
 from workbench.evaluation.perplexity import perplexity
+from workbench.evaluation.reference import REFERENCE_SPEC, Judge, reference_model
 from workbench.evaluation.targets import follows
 from workbench.models import Model
 from workbench.recipes import Recipe, cached_rows
@@ -58,6 +66,7 @@ from workbench.studies.competitors import (
     dynamic_steering,
     fine_tuned,
     fixed_steering,
+    fluency_judge,
     grid_dir,
     lora_cpu_seconds,
 )
@@ -150,18 +159,25 @@ def _mc_columns(base: pd.DataFrame | None, mine: pd.DataFrame | None, language: 
 
 
 def study_behaviour(
-    model: Model, name: str, size: Size, out: Path, candidates: Sequence[Recipe] | None = None
+    model: Model,
+    name: str,
+    size: Size,
+    out: Path,
+    candidates: Sequence[Recipe] | None = None,
+    reference: Model | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """One behaviour's table (one row per method), its scored answers, and notes (``candidates``: see
-    :func:`baselines_study`)."""
+    :func:`baselines_study`; ``reference``: the loaded fluency reference, default ``model`` itself)."""
     if name not in _BEHAVIOURS:
         raise InvalidArgumentError(f"unknown behaviour {name!r}: use some of {', '.join(_BEHAVIOURS)}")
     behaviour = dataclasses.replace(_BEHAVIOURS[name], max_new_tokens=size.max_new_tokens)
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
+    judge, judge_note = fluency_judge(model, reference or model, behaviour, size, folder)
+    stronger = judge if judge is not None and judge.model.fingerprint != model.fingerprint else None
     steering = fixed_steering(model, behaviour, size, folder, candidates)
-    dyn = dynamic_steering(model, behaviour, steering, size, folder)
-    adapter, lora_note = fine_tuned(model, behaviour, size, folder)
+    dyn = dynamic_steering(model, behaviour, steering, size, folder, stronger)
+    adapter, lora_note = fine_tuned(model, behaviour, size, folder, stronger)
     kinds: dict[str, tuple[Intervention, ...]] = {
         "none": (),
         "fixed": steering.interventions,
@@ -196,27 +212,46 @@ def study_behaviour(
                 grid_dir(folder, stage, model, behaviour.max_new_tokens),
             )
         rows.append(grid.assign(kind=kind))
-    answers = _score(model, behaviour, pd.concat(rows, ignore_index=True), test.items, off)
+    graded = pd.concat(rows, ignore_index=True)
+    answers = _score(model, behaviour, graded, test.items, off, judge, stronger is not None)
     mc = _mc_all(model, behaviour, size, out, steering.interventions, adapter)
     cpu = {"none": 0.0, "fixed": steering.cpu_seconds, "dynamic": dyn.cpu_seconds}
     if adapter is not None:
         cpu["lora"] = lora_cpu_seconds(adapter)
-    table = _table(behaviour, methods, answers, mc, cpu, speed)
-    notes = [f"{name}: {steering.note}", f"{name}: {dyn.note}", f"{name}: {lora_note}"]
+    table = _table(behaviour, methods, answers, mc, cpu, speed, stronger is not None)
+    clean = "clean = on target, not degenerate and fluent" if stronger else "clean by the text rule only"
+    notes = [f"{name}: {judge_note}; {clean}"]
+    notes += [f"{name}: {steering.note}", f"{name}: {dyn.note}", f"{name}: {lora_note}"]
     return table, answers.assign(behaviour=name), notes
 
 
 def _score(
-    model: Model, behaviour: Behaviour, rows: pd.DataFrame, items: Sequence[Item], off: list[tuple[Item, Job]]
+    model: Model,
+    behaviour: Behaviour,
+    rows: pd.DataFrame,
+    items: Sequence[Item],
+    off: list[tuple[Item, Job]],
+    judge: Judge | None,
+    joins_clean: bool,
 ) -> pd.DataFrame:
-    """Method rows scored by :func:`score_answers` (perplexity under the unmodified model); off-target rows
-    by IFEval compliance with their own instruction (``follows``)."""
+    """Method rows scored by :func:`score_answers` (perplexity under the unmodified model; ``judge``'s
+    verdict as ``fluent``, part of ``clean`` when it ``joins_clean``); off-target rows by IFEval
+    compliance with their own instruction (``follows``)."""
     on = ~rows["setting"].str.startswith("off-target ")
     mine = rows[on].reset_index(drop=True)
-    ppl = perplexity(model, mine["prompt"].tolist(), mine["response"].tolist())
+    prompts, responses = mine["prompt"].tolist(), mine["response"].tolist()
+    ppl = perplexity(model, prompts, responses)
+    verdict = judge(prompts, responses) if judge is not None else None
+    fluent = verdict["fluent_reference"].tolist() if verdict is not None and joins_clean else None
     by_id = {item.id: item for item in items}
-    scored = score_answers(behaviour.target, [by_id[i] for i in mine["id"]], mine["response"].tolist(), ppl)
+    scored = score_answers(behaviour.target, [by_id[i] for i in mine["id"]], responses, ppl, fluent)
     mine = mine.assign(**{c: scored[c] for c in ("perplexity", "on_target", "degenerate", "clean")})
+    if verdict is not None:
+        mine = mine.assign(
+            reference=verdict["reference"],
+            relative_perplexity=verdict["relative_perplexity"],
+            fluent=verdict["fluent_reference"],
+        )
     by_job = {(job.setting, job.id): item for item, job in off}
     others = rows[~on].reset_index(drop=True)
     keys = zip(others["setting"], others["id"], others["response"], strict=True)
@@ -257,9 +292,12 @@ def _table(
     mc: dict[str, dict[str, pd.DataFrame]],
     cpu: dict[str, float],
     speed: dict[str, float],
+    stronger: bool,
 ) -> pd.DataFrame:
-    """One row per method: the rates, off-target damage, multiple choice, cost (see the module docstring)."""
+    """One row per method: the rates, fluency, off-target damage, multiple choice, cost (see the module
+    docstring); ``stronger``: the clean rate needs the reference's verdict."""
     off = answers[answers["setting"].str.startswith("off-target ")]
+    judged = "fluent" in answers
     compliance = off.groupby("kind")["follows"].mean()
     out = []
     for method, (prompt, kind) in methods.items():
@@ -272,6 +310,10 @@ def _table(
             "target_rate": mine["on_target"].mean(),
             "clean_rate": mine["clean"].mean(),
             "degeneration": mine["degenerate"].mean(),
+            "fluent_rate": mine["fluent"].astype(float).mean() if judged else np.nan,
+            "reference": mine["reference"].iloc[0] if judged else None,
+            "clean_with_reference": stronger,
+            "median_relative_perplexity": mine["relative_perplexity"].median() if judged else np.nan,
             "median_perplexity": mine["perplexity"].median(),
             "distinct_rate": mine["response"].nunique() / len(mine),
             "off_target_compliance": compliance[kind] if intervened else np.nan,
@@ -306,10 +348,28 @@ def plot_baselines(table: pd.DataFrame) -> Figure:
         ax.set_title(name)
         ax.set_xlabel("multiple-choice accuracy (en)")
         ax.set_ylim(-0.02, 1.02)
-    axes[0].set_ylabel("clean rate (on target, not degenerate)")
+    fluent = ", fluent" if table["clean_with_reference"].all() else ""
+    axes[0].set_ylabel(f"clean rate (on target, not degenerate{fluent})")
     order = [m for m in METHODS if m in handles]
     fig.legend([handles[m] for m in order], order, fontsize="small", loc="outside right center")
     return fig
+
+
+def _reference_note(model: Model, judge: Model, asked: Model | str | None) -> str:
+    """Which model judged fluency, and whether the clean rate used its verdict."""
+    if judge.fingerprint != model.fingerprint:
+        return (
+            f"fluency reference: {judge.name} ({judge.fingerprint[:12]}), loaded once; clean = on target, not "
+            "degenerate and fluent by it"
+        )
+    if isinstance(asked, str) and asked != model.name:
+        why = f"{asked!r} did not load offline: `workbench models fetch {asked}`"
+    else:
+        why = "none was given" if asked is None else "the reference given is the scored model"
+    return (
+        f"no stronger fluency reference ({why}): fluency judged by {model.name} itself and reported only; "
+        "clean = on target and not degenerate (the text rule)"
+    )
 
 
 def baselines_study(
@@ -320,22 +380,30 @@ def baselines_study(
     behaviours: Sequence[str] = BEHAVIOURS,
     name: str = "baselines",
     candidates: Sequence[Recipe] | None = None,
+    reference: Model | str | None = REFERENCE_SPEC,
 ) -> StudyResult:
     """Every method of :data:`METHODS` on each behaviour's test prompts (``size``: :data:`FULL` for the
     report's); one table, the scored answers as rows, one figure.
 
     ``candidates``: the steering recipes (``mean`` source) tried on validation where the model has no
-    preset for a behaviour (default: :func:`~workbench.studies.search.coarse_grid`).
+    preset for a behaviour (default: :func:`~workbench.studies.search.coarse_grid`). ``reference``: the
+    fluency judge's model, loaded once (a spec, loaded when it loads offline, else ``model``), a loaded
+    model, or None for ``model`` itself; only a model other than ``model`` joins the clean rate.
     """
     out = Path(out_dir) / name
     out.mkdir(parents=True, exist_ok=True)
+    if isinstance(reference, str):  # the scored model itself is not loaded twice
+        judge = model if reference == model.name else reference_model(model, reference)
+    else:
+        judge = model if reference is None else reference
     tables, rows, notes = [], [], []
     for behaviour in behaviours:
-        table, answers, said = study_behaviour(model, behaviour, size, out, candidates)
+        table, answers, said = study_behaviour(model, behaviour, size, out, candidates, judge)
         tables.append(table)
         rows.append(answers)
         notes += said
     table = pd.concat(tables, ignore_index=True)
+    notes.append(_reference_note(model, judge, reference))
     notes.append(
         f"{model.name}: {size.n_test} test prompts, {size.max_new_tokens} new tokens, greedy; choices on "
         f"{size.n_validation} validation prompts; off-target: {max(2, size.n_test // 4)} prompts of each of "

@@ -1,4 +1,8 @@
-"""The competitors of the baselines study, each chosen on the validation split only.
+"""The competitors of the baselines study, each chosen on the validation split only, and its fluency judge.
+
+* :func:`fluency_judge`: the reference model's fluency rule (:mod:`workbench.evaluation.reference`),
+  calibrated on the unmodified model's validation answers; where the reference is stronger than the scored
+  model, the competitors below are chosen (dynamic strength, LoRA) and distilled (LoRA) with it too.
 
 * :func:`fixed_steering`: the frontier's preset (:mod:`workbench.presets`) where the model has one for the
   behaviour, else the best clean rate of a small coarse grid (:func:`~workbench.studies.search.coarse_grid`,
@@ -27,7 +31,9 @@ import pandas as pd
 from workbench import presets
 from workbench.baselines import LoraAdapter, NoPairsError, choose_lora, score_answers
 from workbench.behaviours import Behaviour, build_vectors
+from workbench.errors import InvalidArgumentError
 from workbench.evaluation.perplexity import perplexity
+from workbench.evaluation.reference import Judge, calibrate
 from workbench.models import Model
 from workbench.recipes import Recipe, choose_clean, run_recipes, summarize_recipes
 from workbench.runner import Job, run_grid
@@ -39,18 +45,22 @@ from workbench.studies.search import coarse_grid
 
 __all__ = [
     "DYNAMIC_MAX",
+    "JUDGE_BATCH",
     "LORA_GRID",
     "Steering",
     "dynamic",
     "dynamic_steering",
     "fine_tuned",
     "fixed_steering",
+    "fluency_judge",
     "grid_dir",
     "lora_cpu_seconds",
 ]
 
 T = TypeVar("T")
 
+#: Answers per forward of the fluency judge (a 1.5B reference's logits over 151k tokens: about 40 MB each).
+JUDGE_BATCH = 8
 #: ``max_strength`` of the dynamic strength tried on validation (the paper's bound is 2).
 DYNAMIC_MAX = (1.0, 2.0)
 #: The LoRA grid of :func:`workbench.baselines.choose_lora` per size: ranks, steps, learning rates.
@@ -103,6 +113,48 @@ def _cold(build: Callable[[], T], record: Path, key: object) -> tuple[T, float]:
     return value, seconds
 
 
+def _validation_grid(
+    model: Model, behaviour: Behaviour, size: Size, out: Path, stage: str, jobs: list[Job]
+) -> pd.DataFrame:
+    """run_grid's rows of validation ``jobs`` at the behaviour's budget, cached in ``out``'s ``stage`` folder."""
+    return run_grid(
+        model,
+        jobs,
+        max_new_tokens=behaviour.max_new_tokens,
+        batch_size=size.batch_size,
+        out_dir=grid_dir(out, stage, model, behaviour.max_new_tokens),
+    )
+
+
+def fluency_judge(
+    model: Model, reference: Model, behaviour: Behaviour, size: Size, out: Path
+) -> tuple[Judge | None, str]:
+    """``reference``'s fluency rule, calibrated on ``model``'s unsteered validation answers to the plain
+    prompts (``unsteered``) and to the prompts that ask for the behaviour (``target``: the fully Italian
+    prompt for Italian, the instruction otherwise), and a note; the rule is written to
+    ``out/reference_fluency.json``. None (and why) when the answers are too few to calibrate on."""
+    kinds = {"unsteered": "plain", "target": "native" if behaviour.instruction_variant else "instruction"}
+    data = behaviour.items("validation", size.n_validation)
+    jobs = [
+        Job(name, item.id, prompt)
+        for name, kind in kinds.items()
+        for item, prompt in zip(
+            data.items, behaviour.prompts("validation", size.n_validation, kind), strict=True
+        )
+    ]
+    rows = _validation_grid(model, behaviour, size, out, "validation-natural", jobs)
+    natural = {
+        name: (part["prompt"].tolist(), part["response"].tolist())
+        for name, part in rows.groupby("setting", sort=False)
+    }
+    try:
+        rule = calibrate(reference, natural, batch_size=JUDGE_BATCH)
+    except InvalidArgumentError as e:  # too few non-empty natural answers
+        return None, f"no fluency rule ({e})"
+    atomic_text(out / "reference_fluency.json", json.dumps(dataclasses.asdict(rule)), "fluency rule")
+    return Judge(reference, rule, JUDGE_BATCH), rule.describe()
+
+
 def fixed_steering(
     model: Model, behaviour: Behaviour, size: Size, out: Path, candidates: Sequence[Recipe] | None = None
 ) -> Steering:
@@ -151,10 +203,10 @@ def dynamic(steering: Steering, max_strength: float, group: str) -> tuple[Interv
 
 
 def dynamic_steering(
-    model: Model, behaviour: Behaviour, steering: Steering, size: Size, out: Path
+    model: Model, behaviour: Behaviour, steering: Steering, size: Size, out: Path, judge: Judge | None = None
 ) -> Steering:
     """``steering`` with a dynamic strength whose bound (:data:`DYNAMIC_MAX`) has the best validation clean
-    rate (ties: the higher target rate, then the smaller bound)."""
+    rate (ties: the higher target rate, then the smaller bound); ``judge``'s verdict joins the clean rate."""
     data = behaviour.items("validation", size.n_validation)
     options = {m: dynamic(steering, m, behaviour.name) for m in DYNAMIC_MAX}
     jobs = [
@@ -162,18 +214,17 @@ def dynamic_steering(
         for m, ivs in options.items()
         for item, prompt in zip(data.items, data.negative, strict=True)
     ]
-    rows = run_grid(
-        model,
-        jobs,
-        max_new_tokens=behaviour.max_new_tokens,
-        batch_size=size.batch_size,
-        out_dir=grid_dir(out, "validation-dynamic", model, behaviour.max_new_tokens),
-    )
+    rows = _validation_grid(model, behaviour, size, out, "validation-dynamic", jobs)
     rows["perplexity"] = perplexity(model, rows["prompt"].tolist(), rows["response"].tolist())
+    if judge is not None:
+        rows["fluent"] = judge(rows["prompt"].tolist(), rows["response"].tolist())["fluent_reference"]
     scores = []
     for m in options:
         part = rows[rows["setting"] == f"dyn{m:g}"]
-        scored = score_answers(behaviour.target, data.items, part["response"].tolist(), part["perplexity"])
+        fluent = part["fluent"].tolist() if judge is not None else None
+        scored = score_answers(
+            behaviour.target, data.items, part["response"].tolist(), part["perplexity"], fluent
+        )
         scores.append(
             {
                 "max_strength": m,
@@ -189,9 +240,11 @@ def dynamic_steering(
     return Steering(options[m], f"{steering.label}+dyn{m:g}", steering.cpu_seconds, note)
 
 
-def fine_tuned(model: Model, behaviour: Behaviour, size: Size, out: Path) -> tuple[LoraAdapter | None, str]:
+def fine_tuned(
+    model: Model, behaviour: Behaviour, size: Size, out: Path, judge: Judge | None = None
+) -> tuple[LoraAdapter | None, str]:
     """The validation-chosen self-distilled LoRA adapter (None when the model gives nothing to distil), and a
-    note. Saved as ``out/lora.safetensors`` (with ``lora.json``: its key, or why there is none); a rerun with
+    note; ``judge`` filters the distilled answers and joins the validation clean rate. Saved as ``out/lora.safetensors`` (with ``lora.json``: its key, or why there is none); a rerun with
     the same key reads them instead of training."""
     train = behaviour.items("train", size.n_train)
     validation = behaviour.items("validation", size.n_validation)
@@ -203,6 +256,7 @@ def fine_tuned(model: Model, behaviour: Behaviour, size: Size, out: Path) -> tup
         "target": behaviour.target,
         "max_new_tokens": behaviour.max_new_tokens,
         "grid": grid,
+        "fluency": None if judge is None else dataclasses.asdict(judge.rule),
     }
     path, stamp = out / "lora.safetensors", out / "lora.json"
     record = json.loads(stamp.read_text()) if stamp.exists() else {}
@@ -219,6 +273,7 @@ def fine_tuned(model: Model, behaviour: Behaviour, size: Size, out: Path) -> tup
                 max_new_tokens=behaviour.max_new_tokens,
                 target=behaviour.target,
                 batch_size=4,
+                judge=judge,
                 **grid,  # type: ignore[arg-type]
             )
         except NoPairsError as e:
@@ -227,11 +282,13 @@ def fine_tuned(model: Model, behaviour: Behaviour, size: Size, out: Path) -> tup
         table.to_csv(out / "validation_lora.csv", index=False)
         adapter.save(path)
         atomic_text(stamp, json.dumps({"key": _digest(key), "no_pairs": None}), "LoRA record")
-    recipe = adapter.provenance["recipe"]
+    recipe, fluency = adapter.provenance["recipe"], adapter.provenance.get("fluency_judge")
     note = (
         f"LoRA rank {recipe['rank']}, {recipe['steps']} steps, lr {recipe['lr']:g} on "
         f"{adapter.provenance['kept_pairs']}/{adapter.provenance['generated_pairs']} distilled pairs"
     )
+    if fluency is not None:
+        note += f" ({len(fluency['rejected_ids'])} more rejected as not fluent by {fluency['reference']})"
     return adapter, note
 
 
