@@ -150,6 +150,7 @@ def fluency_judge(
     try:
         rule = calibrate(reference, natural, batch_size=JUDGE_BATCH)
     except InvalidArgumentError as e:  # too few non-empty natural answers
+        (out / "reference_fluency.json").unlink(missing_ok=True)  # an earlier run's rule is not this one
         return None, f"no fluency rule ({e})"
     atomic_text(out / "reference_fluency.json", json.dumps(dataclasses.asdict(rule)), "fluency rule")
     return Judge(reference, rule, JUDGE_BATCH), rule.describe()
