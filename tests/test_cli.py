@@ -132,6 +132,8 @@ def test_cli_help(command):
     "args",
     [
         ["study", "nonsense"],
+        ["report", "--size", "huge"],
+        ["study", "format", "--size", "huge", "--dtype", "bfloat16"],
         ["sweep", "json_format", "--layers", "a,b"],
         ["sweep", "json_format", "--layers", "1", "--coefs", ""],
         ["collect", "json_format", "--position", "middle"],

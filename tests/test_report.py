@@ -71,6 +71,11 @@ def test_a_large_model_gets_the_large_report(tiny, tmp_path, monkeypatch):
     (kwargs,) = calls
     assert kwargs["behaviours"] == report.LARGE_BEHAVIOURS and kwargs["base_model"] is False
     assert kwargs["plan"] == frontier.Plan.reduced()
+    seen.clear()
+    report.run_report(tiny, out_dir=tmp_path / "full", kind="full", progress=False)
+    assert list(seen) == list(report.STUDIES)  # the kind asked for wins
+    with pytest.raises(InvalidArgumentError, match="unknown size 'huge'"):
+        report.run_report("no-such-model", out_dir=tmp_path / "x", kind="huge")  # type: ignore[arg-type]
 
 
 MICRO = Scale(n_train=6, n_validation=4, n_test=4, max_new_tokens=6, layers=(1, 2), batch_size=32)

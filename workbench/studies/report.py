@@ -327,12 +327,13 @@ def run_report(
     out_dir: str | os.PathLike[str] = "runs/report",
     studies: Sequence[StudyName] | None = None,
     size: Size | None = None,
+    kind: SizeName | None = None,
     dtype: str | None = None,
     progress: bool = True,
 ) -> Path:
     """Run ``studies`` on ``model_spec`` (a spec, loaded in ``dtype``, or a loaded Model) into ``out_dir``.
 
-    The report's kind (:func:`report_kind`) sets its size and default studies: :data:`STUDIES` at
+    The report's ``kind`` (default :func:`report_kind`) sets its size and default studies: :data:`STUDIES` at
     :meth:`Size.full`; for a model of a billion parameters or more, :data:`LARGE_STUDIES` at
     :meth:`Size.large` (:data:`LARGE_FORMATS`, and the frontier search of :data:`LARGE_BEHAVIOURS` as wide
     as :meth:`~workbench.studies.search.Plan.reduced`); :data:`EXTRA_STUDIES` run on request. ``size``
@@ -344,11 +345,14 @@ def run_report(
     unknown = [s for s in studies or () if s not in RUNNERS]
     if unknown or (studies is not None and not studies):
         raise InvalidArgumentError(f"unknown or no studies {unknown}; choose from {', '.join(RUNNERS)}")
+    if kind is not None:
+        Size.named(kind)  # an unknown kind fails before the model loads
     run = Path(out_dir)
     check_writable(run / MANIFEST)  # before the model loads
     clock = time.perf_counter()
     model = _load(model_spec, studies, dtype)
-    kind = report_kind(quick, model)
+    kind = kind or report_kind(quick, model)
+    quick = kind == "quick"
     wanted = list(studies or (LARGE_STUDIES if kind == "large" else STUDIES))
     size = size or Size.named(kind)
     configuration = {

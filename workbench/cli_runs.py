@@ -1,0 +1,250 @@
+"""The command line's runs: studies, reports and the pipeline's steps (collect, layers, sweep), each under
+one run directory with a manifest. Registered on :data:`workbench.cli.app`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from workbench.cli_options import (
+    ModelSpec,
+    RayAddress,
+    RayWorkers,
+    one_line_errors,
+    parse_numbers,
+    parse_position,
+)
+
+app = typer.Typer()
+
+#: ``--size`` and ``--dtype`` of the commands that run studies (study, report).
+ReportKind = Annotated[
+    str | None,
+    typer.Option(
+        "--size",
+        metavar="quick|full|large",
+        help="The studies' size (default: large for a model of 1B+ parameters, else full; --quick: quick).",
+    ),
+]
+Dtype = Annotated[
+    str | None, typer.Option("--dtype", help="float32, bfloat16 or float16 (default: float32 on CPU).")
+]
+
+
+@app.command()
+@one_line_errors
+def report(
+    quick: bool = typer.Option(False, "--quick", help="A smoke test of every step at tiny sizes."),
+    out: Path = typer.Option(Path("runs/report"), "--out", "-o", help="Run directory."),
+    model: ModelSpec = ...,
+    publish: Path = typer.Option(
+        None,
+        "--publish",
+        help="Also write each study's tables as DIR/<study>.md and .csv (e.g. docs/results).",
+    ),
+    ray: RayAddress = None,
+    workers: RayWorkers = None,
+    size: ReportKind = None,
+    dtype: Dtype = None,
+) -> None:
+    """Run every study (format, length, composition, ablation, Italian, base model, presets); write
+    report.md/.html. The frontier search that chose the presets runs alone: `workbench study frontier`.
+    A model of 1B+ parameters (or --size large) gets the large report: JSON, no comma and one sentence,
+    Italian, and a reduced frontier search for JSON and Italian.
+
+    A rerun with the same --out reuses the studies that finished with the same configuration, so
+    `--publish` on a finished run only writes the pages. With --ray every grid of the model runs on Ray.
+    """
+    from workbench.distributed import ray_executor
+    from workbench.studies.render import publish as publish_pages
+    from workbench.studies.report import EXTRA_STUDIES, STUDIES, run_report
+
+    with ray_executor(ray, workers, model, dtype):
+        typer.echo(str(run_report(model, quick=quick, out_dir=out, kind=size, dtype=dtype)))
+    if publish is not None:
+        pages = publish_pages(out, publish, (*STUDIES, *EXTRA_STUDIES))
+        typer.echo("\n".join(str(p) for p in pages))
+
+
+@app.command()
+@one_line_errors
+def study(
+    name: str = typer.Argument(
+        ...,
+        help="format, length, composition, ablation, italian, base_model, presets, frontier (the search "
+        "for steering recipes; about an hour on 2 CPU cores at full scale) or baselines (steering against "
+        "prompting, dynamic steering and LoRA; about 30 min).",
+    ),
+    quick: bool = typer.Option(False, "--quick", help="A smoke test of every step at tiny sizes."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run directory (default runs/study-NAME)."),
+    model: ModelSpec = ...,
+    ray: RayAddress = None,
+    workers: RayWorkers = None,
+    size: ReportKind = None,
+    dtype: Dtype = None,
+) -> None:
+    """Run one study; writes its tables, figures, manifest.json and report.md under the run directory.
+
+    With --ray every grid of the model runs on Ray (a model the study loads itself runs in process)."""
+    from workbench.distributed import ray_executor
+    from workbench.studies.report import run_report
+
+    run = out or Path("runs") / f"study-{name}"
+    with ray_executor(ray, workers, model, dtype):
+        typer.echo(str(run_report(model, quick=quick, out_dir=run, studies=[name], kind=size, dtype=dtype)))
+
+
+@app.command("collect")
+@one_line_errors
+def collect_command(
+    dataset: str = typer.Argument(..., help="A bundled dataset name (see workbench.datasets.names())."),
+    split: str = typer.Option("train", help="train, validation, test or all."),
+    position: str = typer.Option("last", help="last, mean or an int token index."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run directory (default runs/collect-DATASET-SPLIT)."),
+    model: ModelSpec = ...,
+    variant: str = typer.Option(None, help="italian only: it or en_answer_it."),
+    batch_size: int = typer.Option(16, help="Prompts per forward pass."),
+) -> None:
+    """Collect residual-stream activations (every layer) of a dataset's positive and negative prompts.
+
+    Writes positive.safetensors and negative.safetensors (``Activations.save``: [n, layer, d_model] with
+    provenance, the dataset's name and hash included) and manifest.json in the run directory; build a
+    vector from them with `workbench vector build --activations POS NEG`. Prints the two file paths.
+    """
+    import dataclasses
+    import time
+
+    from workbench.activations import collect
+    from workbench.datasets import load
+    from workbench.models import load_model
+    from workbench.paths import check_writable
+    from workbench.pipeline import write_step_manifest
+    from workbench.runs import utc_now
+
+    started = utc_now()
+    where = parse_position(position)
+    run = out or Path("runs") / f"collect-{dataset}-{split}"
+    targets = [check_writable(run / f"{role}.safetensors") for role in ("positive", "negative")]
+    data = load(dataset, split, variant=variant)
+    loaded = load_model(model)
+    tick = time.perf_counter()
+    tag = f"{data.name}:{data.variant}" if data.variant else data.name
+    for target, prompts in zip(targets, (data.positive, data.negative), strict=True):
+        acts = collect(loaded, prompts, position=where, batch_size=batch_size, progress=True)
+        extra = {"dataset": tag, "dataset_hash": data.hash, "split": split}
+        dataclasses.replace(acts, settings={**acts.settings, **extra}).save(target)
+    seconds = time.perf_counter() - tick
+    configuration = {
+        "dataset": dataset,
+        "variant": variant,
+        "split": split,
+        "position": where,
+        "n": len(data),
+    }
+    timings = {"load_model": loaded.load_seconds, "collect": seconds}
+    write_step_manifest(run, "collect", configuration, loaded, timings, started)
+    typer.echo("\n".join(str(target) for target in targets))
+
+
+@app.command("layers")
+@one_line_errors
+def layers_command(
+    dataset: str = typer.Argument(..., help="A bundled dataset name (see workbench.datasets.names())."),
+    quick: bool = typer.Option(
+        False, "--quick", help="A smoke test: Size.quick()'s prompts and tokens, sweep few layers."
+    ),
+    out: Path = typer.Option(None, "--out", "-o", help="Run directory (default runs/layers-DATASET)."),
+    model: ModelSpec = ...,
+    variant: str = typer.Option(None, help="italian only: it or en_answer_it."),
+    coefs: str = typer.Option("1,2,4", help="Comma-separated add coefficients (diff-norm units)."),
+    top_k: int = typer.Option(None, help="Sweep only the k best layers of the cheap ranking."),
+) -> None:
+    """Score every layer for steering a dataset's behaviour: probes, projections and a steering sweep.
+
+    Writes layers.{csv,parquet} (one row per layer), signals.csv (each signal's pick), summary.csv (the
+    sweep), the figure layers.{png,svg} and manifest.json.
+    """
+    from workbench.models import load_model
+    from workbench.pipeline import layers_step, write_step_manifest
+    from workbench.runs import markdown_table, utc_now
+
+    started = utc_now()
+    run = out or Path("runs") / f"layers-{dataset}"
+    strengths = parse_numbers(coefs, float, "--coefs")
+    loaded = load_model(model)
+    step = layers_step(loaded, dataset, run, variant=variant, coefs=strengths, quick=quick, top_k=top_k)
+    timings = {"load_model": loaded.load_seconds, **step.timings}
+    write_step_manifest(run, "layers", step.configuration, loaded, timings, started)
+    typer.echo(markdown_table(step.table))
+    typer.echo(str(run))
+
+
+@app.command("sweep")
+@one_line_errors
+def sweep_command(
+    dataset: str = typer.Argument(..., help="A bundled dataset name (see workbench.datasets.names())."),
+    layers: str = typer.Option(..., "--layers", help="Comma-separated block indices, e.g. 6,10,14."),
+    coefs: str = typer.Option(
+        "1,2,4", "--coefs", help="Comma-separated add coefficients, e.g. -2,2 or =-2,2."
+    ),
+    mode: str = typer.Option("add", help="add, set_projection or ablate (the last two take no coefs)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run directory (default runs/sweep-DATASET)."),
+    model: ModelSpec = ...,
+    variant: str = typer.Option(None, help="italian only: it or en_answer_it."),
+    n_train: int = typer.Option(96, help="Train pairs for the diff-in-means vector."),
+    n_validation: int = typer.Option(24, help="Validation prompts to steer."),
+    max_new_tokens: int = typer.Option(40, help="Tokens to generate per response."),
+    scale: str = typer.Option("diff_norm", help="Units of --coefs: diff_norm, residual_norm or absolute."),
+    ray: RayAddress = None,
+    workers: RayWorkers = None,
+) -> None:
+    """Steer a dataset's validation prompts over layers × coefficients; score compliance and degeneration.
+
+    Writes rows.{csv,parquet}, summary.csv, choice.json (Stolfo et al.'s rule), vector.safetensors, the
+    heatmap sweep.{png,svg} and manifest.json; the sweep's rows are cached under parts/ and a rerun
+    resumes.
+    """
+    from workbench.datasets import load
+    from workbench.distributed import ray_executor
+    from workbench.errors import InvalidArgumentError
+    from workbench.models import load_model
+    from workbench.pipeline import sweep_step, write_step_manifest
+    from workbench.runs import markdown_table, utc_now
+
+    started = utc_now()
+    ray_context = ray_executor(ray, workers, model)
+    blocks = parse_numbers(layers, int, "--layers")
+    strengths = parse_numbers(coefs, float, "--coefs")
+    train, validation = load(dataset, "train", variant=variant), load(dataset, "validation", variant=variant)
+    for what, value, limit in (
+        ("--n-train", n_train, len(train)),
+        ("--n-validation", n_validation, len(validation)),
+    ):
+        if not 1 <= value <= limit:
+            raise InvalidArgumentError(f"{what} must be from 1 to {limit}, got {value}")
+    run = out or Path("runs") / f"sweep-{dataset}"
+    loaded = load_model(model)
+    for block in blocks:
+        loaded.layer_check(block)
+    with ray_context as executor:
+        step, choice = sweep_step(
+            loaded,
+            train.head(n_train),
+            validation.head(n_validation),
+            run,
+            layers=blocks,
+            coefs=strengths,
+            mode=mode,
+            scale=scale,
+            max_new_tokens=max_new_tokens,
+            executor=executor,
+        )
+    timings = {"load_model": loaded.load_seconds, **step.timings}
+    write_step_manifest(run, "sweep", step.configuration, loaded, timings, started)
+    typer.echo(markdown_table(step.table))
+    typer.echo(
+        f"choice: {choice.config} (compliance {choice.compliance:.2f}, unsteered {choice.baseline_compliance:.2f})"
+    )
+    typer.echo(str(run))
