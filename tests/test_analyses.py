@@ -75,3 +75,28 @@ def test_script_writes_its_study_with_the_options_given(
         assert list(table[column]) == expected
     printed = capsys.readouterr().out
     assert f"outputs in {run_dir / folder}" in printed and f"| {table.iloc[0, 0]} |" in printed
+
+
+def test_model_sizes_puts_large_reports_side_by_side(tiny, tmp_path):
+    from workbench.studies.common import Size
+    from workbench.studies.report import run_report
+
+    size = Size(n_train=4, n_validation=2, n_test=2, max_new_tokens=4, layers=(0, 1), batch_size=32, n_mc=4)
+    runs = [tmp_path / "a", tmp_path / "b"]
+    run_report(tiny, out_dir=runs[0], kind="large", size=size, progress=False)
+    run_report(tiny, out_dir=runs[1], kind="large", size=size, studies=["format"], progress=False)
+    _run("model_sizes.py", *map(str, runs), "--out", str(tmp_path / "sizes"))
+    table = pd.read_csv(tmp_path / "sizes.csv").set_index("measure")
+    assert len(table.columns) == 2 and table.columns[1].endswith("(b)")  # the same model twice: told apart
+    assert table[table.columns[1]].isna().sum() > 0  # the second run has no Italian or frontier study
+    page = (tmp_path / "sizes.md").read_text()
+    assert "| measure |" in page and "tiny-llama" in page
+    for measure in (
+        "format json_format: steering",
+        "format one_sentence: instruction",
+        "Italian, real Italian: Italian prompt",
+        "multiple choice: en",
+        "frontier json, clean rate: steering",
+    ):
+        assert measure in table.index, measure
+    assert table.loc["format no_comma: no instruction"].astype(float).between(0, 1).all()

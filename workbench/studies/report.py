@@ -256,6 +256,8 @@ def _manifest(model_spec: str | Model, model: Model | None, configuration: dict[
             "weights_hash": configuration["weights_hash"],
             "source": getattr(model, "source", None),
             "load_seconds": getattr(model, "load_seconds", None),
+            "n_params": model.n_params if model is not None else None,
+            "dtype": str(model.dtype).removeprefix("torch.") if model is not None else None,
         },
         "seeds": {
             "generation": "greedy decoding (no sampling)",
