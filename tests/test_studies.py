@@ -131,7 +131,7 @@ def test_composition_study_table(tiny, run_dir):
         tiny, MICRO, run_dir, format_name="title", length_name="one_sentence"
     )
     table = result.table
-    assert list(table.columns) == ["setting", "format", "length", "both", "degeneration", "n"]
+    assert list(table.columns) == ["setting", "strength", "format", "length", "both", "degeneration", "n"]
     settings = list(table["setting"])
     assert settings[:4] == [
         "no instruction",
@@ -143,6 +143,17 @@ def test_composition_study_table(tiny, run_dir):
     assert any(s.startswith("sum of vectors") for s in settings)
     assert (table["both"] <= table[["format", "length"]].min(axis=1) + 1e-9).all()
     assert (table["n"] == MICRO.n_test).all()
+    dynamic = table[table["strength"] == "dynamic"]
+    assert list(dynamic["setting"]) == ["both vectors (own layers, dynamic)"]
+    rates = dynamic[["format", "length", "both", "degeneration"]]
+    assert ((rates >= 0) & (rates <= 1)).all(axis=None)
+    # The dynamic rows were generated under their own cache keys (one strength per vector), not served
+    # the fixed rows' answers: the tiny model's answers are empty either way, so the stored parts tell.
+    parts = pd.concat(pd.read_parquet(p) for p in (run_dir / "composition" / "grids").rglob("*.parquet"))
+    fixed = result.rows[result.rows["setting"] == "both vectors (own layers)"]
+    keys = parts[parts["prompt"].isin(fixed["prompt"])].groupby("interventions")["key"].nunique()
+    label = fixed["interventions"].iloc[0]
+    assert keys[f"{label.replace('; ', '+dyn2; ')}+dyn2"] == keys[label] == MICRO.n_test
     _written(result, run_dir)
 
 

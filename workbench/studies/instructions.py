@@ -37,6 +37,7 @@ from workbench.datasets import names as dataset_names
 from workbench.errors import InvalidArgumentError
 from workbench.models import Model
 from workbench.runs import write_frame
+from workbench.schedules import DynamicStrength
 from workbench.steering import Intervention
 from workbench.studies.ablation import ablation_study
 from workbench.studies.common import Scale, StudyResult
@@ -335,6 +336,58 @@ def _combined(format_item: Item, length_item: Item) -> Item:
     )
 
 
+#: The dynamic strength of the composition study's dynamic setting: the schedule's documented default
+#: (``max_strength`` 2, the authors' ``starting_alpha``; ``α_t`` multiplies each vector's fixed coefficient).
+DYNAMIC = DynamicStrength()
+
+
+def _dynamic(sel: Selected, iv: Intervention) -> Intervention:
+    """``iv`` with its own :data:`DYNAMIC` strength; a ``set_projection`` becomes ``add`` at ``add_coef``
+    diff-norms (a dynamic strength scales an ``add`` only)."""
+    if iv.mode == "add":
+        return replace(iv, strength=DYNAMIC, decay_tokens=0)
+    return Intervention(
+        sel.vector, iv.layer, "add", sel.add_coef, iv.positions, scale="diff_norm", strength=DYNAMIC
+    )
+
+
+def _composition_settings(
+    f_sel: Selected, l_sel: Selected
+) -> tuple[list[tuple[str, str, bool, tuple[Intervention, ...]]], int]:
+    """``(setting, strength, instructed, interventions)`` in table order, and the layer of the sum."""
+    f_iv, l_iv = f_sel.or_add(), l_sel.or_add()
+    layer = f_iv.layer
+    summed = f_sel.vector.select(layer) * f_sel.add_coef + l_sel.vector.select(layer) * l_sel.add_coef
+    sum_iv = Intervention(summed, layer, "add", 1.0, scale="diff_norm")
+    dynamic = (_dynamic(f_sel, f_iv), _dynamic(l_sel, l_iv))
+    settings = [
+        ("no instruction", "none", False, ()),
+        ("both instructions in the prompt", "none", True, ()),
+        (f"{f_sel.name} vector", "fixed", False, (f_iv,)),
+        (f"{l_sel.name} vector", "fixed", False, (l_iv,)),
+        ("both vectors (own layers)", "fixed", False, (f_iv, l_iv)),
+        ("both vectors (own layers, dynamic)", "dynamic", False, dynamic),
+        (f"sum of vectors (layer {layer})", "fixed", False, (sum_iv,)),
+        ("both instructions + both vectors", "fixed", True, (f_iv, l_iv)),
+    ]
+    return settings, layer
+
+
+def _composition_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per setting: the rate of each instruction satisfied, of both, of degeneration."""
+    return (
+        rows.groupby(["setting", "strength"], sort=False)
+        .agg(
+            format=("format", "mean"),
+            length=("length", "mean"),
+            both=("follows", "mean"),
+            degeneration=("degenerate", "mean"),
+            n=("id", "size"),
+        )
+        .reset_index()
+    )
+
+
 def composition_study(
     model: Model,
     scale: Scale,
@@ -348,8 +401,10 @@ def composition_study(
 
     Each vector is used as its validation sweep chose (``add`` at 2 diff-norms at the fallback layer when
     steering did not beat no steering). The sum is ``c_f·v_f + c_l·v_l`` (raw vectors, each with its chosen
-    ``add`` coefficient, 1 for ``set_projection``) added at the format layer. Table columns: ``setting,
-    format, length, both, degeneration, n`` (``format``/``length``: rate of responses that satisfy that
+    ``add`` coefficient, 1 for ``set_projection``) added at the format layer. The two vectors at their own
+    layers also run with dynamic strength (Scalena et al. 2024; each its own :data:`DYNAMIC` ``α_t``
+    multiplying its coefficient). Table columns: ``setting, strength, format, length, both, degeneration,
+    n`` (``strength``: none, fixed or dynamic; ``format``/``length``: rate of responses that satisfy that
     instruction; ``both``: both).
     """
     out = Path(out_dir) / "composition"
@@ -358,42 +413,20 @@ def composition_study(
     l_sel = select(model, length_name, scale, out_dir, progress=progress)
     for sel in (f_sel, l_sel):
         write_frame(sel.summary, out / f"sweep_{sel.name}.csv", "sweep summary")
-    f_iv, l_iv = f_sel.or_add(), l_sel.or_add()
-    layer = f_iv.layer
-    summed = f_sel.vector.select(layer) * f_sel.add_coef + l_sel.vector.select(layer) * l_sel.add_coef
-    sum_iv = Intervention(summed, layer, "add", 1.0, scale="diff_norm")
+    settings, layer = _composition_settings(f_sel, l_sel)
     f_items = load(format_name, "test").head(scale.n_test).items
     l_items = load(length_name, "test").head(scale.n_test).items
-    settings: list[tuple[str, bool, tuple[Intervention, ...]]] = [
-        ("no instruction", False, ()),
-        ("both instructions in the prompt", True, ()),
-        (f"{format_name} vector", False, (f_iv,)),
-        (f"{length_name} vector", False, (l_iv,)),
-        ("both vectors (own layers)", False, (f_iv, l_iv)),
-        (f"sum of vectors (layer {layer})", False, (sum_iv,)),
-        ("both instructions + both vectors", True, (f_iv, l_iv)),
-    ]
     tokens = max(budget(format_name, scale), budget(length_name, scale))
     jobs = []
     for f_item, l_item in zip(f_items, l_items, strict=True):
         item = _combined(f_item, l_item)
-        for setting, instructed, ivs in settings:
+        for setting, strength, instructed, ivs in settings:
             prompt = item.prompt if instructed else item.query
-            jobs.append(TestJob({"setting": setting}, item, prompt, ivs, tokens))
+            jobs.append(TestJob({"setting": setting, "strength": strength}, item, prompt, ivs, tokens))
     rows = run_jobs(model, jobs, scale, out, progress=progress)
     f_id, l_id = f_items[0].instruction_id_list[0], l_items[0].instruction_id_list[0]
     rows = rows.assign(format=rows[f"check:{f_id}"].astype(bool), length=rows[f"check:{l_id}"].astype(bool))
-    table = (
-        rows.groupby("setting", sort=False)
-        .agg(
-            format=("format", "mean"),
-            length=("length", "mean"),
-            both=("follows", "mean"),
-            degeneration=("degenerate", "mean"),
-            n=("id", "size"),
-        )
-        .reset_index()
-    )
+    table = _composition_table(rows)
     figures = save(
         bars(
             table, "setting", ["format", "length", "both"], f"{format_name} + {length_name}", "rate satisfied"
@@ -407,10 +440,18 @@ def composition_study(
         return f"{sel.name}: {iv.label} ({chosen})"
 
     notes = [
-        how(f_sel, f_iv),
-        how(l_sel, l_iv),
+        how(f_sel, f_sel.or_add()),
+        how(l_sel, l_sel.or_add()),
         f"sum at layer {layer}: {f_sel.add_coef:g}·{format_name} + {l_sel.add_coef:g}·{length_name} "
         "(raw vectors)",
         f"cosine of the two directions at layer {layer}: {f_sel.vector.cosine(l_sel.vector)[layer]:.3f}",
+        "dynamic: each vector its own α_t = clip(KL(P‖Q) on the union top-p set, 0, α_max) per token, times "
+        f"its fixed coefficient; α_max {DYNAMIC.max_strength:g} and top-p {DYNAMIC.top_p:g} are "
+        "DynamicStrength's documented defaults (the authors'), so it can reach twice the fixed strength",
+    ]
+    notes += [
+        f"{s.name}: set_projection has no strength to schedule; its dynamic version adds 1 diff-norm × α_t"
+        for s in (f_sel, l_sel)
+        if s.or_add().mode != "add"
     ]
     return StudyResult(name="composition", rows=rows, table=table, figures=figures, notes=notes)
