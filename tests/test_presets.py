@@ -33,7 +33,7 @@ def tiny_preset(monkeypatch):
 
 
 def test_bundled_presets_have_a_recipe_per_model():
-    assert {"json", "italian"} <= set(presets.names())
+    assert {"one_sentence", "italian"} <= set(presets.names())
     for name in presets.names():
         preset = presets.get(name)
         assert preset.behaviour in frontier.BEHAVIOURS and preset.recipes
@@ -45,7 +45,7 @@ def test_unknown_preset_and_unfit_model_are_refused_in_one_line(tiny, tiny_prese
         presets.load(tiny, "jsn")
     assert "\n" not in str(info.value)
     with pytest.raises(ShapeMismatchError, match="was chosen for smollm2-135m-instruct"):
-        presets.load(tiny, "json")
+        presets.load(tiny, "one_sentence")
     deep = Preset("deep", "bullets", {"tiny-llama": Recipe("last", (9,), strength=0.1)})
     with pytest.raises(ShapeMismatchError, match="steers layer 9 but 'tiny-llama' has 4 layers"):
         deep.recipe(tiny)
@@ -120,10 +120,10 @@ def test_steer_command_takes_a_preset(tiny_dir, monkeypatch):
     bad = runner.invoke(app, ["steer", "Hello", "--preset", "nope", "--model", tiny_dir])
     assert bad.exit_code == 2 and "unknown preset 'nope'" in bad.output
     both = runner.invoke(
-        app, ["steer", "Hello", "--preset", "json", "--vector", "v.safetensors", "--layer", "1"]
+        app, ["steer", "Hello", "--preset", "italian", "--vector", "v.safetensors", "--layer", "1"]
     )
     assert both.exit_code == 2 and "either --preset NAME or both --vector" in both.output
-    unfit = runner.invoke(app, ["steer", "Hello", "--preset", "json", "--model", tiny_dir])
+    unfit = runner.invoke(app, ["steer", "Hello", "--preset", "italian", "--model", tiny_dir])
     assert unfit.exit_code == 2 and "was chosen for" in unfit.output
     name = Path(tiny_dir).name
     monkeypatch.setitem(presets.PRESETS, "tiny", Preset("tiny", "bullets", {name: RECIPE}, n_train=6))
@@ -205,15 +205,21 @@ def test_cached_test_rows_are_rescored_by_the_current_scorer(writer, tmp_path, m
 
 
 def test_bundled_presets_are_data_with_their_provenance():
-    """No rate is typed in code: the presets come from the shipped JSON, which says how old its numbers are."""
+    """No rate is typed in code: the presets come from the shipped JSON that `workbench study frontier` wrote,
+    under the current scorer, confirmed on validation prompts disjoint from the ones they were selected on."""
+    from workbench import evaluation
+
     doc = json.loads(presets.BUNDLED.read_text())
     assert presets.parse(doc) == presets.PRESETS
-    assert doc["scorer_version"] is None and "pre-unification scorer" in doc["provenance"]
-    assert "NOT regenerated" in doc["provenance"]
-    italian = presets.get("italian")
-    assert italian.validation["smollm2-135m-instruct"]["target"] == "italian"
-    assert "scorer version None" in italian.validation_note("smollm2-135m-instruct")
-    assert presets.get("json").validation["smollm2-135m-instruct"]["target"] == "starts_json"
+    assert doc["scorer_version"] == evaluation.SCORER_VERSION and "full search" in doc["provenance"]
+    assert doc["run_manifest_hash"] and set(doc["models"]) == {"smollm2-135m-instruct", "gemma3-270m"}
+    for preset in presets.PRESETS.values():
+        assert preset.scorer_version == evaluation.SCORER_VERSION and preset.dataset_hash
+        for model, validation in preset.validation.items():
+            assert doc["models"][model]["weights_hash"]
+            assert "disjoint from the 10 it was selected on" in validation["prompts"]
+            assert validation["clean_rate"] > validation["unsteered_clean_rate"]
+            assert validation["target"] == frontier.BEHAVIOURS[preset.behaviour].target
     header = {
         k: doc[k]
         for k in ("provenance", "created", "selection", "scorer_version", "run_manifest_hash", "models")
