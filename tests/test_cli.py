@@ -115,7 +115,8 @@ def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "studies_cache"))
 
 
-COMMANDS = [["report"], ["study"], ["collect"], ["layers"], ["sweep"], ["models"], ["steer"], ["bench"]]
+COMMANDS = [["report"], ["study"], ["publish"], ["collect"], ["layers"], ["sweep"], ["models"], ["steer"]]
+COMMANDS += [["bench"]]
 COMMANDS += [["vector", sub] for sub in ("build", "show", "export")]
 
 
@@ -133,6 +134,7 @@ def test_cli_help(command):
     [
         ["study", "nonsense"],
         ["report", "--size", "huge"],
+        ["publish", "no-such-run", "--to", "pages"],
         ["study", "format", "--size", "huge", "--dtype", "bfloat16"],
         ["sweep", "json_format", "--layers", "a,b"],
         ["sweep", "json_format", "--layers", "1", "--coefs", ""],

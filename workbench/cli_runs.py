@@ -96,6 +96,19 @@ def study(
         typer.echo(str(run_report(model, quick=quick, out_dir=run, studies=[name], kind=size, dtype=dtype)))
 
 
+@app.command("publish")
+@one_line_errors
+def publish_command(
+    run: Path = typer.Argument(..., help="A report or study run directory (its --out)."),
+    to: Path = typer.Option(..., "--to", help="Where the pages go, e.g. docs/results/report."),
+) -> None:
+    """Write a finished run's tables as pages: TO/<study>.md and .csv, and TO/index.md linking them."""
+    from workbench.studies.render import publish
+    from workbench.studies.report import EXTRA_STUDIES, STUDIES
+
+    typer.echo("\n".join(str(p) for p in publish(run, to, (*STUDIES, *EXTRA_STUDIES))))
+
+
 @app.command("collect")
 @one_line_errors
 def collect_command(
