@@ -57,6 +57,17 @@ def test_a_large_models_size_confirms_on_prompts_disjoint_from_its_selection():
     assert Size.large().candidate_layers(28) == [9, 13, 16]  # Qwen2.5-1.5B: the middle third
 
 
+def test_the_frontier_and_presets_studies_run_at_the_searchs_size_in_a_full_report():
+    from dataclasses import asdict
+
+    from workbench.studies.common import size_from_json, study_size
+
+    assert study_size("frontier", Size.full()) == study_size("presets", Size.full()) == Size.frontier()
+    assert study_size("format", Size.full()) == Size.full()
+    assert study_size("frontier", Size.large()) == Size.large()  # the large report has its own size
+    assert size_from_json(asdict(Size.large())) == Size.large()  # as a manifest stores it
+
+
 def test_a_size_capped_at_another_keeps_the_smaller_counts():
     capped = Size.full().at_most(MICRO)
     assert (capped.n_train, capped.n_validation, capped.batch_size) == (6, 4, 32)

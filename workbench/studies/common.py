@@ -99,6 +99,18 @@ class Size:
         return sorted({round(f * (n_layers - 1)) for f in self.depths})
 
 
+def study_size(study: str, size: Size) -> Size:
+    """The size ``study`` runs at in a report of ``size``: the frontier search and the presets study run at
+    :meth:`Size.frontier` when the report is :meth:`Size.full`, so the presets' test numbers reproduce the
+    search's."""
+    return Size.frontier() if study in ("frontier", "presets") and size == Size.full() else size
+
+
+def size_from_json(data: dict) -> Size:
+    """A :class:`Size` from its ``asdict`` form as a manifest stores it (lists back to tuples)."""
+    return Size(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
 #: The former name of :class:`Size` (a study's size is not the ``scale`` unit of a coefficient).
 Scale = Size
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pandas as pd
 
 from workbench.errors import InvalidArgumentError
 from workbench.runs import atomic_text, html_table, markdown_table, read_manifest, write_frame
+from workbench.studies.common import size_from_json, study_size
 
 __all__ = ["TITLES", "extra_tables", "publish", "render"]
 
@@ -113,12 +115,17 @@ def _section(page: _Page, run: Path, name: str, info: Mapping[str, Any], table: 
             page.paragraph(f"![{name}]({figure})", image)
 
 
-def _provenance(manifest: Mapping[str, Any]) -> str:
+def _provenance(manifest: Mapping[str, Any], study: str | None = None) -> str:
+    """Model, weights and size; with ``study``, the size that study ran at (:func:`study_size`)."""
     config = manifest.get("configuration", {})
     model = manifest.get("model", {})
+    kind = config.get("kind") or ("quick" if config.get("quick") else "full")
+    size = config.get("size")
+    if study is not None and size:
+        size = asdict(study_size(study, size_from_json(size)))
     return (
         f"Model `{model.get('name')}` (weights sha256 `{str(model.get('weights_hash'))[:16]}…`), "
-        f"{'quick' if config.get('quick') else 'full'} size `{json.dumps(config.get('size'))}`."
+        f"{kind} report, {'study' if study else 'report'} size `{json.dumps(size)}`."
     )
 
 
@@ -156,7 +163,12 @@ def publish(run: Path, target: Path, order: Sequence[str]) -> list[Path]:
     if not manifest:
         raise InvalidArgumentError(f"{run} has no manifest.json: give the --out of a finished report run")
     studies = manifest.get("studies", {})
-    source = f"Generated from `{run}` ({_provenance(manifest)} Last update {manifest.get('updated')}.)"
+
+    def source(study: str | None = None) -> str:
+        return (
+            f"Generated from `{run}` ({_provenance(manifest, study)} Last update {manifest.get('updated')}.)"
+        )
+
     written, entries = [], []
     for name in order:
         info = studies.get(name, {})
@@ -166,7 +178,7 @@ def publish(run: Path, target: Path, order: Sequence[str]) -> list[Path]:
         table = pd.read_parquet(table_path)
         page = _Page()
         page.heading(TITLES.get(name, name), 1)
-        page.paragraph(source)
+        page.paragraph(source(name))
         page.bullets(info.get("notes") or [])
         _tables(page, run, str(info.get("dir", name)), table, links=False)
         written.append(atomic_text(target / f"{name}.md", "\n".join(page.md).rstrip() + "\n", "results page"))
@@ -174,7 +186,7 @@ def publish(run: Path, target: Path, order: Sequence[str]) -> list[Path]:
         entries.append(f"[{TITLES.get(name, name)}]({name}.md) ([CSV]({name}.csv))")
     index = _Page()
     index.heading("Results", 1)
-    index.paragraph(source)
+    index.paragraph(source())
     index.bullets(entries)
     written.append(atomic_text(target / "index.md", "\n".join(index.md).rstrip() + "\n", "results index"))
     return written

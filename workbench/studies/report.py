@@ -48,7 +48,7 @@ from workbench.runs import (  # markdown_table, package_versions, write_manifest
     utc_now,
     write_manifest,
 )
-from workbench.studies.common import LARGE_MODEL_PARAMS, Size, SizeName, StudyResult
+from workbench.studies.common import LARGE_MODEL_PARAMS, Size, SizeName, StudyResult, study_size
 from workbench.studies.render import render
 
 __all__ = [
@@ -191,8 +191,7 @@ def _frontier_runner(name: str) -> Runner:
     def run(job: _Run) -> StudyResult | str:
         from workbench.studies import frontier
 
-        # At the full size both run at the search's own, so the presets' test numbers reproduce it.
-        size = Size.frontier() if job.size == Size.full() else job.size
+        size = study_size(name, job.size)
         if name == "frontier" and job.kind == "large":
             return frontier.frontier_study(
                 job.loaded,
