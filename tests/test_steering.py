@@ -358,3 +358,29 @@ def test_steer_with_a_non_intervention(tiny, vec):
             pass
 
     refuses(InvalidArgumentError, run, "Intervention objects")
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"mode": "add", "coef": 1.0, "decay_tokens": 2},
+        {"mode": "add", "coef": 1.0, "norm_preserving": True, "positions": "generated"},
+        {"mode": "set_projection"},
+        {"mode": "ablate", "positions": "prompt"},
+        {"mode": "add", "coef": 0.1, "scale": "residual_norm", "positions": "response"},
+    ],
+    ids=lambda k: "-".join(str(v) for v in k.values()),
+)
+def test_steering_keeps_a_bfloat16_model_in_bfloat16(knobs):
+    """Every knob's arithmetic stays in the residual's dtype (a float32 decay once broke bfloat16 runs)."""
+    from tests.conftest import build_tiny_hf
+    from workbench.generation import generate
+    from workbench.models import from_hf
+
+    hf, tokenizer = build_tiny_hf()
+    model = from_hf(hf, tokenizer, "tiny-llama", device="cpu", dtype=torch.bfloat16)
+    vector = SteeringVector.from_activations(torch.randn(6, 4, 64), torch.randn(6, 4, 64))
+    answers = generate(
+        model, ["hi there", "a"], max_new_tokens=3, interventions=[Intervention(vector, 1, **knobs)]
+    )
+    assert len(answers) == 2

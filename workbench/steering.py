@@ -247,7 +247,7 @@ class _Slot:
         weight = None if self.everywhere else self._weight(t, seq, tracker, x.device).to(x.dtype)
         amount = t.amount
         if self.any_decay:
-            amount = amount * self._decay(t, seq, tracker, x.device)
+            amount = amount * self._decay(t, seq, tracker, x.device).to(x.dtype)
         if self.any_dynamic and history is not None:
             amount = amount * self._dynamic(t, seq, tracker, history).to(x.dtype)
         if self.any_projection:
