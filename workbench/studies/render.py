@@ -123,10 +123,11 @@ def _provenance(manifest: Mapping[str, Any], study: str | None = None) -> str:
     size = config.get("size")
     if study is not None and size:
         size = asdict(study_size(study, size_from_json(size)))
-    return (
-        f"Model `{model.get('name')}` (weights sha256 `{str(model.get('weights_hash'))[:16]}…`), "
-        f"{kind} report, {'study' if study else 'report'} size `{json.dumps(size)}`."
-    )
+    if study == "base_model":  # the study loads its own model
+        who = "Model `gemma3-270m` (the base-model study loads it itself)"
+    else:
+        who = f"Model `{model.get('name')}` (weights sha256 `{str(model.get('weights_hash'))[:16]}…`)"
+    return f"{who}, {kind} report, {'study' if study else 'report'} size `{json.dumps(size)}`."
 
 
 def render(
