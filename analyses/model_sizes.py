@@ -15,6 +15,7 @@ column per model, every number on the test split of that report.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -50,7 +51,8 @@ def _format(run: Path) -> dict[str, object]:
     measures: dict[str, object] = {}
     for row in table[table["instruction"] != "average"].to_dict("records"):
         name = row["instruction"]
-        chosen = "none" if row["mode"] == "none" else f"L{row['layer']} {row['mode']} {row['coef']:g}"
+        coef = "" if pd.isna(row["coef"]) else f" {row['coef']:g}"  # set_projection has no coefficient
+        chosen = "none" if row["mode"] == "none" else f"L{row['layer']} {row['mode']}{coef}"
         measures[f"format {name}: validation choice"] = chosen
         for column, label in FORMAT_SETTINGS.items():
             measures[f"format {name}: {label}"] = row[column]
@@ -92,7 +94,7 @@ def column(run: Path) -> tuple[str, dict[str, object]]:
     """The model's label (name, parameters, dtype) and its measures."""
     model = read_manifest(run).get("model", {})
     params = model.get("n_params")
-    size = f", {params / 1e9:.2f}B" if params else ""
+    size = f", {params / 1e9:.2f}B parameters as loaded" if params else ""
     label = f"{model.get('name', run.name)}{size}{', ' + model['dtype'] if model.get('dtype') else ''}"
     return label, {**_format(run), **_italian(run), **_frontier(run)}
 
@@ -110,7 +112,13 @@ def main(argv: list[str] | None = None) -> None:
     frame = frame.map(lambda v: round(v, 2) if isinstance(v, float) else v)
     write_frame(frame, args.out.with_suffix(".csv"), "model sizes table")
     sources = ", ".join(f"`{run}`" for run in args.runs)
-    text = f"# One protocol, three sizes\n\nFrom {sources} (test split of each report).\n\n"
+    sizes = {json.dumps(read_manifest(run).get("configuration", {}).get("size")) for run in args.runs}
+    text = (
+        f"# One protocol, several sizes\n\nFrom {sources} (test split of each report). Report size: "
+        + " / ".join(f"`{s}`" for s in sorted(sizes))
+        + ". Format: compliance (strict IFEval); Italian: share of real Italian answers; frontier: clean rate "
+        "(on target and not degenerate).\n\n"
+    )
     atomic_text(args.out.with_suffix(".md"), text + markdown_table(frame) + "\n", "model sizes page")
     print(markdown_table(frame))
 
