@@ -208,3 +208,21 @@ def test_random_control_directions_are_unit_and_differ_by_seed(tiny):
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-6)
     assert all(s.diff_norm == pytest.approx(1.0) for s in first.stats.values())
     assert not torch.allclose(first.directions, second.directions)
+
+
+def test_a_fallback_vector_counts_at_the_strength_it_is_used_at_alone():
+    """The composition's sum and dynamic settings scale each vector by ``add_coef``, which must be the
+    coefficient ``or_add`` steers with, also when validation chose no steering (the fallback)."""
+    from workbench.steering import Intervention
+    from workbench.studies.steps import Selected
+    from workbench.vectors import SteeringVector
+
+    vector = SteeringVector.from_activations(torch.randn(4, 3, 8), torch.randn(4, 3, 8))
+
+    def selected(iv):
+        return Selected("x", vector, iv, 1, pd.DataFrame(), "none", 0.0, 0.0)
+
+    fallback = selected(None)
+    assert fallback.add_coef == fallback.or_add().coef == 2.0
+    assert selected(Intervention(vector, 1, "add", 3.0, scale="diff_norm")).add_coef == 3.0
+    assert selected(Intervention(vector, 1, "set_projection")).add_coef == 1.0

@@ -92,9 +92,10 @@ class Selected:
 
     @property
     def add_coef(self) -> float:
-        """The chosen ``add`` coefficient in diff-norm units (1.0 for ``set_projection`` or no steering)."""
-        iv = self.intervention
-        return float(iv.coef) if iv is not None and iv.mode == "add" and iv.coef is not None else 1.0
+        """The ``add`` coefficient of :meth:`or_add` in diff-norm units (so a fallback counts at the strength
+        it is used at alone); 1.0 for ``set_projection``."""
+        iv = self.or_add()
+        return float(iv.coef) if iv.mode == "add" and iv.coef is not None else 1.0
 
     def describe(self) -> dict[str, object]:
         iv = self.intervention
