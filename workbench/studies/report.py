@@ -191,20 +191,12 @@ def _frontier_runner(name: str) -> Runner:
     def run(job: _Run) -> StudyResult | str:
         from workbench.studies import frontier
 
-        size = study_size(name, job.size)
+        knobs: dict[str, Any] = {"quick": job.quick}
         if name == "frontier" and job.kind == "large":
-            return frontier.frontier_study(
-                job.loaded,
-                size,
-                job.out,
-                behaviours=LARGE_BEHAVIOURS,
-                base_model=False,
-                quick=False,
-                plan=frontier.Plan.reduced(),
-                progress=job.progress,
-            )
+            knobs = {"behaviours": LARGE_BEHAVIOURS, "base_model": False, "quick": False}
+            knobs["plan"] = frontier.Plan.reduced()
         study = getattr(frontier, f"{name}_study")
-        return study(job.loaded, size, job.out, quick=job.quick, progress=job.progress)
+        return study(job.loaded, study_size(name, job.size), job.out, progress=job.progress, **knobs)
 
     return run
 
