@@ -207,3 +207,26 @@ def test_the_judge_is_calibrated_on_validation_answers_only(judged, confident, r
     more_test_rows = dataclasses.replace(size, n_test=size.n_test + 2)
     study.study_behaviour(confident, "no_comma", more_test_rows, tmp_path, CANDIDATES, reference)
     assert json.loads((tmp_path / "no_comma" / "reference_fluency.json").read_text()) == stored
+
+
+def test_a_judged_rerun_runs_no_reference_forward_and_its_steering_choice_is_judged(
+    judged, confident, reference
+):
+    out, first = judged
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a rerun should have read the reference's perplexities from the study folder")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("workbench.evaluation.fluency.MAX_PERPLEXITY", float("inf"))
+        patch.setattr("workbench.evaluation.reference.perplexity", refuse)
+        again = study.baselines_study(
+            confident,
+            Size.quick(),
+            out.parent / out.name,
+            behaviours=("no_comma",),
+            candidates=CANDIDATES,
+            reference=reference,
+        )
+    pd.testing.assert_frame_equal(again.table, first.table)
+    assert any("fluent by the reference" in note for note in first.notes if "no preset" in note)

@@ -9,7 +9,7 @@ import torch
 
 from workbench.datasets import load
 from workbench.errors import InvalidArgumentError
-from workbench.evaluation.reference import Judge, calibrate, reference_model
+from workbench.evaluation.reference import Judge, cached_perplexity, calibrate, reference_model
 from workbench.generation import generate
 
 
@@ -54,3 +54,30 @@ def test_the_rule_names_its_reference_and_refuses_another(writer, prompts, natur
         calibrate(writer, {})
     with pytest.raises(InvalidArgumentError):
         calibrate(writer, {"unsteered": (prompts[:2], ["", ""])})
+
+
+def test_cached_perplexities_are_read_back_and_only_new_answers_are_scored(
+    writer, prompts, natural, tmp_path
+):
+    rule = calibrate(writer, {"unsteered": (prompts[:4], natural[:4])})
+    cache = tmp_path / "ppl.parquet"
+    first = Judge(writer, rule, cache=cache)(prompts[4:8], natural[4:8])
+    plain = rule.score(writer, prompts[4:8], natural[4:8])
+    assert first["reference_perplexity"].tolist() == pytest.approx(plain["reference_perplexity"].tolist())
+    scored: list[int] = []
+
+    def counting(model, contexts, continuations, **kwargs):
+        scored.append(len(contexts))
+        return [1.0] * len(contexts)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("workbench.evaluation.reference.perplexity", counting)
+        again = Judge(writer, rule, cache=cache)(prompts[4:8], natural[4:8])
+        assert scored == [] and again.equals(first)
+        mixed = cached_perplexity(writer, prompts[4:9], natural[4:9], cache)
+    assert scored == [1] and mixed[:4] == first["reference_perplexity"].tolist() and mixed[4] == 1.0
+    other = dataclasses.replace(writer, weights_hash="f" * 64)  # another model never reads these scores
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("workbench.evaluation.reference.perplexity", counting)
+        cached_perplexity(other, prompts[4:6], natural[4:6], cache)
+    assert scored == [1, 2]

@@ -12,14 +12,19 @@ The reference is the stronger Qwen2.5-Coder-1.5B-Instruct once fetched (:func:`r
 model that wrote the unsteered answers; every score names it. Perplexities come from
 :func:`~workbench.evaluation.perplexity.perplexity` (each answer given the prompt it answered, in the
 reference's own chat format, ``batch_size`` answers per forward). A :class:`Judge` is the rule with the
-model it was calibrated on, loaded once and called on any number of answers.
+model it was calibrated on, loaded once and called on any number of answers; given a ``cache`` file (so can
+:func:`calibrate`) it keeps each answer's raw reference perplexity there (:func:`cached_perplexity`; the
+verdict is recomputed from it), so rescoring a finished study runs no reference forward.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,8 +33,17 @@ import torch
 from workbench.errors import InvalidArgumentError, ModelLoadError
 from workbench.evaluation.perplexity import perplexity
 from workbench.models import Model, load_model
+from workbench.runs import write_frame
 
-__all__ = ["QUANTILE", "REFERENCE_SPEC", "Judge", "ReferenceFluency", "calibrate", "reference_model"]
+__all__ = [
+    "QUANTILE",
+    "REFERENCE_SPEC",
+    "Judge",
+    "ReferenceFluency",
+    "cached_perplexity",
+    "calibrate",
+    "reference_model",
+]
 
 REFERENCE_SPEC = "qwen2.5-coder-1.5b-instruct"
 """The stronger reference model, used when it has been fetched (``workbench models fetch``)."""
@@ -79,12 +93,20 @@ class ReferenceFluency:
     ) -> pd.DataFrame:
         """Per answer: ``reference`` (the model's name), ``reference_perplexity``, ``relative_perplexity``
         and ``fluent_reference`` (False for an empty answer)."""
+        self.check(reference)
+        return self.verdict(perplexity(reference, prompts, responses, batch_size=batch_size))
+
+    def check(self, reference: Model) -> None:
+        """Refuse a model other than the one this rule was calibrated on."""
         if reference.fingerprint != self.reference_fingerprint:
             raise InvalidArgumentError(
                 f"this fluency rule was calibrated on {self.reference} ({self.reference_fingerprint}), not on "
                 f"{reference.name} ({reference.fingerprint}): score with that model or calibrate again"
             )
-        ppl = np.asarray(perplexity(reference, prompts, responses, batch_size=batch_size), dtype=float)
+
+    def verdict(self, reference_perplexity: Sequence[float]) -> pd.DataFrame:
+        """:meth:`score`'s columns from the answers' perplexities under the reference (NaN: empty answer)."""
+        ppl = np.asarray(reference_perplexity, dtype=float)
         relative = ppl / self.anchor
         return pd.DataFrame(
             {
@@ -102,9 +124,11 @@ def calibrate(
     *,
     quantile: float = QUANTILE,
     batch_size: int = 16,
+    cache: str | os.PathLike[str] | None = None,
 ) -> ReferenceFluency:
     """The fluency rule from natural validation answers: ``natural`` maps a set's name (``"unsteered"``,
-    ``"italian"``) to its ``(prompts, answers)``. Empty answers are left out."""
+    ``"italian"``) to its ``(prompts, answers)``. Empty answers are left out; ``cache``: see
+    :func:`cached_perplexity`."""
     if not natural:
         raise InvalidArgumentError(
             "calibrate needs at least one set of natural answers, e.g. {'unsteered': ...}"
@@ -113,7 +137,7 @@ def calibrate(
         raise InvalidArgumentError(f"quantile must be in (0, 1], got {quantile!r}")
     scores: dict[str, np.ndarray] = {}
     for name, (prompts, answers) in natural.items():
-        ppl = np.asarray(perplexity(reference, prompts, answers, batch_size=batch_size), dtype=float)
+        ppl = np.asarray(cached_perplexity(reference, prompts, answers, cache, batch_size=batch_size))
         scores[name] = ppl[np.isfinite(ppl)]
         if len(scores[name]) < 2:
             raise InvalidArgumentError(
@@ -143,7 +167,43 @@ class Judge:
     model: Model
     rule: ReferenceFluency
     batch_size: int = 16
+    cache: str | os.PathLike[str] | None = None
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> pd.DataFrame:
-        """:meth:`ReferenceFluency.score` of ``responses`` (each given its prompt) under :attr:`model`."""
-        return self.rule.score(self.model, prompts, responses, batch_size=self.batch_size)
+        """:meth:`ReferenceFluency.score` of ``responses`` (each given its prompt) under :attr:`model`,
+        through :attr:`cache` when given (:func:`cached_perplexity`)."""
+        self.rule.check(self.model)
+        return self.rule.verdict(
+            cached_perplexity(self.model, prompts, responses, self.cache, batch_size=self.batch_size)
+        )
+
+
+def cached_perplexity(
+    model: Model,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    cache: str | os.PathLike[str] | None,
+    *,
+    batch_size: int = 16,
+) -> list[float]:
+    """:func:`~workbench.evaluation.perplexity.perplexity` of each response given its prompt; with a
+    ``cache`` file (parquet), those already there (keyed by the model's fingerprint, prompt and response) are
+    read and the others computed and added (a score does not depend on the batch it ran in)."""
+    if cache is None:
+        return list(perplexity(model, prompts, responses, batch_size=batch_size))
+    path = Path(cache)
+    stored = pd.read_parquet(path) if path.exists() else pd.DataFrame({"key": [], "perplexity": []})
+    known = dict(zip(stored["key"], stored["perplexity"].astype(float), strict=True))
+    keys = [
+        hashlib.sha256("\x00".join((model.fingerprint, p, r)).encode()).hexdigest()
+        for p, r in zip(prompts, responses, strict=True)
+    ]
+    todo = sorted({k: i for i, k in enumerate(keys) if k not in known}.values())
+    if todo:
+        fresh = perplexity(
+            model, [prompts[i] for i in todo], [responses[i] for i in todo], batch_size=batch_size
+        )
+        known |= {keys[i]: float(v) for i, v in zip(todo, fresh, strict=True)}
+        frame = pd.DataFrame({"key": list(known), "perplexity": list(known.values())})
+        write_frame(frame, path, "perplexity cache")
+    return [known[k] for k in keys]

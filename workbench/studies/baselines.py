@@ -175,7 +175,7 @@ def study_behaviour(
     folder.mkdir(parents=True, exist_ok=True)
     judge, judge_note = fluency_judge(model, reference or model, behaviour, size, folder)
     stronger = judge if judge is not None and judge.model.fingerprint != model.fingerprint else None
-    steering = fixed_steering(model, behaviour, size, folder, candidates)
+    steering = fixed_steering(model, behaviour, size, folder, candidates, stronger)
     dyn = dynamic_steering(model, behaviour, steering, size, folder, stronger)
     adapter, lora_note = fine_tuned(model, behaviour, size, folder, stronger)
     kinds: dict[str, tuple[Intervention, ...]] = {

@@ -5,8 +5,9 @@
   model, the competitors below are chosen (dynamic strength, LoRA) and distilled (LoRA) with it too.
 
 * :func:`fixed_steering`: the frontier's preset (:mod:`workbench.presets`) where the model has one for the
-  behaviour, else the best clean rate of a small coarse grid (:func:`~workbench.studies.search.coarse_grid`,
-  mean-over-prompt vector) on the validation prompts (:func:`~workbench.recipes.choose_clean`).
+  behaviour, else the best clean rate (fluent by the judge where it is stronger) of a small coarse grid
+  (:func:`~workbench.studies.search.coarse_grid`, mean-over-prompt vector) on the validation prompts
+  (:func:`~workbench.recipes.choose_clean`).
 * :func:`dynamic_steering`: the same interventions with a :class:`~workbench.schedules.DynamicStrength`
   (one group, Scalena et al. 2024), ``max_strength`` chosen on validation among :data:`DYNAMIC_MAX`.
 * :func:`fine_tuned`: a self-distilled LoRA adapter (:func:`workbench.baselines.choose_lora`), saved in the
@@ -132,7 +133,8 @@ def fluency_judge(
     """``reference``'s fluency rule, calibrated on ``model``'s unsteered validation answers to the plain
     prompts (``unsteered``) and to the prompts that ask for the behaviour (``target``: the fully Italian
     prompt for Italian, the instruction otherwise), and a note; the rule is written to
-    ``out/reference_fluency.json``. None (and why) when the answers are too few to calibrate on."""
+    ``out/reference_fluency.json`` and the reference's perplexities are cached beside it. None (and why) when the
+    answers are too few to calibrate on."""
     kinds = {"unsteered": "plain", "target": "native" if behaviour.instruction_variant else "instruction"}
     data = behaviour.items("validation", size.n_validation)
     jobs = [
@@ -147,20 +149,27 @@ def fluency_judge(
         name: (part["prompt"].tolist(), part["response"].tolist())
         for name, part in rows.groupby("setting", sort=False)
     }
+    cache = out / f"reference_perplexity-{reference.fingerprint[:12]}.parquet"
     try:
-        rule = calibrate(reference, natural, batch_size=JUDGE_BATCH)
+        rule = calibrate(reference, natural, batch_size=JUDGE_BATCH, cache=cache)
     except InvalidArgumentError as e:  # too few non-empty natural answers
         (out / "reference_fluency.json").unlink(missing_ok=True)  # an earlier run's rule is not this one
         return None, f"no fluency rule ({e})"
     atomic_text(out / "reference_fluency.json", json.dumps(dataclasses.asdict(rule)), "fluency rule")
-    return Judge(reference, rule, JUDGE_BATCH), rule.describe()
+    return Judge(reference, rule, JUDGE_BATCH, cache), rule.describe()
 
 
 def fixed_steering(
-    model: Model, behaviour: Behaviour, size: Size, out: Path, candidates: Sequence[Recipe] | None = None
+    model: Model,
+    behaviour: Behaviour,
+    size: Size,
+    out: Path,
+    candidates: Sequence[Recipe] | None = None,
+    judge: Judge | None = None,
 ) -> Steering:
     """The preset's interventions, or the clean-rate winner on the validation prompts of ``candidates``
-    (default: the coarse grid of the mean-over-prompt vector; only ``mean`` recipes)."""
+    (default: the coarse grid of the mean-over-prompt vector; only ``mean`` recipes); ``judge``'s verdict
+    joins that clean rate."""
     record = out / "steering_cost.json"
     if behaviour.name in presets.available(model):
         recipe = presets.get(behaviour.name).recipe(model)
@@ -186,13 +195,16 @@ def fixed_steering(
         batch_size=size.batch_size,
         out_dir=grid_dir(out, "validation-steering", model, behaviour.max_new_tokens),
     )
+    if judge is not None:
+        fluent = judge(rows["prompt"].tolist(), rows["response"].tolist())["fluent_reference"]
+        rows["clean"] = rows["clean"] & fluent.to_numpy()
     summary = summarize_recipes(rows, recipes, model.n_layers)
     summary.to_csv(out / "validation_steering.csv", index=False)
     best = choose_clean(summary)
     recipe = next(r for r in recipes if r.name == best["recipe"])
     note = (
         f"no preset: {recipe.name} chosen of {len(recipes) - 1} recipes on {size.n_validation} validation "
-        f"prompts (clean rate {best['clean_rate']:.2f})"
+        f"prompts (clean rate {best['clean_rate']:.2f}{', fluent by the reference' if judge else ''})"
     )
     return Steering(tuple(recipe.interventions(vectors["mean"])), recipe.label, seconds, note)
 
