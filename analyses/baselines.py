@@ -4,13 +4,13 @@
     .venv/bin/python analyses/baselines.py --model gemma3-270m --behaviours italian --out runs/baselines
 
 Per behaviour (JSON, one sentence, no comma, Italian): unsteered, the instruction in the prompt, the fully
-Italian prompt (Italian), the fixed steering recipe (the preset, else chosen on validation), the same vector
-with a dynamic strength (Scalena et al. 2024), steering + instruction, a self-distilled LoRA adapter chosen
-on validation, and LoRA + instruction; on-target, clean and degeneration rates, median perplexity, off-target
-damage, multiple-choice accuracy gained and lost, and cost, all on the test split (32 prompts, 64 new
-tokens at full size). Writes ``<out>/baselines/`` (``<out>/baselines_base_model/`` for a base model):
-``table`` and ``rows`` (parquet and CSV), per behaviour the validation tables, the adapter and the cached
-generations, and ``baselines.{png,svg}``.
+Italian prompt (Italian), the fixed steering recipe (the preset at gentler strengths, else a coarse grid;
+chosen on validation), the same vector with a dynamic strength (Scalena et al. 2024), steering + instruction,
+a self-distilled LoRA adapter chosen on validation, and LoRA + instruction; on-target, clean and degeneration
+rates, median perplexity, off-target damage, multiple-choice accuracy gained and lost, and cost, all on the
+test split (32 prompts, 64 new tokens at full size). Writes ``<out>/baselines/``
+(``<out>/baselines_base_model/`` for a base model): ``table`` and ``rows`` (parquet and CSV), per behaviour
+the validation tables, the adapter and the cached generations, and ``baselines.{png,svg}``.
 """
 
 from __future__ import annotations

@@ -230,3 +230,28 @@ def test_a_judged_rerun_runs_no_reference_forward_and_its_steering_choice_is_jud
         )
     pd.testing.assert_frame_equal(again.table, first.table)
     assert any("fluent by the reference" in note for note in first.notes if "no preset" in note)
+
+
+def test_a_preset_is_tried_at_gentler_strengths_and_the_best_on_validation_is_used(
+    confident, tmp_path, monkeypatch
+):
+    data = load("no_comma", "train").head(4)
+    vector = SteeringVector.from_dataset(confident, data)
+    preset = Recipe("mean", (1, 2), strength=3.0, scale="diff_norm")
+
+    class Found:
+        def recipe(self, model):
+            return preset
+
+    monkeypatch.setattr(competitors.presets, "available", lambda model: ["no_comma"])
+    monkeypatch.setattr(competitors.presets, "get", lambda name: Found())
+    monkeypatch.setattr(competitors.presets, "vector", lambda model, name: vector)
+    behaviour = study._BEHAVIOURS["no_comma"]
+    chosen = competitors.fixed_steering(confident, behaviour, Size.quick(), tmp_path)
+    summary = pd.read_csv(tmp_path / "validation_steering.csv")
+    tried = summary[summary["steered"]]
+    assert tried["strength"].tolist() == pytest.approx([3.0 * s for s in competitors.GENTLER])
+    best = tried.set_index("label").loc[chosen.label]
+    assert best["clean_rate"] == tried["clean_rate"].max() and "preset 'no_comma'" in chosen.note
+    unit = vector.stats[1].diff_norm
+    assert chosen.interventions[0].coef == pytest.approx(best["strength"] * unit)

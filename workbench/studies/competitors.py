@@ -4,10 +4,10 @@
   calibrated on the unmodified model's validation answers; where the reference is stronger than the scored
   model, the competitors below are chosen (dynamic strength, LoRA) and distilled (LoRA) with it too.
 
-* :func:`fixed_steering`: the frontier's preset (:mod:`workbench.presets`) where the model has one for the
-  behaviour, else the best clean rate (fluent by the judge where it is stronger) of a small coarse grid
-  (:func:`~workbench.studies.search.coarse_grid`, mean-over-prompt vector) on the validation prompts
-  (:func:`~workbench.recipes.choose_clean`).
+* :func:`fixed_steering`: the best validation clean rate (fluent by the judge where it is stronger;
+  :func:`~workbench.recipes.choose_clean`) of the frontier's preset (:mod:`workbench.presets`) at gentler
+  strengths (:data:`GENTLER`) where the model has one for the behaviour, else of a small coarse grid
+  (:func:`~workbench.studies.search.coarse_grid`, mean-over-prompt vector).
 * :func:`dynamic_steering`: the same interventions with a :class:`~workbench.schedules.DynamicStrength`
   (one group, Scalena et al. 2024), ``max_strength`` chosen on validation among :data:`DYNAMIC_MAX`.
 * :func:`fine_tuned`: a self-distilled LoRA adapter (:func:`workbench.baselines.choose_lora`), saved in the
@@ -46,6 +46,7 @@ from workbench.studies.search import coarse_grid
 
 __all__ = [
     "DYNAMIC_MAX",
+    "GENTLER",
     "JUDGE_BATCH",
     "LORA_GRID",
     "Steering",
@@ -62,6 +63,9 @@ T = TypeVar("T")
 
 #: Answers per forward of the fluency judge (a 1.5B reference's logits over 151k tokens: about 40 MB each).
 JUDGE_BATCH = 8
+#: Shares of a preset's ``add`` strength tried on validation: a gentler push can keep the answers fluent
+#: where the preset's own strength, chosen by the text rule, does not (Scalena et al. 2024).
+GENTLER = (1.0, 0.75, 0.5, 0.25)
 #: ``max_strength`` of the dynamic strength tried on validation (the paper's bound is 2).
 DYNAMIC_MAX = (1.0, 2.0)
 #: The LoRA grid of :func:`workbench.baselines.choose_lora` per size: ranks, steps, learning rates.
@@ -167,23 +171,30 @@ def fixed_steering(
     candidates: Sequence[Recipe] | None = None,
     judge: Judge | None = None,
 ) -> Steering:
-    """The preset's interventions, or the clean-rate winner on the validation prompts of ``candidates``
-    (default: the coarse grid of the mean-over-prompt vector; only ``mean`` recipes); ``judge``'s verdict
-    joins that clean rate."""
+    """The clean-rate winner on the validation prompts (``judge``'s verdict joins the clean rate) of the
+    preset's recipe at each :data:`GENTLER` share of its strength, or without a preset of ``candidates``
+    (default: the coarse grid of the mean-over-prompt vector; only ``mean`` recipes)."""
     record = out / "steering_cost.json"
     if behaviour.name in presets.available(model):
-        recipe = presets.get(behaviour.name).recipe(model)
-        key = [model.fingerprint, behaviour.name, recipe.to_json()]
+        preset = presets.get(behaviour.name).recipe(model)
+        key = [model.fingerprint, behaviour.name, preset.to_json()]
         vector, seconds = _cold(lambda: presets.vector(model, behaviour.name), record, key)
-        note = f"preset {behaviour.name!r} ({recipe.name}), chosen by the frontier search on validation"
-        return Steering(tuple(recipe.interventions(vector)), recipe.label, seconds, note)
-    key = [model.fingerprint, behaviour.name, size.n_train, "mean"]
-    vectors, seconds = _cold(
-        lambda: build_vectors(model, behaviour, size.n_train, sources=("mean",), batch_size=size.batch_size),
-        record,
-        key,
-    )
-    grid = coarse_grid(model.n_layers, ("mean",), quick=size.is_quick) if candidates is None else candidates
+        vectors = {str(preset.source): vector}
+        grid = _gentler(preset)
+        origin = (
+            f"preset {behaviour.name!r} ({preset.name}) at {', '.join(map(str, GENTLER))} of its strength"
+        )
+    else:
+        key = [model.fingerprint, behaviour.name, size.n_train, "mean"]
+        vectors, seconds = _cold(
+            lambda: build_vectors(
+                model, behaviour, size.n_train, sources=("mean",), batch_size=size.batch_size
+            ),
+            record,
+            key,
+        )
+        grid = list(candidates or coarse_grid(model.n_layers, ("mean",), quick=size.is_quick))
+        origin = f"no preset: {len(grid)} recipes of the mean-over-prompt vector"
     recipes = [Recipe(), *grid]
     rows = run_recipes(
         model,
@@ -203,10 +214,18 @@ def fixed_steering(
     best = choose_clean(summary)
     recipe = next(r for r in recipes if r.name == best["recipe"])
     note = (
-        f"no preset: {recipe.name} chosen of {len(recipes) - 1} recipes on {size.n_validation} validation "
-        f"prompts (clean rate {best['clean_rate']:.2f}{', fluent by the reference' if judge else ''})"
+        f"{origin}: {recipe.name} chosen on {size.n_validation} validation prompts (clean rate "
+        f"{best['clean_rate']:.2f}{', fluent by the reference' if judge else ''})"
     )
-    return Steering(tuple(recipe.interventions(vectors["mean"])), recipe.label, seconds, note)
+    return Steering(tuple(recipe.interventions(vectors[str(recipe.source)])), recipe.label, seconds, note)
+
+
+def _gentler(recipe: Recipe) -> list[Recipe]:
+    """``recipe`` at each :data:`GENTLER` share of its strength (itself alone when it has no ``add``
+    strength to scale)."""
+    if recipe.mode != "add" or not recipe.strength:
+        return [recipe]
+    return [dataclasses.replace(recipe, strength=share * recipe.strength) for share in GENTLER]
 
 
 def dynamic(steering: Steering, max_strength: float, group: str) -> tuple[Intervention, ...]:
