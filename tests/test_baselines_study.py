@@ -255,3 +255,12 @@ def test_a_preset_is_tried_at_gentler_strengths_and_the_best_on_validation_is_us
     assert best["clean_rate"] == tried["clean_rate"].max() and "preset 'no_comma'" in chosen.note
     unit = vector.stats[1].diff_norm
     assert chosen.interventions[0].coef == pytest.approx(best["strength"] * unit)
+
+
+def test_the_goals_are_written_and_noted(run):
+    out, result = run
+    reached = pd.read_csv(out / "baselines" / "goals.csv")
+    assert reached["behaviour"].tolist() == ["no_comma", "italian"]
+    assert reached["needed"].iloc[1] >= 0.60 and set(reached["method"]) <= {"steering", "dynamic steering"}
+    noted = [n for n in result.notes if ": goal " in n]
+    assert [n.split(":")[0] for n in noted] == ["no_comma", "italian"]

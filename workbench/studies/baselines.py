@@ -28,6 +28,9 @@ rescores). Columns:
   while generating);
 * ``train_cpu_seconds`` (building the vector with the caches off, or distilling and training the adapter;
   the validation grids excluded) and ``tokens_per_second`` (test generation, wall clock, measured when it ran).
+
+How far steering is from the issue's goals, and why, is in ``goals.csv`` and the notes
+(:mod:`workbench.studies.goals`).
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ from workbench.evaluation.targets import follows
 from workbench.models import Model
 from workbench.recipes import Recipe, cached_rows
 from workbench.runner import Job, run_grid
-from workbench.runs import atomic_text
+from workbench.runs import atomic_text, write_frame
 from workbench.steering import Intervention
 from workbench.studies.common import Size, StudyResult
 from workbench.studies.competitors import (
@@ -70,6 +73,7 @@ from workbench.studies.competitors import (
     grid_dir,
     lora_cpu_seconds,
 )
+from workbench.studies.goals import goal_note, goals
 from workbench.studies.steps import save
 
 __all__ = ["BEHAVIOURS", "FULL", "METHODS", "OFF_TARGET", "baselines_study", "study_behaviour"]
@@ -411,5 +415,8 @@ def baselines_study(
         "train_cpu_seconds: building the vector with the caches off (with the completions a response-token "
         "vector needs) or distilling and training the adapter, validation grids excluded"
     )
+    reached = goals(table)
+    write_frame(reached, out / "goals.csv", "goals")
+    notes += [goal_note(row) for _, row in reached.iterrows()]
     figure = plot_baselines(table)
     return StudyResult(name, pd.concat(rows, ignore_index=True), table, save(figure, out, "baselines"), notes)

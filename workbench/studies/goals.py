@@ -1,0 +1,87 @@
+"""How far steering is from the baselines study's goals (issue 19), and why, from its table alone.
+
+The goal per behaviour: steering alone, fixed or dynamic (the cleaner of the two), reaches at least the
+instruction's clean rate, and at least :data:`MIN_CLEAN` where one is set (Italian: 0.60), while the fixed
+steering keeps multiple-choice accuracy within :data:`MC_TOLERANCE` of the unmodified model in each
+language asked (dynamic strength is set while generating, so it has no multiple-choice score). Where the
+goal is missed, :func:`goals` says by how much and what its answers fail on: the shares that are off
+target, degenerate and, where a reference judged them, not fluent (an answer can fail on several).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from workbench.errors import InvalidArgumentError
+
+__all__ = ["MC_TOLERANCE", "MIN_CLEAN", "STEERING", "goal_note", "goals"]
+
+#: The clean rate steering must reach whatever the instruction's, per behaviour.
+MIN_CLEAN = {"italian": 0.60}
+#: The largest loss of multiple-choice accuracy (a share of questions) that keeps the goal.
+MC_TOLERANCE = 0.02
+#: The steering-alone methods of the table, the fixed one first (it wins ties).
+STEERING = ("steering", "dynamic steering")
+
+
+def _rate(frame: pd.DataFrame, method: str, column: str) -> float:
+    rows = frame.loc[frame["method"] == method, column]
+    return float(rows.iloc[0]) if len(rows) else np.nan
+
+
+def goals(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per behaviour of a baselines ``table``: the steering method with the best clean rate
+    (``method``, ``clean_rate``), the clean rate needed (``needed``: the instruction's, at least
+    :data:`MIN_CLEAN`) and ``clean_gap`` (clean_rate − needed), the fixed steering's change in
+    multiple-choice accuracy per language (``mc_change_en``, ``mc_change_it``; NaN where not asked), the
+    method's shares ``off_target``, ``degenerate`` and ``not_fluent`` (NaN without a judge), and ``met``."""
+    missing = {"behaviour", "method", "clean_rate", "target_rate", "degeneration"} - set(table)
+    if missing:
+        raise InvalidArgumentError(f"not a baselines table: it has no {sorted(missing)} columns")
+    out = []
+    for behaviour, frame in table.groupby("behaviour", sort=False):
+        steering = frame[frame["method"].isin(STEERING)]
+        if steering.empty:
+            raise InvalidArgumentError(
+                f"the table has no steering row for {behaviour!r}: run the study again"
+            )
+        best = steering.loc[steering["clean_rate"].idxmax()]
+        needed = max(_rate(frame, "instruction", "clean_rate"), MIN_CLEAN.get(str(behaviour), 0.0))
+        row = {"behaviour": behaviour, "method": best["method"], "clean_rate": float(best["clean_rate"])}
+        row |= {"needed": needed, "clean_gap": row["clean_rate"] - needed}
+        for language in ("en", "it"):
+            column = f"mc_accuracy_{language}"
+            row[f"mc_change_{language}"] = (
+                _rate(frame, "steering", column) - _rate(frame, "unsteered", column)
+                if column in frame
+                else np.nan
+            )
+        fluent = float(best["fluent_rate"]) if "fluent_rate" in best else np.nan
+        judged = bool(best.get("clean_with_reference", False))
+        row |= {
+            "off_target": 1.0 - float(best["target_rate"]),
+            "degenerate": float(best["degeneration"]),
+            "not_fluent": 1.0 - fluent if judged else np.nan,
+        }
+        losses = [row[f"mc_change_{lang}"] for lang in ("en", "it") if np.isfinite(row[f"mc_change_{lang}"])]
+        row["met"] = row["clean_gap"] >= 0 and all(loss >= -MC_TOLERANCE for loss in losses)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def goal_note(row: pd.Series) -> str:
+    """One line for a table's notes: the goal met or missed, by how much, and what the answers fail on."""
+    head = f"{row['behaviour']}: goal {'met' if row['met'] else 'missed'}"
+    text = f"{head}: {row['method']} clean {row['clean_rate']:.2f} against {row['needed']:.2f} needed"
+    text += f" ({row['clean_gap']:+.2f})"
+    for language in ("en", "it"):
+        change = row[f"mc_change_{language}"]
+        if np.isfinite(change):
+            text += f"; {language} multiple choice {change:+.2f} under fixed steering"
+    if not row["met"]:
+        reasons = {"off target": row["off_target"], "degenerate": row["degenerate"]}
+        if np.isfinite(row["not_fluent"]):
+            reasons["not fluent"] = row["not_fluent"]
+        text += "; of its answers " + ", ".join(f"{v:.2f} {k}" for k, v in reasons.items())
+    return text
