@@ -21,7 +21,8 @@ from workbench.runner import Job, run_grid
 from workbench.schedules import DynamicStrength
 from workbench.studies import baselines as study
 from workbench.studies import competitors
-from workbench.studies.common import Size
+from workbench.studies.common import Size, study_size
+from workbench.studies.render import publish
 from workbench.studies.report import EXTRA_STUDIES, STUDIES, run_report
 from workbench.vectors import SteeringVector
 
@@ -155,6 +156,14 @@ def test_the_analysis_script_writes_the_table(tiny_dir, tmp_path, monkeypatch):
     table = pd.read_csv(tmp_path / "baselines" / "table.csv")
     assert set(table["behaviour"]) == {"no_comma"} and {"unsteered", "steering"} <= set(table["method"])
     assert (tmp_path / "baselines" / "baselines.png").exists()
+    pages = publish(tmp_path, tmp_path / "pages", EXTRA_STUDIES)  # the script's run publishes like a report's
+    page = (tmp_path / "pages" / "baselines.md").read_text()
+    assert tmp_path / "pages" / "baselines.md" in pages and "quick analysis run (" in page
+    assert "--behaviours ['no_comma']" in page and "no_comma: goal " in page
+    assert pd.read_csv(tmp_path / "pages" / "baselines.csv")["method"].tolist() == table["method"].tolist()
+    assert (
+        study_size("baselines", Size.full()) == study.FULL and study_size("baselines", Size.quick()).is_quick
+    )
 
 
 def test_the_report_runs_it_on_request(confident, tmp_path):

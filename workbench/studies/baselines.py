@@ -93,9 +93,8 @@ METHODS: dict[str, tuple[str, str]] = {
 }
 #: Format instructions whose compliance measures off-target damage (the first three not the behaviour's own).
 OFF_TARGET = ("bullet_lists", "title", "highlighted_sections", "json_format")
-#: The full size: 32 LoRA train pairs (and vector pairs where no preset), 16 validation and 32 test prompts,
-#: 64 new tokens, 100 multiple-choice questions per language (about 30 min for four behaviours on 2 cores).
-FULL = Size(n_train=32, n_validation=16, n_test=32, max_new_tokens=64, layers=None, n_mc=100)
+#: The full size (:meth:`Size.baselines`; about an hour for four behaviours with the 1.5B judge on 2 cores).
+FULL = Size.baselines()
 _BEHAVIOURS = {**FRONTIER_BEHAVIOURS, "no_comma": Behaviour("no_comma", "no_comma", 64)}
 
 

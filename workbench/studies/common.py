@@ -61,6 +61,12 @@ class Size:
         return cls(n_train=48, n_validation=10, n_test=20, max_new_tokens=64, layers=None, batch_size=60)
 
     @classmethod
+    def baselines(cls) -> Size:
+        """The baselines study's full size: 32 LoRA train pairs (and vector pairs where no preset), 16
+        validation and 32 test prompts, 64 new tokens, 100 multiple-choice questions per language."""
+        return cls(n_train=32, n_validation=16, n_test=32, max_new_tokens=64, layers=None, n_mc=100)
+
+    @classmethod
     def large(cls) -> Size:
         """A 1-2B model's report on 2 CPU cores (about an hour in bfloat16): three candidate layers, fewer
         prompts and tokens; the frontier search's validation count, so its confirmation round is disjoint."""
@@ -100,10 +106,14 @@ class Size:
 
 
 def study_size(study: str, size: Size) -> Size:
-    """The size ``study`` runs at in a report of ``size``: the frontier search and the presets study run at
-    :meth:`Size.frontier` when the report is :meth:`Size.full`, so the presets' test numbers reproduce the
-    search's."""
-    return Size.frontier() if study in ("frontier", "presets") and size == Size.full() else size
+    """The size ``study`` runs at in a report of ``size``: when the report is :meth:`Size.full`, the
+    frontier search and the presets study run at :meth:`Size.frontier` (so the presets' test numbers
+    reproduce the search's) and the baselines study at :meth:`Size.baselines`."""
+    if size != Size.full():
+        return size
+    return {"frontier": Size.frontier(), "presets": Size.frontier(), "baselines": Size.baselines()}.get(
+        study, size
+    )
 
 
 def size_from_json(data: dict) -> Size:

@@ -127,7 +127,13 @@ def _provenance(manifest: Mapping[str, Any], study: str | None = None) -> str:
         who = "Model `gemma3-270m` (the base-model study loads it itself)"
     else:
         who = f"Model `{model.get('name')}` (weights sha256 `{str(model.get('weights_hash'))[:16]}…`)"
-    return f"{who}, {kind} report, {'study' if study else 'report'} size `{json.dumps(size)}`."
+    options = " ".join(f"--{k} {v}" for k, v in manifest.get("arguments", {}).items())
+    run = (
+        f"{kind} report"
+        if manifest.get("command", "report") == "report"
+        else f"{kind} analysis run ({options})"
+    )
+    return f"{who}, {run}, {'study' if study else 'report'} size `{json.dumps(size)}`."
 
 
 def render(

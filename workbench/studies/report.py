@@ -202,9 +202,9 @@ def _frontier_runner(name: str) -> Runner:
 
 
 def _baselines(job: _Run) -> StudyResult:
-    from workbench.studies.baselines import FULL, baselines_study
+    from workbench.studies.baselines import baselines_study
 
-    return baselines_study(job.loaded, job.size if job.quick else FULL, job.out)
+    return baselines_study(job.loaded, study_size("baselines", job.size), job.out)
 
 
 RUNNERS: dict[StudyName, Runner] = {
