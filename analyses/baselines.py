@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=2 .venv/bin/python analyses/baselines.py --out runs/baselines [--quick] [--behaviours ...]
     .venv/bin/python analyses/baselines.py --model gemma3-270m --behaviours italian --out runs/baselines
+    .venv/bin/python analyses/baselines.py --model qwen2.5-coder-1.5b-instruct --dtype bfloat16 --no-lora ...
 
 Per behaviour (JSON, one sentence, no comma, Italian): unsteered, the instruction in the prompt, the fully
 Italian prompt (Italian), the fixed steering recipe (the preset at gentler strengths, else a coarse grid;
@@ -24,6 +25,11 @@ from workbench.studies.script import run_script, script_parser
 def main(argv: Sequence[str] | None = None) -> None:
     parser = script_parser(__doc__, "baselines")
     parser.add_argument("--behaviours", nargs="+", default=list(BEHAVIOURS), help="Behaviours to compare.")
+    parser.add_argument(
+        "--no-lora",
+        action="store_true",
+        help="Leave the LoRA methods out (a model too large to fine-tune here).",
+    )
     args = parser.parse_args(argv)
     run_script(
         args,
@@ -33,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             out,
             behaviours=args.behaviours,
             name="baselines" if model.is_chat else "baselines_base_model",
+            lora=not args.no_lora,
         ),
     )
 

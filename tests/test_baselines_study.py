@@ -152,14 +152,16 @@ def test_the_analysis_script_writes_the_table(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
     script = Path(__file__).resolve().parents[1] / "analyses" / "baselines.py"
     argv = ["--quick", "--model", str(tiny_dir), "--out", str(tmp_path), "--behaviours", "no_comma"]
+    argv += ["--no-lora", "--dtype", "float32"]
     runpy.run_path(str(script), run_name="analysis")["main"](argv)
     table = pd.read_csv(tmp_path / "baselines" / "table.csv")
     assert set(table["behaviour"]) == {"no_comma"} and {"unsteered", "steering"} <= set(table["method"])
+    assert not table["method"].str.startswith("LoRA").any()  # --no-lora
     assert (tmp_path / "baselines" / "baselines.png").exists()
     pages = publish(tmp_path, tmp_path / "pages", EXTRA_STUDIES)  # the script's run publishes like a report's
     page = (tmp_path / "pages" / "baselines.md").read_text()
     assert tmp_path / "pages" / "baselines.md" in pages and "quick analysis run (" in page
-    assert "--behaviours ['no_comma']" in page and "no_comma: goal " in page
+    assert "--behaviours ['no_comma']" in page and "no_comma: goal " in page and "LoRA not run" in page
     assert pd.read_csv(tmp_path / "pages" / "baselines.csv")["method"].tolist() == table["method"].tolist()
     assert (
         study_size("baselines", Size.full()) == study.FULL and study_size("baselines", Size.quick()).is_quick

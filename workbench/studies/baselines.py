@@ -168,9 +168,10 @@ def study_behaviour(
     out: Path,
     candidates: Sequence[Recipe] | None = None,
     reference: Model | None = None,
+    lora: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """One behaviour's table (one row per method), its scored answers, and notes (``candidates``: see
-    :func:`baselines_study`; ``reference``: the loaded fluency reference, default ``model`` itself)."""
+    """One behaviour's table (one row per method), its scored answers, and notes (``candidates``, ``lora``:
+    see :func:`baselines_study`; ``reference``: the loaded fluency reference, default ``model`` itself)."""
     if name not in _BEHAVIOURS:
         raise InvalidArgumentError(f"unknown behaviour {name!r}: use some of {', '.join(_BEHAVIOURS)}")
     behaviour = dataclasses.replace(_BEHAVIOURS[name], max_new_tokens=size.max_new_tokens)
@@ -180,7 +181,9 @@ def study_behaviour(
     stronger = judge if judge is not None and judge.model.fingerprint != model.fingerprint else None
     steering = fixed_steering(model, behaviour, size, folder, candidates, stronger)
     dyn = dynamic_steering(model, behaviour, steering, size, folder, stronger)
-    adapter, lora_note = fine_tuned(model, behaviour, size, folder, stronger)
+    adapter, lora_note = (
+        fine_tuned(model, behaviour, size, folder, stronger) if lora else (None, "LoRA not run (lora=False)")
+    )
     kinds: dict[str, tuple[Intervention, ...]] = {
         "none": (),
         "fixed": steering.interventions,
@@ -384,6 +387,7 @@ def baselines_study(
     name: str = "baselines",
     candidates: Sequence[Recipe] | None = None,
     reference: Model | str | None = REFERENCE_SPEC,
+    lora: bool = True,
 ) -> StudyResult:
     """Every method of :data:`METHODS` on each behaviour's test prompts (``size``: :data:`FULL` for the
     report's); one table, the scored answers as rows, one figure.
@@ -391,7 +395,8 @@ def baselines_study(
     ``candidates``: the steering recipes (``mean`` source) tried on validation where the model has no
     preset for a behaviour (default: :func:`~workbench.studies.search.coarse_grid`). ``reference``: the
     fluency judge's model, loaded once (a spec, loaded when it loads offline, else ``model``), a loaded
-    model, or None for ``model`` itself; only a model other than ``model`` joins the clean rate.
+    model, or None for ``model`` itself; only a model other than ``model`` joins the clean rate. ``lora``
+    False leaves the two LoRA methods out (a model too large to fine-tune on the machine).
     """
     out = Path(out_dir) / name
     out.mkdir(parents=True, exist_ok=True)
@@ -401,7 +406,7 @@ def baselines_study(
         judge = model if reference is None else reference
     tables, rows, notes = [], [], []
     for behaviour in behaviours:
-        table, answers, said = study_behaviour(model, behaviour, size, out, candidates, judge)
+        table, answers, said = study_behaviour(model, behaviour, size, out, candidates, judge, lora)
         tables.append(table)
         rows.append(answers)
         notes += said

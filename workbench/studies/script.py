@@ -18,7 +18,8 @@ Study = Callable[[Model, Size, Path], StudyResult]
 
 
 def script_parser(doc: str, study: str) -> argparse.ArgumentParser:
-    """A parser with ``--out``, ``--quick``, ``--model`` and ``--threads``; the script adds its own knobs."""
+    """A parser with ``--out``, ``--quick``, ``--model``, ``--threads`` and ``--dtype``; the script adds its
+    own knobs."""
     parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs") / study, help="Run directory.")
     parser.add_argument(
@@ -28,6 +29,9 @@ def script_parser(doc: str, study: str) -> argparse.ArgumentParser:
         "--model", default=DEFAULT_SPEC, help="Model spec: a bundled name, a .gguf file or a local HF folder."
     )
     parser.add_argument("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
+    parser.add_argument(
+        "--dtype", default=None, help="Load the model in this dtype, e.g. bfloat16 (default: the model's)."
+    )
     return parser
 
 
@@ -36,7 +40,7 @@ def run_script(args: argparse.Namespace, study: Study) -> StudyResult:
     if args.threads:
         torch.set_num_threads(args.threads)
     tick, started = time.perf_counter(), utc_now()
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=args.dtype)
     kind = "quick" if args.quick else "full"
     result = study(model, Size.named(kind), args.out)
     folder = result.write(args.out)
