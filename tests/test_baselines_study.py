@@ -158,7 +158,7 @@ def test_the_analysis_script_writes_the_table(tiny_dir, tmp_path, monkeypatch):
     assert set(table["behaviour"]) == {"no_comma"} and {"unsteered", "steering"} <= set(table["method"])
     assert not table["method"].str.startswith("LoRA").any()  # --no-lora
     assert (tmp_path / "baselines" / "baselines.png").exists()
-    pages = publish(tmp_path, tmp_path / "pages", EXTRA_STUDIES)  # the script's run publishes like a report's
+    pages = publish(tmp_path, tmp_path / "pages", ())  # a script run publishes like a report, any study name
     page = (tmp_path / "pages" / "baselines.md").read_text()
     assert tmp_path / "pages" / "baselines.md" in pages and "quick analysis run (" in page
     assert "--behaviours ['no_comma']" in page and "no_comma: goal " in page and "LoRA not run" in page

@@ -28,6 +28,7 @@ TITLES = {
     "presets": "Presets: the quality frontier's chosen recipes on held-out prompts",
     "frontier": "Quality frontier: steering that lands without breaking the model",
     "baselines": "Baselines: prompting and fine-tuning on the same data as steering",
+    "baselines_base_model": "Baselines on a base model: prompting and fine-tuning on the same data as steering",
 }
 _STYLE = (
     "body{font-family:sans-serif;max-width:70em;margin:auto;padding:1em}"
@@ -163,7 +164,7 @@ def render(
 
 
 def publish(run: Path, target: Path, order: Sequence[str]) -> list[Path]:
-    """Write each study of ``order`` that finished in ``run`` (with the run's configuration) as
+    """Write each study of ``order``, then any other, that finished in ``run`` (with the run's configuration) as
     ``target/<study>.md`` (notes and tables) and ``target/<study>.csv`` (its headline table), and
     ``target/index.md`` linking them; a page says which model, size and run it came from."""
     manifest = read_manifest(run)
@@ -177,7 +178,7 @@ def publish(run: Path, target: Path, order: Sequence[str]) -> list[Path]:
         )
 
     written, entries = [], []
-    for name in order:
+    for name in [*order, *(n for n in studies if n not in order)]:  # then any other study the run recorded
         info = studies.get(name, {})
         table_path = run / str(info.get("dir", name)) / "table.parquet"
         if info.get("status") != "done" or info.get("stale") or not table_path.exists():
