@@ -21,7 +21,7 @@ from workbench.runner import Job, run_grid
 from workbench.schedules import DynamicStrength
 from workbench.studies import baselines as study
 from workbench.studies import competitors
-from workbench.studies.common import Size, study_size
+from workbench.studies.common import Size, size_from_json, study_size
 from workbench.studies.render import publish
 from workbench.studies.report import EXTRA_STUDIES, STUDIES, run_report
 from workbench.vectors import SteeringVector
@@ -162,6 +162,9 @@ def test_the_analysis_script_writes_the_table(tiny_dir, tmp_path, monkeypatch):
     page = (tmp_path / "pages" / "baselines.md").read_text()
     assert tmp_path / "pages" / "baselines.md" in pages and "quick analysis run (" in page
     assert "--behaviours ['no_comma']" in page and "no_comma: goal " in page and "LoRA not run" in page
+    recorded = json.loads((tmp_path / "manifest.json").read_text())["studies"]["baselines"]["size"]
+    assert size_from_json(recorded) == Size.quick() and json.dumps(recorded) in page
+    assert "--dtype float32" in page and "--quick True" in page and "--threads" not in page
     assert pd.read_csv(tmp_path / "pages" / "baselines.csv")["method"].tolist() == table["method"].tolist()
     assert (
         study_size("baselines", Size.full()) == study.FULL and study_size("baselines", Size.quick()).is_quick
@@ -172,6 +175,7 @@ def test_the_report_runs_it_on_request(confident, tmp_path):
     report = run_report(confident, quick=True, out_dir=tmp_path, studies=["baselines"], progress=False)
     entry = json.loads((tmp_path / "manifest.json").read_text())["studies"]["baselines"]
     assert entry["status"] == "done" and "baselines" in report.read_text()
+    assert size_from_json(entry["size"]) == Size.quick()  # the size it ran at, recorded by the study
     assert "baselines" in EXTRA_STUDIES and "baselines" not in STUDIES
 
 

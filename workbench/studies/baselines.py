@@ -423,4 +423,5 @@ def baselines_study(
     write_frame(reached, out / "goals.csv", "goals")
     notes += [goal_note(row) for _, row in reached.iterrows()]
     figure = plot_baselines(table)
-    return StudyResult(name, pd.concat(rows, ignore_index=True), table, save(figure, out, "baselines"), notes)
+    figures = save(figure, out, "baselines")
+    return StudyResult(name, pd.concat(rows, ignore_index=True), table, figures, notes, size)

@@ -127,13 +127,15 @@ Scale = Size
 
 @dataclass
 class StudyResult:
-    """One study's output: ``rows`` one per (prompt, configuration), ``table`` the headline numbers."""
+    """One study's output: ``rows`` one per (prompt, configuration), ``table`` the headline numbers,
+    ``size`` the size it ran at when that is not the one it was given (recorded in the run's manifest)."""
 
     name: str
     rows: pd.DataFrame
     table: pd.DataFrame
     figures: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    size: Size | None = None
 
     def write(self, out_dir: str | os.PathLike[str]) -> Path:
         """Write rows and table as parquet and CSV (atomic renames) under ``out_dir/name``."""

@@ -122,7 +122,10 @@ def _provenance(manifest: Mapping[str, Any], study: str | None = None) -> str:
     model = manifest.get("model", {})
     kind = config.get("kind") or ("quick" if config.get("quick") else "full")
     size = config.get("size")
-    if study is not None and size:
+    recorded = manifest.get("studies", {}).get(study, {}).get("size") if study is not None else None
+    if recorded:  # the study recorded the size it ran at
+        size = recorded
+    elif study is not None and size:
         size = asdict(study_size(study, size_from_json(size)))
     if study == "base_model":  # the study loads its own model
         who = "Model `gemma3-270m` (the base-model study loads it itself)"

@@ -299,6 +299,8 @@ def _run_study(name: str, job: _Run) -> tuple[dict, Any]:
                 "table": f"{result.name}/table.parquet",
                 "rows": len(result.rows),
             }
+            if result.size is not None:
+                entry["size"] = asdict(result.size)
             table = result.table
     entry |= {"finished": utc_now(), "seconds": round(time.perf_counter() - tick, 1)}
     return entry, table

@@ -66,13 +66,16 @@ def _record(
         "rows": len(result.rows),
         "started": started,
         "seconds": round(seconds, 1),
+        "size": dataclasses.asdict(result.size or Size.named(kind)),
     }
     write_manifest(
         args.out,
         {
             "command": "analysis script",
             "arguments": {
-                k: v if isinstance(v, (bool, int, list)) else str(v) for k, v in vars(args).items()
+                k: v if isinstance(v, (int, list)) else str(v)
+                for k, v in vars(args).items()
+                if v is not None and v is not False
             },
             "configuration": {
                 "model": model.name,
