@@ -2,7 +2,8 @@
 
     OMP_NUM_THREADS=2 .venv/bin/python analyses/baselines.py --out runs/baselines [--quick] [--behaviours ...]
     .venv/bin/python analyses/baselines.py --model gemma3-270m --behaviours italian --out runs/baselines
-    .venv/bin/python analyses/baselines.py --model qwen2.5-coder-1.5b-instruct --dtype bfloat16 --no-lora ...
+    .venv/bin/python analyses/baselines.py --model qwen2.5-coder-1.5b-instruct --dtype bfloat16 --no-lora \
+        --presets runs/large-qwen1.5b/frontier/presets.json --behaviours italian --out runs/baselines-qwen1.5b
 
 Per behaviour (JSON, one sentence, no comma, Italian): unsteered, the instruction in the prompt, the fully
 Italian prompt (Italian), the fixed steering recipe (the preset at gentler strengths, else a coarse grid;
@@ -30,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="Leave the LoRA methods out (a model too large to fine-tune here).",
     )
+    parser.add_argument(
+        "--presets", default=None, help="A recorded search's presets.json to start the fixed steering from."
+    )
     args = parser.parse_args(argv)
     run_script(
         args,
@@ -40,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             behaviours=args.behaviours,
             name="baselines" if model.is_chat else "baselines_base_model",
             lora=not args.no_lora,
+            presets_file=args.presets,
         ),
     )
 

@@ -12,7 +12,10 @@ import pytest
 import torch
 from conftest import build_tiny_hf, build_tiny_model
 
+from workbench import presets
+from workbench.behaviours import build_vectors
 from workbench.datasets import load
+from workbench.errors import ArtifactError
 from workbench.evaluation.reference import calibrate
 from workbench.generation import generate
 from workbench.models import from_hf
@@ -247,29 +250,45 @@ def test_a_judged_rerun_runs_no_reference_forward_and_its_steering_choice_is_jud
     assert any("fluent by the reference" in note for note in first.notes if "no preset" in note)
 
 
-def test_a_preset_is_tried_at_gentler_strengths_and_the_best_on_validation_is_used(
-    confident, tmp_path, monkeypatch
-):
-    data = load("no_comma", "train").head(4)
-    vector = SteeringVector.from_dataset(confident, data)
+def test_a_preset_is_tried_at_gentler_strengths_and_the_best_on_validation_is_used(confident, tmp_path):
     preset = Recipe("mean", (1, 2), strength=3.0, scale="diff_norm")
-
-    class Found:
-        def recipe(self, model):
-            return preset
-
-    monkeypatch.setattr(competitors.presets, "available", lambda model: ["no_comma"])
-    monkeypatch.setattr(competitors.presets, "get", lambda name: Found())
-    monkeypatch.setattr(competitors.presets, "vector", lambda model, name: vector)
+    data = load("no_comma", "train")
+    found = {
+        "no_comma": presets.Preset(
+            "no_comma", "no_comma", {confident.name: preset}, n_train=4, dataset_hash=data.hash
+        )
+    }
     behaviour = study._BEHAVIOURS["no_comma"]
-    chosen = competitors.fixed_steering(confident, behaviour, Size.quick(), tmp_path)
+    chosen = competitors.fixed_steering(confident, behaviour, Size.quick(), tmp_path, found=found)
     summary = pd.read_csv(tmp_path / "validation_steering.csv")
     tried = summary[summary["steered"]]
     assert tried["strength"].tolist() == pytest.approx([3.0 * s for s in competitors.GENTLER])
     best = tried.set_index("label").loc[chosen.label]
     assert best["clean_rate"] == tried["clean_rate"].max() and "preset 'no_comma'" in chosen.note
-    unit = vector.stats[1].diff_norm
-    assert chosen.interventions[0].coef == pytest.approx(best["strength"] * unit)
+    vector = build_vectors(confident, behaviour, 4, sources=("mean",))["mean"]  # the search's 4 train pairs
+    assert chosen.interventions[0].coef == pytest.approx(best["strength"] * vector.stats[1].diff_norm)
+
+
+class _Seen(Exception):
+    """Raised by a stand-in for fixed_steering once it has recorded the presets it was given."""
+
+
+def test_a_recorded_search_s_presets_file_is_read(confident, tmp_path, monkeypatch):
+    seen = []
+
+    def record(*args):
+        seen.append(args[-1])
+        raise _Seen
+
+    monkeypatch.setattr(study, "fixed_steering", record)
+    path = tmp_path / "presets.json"
+    path.write_text(presets.BUNDLED.read_text())
+    with pytest.raises(_Seen):
+        study.baselines_study(confident, Size.quick(), tmp_path, behaviours=("italian",), presets_file=path)
+    assert set(seen[0]) == set(presets.PRESETS)
+    path.write_text("{}")
+    with pytest.raises(ArtifactError):
+        study.baselines_study(confident, Size.quick(), tmp_path, behaviours=("italian",), presets_file=path)
 
 
 def test_the_goals_are_written_and_noted(run):

@@ -40,7 +40,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -50,6 +50,7 @@ from jaxtyping import Float
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from workbench import presets
 from workbench.baselines import LoraAdapter, lora_applied, score_answers
 from workbench.behaviours import BEHAVIOURS as FRONTIER_BEHAVIOURS
 from workbench.behaviours import Behaviour
@@ -60,6 +61,7 @@ from workbench.evaluation.perplexity import perplexity
 from workbench.evaluation.reference import REFERENCE_SPEC, Judge, reference_model
 from workbench.evaluation.targets import follows
 from workbench.models import Model
+from workbench.presets import Preset
 from workbench.recipes import Recipe, cached_rows
 from workbench.runner import Job, run_grid
 from workbench.runs import atomic_text, write_frame
@@ -169,9 +171,11 @@ def study_behaviour(
     candidates: Sequence[Recipe] | None = None,
     reference: Model | None = None,
     lora: bool = True,
+    found: Mapping[str, Preset] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """One behaviour's table (one row per method), its scored answers, and notes (``candidates``, ``lora``:
-    see :func:`baselines_study`; ``reference``: the loaded fluency reference, default ``model`` itself)."""
+    see :func:`baselines_study`; ``reference``: the loaded fluency reference, default ``model`` itself;
+    ``found``: the presets to start from, default the bundled ones)."""
     if name not in _BEHAVIOURS:
         raise InvalidArgumentError(f"unknown behaviour {name!r}: use some of {', '.join(_BEHAVIOURS)}")
     behaviour = dataclasses.replace(_BEHAVIOURS[name], max_new_tokens=size.max_new_tokens)
@@ -179,7 +183,7 @@ def study_behaviour(
     folder.mkdir(parents=True, exist_ok=True)
     judge, judge_note = fluency_judge(model, reference or model, behaviour, size, folder)
     stronger = judge if judge is not None and judge.model.fingerprint != model.fingerprint else None
-    steering = fixed_steering(model, behaviour, size, folder, candidates, stronger)
+    steering = fixed_steering(model, behaviour, size, folder, candidates, stronger, found)
     dyn = dynamic_steering(model, behaviour, steering, size, folder, stronger)
     adapter, lora_note = (
         fine_tuned(model, behaviour, size, folder, stronger) if lora else (None, "LoRA not run (lora=False)")
@@ -388,6 +392,7 @@ def baselines_study(
     candidates: Sequence[Recipe] | None = None,
     reference: Model | str | None = REFERENCE_SPEC,
     lora: bool = True,
+    presets_file: str | os.PathLike[str] | None = None,
 ) -> StudyResult:
     """Every method of :data:`METHODS` on each behaviour's test prompts (``size``: :data:`FULL` for the
     report's); one table, the scored answers as rows, one figure.
@@ -397,6 +402,8 @@ def baselines_study(
     fluency judge's model, loaded once (a spec, loaded when it loads offline, else ``model``), a loaded
     model, or None for ``model`` itself; only a model other than ``model`` joins the clean rate. ``lora``
     False leaves the two LoRA methods out (a model too large to fine-tune on the machine).
+    ``presets_file``: a recorded search's ``presets.json`` (``workbench study frontier`` writes
+    ``frontier/presets.json``) to start the fixed steering from, for a model the bundled presets do not cover.
     """
     out = Path(out_dir) / name
     out.mkdir(parents=True, exist_ok=True)
@@ -404,9 +411,10 @@ def baselines_study(
         judge = model if reference == model.name else reference_model(model, reference)
     else:
         judge = model if reference is None else reference
+    found = None if presets_file is None else presets.read(presets_file)
     tables, rows, notes = [], [], []
     for behaviour in behaviours:
-        table, answers, said = study_behaviour(model, behaviour, size, out, candidates, judge, lora)
+        table, answers, said = study_behaviour(model, behaviour, size, out, candidates, judge, lora, found)
         tables.append(table)
         rows.append(answers)
         notes += said

@@ -22,7 +22,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -31,6 +31,7 @@ import pandas as pd
 
 from workbench import presets
 from workbench.baselines import LoraAdapter, NoPairsError, choose_lora, score_answers
+from workbench.behaviours import BEHAVIOURS as FRONTIER_BEHAVIOURS
 from workbench.behaviours import Behaviour, build_vectors
 from workbench.errors import InvalidArgumentError
 from workbench.evaluation.perplexity import perplexity
@@ -43,6 +44,7 @@ from workbench.schedules import DynamicStrength
 from workbench.steering import Intervention
 from workbench.studies.common import Size
 from workbench.studies.search import coarse_grid
+from workbench.vectors import SteeringVector
 
 __all__ = [
     "DYNAMIC_MAX",
@@ -170,20 +172,23 @@ def fixed_steering(
     out: Path,
     candidates: Sequence[Recipe] | None = None,
     judge: Judge | None = None,
+    found: Mapping[str, presets.Preset] | None = None,
 ) -> Steering:
     """The clean-rate winner on the validation prompts (``judge``'s verdict joins the clean rate) of the
     preset's recipe at each :data:`GENTLER` share of its strength, or without a preset of ``candidates``
-    (default: the coarse grid of the mean-over-prompt vector; only ``mean`` recipes)."""
+    (default: the coarse grid of the mean-over-prompt vector; only ``mean`` recipes). ``found``: the
+    presets of a recorded search (:func:`workbench.presets.read`) instead of the bundled ones."""
     record = out / "steering_cost.json"
-    if behaviour.name in presets.available(model):
-        preset = presets.get(behaviour.name).recipe(model)
-        key = [model.fingerprint, behaviour.name, preset.to_json()]
-        vector, seconds = _cold(lambda: presets.vector(model, behaviour.name), record, key)
-        vectors = {str(preset.source): vector}
-        grid = _gentler(preset)
-        origin = (
-            f"preset {behaviour.name!r} ({preset.name}) at {', '.join(map(str, GENTLER))} of its strength"
+    preset = (presets.PRESETS if found is None else found).get(behaviour.name)
+    if preset is not None and model.name in preset.recipes:
+        chosen = preset.recipe(model)
+        key = [model.fingerprint, behaviour.name, chosen.to_json(), *([preset.n_train] if found else [])]
+        vectors, seconds = _cold(
+            lambda: _preset_vectors(model, behaviour, preset, found is None), record, key
         )
+        grid = _gentler(chosen)
+        shares = ", ".join(map(str, GENTLER))
+        origin = f"preset {behaviour.name!r} ({chosen.name}) at {shares} of its strength"
     else:
         key = [model.fingerprint, behaviour.name, size.n_train, "mean"]
         vectors, seconds = _cold(
@@ -218,6 +223,18 @@ def fixed_steering(
         f"{best['clean_rate']:.2f}{', fluent by the reference' if judge else ''})"
     )
     return Steering(tuple(recipe.interventions(vectors[str(recipe.source)])), recipe.label, seconds, note)
+
+
+def _preset_vectors(
+    model: Model, behaviour: Behaviour, preset: presets.Preset, bundled: bool
+) -> dict[str, SteeringVector]:
+    """The preset's vector by its source: a bundled preset's from its cache (:func:`presets.vector`),
+    another search's built as the search built it (its behaviour's budget, the same count of train pairs)."""
+    source = str(preset.recipe(model).source)
+    if bundled:
+        return {source: presets.vector(model, preset.name)}
+    searched = FRONTIER_BEHAVIOURS.get(preset.behaviour, behaviour)
+    return build_vectors(model, searched, preset.n_train, sources=(source,))
 
 
 def _gentler(recipe: Recipe) -> list[Recipe]:
