@@ -45,6 +45,10 @@ def test_the_cleaner_steering_counts_and_both_conditions_must_hold():
     assert met["met"] and met["method"] == "dynamic steering" and met["clean_gap"] == pytest.approx(0.1)
     assert np.isnan(met["not_fluent"]) and "of its answers" not in goal_note(met)
     assert not goals(_table(0.5, 0.2, 0.4, mc=-0.05)).iloc[0]["met"]  # clean enough, loses MC
+    tied = _table(0.0, 0.0, 0.4, mc=0.0)
+    tied.loc[tied["method"] == "dynamic steering", "target_rate"] = 0.95  # closer to the goal: its failure
+    assert goals(tied).iloc[0]["method"] == "dynamic steering"
+    assert goals(_table(0.0, 0.0, 0.4, mc=0.0)).iloc[0]["method"] == "steering"  # a full tie: fixed
     assert not goals(_table(0.3, 0.2, 0.4, mc=0.0)).iloc[0]["met"]  # below the instruction
     italian = goals(_table(0.5, 0.2, 0.1, mc=0.0, behaviour="italian")).iloc[0]
     assert italian["needed"] == pytest.approx(0.60) and not italian["met"]

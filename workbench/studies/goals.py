@@ -21,7 +21,7 @@ __all__ = ["MC_TOLERANCE", "MIN_CLEAN", "STEERING", "goal_note", "goals"]
 MIN_CLEAN = {"italian": 0.60}
 #: The largest loss of multiple-choice accuracy (a share of questions) that keeps the goal.
 MC_TOLERANCE = 0.02
-#: The steering-alone methods of the table, the fixed one first (it wins ties).
+#: The steering-alone methods of the table, the fixed one first (it wins full ties).
 STEERING = ("steering", "dynamic steering")
 
 
@@ -31,8 +31,8 @@ def _rate(frame: pd.DataFrame, method: str, column: str) -> float:
 
 
 def goals(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per behaviour of a baselines ``table``: the steering method with the best clean rate
-    (``method``, ``clean_rate``), the clean rate needed (``needed``: the instruction's, at least
+    """One row per behaviour of a baselines ``table``: the steering method with the best clean rate, then
+    target rate (``method``, ``clean_rate``), the clean rate needed (``needed``: the instruction's, at least
     :data:`MIN_CLEAN`) and ``clean_gap`` (clean_rate − needed), the fixed steering's change in
     multiple-choice accuracy per language (``mc_change_en``, ``mc_change_it``; NaN where not asked), the
     method's shares ``off_target``, ``degenerate`` and ``not_fluent`` (NaN without a judge), and ``met``."""
@@ -46,7 +46,7 @@ def goals(table: pd.DataFrame) -> pd.DataFrame:
             raise InvalidArgumentError(
                 f"the table has no steering row for {behaviour!r}: run the study again"
             )
-        best = steering.loc[steering["clean_rate"].idxmax()]
+        best = steering.sort_values(["clean_rate", "target_rate"], ascending=False, kind="stable").iloc[0]
         needed = max(_rate(frame, "instruction", "clean_rate"), MIN_CLEAN.get(str(behaviour), 0.0))
         row = {"behaviour": behaviour, "method": best["method"], "clean_rate": float(best["clean_rate"])}
         row |= {"needed": needed, "clean_gap": row["clean_rate"] - needed}
