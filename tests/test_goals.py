@@ -11,7 +11,14 @@ import pytest
 from workbench.errors import InvalidArgumentError
 from workbench.studies.goals import MC_TOLERANCE, goal_note, goals
 
-PUBLISHED = Path(__file__).resolve().parents[1] / "docs" / "results" / "baselines" / "italian.csv"
+PUBLISHED = (
+    Path(__file__).resolve().parents[1]
+    / "docs"
+    / "results"
+    / "baselines"
+    / "smollm2-italian"
+    / "baselines.csv"
+)
 
 
 def _table(steering: float, dynamic: float, instruction: float, mc: float, behaviour: str = "json"):
@@ -26,16 +33,20 @@ def _table(steering: float, dynamic: float, instruction: float, mc: float, behav
 
 
 def test_the_published_italian_table_misses_by_the_numbers_it_shows():
-    table = pd.read_csv(PUBLISHED).assign(behaviour="italian")
+    table = pd.read_csv(PUBLISHED)
     row = goals(table).iloc[0]
-    steering = table.set_index("method").loc["steering"]
-    assert row["method"] == "steering" and row["clean_rate"] == pytest.approx(steering["clean_rate"])
-    assert row["needed"] == pytest.approx(0.60)  # above the instruction's 0.06
-    assert row["clean_gap"] == pytest.approx(steering["clean_rate"] - 0.60)
-    unsteered = table.set_index("method").loc["unsteered"]
-    assert row["mc_change_en"] == pytest.approx(steering["mc_accuracy_en"] - unsteered["mc_accuracy_en"])
-    assert row["mc_change_it"] == pytest.approx(steering["mc_accuracy_it"] - unsteered["mc_accuracy_it"])
-    assert not row["met"] and row["not_fluent"] == pytest.approx(1 - steering["fluent_rate"])
+    methods = table.set_index("method")
+    best = methods.loc[row["method"]]
+    assert row["method"] in ("steering", "dynamic steering")
+    assert row["clean_rate"] == pytest.approx(
+        methods.loc[["steering", "dynamic steering"], "clean_rate"].max()
+    )
+    assert row["needed"] == pytest.approx(0.60)  # above the instruction's
+    assert row["clean_gap"] == pytest.approx(best["clean_rate"] - 0.60)
+    fixed, unsteered = methods.loc["steering"], methods.loc["unsteered"]
+    assert row["mc_change_en"] == pytest.approx(fixed["mc_accuracy_en"] - unsteered["mc_accuracy_en"])
+    assert row["mc_change_it"] == pytest.approx(fixed["mc_accuracy_it"] - unsteered["mc_accuracy_it"])
+    assert not row["met"] and row["not_fluent"] == pytest.approx(1 - best["fluent_rate"])
     note = goal_note(row)
     assert note.startswith("italian: goal missed") and "not fluent" in note and "en multiple choice" in note
 
