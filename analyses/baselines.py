@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from workbench.studies.baselines import BEHAVIOURS, FULL, baselines_study
+from workbench.studies.baselines import BEHAVIOURS, baselines_study
+from workbench.studies.common import study_size
 from workbench.studies.script import run_script, script_parser
 
 
@@ -39,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args,
         lambda model, size, out: baselines_study(
             model,
-            size if size.is_quick else FULL,
+            study_size("baselines", size),
             out,
             behaviours=args.behaviours,
             name="baselines" if model.is_chat else "baselines_base_model",
