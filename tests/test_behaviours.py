@@ -8,7 +8,7 @@ import pytest
 
 from workbench import behaviours, runner
 from workbench.errors import InvalidArgumentError
-from workbench.models import cache_dir
+from workbench.paths import cache_dir
 
 
 @pytest.fixture(autouse=True)

@@ -23,7 +23,8 @@ from workbench import __version__, formats
 from workbench.batching import format_prompts, length_batches
 from workbench.errors import ArtifactError, InvalidArgumentError, ShapeMismatchError
 from workbench.fastpath import direct_forward, hooked
-from workbench.models import Model, cache_dir
+from workbench.models import Model
+from workbench.paths import cache_dir
 from workbench.runs import atomic_write
 
 

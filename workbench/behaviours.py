@@ -24,7 +24,8 @@ from workbench.datasets import ContrastiveSet, Item, load
 from workbench.errors import InvalidArgumentError
 from workbench.evaluation import is_degenerate
 from workbench.evaluation.targets import on_target
-from workbench.models import Model, cache_dir
+from workbench.models import Model
+from workbench.paths import cache_dir
 from workbench.runner import Job, grid_settings, run_grid
 from workbench.runs import json_default
 from workbench.vectors import SteeringVector

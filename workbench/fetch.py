@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.errors import ModelLoadError
-from workbench.models import cache_dir
+from workbench.paths import cache_dir
 from workbench.runs import atomic_write
 
 __all__ = ["SPLIT_MODELS", "SplitModel", "download", "fetch", "fetched_gguf", "is_fetched"]

@@ -2,7 +2,7 @@
 
 Specs: the bundled ``smollm2-135m-instruct`` (default) and ``gemma3-270m``, a path to a ``.gguf`` file,
 a local Hugging Face model directory, or a Hugging Face model id (hub or local HF cache).
-GGUF weights are dequantized once and cached as safetensors under :func:`cache_dir`.
+GGUF weights are dequantized once and cached as safetensors under :func:`~workbench.paths.cache_dir`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from workbench.datasets import looks_like_path
 from workbench.devices import placement_kwargs, resolve_device, resolve_dtype
 from workbench.errors import InvalidArgumentError, ModelLoadError
+from workbench.paths import cache_dir
 from workbench.runs import atomic_text, atomic_write
 
 DEFAULT_SPEC = "smollm2-135m-instruct"
@@ -54,11 +55,6 @@ KNOWN_MODELS = {
         KnownModel("qwen2.5-coder-0.5b-instruct", "", "Qwen2.5-Coder 0.5B Instruct (AWQ), Q4_K_M GGUF", True),
     )
 }
-
-
-def cache_dir() -> Path:
-    """Where dequantized weights and activation caches live (``$WORKBENCH_CACHE`` or ``~/.cache/workbench``)."""
-    return Path(os.environ.get("WORKBENCH_CACHE", Path.home() / ".cache" / "workbench"))
 
 
 @dataclass

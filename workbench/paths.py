@@ -1,4 +1,4 @@
-"""Output paths: file names taken from data stay inside their run directory.
+"""Output paths: the workbench cache, and file names taken from data that stay inside their run directory.
 
 A dataset name, a behaviour or a prompt id can end up in a file name (``runs/<run>/<name>.parquet``). Such
 names come from data files and command lines, so :func:`safe_child` turns any text into one plain file name
@@ -14,12 +14,18 @@ from pathlib import Path
 
 from workbench.errors import InvalidArgumentError, OutputPathError
 
-__all__ = ["MAX_NAME", "check_writable", "safe_child", "slugify"]
+__all__ = ["MAX_NAME", "cache_dir", "check_writable", "safe_child", "slugify"]
 
 MAX_NAME = 128
 """Longest file name :func:`slugify` returns; longer names are cut and given a hash of the original."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def cache_dir() -> Path:
+    """Where downloads, dequantized weights and every cache live (``$WORKBENCH_CACHE`` or
+    ``~/.cache/workbench``); processes that share it share their caches."""
+    return Path(os.environ.get("WORKBENCH_CACHE", Path.home() / ".cache" / "workbench"))
 
 
 def slugify(name: str) -> str:

@@ -27,7 +27,8 @@ from typing import Any
 
 from workbench.behaviours import BEHAVIOURS, build_vectors
 from workbench.errors import ArtifactError, InvalidArgumentError, ShapeMismatchError
-from workbench.models import Model, cache_dir
+from workbench.models import Model
+from workbench.paths import cache_dir
 from workbench.recipes import Recipe
 from workbench.runs import atomic_text, utc_now
 from workbench.steering import Intervention
@@ -55,7 +56,7 @@ __all__ = [
 #: The shipped presets document.
 BUNDLED = Path(__file__).parent / "data" / "presets.json"
 #: Version of the presets document's layout.
-SCHEMA = 1
+SCHEMA = 2
 
 
 @dataclass(frozen=True)
