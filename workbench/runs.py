@@ -1,25 +1,29 @@
-"""Run-folder plumbing shared by every writer: atomic writes, the UTC clock, manifests and tables.
+"""Run-folder plumbing shared by every writer: atomic writes, locks, the UTC clock, manifests and tables.
 
 Every file the workbench writes goes through :func:`atomic_write` (a temporary file beside the target,
-then one rename), so a crash never leaves a half-written artifact under its final name.
+flushed to disk, then one rename), so a crash, a kill or a full disk never leaves a half-written artifact
+under its final name. :func:`create_once` writes a file only where none exists yet (the first of two
+processes wins), and :func:`file_lock` serialises work on one shared file across threads and processes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import importlib.metadata
 import json
 import math
 import os
 import platform
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from filelock import FileLock
 
 from workbench.errors import OutputPathError
 
@@ -27,6 +31,8 @@ __all__ = [
     "MANIFEST",
     "atomic_text",
     "atomic_write",
+    "create_once",
+    "file_lock",
     "html_table",
     "json_default",
     "markdown_table",
@@ -57,27 +63,92 @@ def utc_now() -> str:
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object], what: str = "file") -> Path:
-    """Write via ``write(tmp)`` to a temporary file beside ``path``, then rename it onto ``path``.
+    """Write via ``write(tmp)`` to a temporary file beside ``path``, flush it to disk, rename it onto ``path``.
 
-    Creates the parent folder; an OS error becomes one-line :class:`OutputPathError` naming ``what``.
+    Creates the parent folder; an OS error becomes one-line :class:`OutputPathError` naming ``what`` (a full
+    disk says so), and the temporary file is removed, so ``path`` holds either its old content or the new.
     The file gets the permissions of any new file under the process umask (``safetensors`` alone writes
     owner-only files, which other users could not load).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = _temporary(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        _fill(path, tmp, write)
         os.replace(tmp, path)
     except OSError as e:
-        raise OutputPathError(
-            f"cannot write the {what} to {path} ({e.strerror or e}); choose a writable path"
-        ) from None
+        raise _write_error(e, what, path) from None
     finally:
         with contextlib.suppress(OSError):  # e.g. the parent is a file: there is nothing to remove
             tmp.unlink(missing_ok=True)
     return path
+
+
+def create_once(path: str | os.PathLike[str], write: Callable[[Path], object], what: str = "file") -> bool:
+    """:func:`atomic_write` only if ``path`` does not exist yet; whether this call created it.
+
+    The complete temporary file is hard-linked onto ``path``, which fails when another process created it
+    first, so of two writers racing for one path exactly one wins and nobody overwrites the winner.
+    """
+    path = Path(path)
+    tmp = _temporary(path)
+    try:
+        _fill(path, tmp, write)
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    except OSError as e:
+        raise _write_error(e, what, path) from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+    return True
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created if missing) for the block: other threads and
+    processes taking the same lock wait. Use it around a read-check-write of a file shared between runs."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(path)
+        lock.acquire()
+    except OSError as e:
+        raise _write_error(e, "lock", path) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+def _fill(path: Path, tmp: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)``, then fsync (a full disk or quota often shows only when the data reaches it) and chmod."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write(tmp)
+    handle = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+    os.chmod(tmp, 0o666 & ~_UMASK)
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _write_error(error: OSError, what: str, path: Path) -> OutputPathError:
+    if error.errno in _FULL:
+        return OutputPathError(
+            f"the disk is full: cannot write the {what} to {path} ({error.strerror}); nothing was left "
+            "half-written, free some space and run again (finished work is kept)"
+        )
+    return OutputPathError(
+        f"cannot write the {what} to {path} ({error.strerror or error}); choose a writable path"
+    )
 
 
 def atomic_text(path: str | os.PathLike[str], text: str, what: str = "file") -> Path:
