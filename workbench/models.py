@@ -2,7 +2,10 @@
 
 Specs: the bundled ``smollm2-135m-instruct`` (default) and ``gemma3-270m``, a path to a ``.gguf`` file,
 a local Hugging Face model directory, or a Hugging Face model id (hub or local HF cache).
-GGUF weights are dequantized once and cached as safetensors under :func:`~workbench.paths.cache_dir`.
+GGUF weights are dequantized once and cached under :func:`~workbench.paths.cache_dir` as a plain dense
+checkpoint (safetensors, config without the GGUF quantization config, tokenizer); the folder is built
+beside its final name and renamed into place under a lock, so processes sharing the cache never see half
+of one and dequantize each file once.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import importlib.util
 import inspect
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +28,7 @@ from workbench.datasets import looks_like_path
 from workbench.devices import placement_kwargs, resolve_device, resolve_dtype
 from workbench.errors import InvalidArgumentError, ModelLoadError
 from workbench.paths import cache_dir
-from workbench.runs import atomic_text, atomic_write
+from workbench.runs import atomic_folder, atomic_write, file_lock
 
 DEFAULT_SPEC = "smollm2-135m-instruct"
 BASE_FORMAT = "Q: {user}\nA:"
@@ -59,7 +63,12 @@ KNOWN_MODELS = {
 
 @dataclass
 class Model:
-    """A loaded model: the TransformerLens bridge, its tokenizer and what provenance needs."""
+    """A loaded model: the TransformerLens bridge, its tokenizer and what provenance needs.
+
+    ``weights_hash`` is the SHA-256 of what the model was loaded from: the GGUF file (weights, tokenizer and
+    chat template), a folder's weights with its config and tokenizer files, or else the state dict and the
+    tokenizer; with dtype and device it makes :attr:`fingerprint`, the key of every cache.
+    """
 
     bridge: Any
     tokenizer: Any
@@ -151,12 +160,46 @@ def _file_sha256(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def _state_hash(model: torch.nn.Module) -> str:
+def _state_hash(model: torch.nn.Module, tokenizer: Any) -> str:
+    """SHA-256 of the state dict and of the tokenizer (vocabulary, merges, chat template, special tokens)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocabulary = (
+        backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    )
+    for text in (
+        vocabulary,
+        str(tokenizer.chat_template),
+        json.dumps(tokenizer.special_tokens_map, default=str),
+    ):
+        digest.update(hashlib.sha256(text.encode()).digest())
     return digest.hexdigest()
+
+
+#: A Hugging Face folder's files besides its weights that change what the model says: config and tokenizer.
+_DESCRIBING = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template*",
+    "vocab*",
+    "merges.txt",
+    "*.tiktoken",
+)
+
+
+def _source_hash(folder: Path, model: torch.nn.Module, tokenizer: Any) -> str:
+    """SHA-256 of a folder's safetensors weights (else of the loaded state and tokenizer) and of its config
+    and tokenizer files, so a changed chat template or vocabulary is another model for every cache."""
+    described = sorted({p for pattern in _DESCRIBING for p in folder.glob(pattern) if p.is_file()})
+    weights = sorted(folder.glob("*.safetensors"))
+    head = _file_sha256(weights) if weights else _state_hash(model, tokenizer)
+    return hashlib.sha256(f"{head}|{_file_sha256(described)}".encode()).hexdigest()
 
 
 def _package_dir(package: str, spec: str) -> Path:
@@ -183,8 +226,9 @@ def _bundled_gguf(spec: str) -> Path:
 
     target = cache_dir() / "gguf" / gemma.MODEL_NAME
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        gemma.assemble(target)
+        with file_lock(cache_dir() / "locks" / f"gguf-{gemma.MODEL_NAME}.lock"):
+            if not target.exists():
+                atomic_write(target, lambda tmp: gemma.assemble(tmp, overwrite=True), f"model file of {spec}")
     return target
 
 
@@ -199,14 +243,20 @@ def _check_gguf(path: Path) -> None:
         raise ModelLoadError(f"{path} is truncated ({path.stat().st_size} bytes): download or copy it again")
 
 
+#: Bumped when what the dequantized cache holds changes, so older folders are rebuilt (2: a plain dense
+#: checkpoint; 1 kept the GGUF ``quantization_config``, so every reload went through transformers' GGUF
+#: quantizer, untrainable and unserialisable).
+DEQUANTIZED_VERSION = 2
+
+
 def _dequantized_dir(gguf: Path) -> Path:
     stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_dir() / "models" / f"{gguf.stem}-{key}"
+    source = f"{DEQUANTIZED_VERSION}|{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    return cache_dir() / "models" / f"{gguf.stem}-{hashlib.sha256(source.encode()).hexdigest()[:16]}"
 
 
 def _load_gguf(gguf: Path, dtype: torch.dtype, placement: dict[str, Any]) -> tuple[Any, Any, str]:
-    """Load a GGUF file dequantized, through a safetensors cache so later loads skip dequantization.
+    """Load a GGUF file dequantized, through the dense cache (written on first use) in ``dtype``.
 
     ``placement`` (``device_map``, ``max_memory``) loads the cached safetensors dispatched over devices.
     """
@@ -216,17 +266,20 @@ def _load_gguf(gguf: Path, dtype: torch.dtype, placement: dict[str, Any]) -> tup
     cached = _dequantized_dir(gguf)
     meta_path = cached / "workbench.json"
     if not meta_path.exists():
-        model, tokenizer, weights_hash = _dequantize(gguf, cached)
-        if not placement:
-            return model.to(dtype), tokenizer, weights_hash
+        with file_lock(cache_dir() / "locks" / f"models-{cached.name}.lock"):  # one process dequantizes
+            if not meta_path.exists():
+                for stale in cached.parent.glob(f".{cached.name}.*.tmp"):  # left by a killed process
+                    shutil.rmtree(stale, ignore_errors=True)
+                atomic_folder(cached, lambda tmp: _dequantize(gguf, tmp), "dequantized model")
     meta = json.loads(meta_path.read_text())
     # Loading straight in ``dtype`` rounds each tensor as ``.to(dtype)`` would, without a float32 copy first.
     model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, **placement)
     return model, AutoTokenizer.from_pretrained(cached), meta["weights_hash"]
 
 
-def _dequantize(gguf: Path, cached: Path) -> tuple[Any, Any, str]:
-    """Read ``gguf`` in float32 and write it to ``cached`` as safetensors, config and tokenizer."""
+def _dequantize(gguf: Path, folder: Path) -> None:
+    """Read ``gguf`` in float32 and write it to ``folder`` as a dense checkpoint: safetensors, a config
+    without ``quantization_config``, the tokenizer, and ``workbench.json`` (the source's SHA-256)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -237,17 +290,17 @@ def _dequantize(gguf: Path, cached: Path) -> tuple[Any, Any, str]:
             f"could not read {gguf} as a GGUF model ({_brief(exc)}): the file may be truncated or damaged, "
             "download or copy it again"
         ) from exc
-    weights_hash = _file_sha256([gguf])
-    model.config.architectures = [type(model).__name__]
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    config["architectures"] = [type(model).__name__]
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     if not model.config.tie_word_embeddings and "lm_head.weight" in model.state_dict():
         state["lm_head.weight"] = model.state_dict()["lm_head.weight"].contiguous()
-    atomic_write(cached / "model.safetensors", lambda tmp: save_file(state, tmp), "dequantized model")
-    model.config.to_json_file(cached / "config.json")
-    tokenizer.save_pretrained(cached)
-    meta = json.dumps({"weights_hash": weights_hash, "source": str(gguf)})
-    atomic_text(cached / "workbench.json", meta, "dequantized model")
-    return model, tokenizer, weights_hash
+    save_file(state, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tokenizer.save_pretrained(folder)
+    meta = {"weights_hash": _file_sha256([gguf]), "source": str(gguf), "version": DEQUANTIZED_VERSION}
+    (folder / "workbench.json").write_text(json.dumps(meta))
 
 
 def _brief(exc: BaseException) -> str:
@@ -285,9 +338,11 @@ def _load_hf(
             f"could not load {where} as a Hugging Face causal LM ({_brief(exc)}): "
             "check that it holds config.json, tokenizer files and weights of a supported architecture"
         ) from exc
-    files = [p for p in Path(spec).glob("*.safetensors")] if local else []
-    weights_hash = _file_sha256(files) if files else _state_hash(model)
-    return model, tokenizer, weights_hash
+    return (
+        model,
+        tokenizer,
+        _source_hash(Path(spec), model, tokenizer) if local else _state_hash(model, tokenizer),
+    )
 
 
 def _prefer_sdpa(hf_model: Any) -> None:
@@ -344,7 +399,7 @@ def from_hf(
         bridge=bridge,
         tokenizer=tokenizer,
         name=name,
-        weights_hash=weights_hash or _state_hash(hf_model),
+        weights_hash=weights_hash or _state_hash(hf_model, tokenizer),
         is_chat=chat,
         load_seconds=time.perf_counter() - start,
         source=source,

@@ -16,7 +16,9 @@ import json
 import math
 import os
 import platform
+import re
 import secrets
+import shutil
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +31,7 @@ from workbench.errors import OutputPathError
 
 __all__ = [
     "MANIFEST",
+    "atomic_folder",
     "atomic_text",
     "atomic_write",
     "create_once",
@@ -104,6 +107,33 @@ def create_once(path: str | os.PathLike[str], write: Callable[[Path], object], w
     return True
 
 
+def atomic_folder(
+    path: str | os.PathLike[str], write: Callable[[Path], object], what: str = "folder"
+) -> Path:
+    """Build a folder via ``write(tmp)`` in a temporary folder beside ``path``, flush its files to disk and
+    rename it onto ``path``: readers see the whole folder or none. Where ``path`` already exists (another
+    process finished first) this folder is dropped and that one kept. OS errors as in :func:`atomic_write`.
+    """
+    path = Path(path)
+    tmp = _temporary(path)
+    try:
+        tmp.mkdir(parents=True)
+        _call(write, tmp)
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                _sync(file)
+        try:
+            os.rename(tmp, path)
+        except OSError as e:
+            if not (e.errno in (errno.EEXIST, errno.ENOTEMPTY) and path.is_dir()):
+                raise
+    except OSError as e:
+        raise _write_error(e, what, path) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
     """Hold an exclusive lock on the file ``path`` (created if missing) for the block: other threads and
@@ -126,15 +156,38 @@ def _temporary(path: Path) -> Path:
 
 
 def _fill(path: Path, tmp: Path, write: Callable[[Path], object]) -> None:
-    """``write(tmp)``, then fsync (a full disk or quota often shows only when the data reaches it) and chmod."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write(tmp)
-    handle = os.open(tmp, os.O_RDONLY)
+    _call(write, tmp)
+    _sync(tmp)
+
+
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def _call(write: Callable[[Path], object], tmp: Path) -> None:
+    """``write(tmp)``, with an OS error that a native writer reports as text (safetensors' Rust writer:
+    ``... (os error 28)``) raised as the OSError it is."""
+    try:
+        write(tmp)
+    except OSError:
+        raise
+    except Exception as e:
+        found = _RUST_OS_ERROR.search(str(e))
+        if found is None:
+            raise
+        code = int(found[1])
+        raise OSError(code, os.strerror(code)) from e
+
+
+def _sync(file: Path) -> None:
+    """fsync ``file`` (a full disk or quota often shows only when the data reaches it) and give it the
+    permissions of any new file under the umask."""
+    handle = os.open(file, os.O_RDONLY)
     try:
         os.fsync(handle)
     finally:
         os.close(handle)
-    os.chmod(tmp, 0o666 & ~_UMASK)
+    os.chmod(file, 0o666 & ~_UMASK)
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
