@@ -1,9 +1,13 @@
-"""Reference-model fluency: calibrated on natural answers, it passes them and fails token salad."""
+"""Reference-model fluency: calibrated on natural answers, it passes them and fails token salad; its
+perplexity cache keys every input, is shared by concurrent runs and survives a full disk."""
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
 
+import pandas as pd
 import pytest
 import torch
 
@@ -81,3 +85,63 @@ def test_cached_perplexities_are_read_back_and_only_new_answers_are_scored(
         patch.setattr("workbench.evaluation.reference.perplexity", counting)
         cached_perplexity(other, prompts[4:6], natural[4:6], cache)
     assert scored == [1, 2]
+
+
+def test_the_perplexity_cache_key_names_every_input(writer, prompts, natural, tmp_path, monkeypatch):
+    """Each input changed once scores again; the unchanged call reads back. The prompt is keyed as the
+    reference sees it, so a base-format reference (or another chat template) never reads chat-format scores."""
+    cache = tmp_path / "ppl.parquet"
+    scored: list[str] = []
+
+    def counting(model, contexts, continuations, **kwargs):
+        scored.extend(contexts)
+        return [1.0] * len(contexts)
+
+    monkeypatch.setattr("workbench.evaluation.reference.perplexity", counting)
+    base = (writer, prompts[:1], natural[:1])
+    changes = {
+        "nothing": base,
+        "prompt": (writer, prompts[1:2], natural[:1]),
+        "response": (writer, prompts[:1], natural[1:2]),
+        "weights": (dataclasses.replace(writer, weights_hash="e" * 64), prompts[:1], natural[:1]),
+        "prompt format": (dataclasses.replace(writer, is_chat=False), prompts[:1], natural[:1]),
+    }
+    cached_perplexity(*base, cache)
+    counts = {}
+    for name, args in changes.items():
+        before = len(scored)
+        cached_perplexity(*args, cache)
+        counts[name] = len(scored) - before
+    assert counts == {"nothing": 0, "prompt": 1, "response": 1, "weights": 1, "prompt format": 1}
+
+
+def test_runs_sharing_a_perplexity_cache_keep_each_others_scores(
+    writer, prompts, natural, tmp_path, monkeypatch
+):
+    """Run A scores while run B writes the file: A merges under the lock instead of overwriting B."""
+    cache = tmp_path / "ppl.parquet"
+    other = []
+
+    def meanwhile(model, contexts, continuations, **kwargs):
+        if not other:  # run B finishes while A is scoring
+            other.append(1)
+            cached_perplexity(writer, prompts[4:6], natural[4:6], cache)
+        return [2.0] * len(contexts)
+
+    monkeypatch.setattr("workbench.evaluation.reference.perplexity", meanwhile)
+    cached_perplexity(writer, prompts[:2], natural[:2], cache)
+    stored = pd.read_parquet(cache)
+    assert len(stored) == 4 and stored["key"].is_unique
+
+
+def test_a_full_disk_keeps_the_scores_and_warns(writer, prompts, natural, tmp_path, monkeypatch):
+    cache = tmp_path / "ppl.parquet"
+    monkeypatch.setattr("workbench.evaluation.reference.perplexity", lambda m, c, r, **k: [3.0] * len(c))
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.warns(UserWarning, match="disk is full"):
+        assert cached_perplexity(writer, prompts[:2], natural[:2], cache) == [3.0, 3.0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ppl.parquet.lock"], "nothing half-written"

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from workbench import __version__, formats
 from workbench.batching import format_prompts, length_batches
-from workbench.errors import ArtifactError, InvalidArgumentError, ShapeMismatchError
+from workbench.errors import ArtifactError, InvalidArgumentError, OutputPathError, ShapeMismatchError
 from workbench.fastpath import direct_forward, hooked
 from workbench.models import Model
 from workbench.paths import cache_dir
@@ -154,8 +154,9 @@ def _select(x: Tensor, mask: Tensor, position: str | int) -> Tensor:
     return x[torch.arange(x.shape[0]), index]
 
 
-#: Bumped when what a cached capture holds changes (v2: position ids under left padding).
-CACHE_VERSION = 2
+#: Bumped when what a cached capture holds or is keyed by changes (v2: position ids under left padding;
+#: v3: keyed by batch size, since the batches' padding changes the last bits).
+CACHE_VERSION = 3
 BYPASS_WARNING = "collect: hooks are active, the activation cache is bypassed"
 
 
@@ -173,17 +174,24 @@ def _settings(model: Model, hook: str, position: str | int, chat: bool) -> dict[
 
 
 def _cache_path(
-    model: Model, settings: dict[str, Any], layers: tuple[int, ...], prompts_hash: str, cache: bool
+    model: Model,
+    settings: dict[str, Any],
+    layers: tuple[int, ...],
+    prompts_hash: str,
+    batch_size: int,
+    cache: bool,
 ) -> Path | None:
     """Where this capture is cached, or None: caching is off, or hooks are active (steering or user hooks
-    change the activations, so they are neither read from nor written to the cache)."""
+    change the activations, so they are neither read from nor written to the cache). The key names every
+    input of the capture: model fingerprint (weights with tokenizer, dtype, device), hook, position, chat
+    formatting, layers, the prompts as formatted, and the batch size."""
     if not cache:
         return None
     active = hooked(model)
     if active:
         warnings.warn(f"{BYPASS_WARNING} ({', '.join(active[:3])})", stacklevel=3)
         return None
-    blob = json.dumps([CACHE_VERSION, settings, layers, prompts_hash], sort_keys=True)
+    blob = json.dumps([CACHE_VERSION, settings, layers, prompts_hash, batch_size], sort_keys=True)
     key = hashlib.sha256(blob.encode()).hexdigest()[:32]
     return cache_dir() / "activations" / f"{key}.safetensors"
 
@@ -207,7 +215,8 @@ def collect(
     needed hook points are hooked, and the forward stops after the last needed layer. Position ids count
     each row's real tokens (left padding does not shift absolute positions). With ``cache``, results are
     stored under the workbench cache keyed by ``model.fingerprint`` (weights, dtype, device type), prompts
-    as formatted, layers, hook and position, and a second identical call reads them. While any hook is
+    as formatted, layers, hook, position and ``batch_size``, and a second identical call reads them (a
+    cache that cannot be written, e.g. a full disk, or a damaged entry only warns). While any hook is
     registered on the model (inside :func:`~workbench.steering.steer`, user hooks) the cache is neither
     read nor written, with a warning.
     """
@@ -221,9 +230,9 @@ def collect(
         raise InvalidArgumentError(f"unknown position {position!r}: use 'last', 'mean' or an int token index")
     settings = _settings(model, hook, position, chat)
     prompts_hash = _prompts_hash(texts)
-    path = _cache_path(model, settings, layers, prompts_hash, cache)
-    if path is not None and path.exists():
-        return Activations(load_file(path)["tensor"], layers, prompts_hash, settings)
+    path = _cache_path(model, settings, layers, prompts_hash, batch_size, cache)
+    if (cached := _cached(path, (len(texts), len(layers), model.d_model))) is not None:
+        return Activations(cached, layers, prompts_hash, settings)
     batches = list(length_batches(model, texts, batch_size, formatted=chat))
 
     def forwards() -> Iterator[tuple[list[int], dict[str, Tensor], Tensor]]:
@@ -244,9 +253,36 @@ def collect(
     return Activations(out, layers, prompts_hash, settings)
 
 
+def _cached(path: Path | None, shape: tuple[int, int, int]) -> Tensor | None:
+    """The cached tensor at ``path``, or None when there is none; an unreadable or misshapen file (a damaged
+    disk) is left to be overwritten, with a warning."""
+    if path is None or not path.exists():
+        return None
+    try:
+        tensor = load_file(path)["tensor"]
+    except Exception as exc:  # safetensors raises its own error type for damaged files
+        warnings.warn(
+            f"collect: the cached capture {path} is unreadable ({exc}); collecting again", stacklevel=3
+        )
+        return None
+    if tuple(tensor.shape) != shape:
+        warnings.warn(
+            f"collect: the cached capture {path} has shape {tuple(tensor.shape)}; collecting again",
+            stacklevel=3,
+        )
+        return None
+    return tensor
+
+
 def _store(path: Path, tensor: Tensor, settings: dict[str, Any]) -> None:
+    """Cache a capture; a full disk or unwritable cache loses only the cache entry (a one-line warning)."""
     metadata = {"settings": json.dumps(settings)}
-    atomic_write(path, lambda tmp: save_file({"tensor": tensor}, tmp, metadata=metadata), "activation cache")
+    try:
+        atomic_write(
+            path, lambda tmp: save_file({"tensor": tensor}, tmp, metadata=metadata), "activation cache"
+        )
+    except OutputPathError as exc:
+        warnings.warn(f"collect: not cached: {exc}", stacklevel=3)
 
 
 def _capture(
@@ -344,9 +380,9 @@ def collect_responses(
         sequences.append((ids, n))
     settings = _settings(model, hook, "response_mean", chat)
     prompts_hash = _prompts_hash([*texts, *(f"\x00{r}" for r in responses)])
-    path = _cache_path(model, settings, layers, prompts_hash, cache)
-    if path is not None and path.exists():
-        return Activations(load_file(path)["tensor"], layers, prompts_hash, settings)
+    path = _cache_path(model, settings, layers, prompts_hash, batch_size, cache)
+    if (cached := _cached(path, (len(texts), len(layers), model.d_model))) is not None:
+        return Activations(cached, layers, prompts_hash, settings)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0]))

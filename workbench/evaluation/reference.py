@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +31,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench.errors import InvalidArgumentError, ModelLoadError
+from workbench.batching import format_prompts
+from workbench.errors import InvalidArgumentError, ModelLoadError, OutputPathError
 from workbench.evaluation.perplexity import perplexity
 from workbench.models import Model, load_model
-from workbench.runs import write_frame
+from workbench.runs import file_lock, write_frame
 
 __all__ = [
     "QUANTILE",
@@ -178,6 +180,10 @@ class Judge:
         )
 
 
+#: Bumped when what the perplexity cache is keyed by changes (2: the prompt as the reference sees it).
+CACHE_VERSION = 2
+
+
 def cached_perplexity(
     model: Model,
     prompts: Sequence[str],
@@ -187,23 +193,43 @@ def cached_perplexity(
     batch_size: int = 16,
 ) -> list[float]:
     """:func:`~workbench.evaluation.perplexity.perplexity` of each response given its prompt; with a
-    ``cache`` file (parquet), those already there (keyed by the model's fingerprint, prompt and response) are
-    read and the others computed and added (a score does not depend on the batch it ran in)."""
+    ``cache`` file (parquet), those already there are read and the others computed and added (a score does
+    not depend on the batch it ran in). An entry is keyed by the model's fingerprint (weights with tokenizer
+    and chat template, dtype, device), the prompt as the model sees it (formatted) and the response. Runs
+    sharing the file add to it under a lock; a cache that cannot be written only warns."""
     if cache is None:
         return list(perplexity(model, prompts, responses, batch_size=batch_size))
     path = Path(cache)
-    stored = pd.read_parquet(path) if path.exists() else pd.DataFrame({"key": [], "perplexity": []})
-    known = dict(zip(stored["key"], stored["perplexity"].astype(float), strict=True))
+    seen = format_prompts(model, prompts, chat=True)  # what perplexity() scores the response after
     keys = [
-        hashlib.sha256("\x00".join((model.fingerprint, p, r)).encode()).hexdigest()
-        for p, r in zip(prompts, responses, strict=True)
+        hashlib.sha256("\x00".join((str(CACHE_VERSION), model.fingerprint, p, r)).encode()).hexdigest()
+        for p, r in zip(seen, responses, strict=True)
     ]
+    known = _read_cache(path)
     todo = sorted({k: i for i, k in enumerate(keys) if k not in known}.values())
     if todo:
         fresh = perplexity(
             model, [prompts[i] for i in todo], [responses[i] for i in todo], batch_size=batch_size
         )
-        known |= {keys[i]: float(v) for i, v in zip(todo, fresh, strict=True)}
-        frame = pd.DataFrame({"key": list(known), "perplexity": list(known.values())})
-        write_frame(frame, path, "perplexity cache")
+        new = {keys[i]: float(v) for i, v in zip(todo, fresh, strict=True)}
+        try:
+            with file_lock(path.with_name(f".{path.name}.lock")):  # another run may have added entries
+                merged = _read_cache(path) | new
+                frame = pd.DataFrame({"key": list(merged), "perplexity": list(merged.values())})
+                write_frame(frame, path, "perplexity cache")
+        except OutputPathError as exc:
+            warnings.warn(f"perplexity cache not updated: {exc}", stacklevel=2)
+        known |= new
     return [known[k] for k in keys]
+
+
+def _read_cache(path: Path) -> dict[str, float]:
+    """The cached perplexities by key; a damaged file is read as empty (and rewritten), with a warning."""
+    if not path.exists():
+        return {}
+    try:
+        stored = pd.read_parquet(path, columns=["key", "perplexity"])
+    except (OSError, ValueError) as exc:  # pyarrow's errors for a damaged file derive from these
+        warnings.warn(f"the perplexity cache {path} is unreadable ({exc}); scoring again", stacklevel=3)
+        return {}
+    return dict(zip(stored["key"], stored["perplexity"].astype(float), strict=True))
