@@ -45,7 +45,6 @@ def test_atomic_write_gives_files_the_umask_permissions_not_owner_only(tmp_path)
 
 def test_a_full_disk_leaves_the_old_file_and_no_temporary_and_says_so_in_one_line(tmp_path, monkeypatch):
 
-
     target = runs.atomic_text(tmp_path / "table.csv", "old\n")
 
     def full(*args):

@@ -9,6 +9,12 @@ worker is free, and their responses are yielded as each finishes. A worker that 
 not depend on which worker produced them. Without ``address`` a local cluster is started and shut down
 again by :meth:`RayExecutor.close` (or leaving the ``with`` block), also after an error. Under
 :func:`~workbench.runner.using_executor` it serves only grids of its own model (:meth:`RayExecutor.serves`).
+
+Each worker reports what it loaded (:func:`~workbench.runner.worker_facts`: pid, fingerprint, device,
+dtype) and every chunk comes back with its worker's fingerprint. Rows are filed under the workers'
+fingerprint; workers that loaded the model unlike the driver (Ray gave them no GPU, another dtype) are
+refused in one line unless ``allow_other_fingerprint``, and a chunk from a worker that came back as
+another model (restarted on another node) stops the grid before its rows are written.
 """
 
 from __future__ import annotations
@@ -21,7 +27,15 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from workbench.errors import InvalidArgumentError, ModelLoadError, WorkbenchError
-from workbench.runner import Chunk, run_chunk, using_executor
+from workbench.runner import (
+    Chunk,
+    FingerprintMismatchError,
+    WorkerFacts,
+    check_producer,
+    run_chunk,
+    using_executor,
+    worker_facts,
+)
 
 if TYPE_CHECKING:
     from workbench.models import Model
@@ -45,14 +59,12 @@ class _Worker:
             torch.set_num_threads(threads)
         self.model = load_model(spec, **load_kwargs)
 
-    def pid(self) -> int:
-        return os.getpid()
+    def describe(self) -> WorkerFacts:
+        return worker_facts(self.model)
 
-    def weights_hash(self) -> str:
-        return self.model.weights_hash
-
-    def run(self, chunk: Chunk) -> list[str]:
-        return run_chunk(self.model, chunk)
+    def run(self, chunk: Chunk) -> tuple[WorkerFacts, list[str]]:
+        """The chunk's responses, with the facts of the worker that generated them."""
+        return worker_facts(self.model), run_chunk(self.model, chunk)
 
 
 def _last_line(error: BaseException) -> str:
@@ -77,7 +89,8 @@ class RayExecutor:
     ``address``: a running cluster (``"auto"``, ``"ray://host:10001"``); None starts a local one.
     ``gpus_per_worker`` defaults to 1 when the cluster has a GPU per worker, else 0; ``workers`` to the
     cluster's GPUs when it has some, else 2; ``threads_per_worker`` to 1 per GPU worker, else the
-    cluster's CPUs divided among the workers.
+    cluster's CPUs divided among the workers. ``allow_other_fingerprint``: run grids of a driver whose
+    model the workers loaded differently (dtype, device), filing the rows under the workers' fingerprint.
     """
 
     spec: str
@@ -88,9 +101,10 @@ class RayExecutor:
     gpus_per_worker: float | None = None
     max_restarts: int = 2
     max_task_retries: int = 2
+    allow_other_fingerprint: bool = False
     _actors: list[Any] = field(default_factory=list, init=False, repr=False)
     _started_ray: bool = field(default=False, init=False, repr=False)
-    _weights_hash: str | None = field(default=None, init=False, repr=False)
+    _loaded: dict[int, WorkerFacts] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("workers", "threads_per_worker"):
@@ -109,20 +123,47 @@ class RayExecutor:
     @property
     def pids(self) -> list[int]:
         """The worker processes' ids (starts the workers and waits until each has loaded the model)."""
+        return [worker["pid"] for worker in self._workers()]
+
+    def _workers(self) -> list[WorkerFacts]:
+        """What each worker reports about its model, asked now (starts the workers); remembered by pid."""
         ray = _ray()
-        return ray.get([actor.pid.remote() for actor in self._start()])
+        facts: list[WorkerFacts] = [self._result(ray, actor.describe.remote()) for actor in self._start()]
+        self._loaded |= {f["pid"]: f for f in facts}
+        return facts
 
     def serves(self, model: Model) -> bool:
         """Whether the workers' model is ``model``: loaded from the same spec (compared first, so a grid of
         another model starts no worker) with the same weights hash (so weights changed in place under that
-        spec, e.g. a LoRA adapter applied, are not mistaken for the spec's). Device and dtype are the
-        workers' own (``load_kwargs``): a CPU driver may send its grids to GPU workers."""
-        if model.source != self.spec:
-            return False
-        if self._weights_hash is None:
-            ray = _ray()
-            self._weights_hash = self._result(ray, self._start()[0].weights_hash.remote())
-        return model.weights_hash == self._weights_hash
+        spec, e.g. a LoRA adapter applied, are not mistaken for the spec's). Dtype and device are then
+        checked by :meth:`fingerprint_for`."""
+        return model.source == self.spec and all(
+            worker["weights_hash"] == model.weights_hash for worker in self._workers()
+        )
+
+    def fingerprint_for(self, model: Model) -> str:
+        """The workers' fingerprint, under which ``model``'s rows are filed: refused in one line when the
+        workers disagree among themselves, or differ from ``model`` without ``allow_other_fingerprint``."""
+        worker = self._common()
+        return check_producer(model, worker, self.allow_other_fingerprint, "the Ray workers' model")
+
+    def _common(self) -> WorkerFacts:
+        """The facts of the first worker, once every worker reports the same fingerprint (else refused)."""
+        workers = self._workers()
+        found = sorted({worker["fingerprint"] for worker in workers})
+        if len(found) > 1:
+            raise FingerprintMismatchError(
+                f"the Ray workers loaded {self.spec!r} as different models ({', '.join(found)}): their rows "
+                "cannot be filed under one fingerprint; give every worker the same device and dtype"
+            )
+        return workers[0]
+
+    def describe(self) -> dict[str, object]:
+        """``{"kind": "ray", "address", "workers"}``: every worker that loaded the model so far, as it
+        reported itself (a restarted worker appears under its old and its new pid); starts nothing."""
+        if self._actors:
+            self._workers()
+        return {"kind": "ray", "address": self.address or "local", "workers": list(self._loaded.values())}
 
     def _start(self) -> list[Any]:
         if self._actors:
@@ -155,6 +196,7 @@ class RayExecutor:
         ray = _ray()
         try:
             actors = self._start()
+            filed_under = self._common()["fingerprint"] if chunks else None
             waiting = list(range(len(chunks)))[::-1]
             running: dict[Any, tuple[int, Any]] = {}
             for actor in actors:
@@ -164,7 +206,13 @@ class RayExecutor:
             while running:
                 [done], _ = ray.wait(list(running), num_returns=1)
                 index, actor = running.pop(done)
-                responses = self._result(ray, done)
+                worker, responses = self._result(ray, done)
+                self._loaded.setdefault(worker["pid"], worker)
+                if worker["fingerprint"] != filed_under:
+                    raise RayWorkerError(
+                        f"Ray worker {worker['pid']} came back as {worker['fingerprint']} (restarted with another "
+                        f"device, dtype or weights), the grid's rows are {filed_under}; its chunk was not kept"
+                    )
                 if waiting:
                     following = waiting.pop()
                     running[actor.run.remote(chunks[following])] = (following, actor)
@@ -173,7 +221,7 @@ class RayExecutor:
             self.close()
             raise
 
-    def _result(self, ray: Any, ref: Any) -> list[str]:
+    def _result(self, ray: Any, ref: Any) -> Any:
         try:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as exc:

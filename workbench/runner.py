@@ -6,6 +6,11 @@ chunk's responses. The default, :class:`LocalExecutor`, runs them one after anot
 grid run inside a block (studies included) for the model it serves. The driver writes each finished chunk as a parquet
 part of raw responses (never scores) under ``out_dir``, beside a manifest of everything that changes the
 responses, so a rerun generates only missing rows and scores are always recomputed by the scorer given.
+
+Rows are filed under the fingerprint of the model that generated them (:meth:`Executor.fingerprint_for`:
+the executor's own model or workers, which report theirs), so rows made in float32 on the CPU are never
+read back as a bfloat16 GPU model's. A producer whose fingerprint is not the driver model's is refused in
+one line (:class:`FingerprintMismatchError`) unless the executor was built with ``allow_other_fingerprint``.
 """
 
 from __future__ import annotations
@@ -19,28 +24,33 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypedDict
 
 import pandas as pd
 
 from workbench.errors import InvalidArgumentError
 from workbench.generation import generate
 from workbench.models import Model
-from workbench.runs import atomic_text, atomic_write, json_default
+from workbench.runs import atomic_write, create_once, json_default
 from workbench.steering import Intervention
 
 __all__ = [
     "GRID_MANIFEST",
     "Chunk",
     "Executor",
+    "FingerprintMismatchError",
     "Job",
     "LocalExecutor",
     "ModelExecutor",
     "Scorer",
+    "WorkerFacts",
+    "check_producer",
     "grid_settings",
+    "producer_fingerprint",
     "run_chunk",
     "run_grid",
     "using_executor",
+    "worker_facts",
 ]
 
 #: The manifest of an ``out_dir``: model fingerprint, generation settings and the caller's key.
@@ -63,9 +73,59 @@ class Chunk:
 
 
 class Executor(Protocol):
-    """Generates chunks; yields ``(chunk index, responses)`` as each finishes, in any order."""
+    """Generates chunks; yields ``(chunk index, responses)`` as each finishes, in any order.
+
+    ``fingerprint_for(model)``: the fingerprint of the model that generates ``model``'s rows, under which
+    they are filed (it refuses one other than ``model.fingerprint`` unless told to accept it).
+    ``describe()``: JSON-able facts for the run record, ``{"kind", "address", "workers": [{"pid",
+    "fingerprint", "weights_hash", "device", "dtype"}, ...]}`` (:class:`WorkerFacts`).
+    """
 
     def map(self, chunks: Sequence[Chunk]) -> Iterator[tuple[int, list[str]]]: ...
+
+    def fingerprint_for(self, model: Model) -> str: ...
+
+    def describe(self) -> dict[str, object]: ...
+
+
+class FingerprintMismatchError(InvalidArgumentError):
+    """An executor's model (weights, dtype or device) is not the driver's: its rows would be filed wrongly."""
+
+
+class WorkerFacts(TypedDict):
+    """What a worker reports about the model it loaded (:func:`worker_facts`)."""
+
+    pid: int
+    fingerprint: str
+    weights_hash: str
+    device: str
+    dtype: str
+
+
+def worker_facts(model: Model) -> WorkerFacts:
+    """This process's id and ``model``'s fingerprint, weights hash, device and dtype."""
+    return WorkerFacts(
+        pid=os.getpid(),
+        fingerprint=model.fingerprint,
+        weights_hash=model.weights_hash,
+        device=str(model.device),
+        dtype=str(model.dtype).replace("torch.", ""),
+    )
+
+
+def check_producer(model: Model, worker: WorkerFacts, allow_other: bool, who: str) -> str:
+    """``worker``'s fingerprint (from :func:`worker_facts`), refused when it is not ``model``'s and
+    ``allow_other`` is false."""
+    fingerprint = worker["fingerprint"]
+    if fingerprint != model.fingerprint and not allow_other:
+        mine = worker_facts(model)
+        raise FingerprintMismatchError(
+            f"{who} is {fingerprint} ({worker['dtype']} on {worker['device']}) but {model.name} here is "
+            f"{model.fingerprint} ({mine['dtype']} on {mine['device']}): its rows would be filed as another "
+            "model's; load both with the same weights, dtype and device, or pass allow_other_fingerprint=True "
+            "to file the rows under the producing model's fingerprint"
+        )
+    return fingerprint
 
 
 class ModelExecutor(Executor, Protocol):
@@ -90,10 +150,11 @@ def run_chunk(model: Model, chunk: Chunk, *, progress: bool = False) -> list[str
 
 @dataclass
 class LocalExecutor:
-    """Runs every chunk in this process, in order."""
+    """Runs every chunk in this process, in order, on ``model``."""
 
     model: Model
     progress: bool = False
+    allow_other_fingerprint: bool = False
 
     def map(self, chunks: Sequence[Chunk]) -> Iterator[tuple[int, list[str]]]:
         for index, chunk in enumerate(chunks):
@@ -102,6 +163,16 @@ class LocalExecutor:
     def serves(self, model: Model) -> bool:
         """Whether ``model`` gives this executor's outputs: the same fingerprint (weights, dtype, device)."""
         return model.fingerprint == self.model.fingerprint
+
+    def fingerprint_for(self, model: Model) -> str:
+        """This executor's model's fingerprint (refused if not ``model``'s, unless allowed)."""
+        return check_producer(
+            model, worker_facts(self.model), self.allow_other_fingerprint, "this executor's model"
+        )
+
+    def describe(self) -> dict[str, object]:
+        """``{"kind": "in process", "address": None, "workers": [this process and its model]}``."""
+        return {"kind": "in process", "address": None, "workers": [worker_facts(self.model)]}
 
 
 _DEFAULT_EXECUTOR: ContextVar[ModelExecutor | None] = ContextVar("workbench_executor", default=None)
@@ -128,6 +199,18 @@ def _executor_for(model: Model, progress: bool) -> Executor:
     """The block's default executor (:func:`using_executor`) if it serves ``model``, else a local one."""
     default = _DEFAULT_EXECUTOR.get()
     return default if default is not None and default.serves(model) else LocalExecutor(model, progress)
+
+
+def producer_fingerprint(model: Model, executor: Executor | None = None) -> str:
+    """The fingerprint ``model``'s grid rows are filed under: ``executor``'s (default: the one
+    :func:`run_grid` would pick) :meth:`~Executor.fingerprint_for`; one line if it has none."""
+    chosen = executor if executor is not None else _executor_for(model, False)
+    if not callable(getattr(chosen, "fingerprint_for", None)):
+        raise InvalidArgumentError(
+            f"{type(chosen).__name__} has no fingerprint_for(model) method: an executor must say which model "
+            "generates its rows, so they are filed under that model's fingerprint"
+        )
+    return chosen.fingerprint_for(model)
 
 
 @dataclass(frozen=True)
@@ -200,7 +283,9 @@ class _Store:
                     "pass a new out_dir"
                 )
         else:
-            atomic_text(path, json.dumps(wanted, indent=1, sort_keys=True), "grid manifest")
+            text = json.dumps(wanted, indent=1, sort_keys=True)
+            if not create_once(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), "grid manifest"):
+                return self.open(settings)  # another process created it first: check against theirs
         parts = sorted(self.root.glob("part-*.parquet"))
         if not parts:
             return {}
@@ -238,10 +323,13 @@ def grid_settings(
     chat: bool = True,
     generate_kwargs: Mapping[str, object] | None = None,
     key: Mapping[str, object] | None = None,
+    executor: Executor | None = None,
 ) -> dict[str, object]:
-    """What :func:`run_grid`'s ``out_dir`` manifest records and must match (:data:`GRID_MANIFEST`)."""
+    """What :func:`run_grid`'s ``out_dir`` manifest records and must match (:data:`GRID_MANIFEST`); its
+    ``fingerprint`` is that of the model generating the rows (:func:`producer_fingerprint`)."""
     extra = {"generate_kwargs": dict(generate_kwargs or {}), **dict(key or {})}
-    return {"fingerprint": model.fingerprint, "max_new_tokens": max_new_tokens, "chat": chat, **extra}
+    fingerprint = producer_fingerprint(model, executor)
+    return {"fingerprint": fingerprint, "max_new_tokens": max_new_tokens, "chat": chat, **extra}
 
 
 def run_grid(
@@ -266,8 +354,9 @@ def run_grid(
     ``chunk_size``; each chunk's missing rows are one :class:`Chunk` for ``executor`` (default: the one
     :func:`using_executor` set, if it serves ``model``, else :class:`LocalExecutor`), so a resumed grid batches exactly as an uninterrupted one. With ``out_dir``,
     each finished chunk is written as a parquet part of raw responses (never scores) and a rerun
-    generates only what no part holds; the directory's manifest (:data:`GRID_MANIFEST`: model fingerprint,
-    ``max_new_tokens``, ``chat``, ``generate_kwargs`` and the caller's ``key``) must match. ``on_chunk``
+    generates only what no part holds; the directory's manifest (:data:`GRID_MANIFEST`: the fingerprint of
+    the model generating the rows, ``max_new_tokens``, ``chat``, ``generate_kwargs`` and the caller's
+    ``key``) must match, and of two processes starting the same directory at once the first one's counts. ``on_chunk``
     sees each new part once it is saved. Rows: ``setting``, the knobs' columns, ``id, prompt,
     interventions`` (labels), ``response``, then what ``score`` adds; scores are computed on every call.
     """
@@ -275,7 +364,8 @@ def run_grid(
         raise InvalidArgumentError("the grid has no jobs: give at least one (setting, item, prompt)")
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise InvalidArgumentError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    settings = grid_settings(model, max_new_tokens, chat, generate_kwargs, key)
+    executor = executor if executor is not None else _executor_for(model, progress)
+    settings = grid_settings(model, max_new_tokens, chat, generate_kwargs, key, executor)
     keys = _Keys()
     row_keys = [keys.row(job) for job in jobs]
     first = dict(zip(reversed(row_keys), reversed(jobs), strict=True))
@@ -297,7 +387,7 @@ def run_grid(
                 )
             )
             members.append(todo)
-    for index, responses in (executor or _executor_for(model, progress)).map(chunks):
+    for index, responses in executor.map(chunks):
         part = _part([first[k] for k in members[index]], members[index], responses)
         if store is not None:
             store.write(part)
