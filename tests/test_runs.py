@@ -12,7 +12,6 @@ import pytest
 
 from workbench import runs
 from workbench.errors import OutputPathError
-from workbench.studies import report
 
 
 def test_markdown_table_without_tabulate(monkeypatch):
@@ -22,7 +21,7 @@ def test_markdown_table_without_tabulate(monkeypatch):
         raise ImportError("tabulate")
 
     monkeypatch.setattr(pd.DataFrame, "to_markdown", missing)
-    assert report.markdown_table(frame).splitlines() == [
+    assert runs.markdown_table(frame).splitlines() == [
         "| a | b |",
         "|---|---|",
         "| 0.123 | x\\|y |",
