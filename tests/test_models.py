@@ -209,9 +209,9 @@ def test_the_dequantized_cache_is_a_dense_checkpoint_that_loads_in_bfloat16_with
 
 def test_an_older_cache_is_rebuilt_and_a_built_one_is_reused(tiny_gguf, monkeypatch):
     path, _ = tiny_gguf
-    monkeypatch.setattr(models, "DEQUANTIZED_VERSION", 1)
-    old = models._dequantized_dir(path)
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setattr(models, "DEQUANTIZED_VERSION", 1)
+        old = models._dequantized_dir(path)
     assert models._dequantized_dir(path) != old, "the version is part of the key"
     calls, real = [], models._dequantize
     monkeypatch.setattr(
