@@ -1,9 +1,9 @@
 """Strength schedules: Dynamic Activation Composition (Scalena, Sarti and Nissim, BlackboxNLP 2024).
 
-An ``add`` :class:`~workbench.steering.Intervention` given ``strength=DynamicStrength(...)`` (or
-``strength="dynamic"``) adds ``α_t · c · u`` at generation step ``t`` instead of ``c · u``, where
+An ``add`` :class:`~workbench.steering.Intervention` with a :class:`DynamicStrength` adds ``α_t · c · u``
+at generation step ``t`` instead of ``c · u``, where
 
-    α_t = clip( KL( P_t^S ‖ Q_t^S ), 0, α_max )
+    α_t = clip( D( P_t^S ‖ Q_t^S ), 0, α_max )
 
 ``P_t`` is the next-token distribution of the *reference* run (the same tokens with the row's dynamic
 interventions off, its fixed ones on), ``Q_t`` that of a *probe* run that adds this intervention (or its
@@ -11,17 +11,27 @@ interventions off, its fixed ones on), ``Q_t`` that of a *probe* run that adds t
 ``S``, the union of their top-p nucleus sets, renormalised over it. Each dynamic intervention (or group) gets
 its own ``α_t`` per row and step: steering pushes where the model would not go by itself and backs off where
 it already does. One side forward per generated token, on its own KV cache, runs the reference and every
-probe of the batch as rows of one batch.
+probe of the batch as rows of one batch. The step index ``t`` counts forwards of one generation: ``α_0`` is
+computed at the prefill and applies to every prompt position the ``positions`` rule selects; ``α_t`` to the
+position that predicts generated token ``t``.
 
-Source: the authors' code, github.com/DanielSc4/Dynamic-Activation-Composition, ``src/delta.py``,
-``generate_dynamic_edited_model(_composition)`` at d5431bc: ``starting_alpha=2.0``, ``top_p=0.95``,
-``F.kl_div(log Q, log P, log_target=True)`` = KL(P‖Q), ``max(min(kl, 2), 0)``. Their ``reduction=
-'batchmean'`` on the 1-D token vector divides the sum by ``|S|``: ``mean_over_tokens=True`` reproduces that;
-the default is the KL divergence itself. They add the raw mean-difference vector (``coef=None``) from the
-last prompt token on (``positions="response"``) at every layer with one ``α`` per property (one ``group``).
+**The authors' rule** is :meth:`DynamicStrength.authors` with ``positions=AUTHORS_POSITIONS``
+(``"response"``): ``D`` is the KL divergence *averaged* over ``S`` (``mean_over_tokens=True``), ``α_max`` 2,
+top-p 0.95, and only the positions that predict a new token are steered (the last prompt token, with
+``α_0``, then each generated one); the probe steers those same positions at ``α_max``. That is the authors'
+code, github.com/DanielSc4/Dynamic-Activation-Composition at d5431bc, ``src/delta.py``,
+``generate_dynamic_edited_model(_composition)``: ``F.kl_div(log Q, log P, reduction='batchmean',
+log_target=True)`` on the 1-D vector over ``S`` (= KL(P‖Q) / ``|S|``), ``max(min(kl, 2), 0)``,
+``starting_alpha=2.0`` on every position from ``initial_prompt_len - 1`` on in the probe, ``alpha_used[i]``
+at position ``initial_prompt_len - 1 + i`` in the steered run, and no edit of earlier prompt positions.
+They add a raw mean-difference vector per generation step at the attention output of every layer, with one
+``α`` per property (here: one vector per layer, on the residual stream; a ``group`` shares one ``α``).
 
-The step index ``t`` counts forwards of one generation: ``α_0`` is computed at the prefill and applies to
-every prompt position; ``α_t`` to the position that predicts generated token ``t``.
+**The summed rule**, :meth:`DynamicStrength.summed` (also ``DynamicStrength()`` and ``"dynamic"``), takes
+``D`` as the KL divergence itself, summed over ``S``: ``|S|`` times the authors' value, so it sits at the
+bound far more often (labels: ``dyn2`` summed, ``dyn2m`` the authors'). With ``positions="all"`` its ``α_0``
+also scales every prompt position. :func:`mean_strength` gives a run's mean ``α`` per intervention, for a
+fixed control at the same mean strength.
 """
 
 from __future__ import annotations
@@ -34,6 +44,9 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from workbench.errors import InvalidArgumentError
+
+#: The positions the authors steer: from the last prompt token on (every position that predicts a new token).
+AUTHORS_POSITIONS = "response"
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,18 @@ class DynamicStrength:
     top_p: float = 0.95
     mean_over_tokens: bool = False
     group: str | None = None
+
+    @classmethod
+    def authors(cls, group: str | None = None) -> DynamicStrength:
+        """The authors' rule: KL averaged over the nucleus, ``α_max`` 2, top-p 0.95; steer with
+        ``positions=AUTHORS_POSITIONS``."""
+        return cls(2.0, 0.95, mean_over_tokens=True, group=group)
+
+    @classmethod
+    def summed(cls, group: str | None = None) -> DynamicStrength:
+        """The KL divergence summed over the nucleus (``|S|`` times the authors'), ``α_max`` 2, top-p 0.95:
+        the default."""
+        return cls(2.0, 0.95, mean_over_tokens=False, group=group)
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_strength, int | float) or not math.isfinite(self.max_strength):
@@ -109,6 +134,20 @@ class StrengthTrace:
         self.labels.append(labels)
         self.strengths.append(strengths)
         self.kl.append(kl)
+
+
+def mean_strength(trace: StrengthTrace) -> dict[str, float]:
+    """Mean ``α_t`` over every generated token of a run, per dynamic intervention (label), pooled over the
+    prompts: a fixed control at the same mean multiplies that intervention's ``coef`` by it."""
+    if not isinstance(trace, StrengthTrace):
+        raise InvalidArgumentError(f"mean_strength takes a StrengthTrace, got {type(trace).__name__}")
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for labels, strengths in zip(trace.labels, trace.strengths, strict=True):
+        for label, row in zip(labels, strengths, strict=True):
+            sums[label] = sums.get(label, 0.0) + float(row.double().sum())
+            counts[label] = counts.get(label, 0) + row.numel()
+    return {label: sums[label] / n for label, n in counts.items() if n}
 
 
 class StrengthHistory:
