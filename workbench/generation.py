@@ -23,9 +23,9 @@ from workbench.errors import InvalidArgumentError
 from workbench.fastpath import direct_forward
 from workbench.models import Model
 from workbench.schedules import StrengthTrace
-from workbench.steering import Intervention, steer_rows, tracking
+from workbench.steering import AnyIntervention, check_intervention, steer_rows, tracking
 
-Interventions = Sequence[Intervention] | Sequence[Sequence[Intervention]] | None
+Interventions = Sequence[AnyIntervention] | Sequence[Sequence[AnyIntervention]] | None
 
 _STOPS: weakref.WeakKeyDictionary[Any, StopStringCriteria] = weakref.WeakKeyDictionary()
 #: Shortest shared prompt prefix (tokens) worth its own forward pass.
@@ -43,11 +43,11 @@ def _stopping(model: Model) -> dict[str, Any]:
     return {"stopping_criteria": StoppingCriteriaList([criterion])}
 
 
-def per_row(interventions: Interventions, n: int) -> list[list[Intervention]] | None:
+def per_row(interventions: Interventions, n: int) -> list[list[AnyIntervention]] | None:
     """Normalise ``interventions`` to one list per prompt (None when the same list applies to all rows)."""
     if not interventions:
         return None
-    if all(isinstance(iv, Intervention) for iv in interventions):
+    if all(isinstance(iv, AnyIntervention) for iv in interventions):
         return None
     rows = [list(row) for row in interventions]  # type: ignore[arg-type]
     if len(rows) != n:
@@ -56,10 +56,7 @@ def per_row(interventions: Interventions, n: int) -> list[list[Intervention]] | 
         )
     for row in rows:
         for iv in row:
-            if not isinstance(iv, Intervention):
-                raise InvalidArgumentError(
-                    f"interventions must be Intervention objects, got {type(iv).__name__}"
-                )
+            check_intervention(iv)
     return rows
 
 
@@ -230,7 +227,7 @@ def _after_prefix(encoded: dict[str, Tensor], prefix: int, pad: int) -> dict[str
     return {"input_ids": out_ids, "attention_mask": out_mask}
 
 
-def _prefix_cache(model: Model, prefix: Tensor, row_ivs: list[list[Intervention]]) -> Any:
+def _prefix_cache(model: Model, prefix: Tensor, row_ivs: list[list[AnyIntervention]]) -> Any:
     """The KV cache of ``prefix`` for every row: one forward per distinct steering configuration."""
     groups: dict[tuple[int, ...], int] = {}
     owner = [groups.setdefault(tuple(id(iv) for iv in ivs), len(groups)) for ivs in row_ivs]

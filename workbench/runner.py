@@ -30,9 +30,10 @@ import pandas as pd
 
 from workbench.errors import InvalidArgumentError
 from workbench.generation import generate
+from workbench.head_steering import HeadIntervention
 from workbench.models import Model
 from workbench.runs import atomic_write, create_once, json_default
-from workbench.steering import Intervention
+from workbench.steering import AnyIntervention, Intervention
 
 __all__ = [
     "GRID_MANIFEST",
@@ -65,7 +66,7 @@ class Chunk:
     """One batched generation call: ``prompts[i]`` answered under ``interventions[i]``."""
 
     prompts: list[str]
-    interventions: list[list[Intervention]]
+    interventions: list[list[AnyIntervention]]
     max_new_tokens: int
     batch_size: int = 32
     chat: bool = True
@@ -224,7 +225,7 @@ class Job:
     setting: str
     id: str
     prompt: str
-    interventions: tuple[Intervention, ...] = ()
+    interventions: tuple[AnyIntervention, ...] = ()
     knobs: Mapping[str, object] = field(default_factory=dict)
 
 
@@ -248,7 +249,9 @@ class _Keys:
 
     def row(self, job: Job) -> str:
         steering = [
-            [
+            iv.key()  # head push: a digest of its vectors and every knob
+            if isinstance(iv, HeadIntervention)
+            else [
                 iv.layer,
                 iv.mode,
                 iv.amount(),

@@ -29,6 +29,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from workbench.errors import InvalidArgumentError, ShapeMismatchError
+from workbench.head_steering import HeadIntervention, HeadSlots
 from workbench.models import Model
 from workbench.positions import PositionTracker, check_positions, tracker_for, tracking
 from workbench.schedules import DynamicStrength, StrengthHistory, StrengthTrace, dynamic_strengths
@@ -432,16 +433,20 @@ def _columns(
 
 @contextmanager
 def steer_rows(
-    model: Model, rows: Sequence[Sequence[Intervention]], trace: StrengthTrace | None = None
+    model: Model, rows: Sequence[Sequence[AnyIntervention]], trace: StrengthTrace | None = None
 ) -> Iterator[Model]:
     """Give row ``i`` of every batch run in this block the interventions ``rows[i]``.
 
     A single row broadcasts to any batch size (that is :func:`steer`), except with a dynamic strength:
     that needs one row per batch row, and ``trace`` receives each row's per-step strengths on exit.
+    Rows may hold :class:`~workbench.head_steering.HeadIntervention` s too (they edit ``hook_z``).
     """
     for row in rows:
         for iv in row:
-            iv.check_fits(model)
+            check_intervention(iv).check_fits(model)
+    heads = [[iv for iv in row if isinstance(iv, HeadIntervention)] for row in rows]
+    pushes = HeadSlots(heads) if any(heads) else None
+    rows = [[iv for iv in row if isinstance(iv, Intervention)] for row in rows]
     dynamic = _Dynamic(model, rows) if any(iv.strength for row in rows for iv in row) else None
     edits = [
         [
@@ -451,7 +456,7 @@ def steer_rows(
         for r, row in enumerate(rows)
     ]
     slots = _build_slots(edits)
-    if not slots:
+    if not slots and pushes is None:
         yield model
         return
     with ExitStack() as stack:
@@ -463,6 +468,8 @@ def steer_rows(
             (f"blocks.{layer}.hook_resid_post", _hook(layer, layer_slots, tracker, dynamic))
             for layer, layer_slots in slots.items()
         ]
+        if pushes is not None:
+            hooks += pushes.hooks(tracker, lambda: dynamic.rows if dynamic and dynamic.running else None)
         stack.enter_context(model.bridge.hooks(fwd_hooks=hooks))
         yield model
     if dynamic is not None and trace is not None:
@@ -487,10 +494,22 @@ def _hook(layer: int, slots: list[_Slot], tracker: PositionTracker, dynamic: _Dy
 
 
 @contextmanager
-def steer(model: Model, *interventions: Intervention) -> Iterator[Model]:
+def steer(model: Model, *interventions: AnyIntervention) -> Iterator[Model]:
     """Apply ``interventions`` (at the same or different layers, in order) to every forward in the block."""
     for iv in interventions:
-        if not isinstance(iv, Intervention):
-            raise InvalidArgumentError(f"steer() takes Intervention objects, got {type(iv).__name__}")
+        check_intervention(iv)
     with steer_rows(model, [list(interventions)]):
         yield model
+
+
+#: What steering accepts: residual-stream interventions and head-level pushes (:mod:`workbench.head_steering`).
+AnyIntervention = Intervention | HeadIntervention
+
+
+def check_intervention(iv: object) -> AnyIntervention:
+    """``iv`` if it is an :data:`AnyIntervention`, else a one-line error."""
+    if not isinstance(iv, Intervention | HeadIntervention):
+        raise InvalidArgumentError(
+            f"interventions must be Intervention or HeadIntervention objects, got {type(iv).__name__}"
+        )
+    return iv

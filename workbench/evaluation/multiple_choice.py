@@ -32,7 +32,7 @@ from workbench.evaluation.mc_parse import parse_answer
 from workbench.evaluation.perplexity import continuation_logprobs, join
 from workbench.generation import Interventions, generate
 from workbench.models import Model
-from workbench.steering import Intervention
+from workbench.steering import AnyIntervention
 
 __all__ = [
     "ANSWER_TOKENS",
@@ -102,7 +102,7 @@ def multiple_choice(
     items: Sequence[MCItem],
     *,
     by: str = "loglik",
-    interventions: Sequence[Intervention] | Sequence[Sequence[Intervention]] | None = None,
+    interventions: Sequence[AnyIntervention] | Sequence[Sequence[AnyIntervention]] | None = None,
     chat: bool = True,
     batch_size: int = 16,
     prompt_template: str | None = None,

@@ -28,7 +28,7 @@ from workbench.batching import format_prompts
 from workbench.errors import InvalidArgumentError, ShapeMismatchError
 from workbench.fastpath import direct_forward
 from workbench.models import Model
-from workbench.steering import Intervention, steer_rows, tracking
+from workbench.steering import AnyIntervention, check_intervention, steer_rows, tracking
 
 __all__ = ["continuation_logprobs", "join", "perplexity"]
 
@@ -61,7 +61,7 @@ def continuation_logprobs(
     *,
     formatted: bool,
     batch_size: int = 16,
-    interventions: Sequence[Intervention] = (),
+    interventions: Sequence[AnyIntervention] = (),
 ) -> list[Float[Tensor, " tokens"]]:
     """Log-probability of each continuation token given its context and the tokens before it.
 
@@ -74,8 +74,7 @@ def continuation_logprobs(
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
     for iv in interventions:
-        if not isinstance(iv, Intervention):
-            raise InvalidArgumentError(f"interventions must be Intervention objects, got {type(iv).__name__}")
+        check_intervention(iv)
     sequences = [
         _token_ids(model, c, t, formatted=formatted) for c, t in zip(contexts, continuations, strict=True)
     ]
@@ -107,7 +106,7 @@ def _forward(
     model: Model,
     heads: list[tuple[int, ...]],
     tails: list[list[list[int]]],
-    interventions: list[Intervention],
+    interventions: list[AnyIntervention],
 ) -> list[list[Tensor]]:
     """Log-probs of every tail token: one left-padded forward of the heads (contexts), then one forward of
     all tails (right-padded) on the heads' KV cache, each head's cache repeated once per tail."""
