@@ -5,6 +5,10 @@ One callable type, :data:`Method`, and one small function per method, as steerin
 same type can be passed directly or added to it. :func:`extract` runs a method at every layer of two
 activation sets, after checking that the sets can define a direction together, and returns each layer's
 :class:`LayerStats` with the direction.
+
+:func:`gentle_push` (Scalena, Fersini and Nissim 2024) is a method of another kind: per-step vectors of
+every attention head, built by generating (:mod:`workbench.gentle_push`, imported on first use, since
+generation sits above this module).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import math
 import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +28,9 @@ from torch import Tensor
 from workbench.activations import Activations
 from workbench.errors import InvalidArgumentError, ShapeMismatchError, WorkbenchError
 
+if TYPE_CHECKING:
+    from workbench.gentle_push import gentle_push
+
 __all__ = [
     "METHODS",
     "PAIRED_METHODS",
@@ -32,6 +39,7 @@ __all__ = [
     "Method",
     "diff_in_means",
     "extract",
+    "gentle_push",
     "pca",
     "probe",
     "resolve",
@@ -282,3 +290,11 @@ def extract(
         rows.append(direction)
         stats.append(layer_stats)
     return name, torch.stack(rows), stats
+
+
+def __getattr__(name: str) -> Any:
+    if name == "gentle_push":
+        from workbench.gentle_push import gentle_push
+
+        return gentle_push
+    raise AttributeError(f"module 'workbench.methods' has no attribute {name!r}")
