@@ -161,12 +161,18 @@ def test_steering_inside_collect_does_not_poison_the_cache(tiny, tmp_path, monke
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
     vector = SteeringVector.from_directions(torch.ones(1, tiny.d_model) * 3.0, layers=[1])
     plain = collect(tiny, PROMPTS, layers=[2], cache=False).tensor
-    with steer(tiny, Intervention(vector, 1, coef=20.0)), pytest.warns(UserWarning, match=BYPASS_WARNING):
+    with (
+        steer(tiny, Intervention(vector, 1, coef=20.0, unit="absolute")),
+        pytest.warns(UserWarning, match=BYPASS_WARNING),
+    ):
         steered = collect(tiny, PROMPTS, layers=[2]).tensor
     assert (steered - plain).abs().max() > 1.0  # the steering reached the capture
     assert not (tmp_path / "activations").exists()  # and was not stored
     assert torch.allclose(collect(tiny, PROMPTS, layers=[2]).tensor, plain, atol=1e-5)
-    with steer(tiny, Intervention(vector, 1, coef=20.0)), pytest.warns(UserWarning, match=BYPASS_WARNING):
+    with (
+        steer(tiny, Intervention(vector, 1, coef=20.0, unit="absolute")),
+        pytest.warns(UserWarning, match=BYPASS_WARNING),
+    ):
         again = collect(tiny, PROMPTS, layers=[2]).tensor  # a cached plain entry is not served either
     assert torch.allclose(again, steered, atol=1e-5)
     handle = tiny.hf_model.model.layers[0].register_forward_hook(lambda *_: None)  # a user's torch hook

@@ -14,8 +14,9 @@ from workbench import datasets
 from workbench.activations import collect
 from workbench.evaluation.table import evaluate
 from workbench.generation import generate
+from workbench.methods import METHODS
 from workbench.steering import Intervention
-from workbench.vectors import METHODS, SteeringVector
+from workbench.vectors import SteeringVector
 
 SUFFIX = " Answer in JSON."
 
@@ -40,7 +41,7 @@ def vec(tiny):
 
 
 def sampled(model, vec, seed):
-    steering = [[], [Intervention(vec, 1, coef=6.0)], [Intervention(vec, 2, "ablate")]]
+    steering = [[], [Intervention(vec, 1, coef=6.0, unit="absolute")], [Intervention(vec, 2, "ablate")]]
     return generate(
         model,
         PROMPTS[:3],
@@ -63,7 +64,10 @@ def test_sampled_generation_repeats_with_its_seed(tiny, twin, vec):
 
 
 def test_greedy_generation_repeats(tiny, twin, vec):
-    run = {"max_new_tokens": 10, "interventions": [Intervention(vec, 1, coef=4.0, positions="response")]}
+    run = {
+        "max_new_tokens": 10,
+        "interventions": [Intervention(vec, 1, coef=4.0, positions="response", unit="absolute")],
+    }
     assert generate(tiny, PROMPTS, **run) == generate(twin, PROMPTS, **run) == generate(tiny, PROMPTS, **run)
 
 
@@ -120,7 +124,7 @@ def results_table(model, vec):
     items = datasets.load("json_format", "validation").items[:3]
     configs = {
         "none": [],
-        "add": [Intervention(vec, 2, coef=5.0)],
+        "add": [Intervention(vec, 2, coef=5.0, unit="absolute")],
         "ablate": [Intervention(vec, 1, "ablate")],
     }
     grid = [(name, item) for name in configs for item in items]
@@ -150,7 +154,7 @@ def test_a_grid_resumed_on_another_build_gives_the_fresh_run_bit_for_bit(tiny, t
 
     settings = {
         "none": (),
-        "add": (Intervention(vec, 2, coef=5.0),),
+        "add": (Intervention(vec, 2, coef=5.0, unit="absolute"),),
         "ablate": (Intervention(vec, 1, "ablate"),),
     }
     jobs = [Job(name, str(i), p, ivs) for name, ivs in settings.items() for i, p in enumerate(PROMPTS[:4])]

@@ -47,7 +47,7 @@ def test_max_new_tokens_zero(tiny):
 
 
 def test_per_row_interventions_for_the_wrong_number_of_prompts(tiny, vec):
-    rows = [[Intervention(vec, 1, coef=1.0)]]
+    rows = [[Intervention(vec, 1, coef=1.0, unit="absolute")]]
     refuses(
         InvalidArgumentError,
         lambda: generate(tiny, ["a b", "c d"], interventions=rows, max_new_tokens=2),

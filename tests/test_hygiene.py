@@ -106,7 +106,7 @@ def test_fresh_models_agree_and_carry_no_hooks(victim, fresh, reference):
 
 def test_steering_changes_the_output_while_on(victim, vec, reference):
     """The checks below would be empty if steering did nothing."""
-    with steer(victim, Intervention(vec, 1, coef=8.0)):
+    with steer(victim, Intervention(vec, 1, coef=8.0, unit="absolute")):
         assert our_hooks(victim) > 0
         steered = outputs(victim)
     assert not torch.equal(steered["logits"], reference["logits"])
@@ -115,7 +115,10 @@ def test_steering_changes_the_output_while_on(victim, vec, reference):
 
 
 def test_exception_in_the_steer_block(victim, vec, reference):
-    with pytest.raises(Injected), steer(victim, Intervention(vec, 1, coef=8.0), Intervention(vec, 2)):
+    with (
+        pytest.raises(Injected),
+        steer(victim, Intervention(vec, 1, coef=8.0, unit="absolute"), Intervention(vec, 2)),
+    ):
         victim.hf_model(**victim.encode(FIXED, formatted=False))
         raise Injected("user code failed")
     assert_clean(victim, reference)
@@ -123,7 +126,7 @@ def test_exception_in_the_steer_block(victim, vec, reference):
 
 def test_exception_from_a_steering_hook(victim, vec, reference):
     """Per-row interventions for 2 rows, a batch of 3: the hook itself raises mid-forward."""
-    rows = [[Intervention(vec, 1, coef=4.0)], [Intervention(vec, 3, mode="ablate")]]
+    rows = [[Intervention(vec, 1, coef=4.0, unit="absolute")], [Intervention(vec, 3, mode="ablate")]]
     with pytest.raises(ShapeMismatchError), steer_rows(victim, rows):
         victim.hf_model(**victim.encode(PROMPTS[:3], formatted=False))
     assert_clean(victim, reference)
@@ -133,8 +136,8 @@ def test_nested_steer_whose_inner_block_is_refused(victim, vec, reference):
     narrow = SteeringVector.from_directions(torch.ones(1, 8), layers=(1,))
     with (
         pytest.raises(ShapeMismatchError),
-        steer(victim, Intervention(vec, 1, coef=2.0)),
-        steer(victim, Intervention(narrow, 1, coef=1.0)),
+        steer(victim, Intervention(vec, 1, coef=2.0, unit="absolute")),
+        steer(victim, Intervention(narrow, 1, coef=1.0, unit="absolute")),
     ):
         pass
     assert_clean(victim, reference)
@@ -185,7 +188,7 @@ def test_generate_fails_midway_through_decoding(victim, vec, reference):
                 victim,
                 FIXED,
                 max_new_tokens=10,
-                interventions=[[Intervention(vec, 1, coef=4.0, positions="generated")], []],
+                interventions=[[Intervention(vec, 1, coef=4.0, positions="generated", unit="absolute")], []],
             )
     finally:
         del hf.forward
@@ -195,7 +198,7 @@ def test_generate_fails_midway_through_decoding(victim, vec, reference):
 
 def test_generate_with_a_per_row_shape_error(victim, vec, reference):
     """Outer per-row steering for 2 rows around a generate whose batch has 3 rows."""
-    rows = [[Intervention(vec, 2, coef=3.0)], []]
+    rows = [[Intervention(vec, 2, coef=3.0, unit="absolute")], []]
     with pytest.raises(ShapeMismatchError), steer_rows(victim, rows):
         generate(victim, PROMPTS[:3], max_new_tokens=4, batch_size=3)
     assert_clean(victim, reference)
@@ -203,7 +206,10 @@ def test_generate_with_a_per_row_shape_error(victim, vec, reference):
 
 def test_generate_refusing_a_vector_partway_through_its_rows(victim, vec, reference):
     narrow = SteeringVector.from_directions(torch.ones(1, 8), layers=(1,))
-    rows = [[Intervention(vec, 1, coef=2.0)], [Intervention(narrow, 1, coef=1.0)]]
+    rows = [
+        [Intervention(vec, 1, coef=2.0, unit="absolute")],
+        [Intervention(narrow, 1, coef=1.0, unit="absolute")],
+    ]
     with pytest.raises(ShapeMismatchError):
         generate(victim, FIXED, max_new_tokens=4, interventions=rows)
     assert_clean(victim, reference)

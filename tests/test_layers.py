@@ -75,7 +75,7 @@ def test_find_layers_reports_signals_and_reuses_the_sweep_in_top_k_mode(tiny, tm
         "probe_auroc",
         "projection_auroc",
         "cohens_d",
-        "compliance",
+        "target_rate",
         "degeneration",
     ):
         assert frame[column].notna().all(), column
@@ -83,7 +83,7 @@ def test_find_layers_reports_signals_and_reuses_the_sweep_in_top_k_mode(tiny, tm
     assert set(report.picks) == {"probe_accuracy", "projection_auroc", "cohens_d", "sweep"}
     signals = report.signals()
     assert list(signals["signal"]) == ["probe_accuracy", "projection_auroc", "cohens_d", "sweep"]
-    assert (signals["compliance_loss"] >= 0).all()
+    assert (signals["target_rate_loss"] >= 0).all()
     assert isinstance(report.plot(), Figure)
 
     top = find_layers(tiny, "json_format", top_k=2, **kw)

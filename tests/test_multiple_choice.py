@@ -73,7 +73,7 @@ def test_multiple_choice_prompt_templates(tiny):
 
 def test_multiple_choice_steering_changes_scores_and_leaves_no_hooks(tiny):
     before = multiple_choice(tiny, MC_ITEMS)
-    steered = multiple_choice(tiny, MC_ITEMS, interventions=[Intervention(random_vector(tiny), 1, coef=8.0)])
+    steered = multiple_choice(tiny, MC_ITEMS, interventions=[Intervention(random_vector(tiny), 1, coef=8.0, unit="absolute")])
     after = multiple_choice(tiny, MC_ITEMS)
     moved = max(
         abs(x - y)

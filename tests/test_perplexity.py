@@ -87,20 +87,20 @@ def test_steering_positions_follow_the_declared_prompt_end(tiny):
     continuations = [r or "Yes." for r in RESPONSES[:4]]
     plain = continuation_logprobs(tiny, contexts, continuations, formatted=True)
     vector = random_vector(tiny)
-    generated = [Intervention(vector, 1, coef=8.0, positions="generated")]
+    generated = [Intervention(vector, 1, coef=8.0, positions="generated", unit="absolute")]
     steered = continuation_logprobs(tiny, contexts, continuations, formatted=True, interventions=generated)
     for before, after in zip(plain, steered, strict=True):
         # The first continuation token is predicted from the last prompt position, which "generated" spares.
         assert abs(before[0] - after[0]) <= 1e-5
         assert (before[1:] - after[1:]).abs().max() > 1e-3
-    last = [Intervention(vector, 1, coef=8.0, positions="last_prompt")]
+    last = [Intervention(vector, 1, coef=8.0, positions="last_prompt", unit="absolute")]
     moved = continuation_logprobs(tiny, contexts, continuations, formatted=True, interventions=last)
     assert all(abs(b[0] - a[0]) > 1e-4 for b, a in zip(plain, moved, strict=True))
 
 
 def test_perplexity_is_steered_inside_steer_only(tiny):
     before = perplexity(tiny, PROMPTS[:2], RESPONSES[:2])
-    with steer(tiny, Intervention(random_vector(tiny, layer=2), 2, coef=8.0)):
+    with steer(tiny, Intervention(random_vector(tiny, layer=2), 2, coef=8.0, unit="absolute")):
         steered = perplexity(tiny, PROMPTS[:2], RESPONSES[:2])
     after = perplexity(tiny, PROMPTS[:2], RESPONSES[:2])
     assert all(abs(a - b) > 1e-3 for a, b in zip(before, steered, strict=True))

@@ -11,9 +11,10 @@ import torch
 
 from workbench import recipes as frontier
 from workbench import runner
+from workbench.behaviours import Behaviour, build_vectors
 from workbench.errors import InvalidArgumentError
-from workbench.evaluation.targets import json_format_strict
-from workbench.recipes import Recipe, choose, is_real_italian, pareto_front
+from workbench.evaluation.targets import MIN_ITALIAN_SHARE, is_real_italian, json_format_strict
+from workbench.recipes import Recipe, choose_clean, pareto_front
 from workbench.steering import Intervention
 from workbench.vectors import SteeringVector
 
@@ -34,21 +35,21 @@ def _vector() -> SteeringVector:
 
 def test_recipe_strength_means_the_same_at_every_layer():
     vector = _vector()
-    ivs = Recipe(layers=(1, 2, 3), strength=0.1).interventions(vector)
+    ivs = Recipe(layers=(1, 2, 3), coef=0.1, unit="residual_norm").interventions(vector)
     assert [iv.layer for iv in ivs] == [1, 2, 3]
     for iv in ivs:
-        assert iv.scale == "absolute"
+        assert iv.unit == "residual_norm"
         assert iv.amount() == pytest.approx(0.1 * vector.stats[iv.layer].resid_norm)
-    (dn,) = Recipe(layers=(2,), strength=2.0, scale="diff_norm").interventions(vector)
+    (dn,) = Recipe(layers=(2,), coef=2.0, unit="diff_norm").interventions(vector)
     assert dn.amount() == pytest.approx(2.0 * vector.stats[2].diff_norm)
 
 
 def test_set_projection_strength_interpolates_between_the_sets():
     vector = _vector()
     stats = vector.stats[1]
-    (pos,) = Recipe(layers=(1,), mode="set_projection", strength=1.0).interventions(vector)
-    (neg,) = Recipe(layers=(1,), mode="set_projection", strength=0.0).interventions(vector)
-    (far,) = Recipe(layers=(1,), mode="set_projection", strength=2.0).interventions(vector)
+    (pos,) = Recipe(layers=(1,), mode="set_projection", coef=1.0, unit="diff_norm").interventions(vector)
+    (neg,) = Recipe(layers=(1,), mode="set_projection", coef=0.0, unit="diff_norm").interventions(vector)
+    (far,) = Recipe(layers=(1,), mode="set_projection", coef=2.0, unit="diff_norm").interventions(vector)
     assert pos.amount() == pytest.approx(stats.pos_mean_proj)
     assert neg.amount() == pytest.approx(stats.neg_mean_proj)
     assert far.amount() == pytest.approx(2 * stats.pos_mean_proj - stats.neg_mean_proj)
@@ -58,11 +59,11 @@ def test_recipe_names_are_distinct_and_round_trip():
     recipes = [
         Recipe(),
         Recipe(prompt="instruction"),
-        Recipe("response", (6, 7, 8), strength=0.05),
-        Recipe("response", (6, 7, 8), strength=0.05, positions="generated"),
-        Recipe("response", (6, 7, 8), strength=0.05, decay_tokens=20),
-        Recipe("response", (6, 7, 8), strength=0.05, norm_preserving=True),
-        Recipe("mean", (6, 8), strength=0.05, prompt="instruction"),
+        Recipe("response", (6, 7, 8), coef=0.05, unit="residual_norm"),
+        Recipe("response", (6, 7, 8), coef=0.05, positions="generated", unit="residual_norm"),
+        Recipe("response", (6, 7, 8), coef=0.05, decay_tokens=20, unit="residual_norm"),
+        Recipe("response", (6, 7, 8), coef=0.05, norm_preserving=True, unit="residual_norm"),
+        Recipe("mean", (6, 8), coef=0.05, prompt="instruction", unit="residual_norm"),
     ]
     assert len({r.name for r in recipes}) == len(recipes)
     assert recipes[2].name == "response L6-8 add 0.05rn all"
@@ -116,10 +117,10 @@ def test_choose_takes_the_best_clean_rate_of_steering_alone():
             ("same again, more layers", True, "plain", 0.5, 0.1, 12.0, 31),
         ]
     )
-    assert choose(summary)["recipe"] == "same clean, less degenerate"
-    assert choose(summary.iloc[[0, 1, 2, 3]])["recipe"] == "best clean"
+    assert choose_clean(summary)["recipe"] == "same clean, less degenerate"
+    assert choose_clean(summary.iloc[[0, 1, 2, 3]])["recipe"] == "best clean"
     with pytest.raises(InvalidArgumentError, match="no steered recipe"):
-        choose(summary.iloc[[0, 1]])
+        choose_clean(summary.iloc[[0, 1]])
 
 
 def test_real_italian_needs_every_sentence_not_just_the_label():
@@ -131,22 +132,22 @@ def test_real_italian_needs_every_sentence_not_just_the_label():
     assert is_real_italian(italian)
     assert not is_real_italian(mixed)
     assert not is_real_italian("Boil the water, then add the tea leaves and wait.")
-    assert not math.isnan(frontier.MIN_ITALIAN_SHARE)
+    assert not math.isnan(MIN_ITALIAN_SHARE)
 
 
 # ---- running on the tiny model ---------------------------------------------------------------------
 
 
 def test_run_recipes_scores_every_row_and_batches_configurations(tiny, monkeypatch):
-    behaviour = frontier.Behaviour("bullets", "bullet_lists", 6)
-    vectors = frontier.build_vectors(tiny, behaviour, 6, sources=("last", "mean"))
+    behaviour = Behaviour("bullets", "bullet_lists", 6)
+    vectors = build_vectors(tiny, behaviour, 6, sources=("last", "mean"))
     assert {v.provenance["source"] for v in vectors.values()} == {"last", "mean"}
     assert vectors["mean"].stats[2].resid_norm == vectors["last"].stats[2].resid_norm
     recipes = [
         Recipe(),
         Recipe(prompt="instruction"),
-        Recipe("last", (1,), strength=0.5),
-        Recipe("mean", (1, 2), strength=0.3, positions="generated", decay_tokens=3),
+        Recipe("last", (1,), coef=0.5, unit="residual_norm"),
+        Recipe("mean", (1, 2), coef=0.3, positions="generated", decay_tokens=3, unit="residual_norm"),
     ]
     calls = []
     real = runner.generate
@@ -156,7 +157,7 @@ def test_run_recipes_scores_every_row_and_batches_configurations(tiny, monkeypat
     assert all(isinstance(iv, Intervention) for row in calls[1]["interventions"] for iv in row)
     assert len(rows) == 4 * 3 and rows["recipe"].tolist()[:3] == ["plain"] * 3
     assert (rows["clean"] == rows["on_target"] & ~rows["degenerate"]).all()
-    summary = frontier.summarize(rows, recipes, tiny.n_layers)
+    summary = frontier.summarize_recipes(rows, recipes, tiny.n_layers)
     assert summary["recipe"].tolist() == [r.name for r in recipes]
     assert summary["n"].eq(3).all() and summary["clean_rate"].between(0, 1).all()
     again = frontier.run_recipes(tiny, behaviour, vectors, recipes[:2], "validation", 3)
@@ -168,13 +169,12 @@ def test_run_recipes_scores_every_row_and_batches_configurations(tiny, monkeypat
 
 
 def test_frontier_study_writes_table_figure_and_choice(writer, tmp_path):
+    from workbench.size import Size
     from workbench.studies import frontier as study
-    from workbench.studies.common import Scale
+    from workbench.studies import search
 
-    scale = Scale(n_train=6, n_validation=3, n_test=3, max_new_tokens=5, layers=None)
-    result = study.frontier_study(
-        writer, scale, tmp_path, behaviours=["bullets"], base_model=False, quick=False
-    )
+    scale = Size(n_train=6, n_validation=3, n_test=3, max_new_tokens=5, layers=None)
+    result = study.frontier_study(writer, scale, tmp_path, behaviours=("bullets",), base_model=False)
     table = result.table
     assert table["setting"].tolist() == [
         "unsteered",
@@ -189,7 +189,7 @@ def test_frontier_study_writes_table_figure_and_choice(writer, tmp_path):
     validation = pd.read_csv(folder / "sweep_validation.csv")
     assert set(validation["stage"]) == {"baseline", "coarse", "refine", "refine2", "confirm"}
     confirm = validation[validation["stage"] == "confirm"]
-    assert (confirm["n"] == study.CONFIRM * 3).all() and 2 <= len(confirm) <= 1 + study.CONFIRM_K
+    assert (confirm["n"] == search.CONFIRM * 3).all() and 2 <= len(confirm) <= 1 + search.CONFIRM_K
     validation = validation[validation["stage"] != "confirm"]
     assert set(confirm["recipe"]) <= set(validation["recipe"])
     effects = pd.read_csv(folder / "sweep_refinements.csv")
@@ -215,13 +215,14 @@ def test_frontier_study_writes_table_figure_and_choice(writer, tmp_path):
 
 
 def test_a_reduced_search_is_narrower_and_still_confirms_on_fresh_prompts(writer, tmp_path):
+    from workbench.size import Size
     from workbench.studies import frontier as study
-    from workbench.studies.common import Scale
+    from workbench.studies import search
 
-    scale = Scale(n_train=6, n_validation=3, n_test=3, max_new_tokens=5, layers=None)
-    plan = study.Plan.reduced()
+    scale = Size(n_train=6, n_validation=3, n_test=3, max_new_tokens=5, layers=None)
+    plan = search.Plan.reduced()
     result = study.frontier_study(
-        writer, scale, tmp_path, behaviours=["bullets"], base_model=False, quick=False, plan=plan
+        writer, scale, tmp_path, behaviours=("bullets",), base_model=False, plan=plan
     )
     validation = pd.read_csv(tmp_path / "frontier" / "sweep_validation.csv")
     assert set(validation["stage"]) == {"baseline", "coarse", "refine", "confirm"}
@@ -235,23 +236,23 @@ def test_a_reduced_search_is_narrower_and_still_confirms_on_fresh_prompts(writer
 
 
 def test_full_grid_covers_every_method():
-    from workbench.studies import frontier as study
+    from workbench.studies import search
 
-    grid = study.coarse_grid(30)
+    grid = search.coarse_grid(30)
     assert {r.source for r in grid} == {"last", "mean", "response"}
     assert {r.span(30) for r in grid} == {"one layer", "band", "all layers"}
     assert len({r.name for r in grid}) == len(grid) == 27
     band = next(r for r in grid if r.span(30) == "band")
     vector = SteeringVector.from_activations(torch.randn(6, 30, 8), torch.randn(6, 30, 8))
-    variants = list(study.refinements(band, 40, vector).values())
+    variants = list(search.refinements(band, 40, vector).values())
     assert {r.positions for r in variants} == {"all", "prompt", "response", "generated"}
     assert {r.mode for r in variants} == {"add", "set_projection"}
     assert any(r.decay_tokens == 20 for r in variants) and any(r.norm_preserving for r in variants)
     assert len({r.name for r in variants}) == len(variants)
-    (dn,) = [r for r in variants if r.scale == "diff_norm"]
+    (dn,) = [r for r in variants if r.unit == "diff_norm" and r.mode == "add"]
     added = sum(iv.amount() for iv in dn.interventions(vector))
     assert added == pytest.approx(sum(iv.amount() for iv in band.interventions(vector)), rel=1e-2)
-    assert study.spans(4)["band"] == (1, 2)  # a band has at least two layers
+    assert search.spans(4)["band"] == (1, 2)  # a band has at least two layers
 
 
 # ---- one setting type for sweeps and recipes -----------------------------------------------------------
@@ -266,26 +267,30 @@ def test_a_recipe_without_a_source_is_a_sweep_setting_labelled_like_an_intervent
     assert [c.name for c in configs] == ["none", "add@1x2", "add@2x2", "set_projection@3", "ablate@3"]
     assert all(Recipe.from_json(c.to_json()) == c for c in configs)
     (added,) = Config(2, "add", 2.0).interventions(vector)
-    assert added.amount() == Intervention(vector, 2, "add", 2.0, scale="diff_norm").amount()
+    assert added.amount() == Intervention(vector, 2, "add", 2.0).amount()
     (projected,) = Config(3, "set_projection").interventions(vector)
     assert projected.amount() == pytest.approx(vector.stats[3].pos_mean_proj)
     (ablated,) = Config(3, "ablate").interventions(vector)
     assert ablated.mode == "ablate" and ablated.label == "ablate@3"
-    (absolute,) = Recipe(None, (1,), strength=3.0, scale="absolute").interventions(vector)
+    (absolute,) = Recipe(None, (1,), coef=3.0, unit="absolute").interventions(vector)
     assert absolute.amount() == 3.0
-    band = Recipe("mean", (1, 2), strength=0.1, prompt="instruction")
+    band = Recipe("mean", (1, 2), coef=0.1, prompt="instruction", unit="residual_norm")
     assert band.label == "add@1-2x0.1 +instruction" and band.name == "mean L1-2 add 0.1rn all +instruction"
-    assert Recipe(None, (1,), "ablate", 0.0).strength is None
-    with pytest.raises(InvalidArgumentError, match="takes no strength"):
+    assert Recipe(None, (1,), "ablate", 0.0).coef is None
+    with pytest.raises(InvalidArgumentError, match="takes no coef"):
         Recipe(None, (1,), "ablate", 2.0)
-    with pytest.raises(InvalidArgumentError, match="unknown scale"):
-        Recipe(scale="percent")
+    with pytest.raises(InvalidArgumentError, match="unknown unit"):
+        Recipe(unit="percent")
 
 
 def test_answer_resumes_from_its_parts_and_rescores(tiny, tmp_path, monkeypatch):
-    behaviour = frontier.Behaviour("bullets", "bullet_lists", 5)
-    vectors = frontier.build_vectors(tiny, behaviour, 4, sources=("last",))
-    recipes = [Recipe(), Recipe("last", (1,), strength=0.5), Recipe("last", (2,), strength=0.5)]
+    behaviour = Behaviour("bullets", "bullet_lists", 5)
+    vectors = build_vectors(tiny, behaviour, 4, sources=("last",))
+    recipes = [
+        Recipe(),
+        Recipe("last", (1,), coef=0.5, unit="residual_norm"),
+        Recipe("last", (2,), coef=0.5, unit="residual_norm"),
+    ]
     first = frontier.run_recipes(tiny, behaviour, vectors, recipes, "validation", 2, out_dir=tmp_path)
     assert len(list(tmp_path.glob("part-*.parquet"))) == 1
 
@@ -299,4 +304,6 @@ def test_answer_resumes_from_its_parts_and_rescores(tiny, tmp_path, monkeypatch)
     rescored = frontier.score(strict_json, again)
     assert (rescored["on_target"] == rescored["response"].map(json_format_strict)).all()
     with pytest.raises(InvalidArgumentError, match="needs the 'mean' vector"):
-        frontier.answer(tiny, behaviour, vectors, [Recipe("mean", (1,), strength=0.5)], "validation", 2)
+        frontier.answer(
+            tiny, behaviour, vectors, [Recipe("mean", (1,), coef=0.5, unit="residual_norm")], "validation", 2
+        )

@@ -40,7 +40,7 @@ def _jobs(model) -> list[Job]:
     vector = _vector(model)
     settings = {
         "none": (),
-        "add@1x4": (Intervention(vector, 1, coef=4.0),),
+        "add@1x4": (Intervention(vector, 1, coef=4.0, unit="absolute"),),
         "ablate@2": (Intervention(vector, 2, "ablate"),),
     }
     return [

@@ -26,7 +26,7 @@ def sharp():
 
 
 def dyn(vec, layer, coef, max_strength=0.5, positions="response", top_p=0.9):
-    return Intervention(vec, layer, "add", coef, positions, strength=DynamicStrength(max_strength, top_p))
+    return Intervention(vec, layer, "add", coef, positions, schedule=DynamicStrength(max_strength, top_p), unit="absolute")
 
 
 def traced(model, prompts, **kwargs):
@@ -74,7 +74,7 @@ def test_cached_generation_equals_full_recomputation(sharp):
     ivs = [
         dyn(vec, 1, 8.0),
         dyn(vec, 2, -6.0, max_strength=0.3, positions="all"),
-        Intervention(vec, 3, "add", 2.0),
+        Intervention(vec, 3, "add", 2.0, unit="absolute"),
     ]
     cached, fast = traced(sharp, PROMPTS, interventions=ivs)
     full, slow = traced(sharp, PROMPTS, interventions=ivs, use_cache=False)
@@ -101,15 +101,15 @@ def test_strength_is_bounded_and_is_the_kl_below_the_bound(sharp):
 def test_first_strength_comes_from_reference_and_probe_runs(sharp):
     """α_0 = clip(KL(reference ‖ probe at α_max)) at the last prompt token; the fixed edit is in both."""
     vec = random_vector(sharp, seed=5)
-    fixed, dynamic = Intervention(vec, 3, "add", 3.0), dyn(vec, 1, 8.0, positions="all")
+    fixed, dynamic = Intervention(vec, 3, "add", 3.0, unit="absolute"), dyn(vec, 1, 8.0, positions="all")
     _, trace = traced(sharp, PROMPTS[:2], interventions=[fixed, dynamic], chat=False)
     encoded = sharp.encode(PROMPTS[:2], formatted=False)
     with torch.no_grad(), steer(sharp, fixed):
         reference = sharp.hf_model(**encoded).logits[:, -1]
-    probe_iv = Intervention(vec, 1, "add", 8.0 * dynamic.strength.max_strength)
+    probe_iv = Intervention(vec, 1, "add", 8.0 * dynamic.schedule.max_strength, unit="absolute")
     with torch.no_grad(), steer(sharp, fixed, probe_iv):
         probe = sharp.hf_model(**encoded).logits[:, -1]
-    expected, _ = dynamic_strengths(reference, probe, [dynamic.strength] * 2)
+    expected, _ = dynamic_strengths(reference, probe, [dynamic.schedule] * 2)
     assert torch.allclose(torch.stack([s[0, 0] for s in trace.strengths]), expected, atol=1e-5)
 
 
@@ -117,7 +117,7 @@ def test_each_row_its_own_strength(sharp):
     vec = random_vector(sharp, seed=1)
     configs = [
         [dyn(vec, 1, 8.0)],
-        [Intervention(vec, 2, "add", 3.0), dyn(vec, 1, -8.0, max_strength=0.2, top_p=0.8)],
+        [Intervention(vec, 2, "add", 3.0, unit="absolute"), dyn(vec, 1, -8.0, max_strength=0.2, top_p=0.8)],
         [],
         [dyn(vec, 0, 6.0, positions="generated"), dyn(vec, 2, 5.0)],
     ]
@@ -161,15 +161,15 @@ def test_one_extra_forward_per_token_for_all_vectors(sharp):
 
 def test_refusals():
     vec = random_vector(build_tiny_model())
-    assert Intervention(vec, 1, "add", 2.0, strength="dynamic").strength == DynamicStrength()
-    assert Intervention(vec, 1, "add", 2.0, strength="dynamic").label == "add@1x2+dyn2"
+    assert Intervention(vec, 1, "add", 2.0, schedule="dynamic", unit="absolute").schedule == DynamicStrength()
+    assert Intervention(vec, 1, "add", 2.0, schedule="dynamic", unit="absolute").label == "add@1x2+dyn2"
     assert DynamicStrength(1.5, 0.8, mean_over_tokens=True, group="it").label == "dyn1.5p0.8m[it]"
     with pytest.raises(InvalidArgumentError, match="'add'"):
-        Intervention(vec, 1, "set_projection", 2.0, strength="dynamic")
+        Intervention(vec, 1, "set_projection", 2.0, schedule="dynamic", unit="absolute")
     with pytest.raises(InvalidArgumentError, match="'add'"):
-        Intervention(vec, 1, "add", 2.0, decay_tokens=3, strength="dynamic")
-    with pytest.raises(InvalidArgumentError, match="strength"):
-        Intervention(vec, 1, "add", 2.0, strength="fast")
+        Intervention(vec, 1, "add", 2.0, decay_tokens=3, schedule="dynamic", unit="absolute")
+    with pytest.raises(InvalidArgumentError, match="schedule"):
+        Intervention(vec, 1, "add", 2.0, schedule="fast", unit="absolute")
     for bad in (dict(max_strength=0), dict(max_strength=float("nan")), dict(top_p=0), dict(top_p=1.5)):
         with pytest.raises(InvalidArgumentError):
             DynamicStrength(**bad)
@@ -232,17 +232,17 @@ def test_a_group_shares_one_strength_probed_together(sharp):
     """One property at two layers, one α_t (the paper's setting): its probe steers both at α_max."""
     vec = random_vector(sharp, seed=7)
     spec = DynamicStrength(0.5, 0.9, group="style")
-    ivs = [Intervention(vec, 1, "add", 5.0, strength=spec), Intervention(vec, 2, "add", 4.0, strength=spec)]
+    ivs = [Intervention(vec, 1, "add", 5.0, schedule=spec, unit="absolute"), Intervention(vec, 2, "add", 4.0, schedule=spec, unit="absolute")]
     _, trace = traced(sharp, PROMPTS[:2], interventions=ivs, chat=False)
     assert [len(s) for s in trace.strengths] == [1, 1]
     assert trace.labels[0] == ["add@1x5+dyn0.5p0.9[style] & add@2x4+dyn0.5p0.9[style]"]
     encoded = sharp.encode(PROMPTS[:2], formatted=False)
     with torch.no_grad():
         reference = sharp.hf_model(**encoded).logits[:, -1]
-        with steer(sharp, Intervention(vec, 1, "add", 2.5), Intervention(vec, 2, "add", 2.0)):
+        with steer(sharp, Intervention(vec, 1, "add", 2.5, unit="absolute"), Intervention(vec, 2, "add", 2.0, unit="absolute")):
             probe = sharp.hf_model(**encoded).logits[:, -1]
     expected, _ = dynamic_strengths(reference, probe, [spec] * 2)
     assert torch.allclose(torch.stack([s[0, 0] for s in trace.strengths]), expected, atol=1e-5)
-    other = Intervention(vec, 3, "add", 1.0, strength=DynamicStrength(0.9, group="style"))
+    other = Intervention(vec, 3, "add", 1.0, schedule=DynamicStrength(0.9, group="style"), unit="absolute")
     with pytest.raises(InvalidArgumentError, match="mixes"):
         generate(sharp, PROMPTS[:1], max_new_tokens=2, interventions=[ivs[0], other])

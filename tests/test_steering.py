@@ -41,7 +41,7 @@ def no_hooks_left(model) -> bool:
 def test_add_moves_the_residual_by_c_u(tiny, positions):
     vec = random_vector(tiny)
     base = collect(tiny, PROMPTS, layers=[2], cache=False).layer(2)
-    with steer(tiny, Intervention(vec, 2, "add", 5.0, positions)):
+    with steer(tiny, Intervention(vec, 2, "add", 5.0, positions, unit="absolute")):
         steered = collect(tiny, PROMPTS, layers=[2], cache=False).layer(2)
     assert torch.allclose(steered - base, 5.0 * vec.direction(2).expand_as(base), atol=1e-4)
 
@@ -53,7 +53,7 @@ def test_set_projection_and_ablate_fix_the_projection(tiny):
         acts = collect(tiny, PROMPTS, layers=[1], position="mean", cache=False).layer(1)
     # the mean of per-position projections, each set to z, is z
     assert torch.allclose(acts @ u, torch.full((len(PROMPTS),), vec.stats[1].pos_mean_proj), atol=1e-3)
-    with steer(tiny, Intervention(vec, 1, "set_projection", coef=-2.5)):
+    with steer(tiny, Intervention(vec, 1, "set_projection", coef=-2.5, unit="absolute")):
         acts = collect(tiny, PROMPTS, layers=[1], cache=False).layer(1)
     assert torch.allclose(acts @ u, torch.full((len(PROMPTS),), -2.5), atol=1e-4)
     with steer(tiny, Intervention(vec, 1, "ablate")):
@@ -64,7 +64,7 @@ def test_set_projection_and_ablate_fix_the_projection(tiny):
 def test_generated_positions_leave_the_first_token_alone(tiny):
     vec = random_vector(tiny)
     plain = generate(tiny, PROMPTS, max_new_tokens=1)
-    iv = Intervention(vec, 1, "add", 80.0, "generated")
+    iv = Intervention(vec, 1, "add", 80.0, "generated", unit="absolute")
     assert generate(tiny, PROMPTS, max_new_tokens=1, interventions=[iv]) == plain
     longer = generate(tiny, PROMPTS, max_new_tokens=8, interventions=[iv])
     assert longer != generate(tiny, PROMPTS, max_new_tokens=8)
@@ -77,8 +77,8 @@ def test_kv_cached_equals_full_recompute(tiny, mode, positions):
     vec = extracted_vector(tiny)
     coef = {"add": 40.0, "set_projection": 30.0, "ablate": None}[mode]
     ivs = [
-        Intervention(vec, 1, mode, coef, positions),
-        Intervention(vec, 2, "add", 20.0, positions, decay_tokens=4),
+        Intervention(vec, 1, mode, coef, positions, unit="absolute"),
+        Intervention(vec, 2, "add", 20.0, positions, decay_tokens=4, unit="absolute"),
     ]
     cached = generate(tiny, PROMPTS, max_new_tokens=10, interventions=ivs)
     full = generate(tiny, PROMPTS, max_new_tokens=10, interventions=ivs, use_cache=False)
@@ -95,9 +95,9 @@ def test_shared_prompt_prefix_runs_once_and_changes_nothing(tiny, mode, position
     vec = extracted_vector(tiny)
     coef = {"add": 40.0, "set_projection": 30.0, "ablate": None}[mode]
     configs = [
-        [Intervention(vec, 1, mode, coef, positions)],
+        [Intervention(vec, 1, mode, coef, positions, unit="absolute")],
         [],
-        [Intervention(vec, 2, "add", 20.0, positions, decay_tokens=4, norm_preserving=True)],
+        [Intervention(vec, 2, "add", 20.0, positions, decay_tokens=4, norm_preserving=True, unit="absolute")],
     ]
     prompts = [SHARED + p for p in PROMPTS[:4]] * 3
     rows = [c for c in configs for _ in range(4)]
@@ -122,17 +122,22 @@ def test_shared_prompt_prefix_runs_once_and_changes_nothing(tiny, mode, position
 def test_steering_changes_greedy_text(tiny):
     vec = random_vector(tiny)
     plain = generate(tiny, PROMPTS, max_new_tokens=10)
-    steered = generate(tiny, PROMPTS, max_new_tokens=10, interventions=[Intervention(vec, 1, "add", 60.0)])
+    steered = generate(
+        tiny, PROMPTS, max_new_tokens=10, interventions=[Intervention(vec, 1, "add", 60.0, unit="absolute")]
+    )
     assert sum(a != b for a, b in zip(plain, steered, strict=True)) >= 3
 
 
 def test_hooks_are_removed_on_exit_and_on_exception(tiny):
     vec = random_vector(tiny)
     before = generate(tiny, PROMPTS, max_new_tokens=6)
-    with steer(tiny, Intervention(vec, 1, "add", 60.0)):
+    with steer(tiny, Intervention(vec, 1, "add", 60.0, unit="absolute")):
         assert not no_hooks_left(tiny)
     assert no_hooks_left(tiny)
-    with pytest.raises(RuntimeError, match="boom"), steer(tiny, Intervention(vec, 1, "add", 60.0)):
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        steer(tiny, Intervention(vec, 1, "add", 60.0, unit="absolute")),
+    ):
         raise RuntimeError("boom")
     assert no_hooks_left(tiny)
     assert generate(tiny, PROMPTS, max_new_tokens=6) == before
@@ -140,7 +145,10 @@ def test_hooks_are_removed_on_exit_and_on_exception(tiny):
 
 def test_composition_at_two_layers(tiny):
     vec = random_vector(tiny)
-    a, b = Intervention(vec, 1, "add", 40.0), Intervention(vec, 3, "add", -40.0)
+    a, b = (
+        Intervention(vec, 1, "add", 40.0, unit="absolute"),
+        Intervention(vec, 3, "add", -40.0, unit="absolute"),
+    )
     both = generate(tiny, PROMPTS, max_new_tokens=8, interventions=[a, b])
     with steer(tiny, a), steer(tiny, b):
         nested = generate(tiny, PROMPTS, max_new_tokens=8)
@@ -151,7 +159,7 @@ def test_composition_at_two_layers(tiny):
 
 def test_same_layer_interventions_apply_in_order(tiny):
     vec = random_vector(tiny)
-    add = Intervention(vec, 2, "add", 9.0)
+    add = Intervention(vec, 2, "add", 9.0, unit="absolute")
     ablate = Intervention(vec, 2, "ablate")
     with steer(tiny, add, ablate):
         acts = collect(tiny, PROMPTS, layers=[2], cache=False).layer(2)
@@ -162,10 +170,10 @@ def test_per_row_batch_equals_each_configuration_alone(tiny):
     vec = random_vector(tiny)
     configs = [
         [],
-        [Intervention(vec, 1, "add", 40.0)],
-        [Intervention(vec, 2, "set_projection", coef=10.0, positions="generated")],
-        [Intervention(vec, 1, "add", 25.0, "prompt"), Intervention(vec, 3, "ablate")],
-        [Intervention(vec, 0, "add", 30.0, decay_tokens=3, norm_preserving=True)],
+        [Intervention(vec, 1, "add", 40.0, unit="absolute")],
+        [Intervention(vec, 2, "set_projection", coef=10.0, positions="generated", unit="absolute")],
+        [Intervention(vec, 1, "add", 25.0, "prompt", unit="absolute"), Intervention(vec, 3, "ablate")],
+        [Intervention(vec, 0, "add", 30.0, decay_tokens=3, norm_preserving=True, unit="absolute")],
     ]
     prompt = PROMPTS[2]
     batched = generate(tiny, [prompt] * len(configs), max_new_tokens=8, interventions=configs)
@@ -177,7 +185,7 @@ def test_per_row_batch_equals_each_configuration_alone(tiny):
 def test_norm_preserving_keeps_the_residual_norm(tiny):
     vec = random_vector(tiny)
     base = collect(tiny, PROMPTS, layers=[2], cache=False).layer(2)
-    with steer(tiny, Intervention(vec, 2, "add", 50.0, norm_preserving=True)):
+    with steer(tiny, Intervention(vec, 2, "add", 50.0, norm_preserving=True, unit="absolute")):
         steered = collect(tiny, PROMPTS, layers=[2], cache=False).layer(2)
     assert torch.allclose(steered.norm(dim=-1), base.norm(dim=-1), rtol=1e-4)
     assert not torch.allclose(steered, base, atol=1e-2)
@@ -186,24 +194,24 @@ def test_norm_preserving_keeps_the_residual_norm(tiny):
 def test_refusals_name_both_sides(tiny):
     vec = random_vector(tiny)
     with pytest.raises(InvalidArgumentError, match="mode"):
-        Intervention(vec, 1, "multiply", 1.0)
+        Intervention(vec, 1, "multiply", 1.0, unit="absolute")
     with pytest.raises(InvalidArgumentError, match="positions"):
-        Intervention(vec, 1, "add", 1.0, "middle")
+        Intervention(vec, 1, "add", 1.0, "middle", unit="absolute")
     with pytest.raises(InvalidArgumentError, match="finite"):
-        Intervention(vec, 1, "add", float("nan"))
+        Intervention(vec, 1, "add", float("nan"), unit="absolute")
     with pytest.raises(InvalidArgumentError, match="finite"):
-        Intervention(vec, 1, "add", float("inf"))
+        Intervention(vec, 1, "add", float("inf"), unit="absolute")
     with pytest.raises(InvalidArgumentError, match="no direction for layer 9"):
-        Intervention(vec, 9, "add", 1.0)
+        Intervention(vec, 9, "add", 1.0, unit="absolute")
     wide = SteeringVector.from_directions(torch.randn(4, 32), n_layers=4)
     with pytest.raises(ShapeMismatchError, match=r"d_model 32.*d_model 64"):
-        generate(tiny, PROMPTS, interventions=[Intervention(wide, 1, "add", 1.0)])
+        generate(tiny, PROMPTS, interventions=[Intervention(wide, 1, "add", 1.0, unit="absolute")])
     deep = random_vector(tiny, layers=[0, 1, 2, 3, 4, 5])
     with pytest.raises(InvalidArgumentError, match="out of range"):
-        generate(tiny, PROMPTS, interventions=[Intervention(deep, 5, "add", 1.0)])
+        generate(tiny, PROMPTS, interventions=[Intervention(deep, 5, "add", 1.0, unit="absolute")])
     other = SteeringVector.from_directions(torch.randn(4, 64), n_layers=12)
     with pytest.raises(ShapeMismatchError, match=r"12 layers.*4"):
-        generate(tiny, PROMPTS, interventions=[Intervention(other, 1, "add", 1.0)])
+        generate(tiny, PROMPTS, interventions=[Intervention(other, 1, "add", 1.0, unit="absolute")])
     with pytest.raises(InvalidArgumentError, match="coef"):
         Intervention(vec, 1, "set_projection").amount()
     assert no_hooks_left(tiny)
@@ -214,7 +222,7 @@ def test_transfer_to_a_model_with_the_same_shape(tiny):
 
     other = build_tiny_model(seed=1)
     vec = extracted_vector(tiny)
-    iv = Intervention(vec, 1, "add", 40.0)
+    iv = Intervention(vec, 1, "add", 40.0, unit="absolute")
     moved = generate(other, PROMPTS, max_new_tokens=6, interventions=[iv])
     assert moved != generate(other, PROMPTS, max_new_tokens=6)
     assert iv.describe(other)["transfer"] is True
@@ -223,8 +231,8 @@ def test_transfer_to_a_model_with_the_same_shape(tiny):
 
 def test_labels_name_mode_layer_and_coefficient(tiny):
     vec = random_vector(tiny)
-    assert Intervention(vec, 2, "add", 2.0).label == "add@2x2"
-    assert Intervention(vec, 1, "add", 0.25).label == "add@1x0.25"
+    assert Intervention(vec, 2, "add", 2.0, unit="absolute").label == "add@2x2"
+    assert Intervention(vec, 1, "add", 0.25, unit="absolute").label == "add@1x0.25"
     assert Intervention(vec, 3, "set_projection").label == "set_projection@3"
     assert Intervention(vec, 0, "ablate").label == "ablate@0"
 
@@ -238,9 +246,9 @@ def test_slots_follow_the_device_and_dtype_of_the_activations(tiny):
 
     vec = extracted_vector(tiny)
     rows = [
-        [_Edit(Intervention(vec, 1, "add", 3.0, "response", norm_preserving=True))],
-        [_Edit(Intervention(vec, 1, "set_projection", 2.0, "prompt"))],
-        [_Edit(Intervention(vec, 1, "add", 4.0, strength=DynamicStrength()), column=0)],
+        [_Edit(Intervention(vec, 1, "add", 3.0, "response", norm_preserving=True, unit="absolute"))],
+        [_Edit(Intervention(vec, 1, "set_projection", 2.0, "prompt", unit="absolute"))],
+        [_Edit(Intervention(vec, 1, "add", 4.0, schedule=DynamicStrength(), unit="absolute"), column=0)],
     ]
     (slot,) = _build_slots(rows)[1]
     history = torch.tensor([[0.5, 1.5], [1.0, 1.0]])
@@ -279,7 +287,10 @@ def test_position_tracking_is_kept_off_the_model(tiny):
     vec = random_vector(tiny)
     before = dict(vars(tiny))
     generate(
-        tiny, PROMPTS[:2], max_new_tokens=3, interventions=[Intervention(vec, 1, "add", 9.0, "generated")]
+        tiny,
+        PROMPTS[:2],
+        max_new_tokens=3,
+        interventions=[Intervention(vec, 1, "add", 9.0, "generated", unit="absolute")],
     )
     assert vars(tiny) == before and not hasattr(tiny, "_position_tracker")
     assert tracker_for(tiny) is tracker_for(tiny)
@@ -313,27 +324,37 @@ def test_intervention_layer_missing_from_vector(vec):
 def test_intervention_layer_out_of_model_range(tiny):
     eight = SteeringVector.from_directions(directions(8))
     refuses(
-        InvalidArgumentError, lambda: forward_under(tiny, Intervention(eight, 7, coef=1.0)), "out of range"
+        InvalidArgumentError,
+        lambda: forward_under(tiny, Intervention(eight, 7, coef=1.0, unit="absolute")),
+        "out of range",
     )
 
 
 def test_vector_d_model_mismatch(tiny):
     narrow = SteeringVector.from_directions(directions(4, 32))
-    refuses(ShapeMismatchError, lambda: forward_under(tiny, Intervention(narrow, 1, coef=1.0)), "d_model 32")
+    refuses(
+        ShapeMismatchError,
+        lambda: forward_under(tiny, Intervention(narrow, 1, coef=1.0, unit="absolute")),
+        "d_model 32",
+    )
 
 
 def test_vector_layer_count_mismatch(tiny):
     other = SteeringVector.from_directions(directions(8), n_layers=8)
-    refuses(ShapeMismatchError, lambda: forward_under(tiny, Intervention(other, 1, coef=1.0)), "8 layers")
+    refuses(
+        ShapeMismatchError,
+        lambda: forward_under(tiny, Intervention(other, 1, coef=1.0, unit="absolute")),
+        "8 layers",
+    )
 
 
 @pytest.mark.parametrize("coef", [math.nan, math.inf, -math.inf])
 def test_non_finite_coefficient(vec, coef):
-    refuses(InvalidArgumentError, lambda: Intervention(vec, 1, coef=coef), "finite")
+    refuses(InvalidArgumentError, lambda: Intervention(vec, 1, coef=coef, unit="absolute"), "finite")
 
 
 def test_non_numeric_coefficient(vec):
-    refuses(InvalidArgumentError, lambda: Intervention(vec, 1, coef="strong"), "coef")
+    refuses(InvalidArgumentError, lambda: Intervention(vec, 1, coef="strong", unit="absolute"), "coef")
 
 
 def test_unknown_mode(vec):
@@ -345,7 +366,7 @@ def test_unknown_positions(vec):
 
 
 def test_unknown_scale(vec):
-    refuses(InvalidArgumentError, lambda: Intervention(vec, 1, scale="percent"), "unknown scale")
+    refuses(InvalidArgumentError, lambda: Intervention(vec, 1, unit="percent"), "unknown unit")
 
 
 def test_ablate_with_a_coefficient(vec):
@@ -367,7 +388,7 @@ def test_steer_with_a_non_intervention(tiny, vec):
         {"mode": "add", "coef": 1.0, "norm_preserving": True, "positions": "generated"},
         {"mode": "set_projection"},
         {"mode": "ablate", "positions": "prompt"},
-        {"mode": "add", "coef": 0.1, "scale": "residual_norm", "positions": "response"},
+        {"mode": "add", "coef": 0.1, "unit": "residual_norm", "positions": "response"},
     ],
     ids=lambda k: "-".join(str(v) for v in k.values()),
 )

@@ -17,14 +17,14 @@ import torch
 
 from workbench.datasets import ContrastiveSet, load
 from workbench.errors import InvalidArgumentError
-from workbench.sweeps import NONE, Config, choose, grid, per_layer, summarize, sweep
+from workbench.sweeps import NONE, Config, choose_stolfo, grid, per_layer, summarize_sweep, sweep
 from workbench.vectors import SteeringVector
 
 
 def summary_frame(rows: list[tuple[str, float, float]]) -> pd.DataFrame:
-    """(config, compliance, degeneration) rows; config 'add@L xC' is parsed into layer and coef."""
+    """(config, target rate, degeneration) rows; config 'add@L xC' is parsed into layer and coef."""
     out = []
-    for config, compliance, degeneration in rows:
+    for config, rate, degeneration in rows:
         layer, coef = (None, np.nan) if config == NONE else map(float, config[4:].split("x"))
         out.append(
             {
@@ -32,7 +32,7 @@ def summary_frame(rows: list[tuple[str, float, float]]) -> pd.DataFrame:
                 "layer": None if layer is None else int(layer),
                 "mode": NONE if layer is None else "add",
                 "coef": coef,
-                "compliance": compliance,
+                "target_rate": rate,
                 "degeneration": degeneration,
                 "n": 10,
             }
@@ -45,16 +45,16 @@ def test_choose_takes_the_best_config_that_degenerates_no_more_than_no_steering(
         [
             (NONE, 0.2, 0.1),
             ("add@2x1", 0.5, 0.1),
-            ("add@2x4", 0.9, 0.6),  # best compliance, but degenerates more: not eligible
+            ("add@2x4", 0.9, 0.6),  # best target rate, but degenerates more: not eligible
             ("add@4x1", 0.6, 0.0),
             ("add@4x2", 0.6, 0.0),  # tie: the smaller coefficient wins
         ]
     )
-    choice = choose(summary)
+    choice = choose_stolfo(summary)
     assert (choice.config, choice.layer, choice.coef) == ("add@4x1", 4, 1.0)
-    assert choice.compliance == 0.6 and choice.baseline_compliance == 0.2
+    assert choice.target_rate == 0.6 and choice.baseline_target_rate == 0.2
     layers = per_layer(summary).set_index("layer")
-    assert layers.loc[2, "compliance"] == 0.5 and layers.loc[2, "max_compliance"] == 0.9
+    assert layers.loc[2, "target_rate"] == 0.5 and layers.loc[2, "max_target_rate"] == 0.9
     assert layers.loc[4, "coef"] == 1.0 and layers["steers"].all()
 
 
@@ -66,15 +66,15 @@ def test_choose_takes_the_best_config_that_degenerates_no_more_than_no_steering(
     ],
 )
 def test_choose_can_pick_no_steering(rows):
-    choice = choose(summary_frame(rows))
+    choice = choose_stolfo(summary_frame(rows))
     assert choice.config == NONE and choice.layer is None and choice.coef is None
-    assert choice.compliance == 0.3
+    assert choice.target_rate == 0.3
     assert not per_layer(summary_frame(rows))["steers"].any()
 
 
 def test_choose_needs_the_unsteered_reference():
     with pytest.raises(InvalidArgumentError):
-        choose(summary_frame([("add@2x1", 0.5, 0.0)]))
+        choose_stolfo(summary_frame([("add@2x1", 0.5, 0.0)]))
 
 
 def random_vector(model):
@@ -94,7 +94,7 @@ def test_sweep_resumes_after_an_interruption_without_redoing_rows(tiny, tmp_path
     kw = {"max_new_tokens": 4, "batch_size": 8, "chunk_size": 4}
     whole = sweep(tiny, vector, items, configs, out_dir=tmp_path / "whole", **kw)
     assert len(whole) == 15 and list(whole["config"].unique()) == [c.name for c in configs]
-    assert whole["follows"].dtype == bool and whole["degenerate"].dtype == bool
+    assert whole["on_target"].dtype == bool and whole["degenerate"].dtype == bool
     assert whole.loc[whole["config"] == NONE, "layer"].isna().all()
 
     def interrupt(chunk):
@@ -122,7 +122,7 @@ def test_sweep_resumes_after_an_interruption_without_redoing_rows(tiny, tmp_path
         tiny, vector, items, configs, out_dir=tmp_path / "whole", on_chunk=lambda c: rerun.append(1), **kw
     )
     assert rerun == [] and again.equals(whole)
-    summary = summarize(whole)
+    summary = summarize_sweep(whole)
     assert list(summary["config"]) == [c.name for c in configs] and summary["n"].eq(3).all()
     with pytest.raises(InvalidArgumentError, match="other settings"):
         sweep(tiny, vector, items, configs, out_dir=tmp_path / "whole", **{**kw, "max_new_tokens": 5})
@@ -176,7 +176,7 @@ def test_sigkill_half_way_then_rerun_gives_the_uninterrupted_rows(tiny_dir, tmp_
     assert not (killed / "rows.parquet").exists()
     saved = {p: p.stat().st_mtime_ns for p in parts}
     raw = pd.read_parquet(parts[0])
-    assert "response" in raw and not {"follows", "degenerate"} & set(raw.columns)  # scores are never stored
+    assert "response" in raw and not {"on_target", "degenerate"} & set(raw.columns)  # scores are never stored
 
     _finish(_sweep(tiny_dir, killed))
     resumed = pd.read_parquet(killed / "rows.parquet")

@@ -10,7 +10,8 @@ import torch
 from tests.synthetic_vectors import other_vector, planted, planted_vector
 from workbench.activations import Activations
 from workbench.errors import InvalidArgumentError, ShapeMismatchError
-from workbench.vectors import LayerStats, SteeringVector, cosine
+from workbench.methods import LayerStats
+from workbench.vectors import SteeringVector, cosine
 
 
 @pytest.fixture(scope="module")

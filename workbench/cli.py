@@ -53,7 +53,14 @@ def steer(
     vector: Path = typer.Option(None, "--vector", "-v", help="A steering vector (.safetensors)."),
     layer: int = typer.Option(None, "--layer", "-l", help="Block index to steer (with --vector)."),
     coef: float = typer.Option(
-        None, "--coef", "-c", help="Strength (add) or target projection (set_projection)."
+        None,
+        "--coef",
+        "-c",
+        help="Amount in --unit (default diff_norm: multiples of the layer's mean-difference norm): what add "
+        "adds, or how far above the negative mean projection set_projection sets it (default 1 diff-norm).",
+    ),
+    unit: str = typer.Option(
+        "diff_norm", help="Unit of --coef: diff_norm (default), residual_norm or absolute (residual units)."
     ),
     mode: str = typer.Option("add", help="add, set_projection or ablate."),
     positions: str = typer.Option("all", help="all, prompt, generated, last_prompt or response."),
@@ -80,7 +87,7 @@ def steer(
         loaded = load_model(model)
         ivs = presets.load(loaded, preset, progress=True)
     else:
-        ivs = [Intervention(SteeringVector.load(vector), layer, mode, coef, positions)]
+        ivs = [Intervention(SteeringVector.load(vector), layer, mode, coef, positions, unit)]
         loaded = load_model(model)
     plain, steered = generate(
         loaded, [prompt, prompt], max_new_tokens=max_new_tokens, interventions=[[], ivs]
@@ -174,7 +181,9 @@ def vector_export(
 @app.command()
 @one_line_errors
 def bench(
-    quick: bool = typer.Option(False, "--quick", help="Tiny settings for CI (timings are not checked)."),
+    size: str = typer.Option(
+        "full", "--size", metavar="full|quick", help="quick: tiny settings for CI (timings are not checked)."
+    ),
     model: ModelSpec = ...,
     out: Path = typer.Option(None, "--out", "-o", help="Write the table as JSON (.json) or CSV."),
     device: str = typer.Option(None, help="cpu, cuda or cuda:N (default: cuda when available)."),
@@ -190,7 +199,7 @@ def bench(
 
     bench_main(
         model=model,
-        quick=quick,
+        size=size,
         out=out,
         device=device,
         dtype=dtype,

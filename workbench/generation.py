@@ -103,7 +103,7 @@ def generate(
     for batch_no, batch in enumerate(tqdm(batches, desc="generate", disable=not progress)):
         encoded = model.encode([texts[i] for i in batch], formatted=chat)
         row_ivs = [shared + (rows[i] if rows is not None else []) for i in batch]
-        dynamic = any(iv.strength for ivs in row_ivs for iv in ivs)
+        dynamic = any(iv.schedule for ivs in row_ivs for iv in ivs)
         allowed = share_prefix and use_cache and not dynamic
         prefix, encoded = _split_prefix(model, encoded, max_new_tokens, allowed)
         part = StrengthTrace()

@@ -4,7 +4,7 @@
 nested-CV probe accuracy (:func:`~workbench.probing.probe_layers`) and by how a train-split diff-in-means
 direction separates the *validation* split (:func:`~workbench.projection.projection_scores`), then steers
 validation prompts without their instruction at each candidate layer (:func:`~workbench.sweeps.sweep`) and
-picks a configuration with Stolfo et al.'s rule (:func:`~workbench.sweeps.choose`). ``top_k`` sweeps only the
+picks a configuration with Stolfo et al.'s rule (:func:`~workbench.sweeps.choose_stolfo`). ``top_k`` sweeps only the
 ``k`` best layers of the cheap ranking.
 """
 
@@ -26,7 +26,7 @@ from workbench.errors import InvalidArgumentError
 from workbench.models import Model
 from workbench.probing import probe_layers
 from workbench.projection import projection_scores
-from workbench.sweeps import Choice, choose, grid, per_layer, summarize, sweep
+from workbench.sweeps import Choice, choose_stolfo, grid, per_layer, summarize_sweep, sweep
 from workbench.vectors import SteeringVector
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ class LayerReport:
     def to_frame(self) -> pd.DataFrame:
         """One row per candidate layer: probe and projection scores, and what the sweep's rule gives there.
 
-        ``compliance``/``degeneration``/``coef``/``steers`` come from :func:`~workbench.sweeps.per_layer`
+        ``target_rate``/``degeneration``/``coef``/``steers`` come from :func:`~workbench.sweeps.per_layer`
         (NaN for layers not swept); ``swept`` says which layers were.
         """
         frame = _cheap_signals(self.probes, self.projection)
@@ -114,9 +114,9 @@ class LayerReport:
         return picks
 
     def signals(self) -> pd.DataFrame:
-        """Per signal: its layer, the compliance the sweep's rule gets there, the loss against the sweep's own
-        pick, and Spearman's rho across swept layers between the signal and that per-layer compliance
-        (``spearman``) or the layer's best compliance ignoring degeneration (``spearman_max``); NaN where
+        """Per signal: its layer, the target rate the sweep's rule gets there, the loss against the sweep's own
+        pick, and Spearman's rho across swept layers between the signal and that per-layer target rate
+        (``spearman``) or the layer's best target rate ignoring degeneration (``spearman_max``); NaN where
         either side is constant."""
         frame = self.to_frame()
         swept = frame[frame["swept"]].set_index("layer")
@@ -128,18 +128,18 @@ class LayerReport:
         rows: list[dict[str, Any]] = []
         for name, layer in self.picks.items():
             cheap = name != "sweep"
-            compliance = (
-                float(swept["compliance"].get(layer, float("nan"))) if cheap else self.choice.compliance
+            rate = (
+                float(swept["target_rate"].get(layer, float("nan"))) if cheap else self.choice.target_rate
             )
             rows.append(
                 {
                     "dataset": self.dataset,
                     "signal": name,
                     "layer": layer,
-                    "compliance": compliance,
-                    "compliance_loss": self.choice.compliance - compliance,
-                    "spearman": rho(swept[name], swept["compliance"]) if cheap else float("nan"),
-                    "spearman_max": rho(swept[name], swept["max_compliance"]) if cheap else float("nan"),
+                    "target_rate": rate,
+                    "target_rate_loss": self.choice.target_rate - rate,
+                    "spearman": rho(swept[name], swept["target_rate"]) if cheap else float("nan"),
+                    "spearman_max": rho(swept[name], swept["max_target_rate"]) if cheap else float("nan"),
                 }
             )
         return pd.DataFrame(rows)
@@ -155,13 +155,13 @@ class LayerReport:
                 f"top_k={k} needs layers {swept}, but this report swept {self.swept_layers}"
             )
         results = self.results[self.results["layer"].isna() | self.results["layer"].isin(swept)]
-        summary = summarize(results.reset_index(drop=True))
+        summary = summarize_sweep(results.reset_index(drop=True))
         return dataclasses.replace(
             self,
             swept_layers=swept,
             results=results.reset_index(drop=True),
             summary=summary,
-            choice=choose(summary),
+            choice=choose_stolfo(summary),
             configs_run=len(summary),
         )
 
@@ -196,7 +196,7 @@ def find_layers(
     position: str | int = "last",
     coefs: Sequence[float] = (1.0, 2.0, 4.0),
     mode: str = "add",
-    scale: str = "diff_norm",
+    unit: str = "diff_norm",
     top_k: int | None = None,
     n_validation: int = 24,
     max_new_tokens: int = 40,
@@ -210,7 +210,7 @@ def find_layers(
 
     Probes and the steering vector use the train split; projections are scored on the whole validation
     split; the sweep steers the first ``n_validation`` validation prompts without their instruction, greedy,
-    ``max_new_tokens`` tokens, with ``mode`` at ``coefs`` (in ``scale`` units; ``set_projection`` and
+    ``max_new_tokens`` tokens, with ``mode`` at ``coefs`` (in ``unit``; ``set_projection`` and
     ``ablate`` take none). ``top_k`` sweeps only the best ``k`` layers of :data:`CHEAP_RANKING`. With
     ``out_dir`` the sweep's rows are saved under ``out_dir/sweep`` and a rerun (also with another ``top_k``)
     reuses them.
@@ -233,20 +233,19 @@ def find_layers(
 
     cheap = _cheap_signals(probes, projection)
     swept = tuple(sorted(rank_layers(cheap)[:top_k])) if top_k is not None else layers
-    configs = grid(swept, mode=mode, coefs=coefs)
+    configs = grid(swept, mode=mode, coefs=coefs, unit=unit)
     prompts = validation.head(n_validation)
     results = sweep(
         model,
         vector,
         prompts,
         configs,
-        scale=scale,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         out_dir=None if out_dir is None else Path(out_dir) / "sweep",
         progress=progress,
     )
-    summary = summarize(results)
+    summary = summarize_sweep(results)
     name = dataset if variant is None else f"{dataset}:{variant}"
     return LayerReport(
         dataset=name,
@@ -257,7 +256,7 @@ def find_layers(
         projections=projections,
         results=results,
         summary=summary,
-        choice=choose(summary),
+        choice=choose_stolfo(summary),
         vector=vector,
         configs_run=len(configs),
         configs_full=len(grid(layers, mode=mode, coefs=coefs)),

@@ -45,7 +45,7 @@ def save_figure(fig: Figure, path: str | os.PathLike[str]) -> list[Path]:
 
 
 def plot_layer_signals(frame: pd.DataFrame, picks: Mapping[str, int | None] | None = None) -> Figure:
-    """Probe accuracy (± std), projection AUROC and the sweep's compliance against layer; below, the
+    """Probe accuracy (± std), projection AUROC and the sweep's target rate against layer; below, the
     held-out projections' Cohen's d (it keeps ranking layers where accuracy and AUROC saturate at 1).
 
     ``frame`` is a :meth:`~workbench.layers.LayerReport.to_frame`; ``picks`` (signal -> layer) draws a
@@ -55,7 +55,7 @@ def plot_layer_signals(frame: pd.DataFrame, picks: Mapping[str, int | None] | No
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
     long = frame.melt(
         id_vars="layer",
-        value_vars=[c for c in ("probe_accuracy", "projection_auroc", "compliance") if c in frame],
+        value_vars=[c for c in ("probe_accuracy", "projection_auroc", "target_rate") if c in frame],
         var_name="signal",
         value_name="score",
     )
@@ -96,14 +96,14 @@ def plot_projection_histograms(projections: pd.DataFrame, layer: int) -> Figure:
 
 
 def plot_sweep_heatmaps(summary: pd.DataFrame) -> Figure:
-    """Layer × coefficient heatmaps of compliance and degeneration (``summarize``'s table; the unsteered
+    """Layer × coefficient heatmaps of the target rate and degeneration (``summarize_sweep``'s table; the unsteered
     reference is in the titles). A grid without coefficients (``set_projection``) has one column."""
     steered = summary[summary["mode"] != "none"].copy()
     base = summary[summary["mode"] == "none"]
     if steered["coef"].isna().all():
         steered["coef"] = "default"
     fig = Figure(figsize=(9, 0.3 * steered["layer"].nunique() + 2), layout="constrained")
-    for k, column in enumerate(("compliance", "degeneration")):
+    for k, column in enumerate(("target_rate", "degeneration")):
         ax = fig.add_subplot(1, 2, k + 1)
         table = steered.pivot_table(index="layer", columns="coef", values=column)
         sns.heatmap(table, vmin=0, vmax=1, annot=True, fmt=".2f", cmap="viridis", ax=ax, cbar=k == 1)

@@ -19,6 +19,7 @@ is never served as the preset itself.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ __all__ = [
     "available",
     "build",
     "document",
+    "fingerprint",
     "get",
     "load",
     "names",
@@ -165,6 +167,12 @@ def read(file: str | Path = BUNDLED) -> dict[str, Preset]:
 
 #: The bundled presets (:func:`read` of :data:`BUNDLED`).
 PRESETS: dict[str, Preset] = read()
+
+
+def fingerprint(file: str | Path | None = None) -> str:
+    """SHA-256 of a presets file's bytes (default :data:`BUNDLED`: results that use the bundled presets
+    depend on it)."""
+    return hashlib.sha256(Path(file or BUNDLED).read_bytes()).hexdigest()
 
 
 def names() -> list[str]:

@@ -4,13 +4,13 @@ A :class:`Recipe` is one way to steer, serialisable (:meth:`Recipe.to_json`) and
 :class:`~workbench.steering.Intervention` s by :meth:`Recipe.interventions`: where the vector comes from
 (:data:`SOURCES`: the last prompt token, the mean over the prompt's tokens, the mean over the *response*
 tokens of contrastive completions, or None: the vector given), which layers get it, the mode, a per-layer
-strength, the positions, a schedule over generated tokens and the norm-preserving variant, plus which
+``coef`` in a ``unit``, the positions, a fade over generated tokens and the norm-preserving variant, plus which
 prompt it answers (plain, with the instruction, or the native Italian one). Sweeps use it too
 (:func:`workbench.sweeps.grid`). Its :attr:`Recipe.label` is the short ``add@10x2`` form of
 :attr:`Intervention.label <workbench.steering.Intervention.label>`.
 
 A :class:`~workbench.behaviours.Behaviour` says what "on target" means and how many tokens to generate
-(the behaviours and their vectors live in :mod:`workbench.behaviours`, re-exported here). :func:`answer`
+(:mod:`workbench.behaviours`, with their vectors). :func:`answer`
 generates every (recipe, item) row with :func:`~workbench.runner.run_grid` (raw responses and their
 perplexity under the unsteered model); :func:`score` scores them with the definitions in
 :mod:`workbench.evaluation`, so cached answers are always rescored. :func:`summarize_recipes` gives one
@@ -32,62 +32,31 @@ from typing import TypedDict, Unpack
 import numpy as np
 import pandas as pd
 
-from workbench.behaviours import (
-    BEHAVIOURS,
-    MIN_PAIRS,
-    PROMPTS,
-    SOURCES,
-    Behaviour,
-    NoCompletionsError,
-    behaviour,
-    build_vectors,
-    complete,
-)
+from workbench.behaviours import PROMPTS, SOURCES, Behaviour, complete
 from workbench.errors import InvalidArgumentError
-from workbench.evaluation import is_degenerate
 from workbench.evaluation.perplexity import perplexity
+from workbench.evaluation.scoring import score_answers
 from workbench.evaluation.table import summarize_scores
-from workbench.evaluation.targets import MIN_ITALIAN_SHARE, follows, is_real_italian, starts_json
+from workbench.evaluation.targets import follows
 from workbench.models import Model
 from workbench.positions import check_positions
 from workbench.runner import Executor, Job, run_grid
 from workbench.runs import atomic_text, atomic_write
-from workbench.steering import MODES, Intervention
+from workbench.steering import MODES, UNITS, Intervention
 from workbench.vectors import SteeringVector
 
 __all__ = [
-    "BEHAVIOURS",
-    "MIN_ITALIAN_SHARE",
-    "MIN_PAIRS",
-    "PROMPTS",
-    "SCALES",
-    "SOURCES",
-    "Behaviour",
-    "NoCompletionsError",
+    "AnswerOptions",
     "Recipe",
     "answer",
-    "behaviour",
-    "build_vectors",
     "cached_rows",
-    "choose",
     "choose_clean",
-    "complete",
-    "follows",
-    "is_json_answer",
-    "is_real_italian",
     "pareto_front",
     "rank",
     "run_recipes",
     "score",
-    "starts_json",
-    "summarize",
     "summarize_recipes",
 ]
-
-#: What an ``add`` strength is measured in (see :class:`Recipe`).
-SCALES = ("residual_norm", "diff_norm", "absolute")
-#: Deprecated name of :func:`~workbench.evaluation.targets.starts_json` (which is not JSON compliance).
-is_json_answer = starts_json
 
 
 # ---- recipes ----------------------------------------------------------------------------------------------
@@ -101,22 +70,21 @@ def _layers_text(layers: tuple[int, ...]) -> str:
 
 @dataclass(frozen=True)
 class Recipe:
-    """One steering setting. No ``layers``: no steering (a baseline).
+    """One steering setting, serialisable (:meth:`to_json`): the knobs of an
+    :class:`~workbench.steering.Intervention` for each of several layers, plus where its vector comes from
+    and which prompt it answers. No ``layers``: no steering (a baseline).
 
     ``source``: which of a behaviour's vectors (:data:`SOURCES`), or None for "the vector given" (sweeps).
-    ``strength``: for ``add``, the amount added at *each* layer in units of ``scale`` (``residual_norm``:
-    the layer's mean residual norm at the last prompt token; ``diff_norm``: the layer's raw
-    mean-difference norm; ``absolute``: residual units), so one knob means the same at every layer (None:
-    one diff-norm); for ``set_projection``, the target projection as ``neg + strength · (pos − neg)`` of
-    the two sets' mean projections (1 or None: the positive mean); ``ablate`` takes none.
-    ``decay_tokens`` > 0 fades ``add`` linearly to zero over that many generated tokens.
+    ``coef`` and ``unit`` mean what they mean on an Intervention (:func:`~workbench.steering.resolve_amount`,
+    applied at *each* layer; ``residual_norm``: the layer's mean residual norm at the last prompt token);
+    ``ablate`` takes none. ``decay_tokens`` > 0 fades ``add`` linearly to zero over that many generated tokens.
     """
 
     source: str | None = "last"
     layers: tuple[int, ...] = ()
     mode: str = "add"
-    strength: float | None = 0.0
-    scale: str = "residual_norm"
+    coef: float | None = 0.0
+    unit: str = "diff_norm"
     positions: str = "all"
     decay_tokens: int = 0
     norm_preserving: bool = False
@@ -127,7 +95,7 @@ class Recipe:
             (self.source, (*SOURCES, None), "source"),
             (self.mode, MODES, "mode"),
             (self.prompt, PROMPTS, "prompt kind"),
-            (self.scale, SCALES, "scale"),
+            (self.unit, UNITS, "unit"),
         ):
             if value not in allowed:
                 raise InvalidArgumentError(
@@ -136,9 +104,9 @@ class Recipe:
         check_positions(self.positions)
         object.__setattr__(self, "layers", tuple(int(b) for b in self.layers))
         if self.mode == "ablate":
-            if self.strength not in (None, 0, 0.0):
-                raise InvalidArgumentError("mode 'ablate' takes no strength: it always removes the direction")
-            object.__setattr__(self, "strength", None)
+            if self.coef not in (None, 0, 0.0):
+                raise InvalidArgumentError("mode 'ablate' takes no coef: it always removes the direction")
+            object.__setattr__(self, "coef", None)
 
     @property
     def steered(self) -> bool:
@@ -152,7 +120,7 @@ class Recipe:
         suffix = "" if self.prompt == "plain" else f" +{self.prompt}"
         if not self.steered:
             return "none" + suffix
-        coef = "" if self.strength is None else f"x{self.strength:g}"
+        coef = "" if self.coef is None else f"x{self.coef:g}"
         return f"{self.mode}@{_layers_text(self.layers)}{coef}{suffix}"
 
     @property
@@ -163,8 +131,10 @@ class Recipe:
             return self.label
         if not self.steered:
             return self.prompt
-        unit = {"residual_norm": "rn", "diff_norm": "dn", "absolute": "abs"}[self.scale]
-        amount = "" if self.strength is None else f"{self.strength:g}{unit if self.mode == 'add' else 'sep'}"
+        unit = {"residual_norm": "rn", "diff_norm": "dn", "absolute": "abs"}[self.unit]
+        if self.mode == "set_projection":
+            unit = "sep" if self.unit == "diff_norm" else f"{unit}sep"
+        amount = "" if self.coef is None else f"{self.coef:g}{unit}"
         parts = [self.source, f"L{_layers_text(self.layers)}", self.mode, amount, self.positions]
         parts += [f"decay{self.decay_tokens}"] * bool(self.decay_tokens) + ["np"] * self.norm_preserving
         return " ".join(p for p in parts if p) + ("" if self.prompt == "plain" else f" +{self.prompt}")
@@ -178,32 +148,15 @@ class Recipe:
         return "all layers" if len(self.layers) == n_layers else "band"
 
     def interventions(self, vector: SteeringVector) -> list[Intervention]:
-        """One :class:`Intervention` per layer, with the strength resolved to residual units."""
-        return [self._at(vector, layer) for layer in self.layers]
-
-    def _at(self, vector: SteeringVector, layer: int) -> Intervention:
+        """One :class:`Intervention` per layer, with this recipe's knobs."""
+        missing = [layer for layer in self.layers if layer not in vector.stats]
+        if missing:
+            raise InvalidArgumentError(
+                f"the vector has no layer {missing[0]}; it covers {list(vector.layers)}"
+            )
         knobs = {"positions": self.positions, "decay_tokens": self.decay_tokens}
-        knobs["norm_preserving"] = self.norm_preserving
-        if layer not in vector.stats:
-            raise InvalidArgumentError(f"the vector has no layer {layer}; it covers {list(vector.layers)}")
-        stats = vector.stats[layer]
-        coef: float | None = None
-        if self.mode == "set_projection" and self.strength is not None:
-            if stats.pos_mean_proj is None or stats.neg_mean_proj is None:
-                raise InvalidArgumentError(
-                    f"set_projection needs the sets' projections at layer {layer}; "
-                    "build the vector from activations"
-                )
-            coef = stats.neg_mean_proj + self.strength * (stats.pos_mean_proj - stats.neg_mean_proj)
-        elif self.mode == "add" and self.strength is not None:
-            units = {"residual_norm": stats.resid_norm, "diff_norm": stats.diff_norm, "absolute": 1.0}
-            unit = units[self.scale]
-            if unit is None:
-                raise InvalidArgumentError(
-                    f"the vector records no residual norm at layer {layer}: use diff_norm"
-                )
-            coef = self.strength * unit
-        return Intervention(vector, layer, self.mode, coef, **knobs)  # type: ignore[arg-type]
+        knobs |= {"norm_preserving": self.norm_preserving, "unit": self.unit}
+        return [Intervention(vector, layer, self.mode, self.coef, **knobs) for layer in self.layers]  # type: ignore[arg-type]
 
     def to_json(self) -> dict[str, object]:
         return {**dataclasses.asdict(self), "layers": list(self.layers)}
@@ -221,18 +174,16 @@ class Recipe:
 
 
 def score(behaviour: Behaviour, rows: pd.DataFrame) -> pd.DataFrame:
-    """``rows`` (from :func:`answer`) with ``follows_ifeval`` (IFEval's strict check), ``on_target``,
-    ``degenerate`` (:func:`~workbench.evaluation.is_degenerate`, with the row's perplexity) and ``clean``
-    (on target and not degenerate)."""
+    """``rows`` (from :func:`answer`) with the scoring contract's columns
+    (:func:`~workbench.evaluation.scoring.score_answers`: ``on_target`` by the behaviour's target,
+    ``degenerate`` with the row's perplexity, ``clean``) and ``ifeval``, IFEval's own strict verdict on the
+    item's instructions (which is the target itself for an IFEval behaviour)."""
     items = {item.id: item for split in set(rows["split"]) for item in behaviour.items(split).items}
-    triples = list(zip(rows["id"].map(items), rows["response"], rows["perplexity"], strict=True))
-    target = [behaviour.on_target(item, r) for item, r, _ in triples]
-    degenerate = [is_degenerate(r, perplexity=float(p)) for _, r, p in triples]
+    asked = rows["id"].map(items).tolist()
+    scored = score_answers(behaviour.target, asked, rows["response"].tolist(), rows["perplexity"].tolist())
     return rows.assign(
-        follows_ifeval=[follows(item, r) for item, r, _ in triples],
-        on_target=target,
-        degenerate=degenerate,
-        clean=[t and not d for t, d in zip(target, degenerate, strict=True)],
+        ifeval=[follows(item, r) for item, r in zip(asked, rows["response"], strict=True)],
+        **{c: scored[c].to_numpy() for c in ("on_target", "degenerate", "clean")},
     )
 
 
@@ -390,11 +341,6 @@ def choose_clean(summary: pd.DataFrame) -> pd.Series:
     if ranked.empty:
         raise InvalidArgumentError("no steered recipe on plain prompts to choose from: add one to the grid")
     return ranked.iloc[0]
-
-
-#: The names these had before :mod:`workbench.sweeps` got its own (Stolfo et al.'s rule).
-summarize = summarize_recipes
-choose = choose_clean
 
 
 def cached_rows(path: Path, key: dict[str, object], run: Callable[[], pd.DataFrame]) -> pd.DataFrame:

@@ -259,7 +259,7 @@ class _Keys:
                 iv.decay_tokens,
                 iv.norm_preserving,
                 self.direction(iv),
-                *([dataclasses.asdict(iv.strength)] if iv.strength is not None else []),  # dynamic: keyed
+                *([dataclasses.asdict(iv.schedule)] if iv.schedule is not None else []),  # dynamic: keyed
             ]
             for iv in job.interventions
         ]

@@ -10,7 +10,7 @@
 row of a batch its own list, so a grid of configurations runs as one batched pass. Both always remove
 their hooks, on exit and on exception. Every steering tensor is moved to the device and dtype of the
 activation it edits when the hook runs (once per pair), so a model split over devices steers correctly.
-An ``add`` with ``strength=DynamicStrength(...)`` sets its strength per row and generated token
+An ``add`` with ``schedule=DynamicStrength(...)`` sets its strength per row and generated token
 (:mod:`workbench.schedules`).
 """
 
@@ -30,25 +30,65 @@ from torch import Tensor
 
 from workbench.errors import InvalidArgumentError, ShapeMismatchError
 from workbench.head_steering import HeadIntervention, HeadSlots
+from workbench.methods import LayerStats
 from workbench.models import Model
 from workbench.positions import PositionTracker, check_positions, tracker_for, tracking
 from workbench.schedules import DynamicStrength, StrengthHistory, StrengthTrace, dynamic_strengths
 from workbench.vectors import SteeringVector
 
 MODES = ("add", "set_projection", "ablate")
-SCALES = ("absolute", "diff_norm", "residual_norm")
+#: What ``coef`` is measured in (:func:`resolve_amount`); ``diff_norm`` is every API's and command's default.
+UNITS = ("diff_norm", "residual_norm", "absolute")
+
+
+def resolve_amount(stats: LayerStats, mode: str, coef: float | None, unit: str, layer: int) -> float:
+    """The one resolution of a steering amount into residual units, for ``stats`` of one layer.
+
+    ``add`` adds ``coef`` units (None: the raw mean difference, one diff-norm). ``set_projection`` sets the
+    projection to ``coef`` in ``absolute`` units, else to the negative set's mean projection plus ``coef``
+    times the unit, where a ``diff_norm`` is the gap between the two sets' mean projections (for a
+    diff-in-means vector, its norm), so ``coef=1`` (or None) sets the positive set's mean projection.
+    ``ablate`` sets it to 0. Units: ``diff_norm``, ``residual_norm`` (the layer's mean residual norm) or
+    ``absolute`` (residual units).
+    """
+    if mode == "ablate":
+        return 0.0
+    if mode == "add":
+        if coef is None:
+            return float(stats.diff_norm)
+        return float(coef) * _unit_size(stats, unit, layer)
+    if unit == "absolute" and coef is not None:
+        return float(coef)
+    if coef is None and stats.pos_mean_proj is not None:
+        return float(stats.pos_mean_proj)
+    if stats.pos_mean_proj is None or stats.neg_mean_proj is None:
+        raise InvalidArgumentError(
+            f"set_projection needs the sets' mean projections at layer {layer} (the vector was not extracted "
+            "from activations): pass coef=z with unit='absolute'"
+        )
+    gap = stats.pos_mean_proj - stats.neg_mean_proj
+    size = gap if unit == "diff_norm" else _unit_size(stats, unit, layer)
+    return float(stats.neg_mean_proj) + (1.0 if coef is None else float(coef)) * float(size)
+
+
+def _unit_size(stats: LayerStats, unit: str, layer: int) -> float:
+    size = {"absolute": 1.0, "diff_norm": stats.diff_norm, "residual_norm": stats.resid_norm}[unit]
+    if size is None:
+        raise InvalidArgumentError(
+            f"unit {unit!r} needs the layer's residual norm, which this vector does not record at layer "
+            f"{layer}: build it with from_activations, or use unit='diff_norm' or 'absolute'"
+        )
+    return float(size)
 
 
 @dataclass(frozen=True)
 class Intervention:
-    """One edit of the residual stream after block ``layer``.
+    """One edit of the residual stream after block ``layer``; its amount is :func:`resolve_amount`'s.
 
-    ``coef`` is the added amount for ``add`` and the target projection ``z`` for ``set_projection``.
-    ``scale`` says what ``coef`` of ``add`` is measured in: residual units (``absolute``), multiples of the
-    layer's raw mean-difference norm (``diff_norm``), or of the layer's mean residual norm
-    (``residual_norm``), so one knob means the same at every layer. ``decay_tokens`` > 0 fades an ``add``
+    ``coef`` is measured in ``unit`` (:data:`UNITS`, default ``diff_norm``: multiples of the layer's raw
+    mean-difference norm, so one knob means the same at every layer). ``decay_tokens`` > 0 fades an ``add``
     linearly to zero over that many generated tokens. ``norm_preserving`` rescales each steered residual
-    back to its original norm. ``strength`` (``"dynamic"`` or a :class:`DynamicStrength`) multiplies an
+    back to its original norm. ``schedule`` (``"dynamic"`` or a :class:`DynamicStrength`) multiplies an
     ``add`` by a per-token ``α_t`` from the KL divergence of steered and unsteered runs (generation only).
     """
 
@@ -57,17 +97,17 @@ class Intervention:
     mode: str = "add"
     coef: float | None = None
     positions: str = "all"
-    scale: str = "absolute"
+    unit: str = "diff_norm"
     decay_tokens: int = 0
     norm_preserving: bool = False
-    strength: DynamicStrength | None = None
+    schedule: DynamicStrength | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise InvalidArgumentError(f"unknown mode {self.mode!r}: use one of {', '.join(MODES)}")
         check_positions(self.positions)
-        if self.scale not in SCALES:
-            raise InvalidArgumentError(f"unknown scale {self.scale!r}: use one of {', '.join(SCALES)}")
+        if self.unit not in UNITS:
+            raise InvalidArgumentError(f"unknown unit {self.unit!r}: use one of {', '.join(UNITS)}")
         if not isinstance(self.vector, SteeringVector):
             raise InvalidArgumentError(
                 f"an Intervention needs a SteeringVector, got {type(self.vector).__name__}: "
@@ -83,20 +123,20 @@ class Intervention:
             raise InvalidArgumentError("mode 'ablate' takes no coef: it always sets the projection to 0")
         if self.decay_tokens < 0:
             raise InvalidArgumentError(f"decay_tokens must be >= 0, got {self.decay_tokens}")
-        self._check_strength()
+        self._check_schedule()
 
-    def _check_strength(self) -> None:
-        if self.strength == "dynamic":
-            object.__setattr__(self, "strength", DynamicStrength())
-        if self.strength is None:
+    def _check_schedule(self) -> None:
+        if self.schedule == "dynamic":
+            object.__setattr__(self, "schedule", DynamicStrength())
+        if self.schedule is None:
             return
-        if not isinstance(self.strength, DynamicStrength):
+        if not isinstance(self.schedule, DynamicStrength):
             raise InvalidArgumentError(
-                f"strength must be None, 'dynamic' or a DynamicStrength, got {self.strength!r}"
+                f"schedule must be None, 'dynamic' or a DynamicStrength, got {self.schedule!r}"
             )
         if self.mode != "add" or self.decay_tokens:
             raise InvalidArgumentError(
-                "a dynamic strength scales an 'add' with no decay_tokens (it is its own schedule)"
+                "a dynamic schedule scales an 'add' with no decay_tokens (it is its own schedule)"
             )
 
     @property
@@ -107,32 +147,14 @@ class Intervention:
     def label(self) -> str:
         """Short name for tables and notes: ``add@10x2``, ``set_projection@12``, ``add@10x2+dyn2``."""
         label = f"{self.mode}@{self.layer}" + ("" if self.coef is None else f"x{self.coef:g}")
-        return label if self.strength is None else f"{label}+{self.strength.label}"
+        return label if self.schedule is None else f"{label}+{self.schedule.label}"
 
     def direction(self) -> Float[Tensor, " d_model"]:
         return self.vector.direction(self.layer)
 
     def amount(self) -> float:
-        """The resolved ``c`` (add) or ``z`` (set_projection/ablate), in residual units."""
-        stats = self.vector.stats[self.layer]
-        if self.mode == "ablate":
-            return 0.0
-        if self.mode == "set_projection":
-            if self.coef is None and stats.pos_mean_proj is None:
-                raise InvalidArgumentError(
-                    f"set_projection needs a target: the vector has no positive-set projection at layer "
-                    f"{self.layer} (it was not extracted from activations); pass coef=z"
-                )
-            return float(stats.pos_mean_proj if self.coef is None else self.coef)
-        if self.coef is None:
-            return float(stats.diff_norm)
-        unit = {"absolute": 1.0, "diff_norm": stats.diff_norm, "residual_norm": stats.resid_norm}[self.scale]
-        if unit is None:
-            raise InvalidArgumentError(
-                f"scale {self.scale!r} needs the layer's residual norm, which this vector does not record "
-                f"at layer {self.layer}: build it with from_activations or use scale='absolute'"
-            )
-        return float(self.coef) * float(unit)
+        """The resolved ``c`` (add) or ``z`` (set_projection, ablate), in residual units."""
+        return resolve_amount(self.vector.stats[self.layer], self.mode, self.coef, self.unit, self.layer)
 
     def describe(self, model: Model | None = None) -> dict[str, Any]:
         """Flat columns for a results table, with transfer provenance when ``model`` is given."""
@@ -141,15 +163,15 @@ class Intervention:
             "mode": self.mode,
             "coef": self.coef,
             "positions": self.positions,
-            "scale": self.scale,
+            "unit": self.unit,
             "decay_tokens": self.decay_tokens,
             "norm_preserving": self.norm_preserving,
             "vector_method": self.vector.provenance.get("method"),
             "vector_dataset": self.vector.provenance.get("dataset"),
             "vector_model": self.vector.provenance.get("model_name"),
         }
-        if self.strength is not None:
-            row["strength"] = self.strength.label
+        if self.schedule is not None:
+            row["schedule"] = self.schedule.label
         if model is not None:
             source = self.vector.provenance.get("weights_hash")
             row["target_model"] = model.name
@@ -337,15 +359,15 @@ class _Dynamic:
         self.model, self.n_rows = model, len(rows)
         self.column, members, owners = _columns(rows)
         self.n_columns = len(owners)
-        self.specs = [rows[r][ks[0]].strength for r, ks in zip(owners, members, strict=True)]
+        self.specs = [rows[r][ks[0]].schedule for r, ks in zip(owners, members, strict=True)]
         labels = [" & ".join(rows[r][k].label for k in ks) for r, ks in zip(owners, members, strict=True)]
         self.history = StrengthHistory(labels, owners, len(rows))
         refs = sorted(set(owners))
-        side = [[_Edit(iv) for iv in rows[r] if iv.strength is None] for r in refs]
+        side = [[_Edit(iv) for iv in rows[r] if iv.schedule is None] for r in refs]
         for r, ks in zip(owners, members, strict=True):
-            probe = {k: rows[r][k].strength.max_strength for k in ks}  # type: ignore[union-attr]
+            probe = {k: rows[r][k].schedule.max_strength for k in ks}  # type: ignore[union-attr]
             edits = enumerate(rows[r])
-            side.append([_Edit(iv, probe.get(j, 1.0)) for j, iv in edits if j in probe or not iv.strength])
+            side.append([_Edit(iv, probe.get(j, 1.0)) for j, iv in edits if j in probe or not iv.schedule])
         self.slots = _build_slots(side)
         self.rows = torch.tensor(refs + owners)
         self.reference = torch.tensor([refs.index(r) for r in owners])
@@ -414,17 +436,17 @@ def _columns(
     for r, row in enumerate(rows):
         groups: dict[object, int] = {}
         for k, iv in enumerate(row):
-            if iv.strength is None:
+            if iv.schedule is None:
                 continue
             j = groups.setdefault(
-                iv.strength.group if iv.strength.group is not None else -1 - k, len(members)
+                iv.schedule.group if iv.schedule.group is not None else -1 - k, len(members)
             )
             if j == len(members):
                 members.append([])
                 owners.append(r)
-            elif iv.strength != row[members[j][0]].strength:
+            elif iv.schedule != row[members[j][0]].schedule:
                 raise InvalidArgumentError(
-                    f"dynamic group {iv.strength.group!r} mixes strength settings: give its interventions one"
+                    f"dynamic group {iv.schedule.group!r} mixes strength settings: give its interventions one"
                 )
             members[j].append(k)
             column[(r, k)] = j
@@ -447,10 +469,10 @@ def steer_rows(
     heads = [[iv for iv in row if isinstance(iv, HeadIntervention)] for row in rows]
     pushes = HeadSlots(heads) if any(heads) else None
     rows = [[iv for iv in row if isinstance(iv, Intervention)] for row in rows]
-    dynamic = _Dynamic(model, rows) if any(iv.strength for row in rows for iv in row) else None
+    dynamic = _Dynamic(model, rows) if any(iv.schedule for row in rows for iv in row) else None
     edits = [
         [
-            _Edit(iv, column=dynamic.column[(r, k)] if dynamic and iv.strength else -1)
+            _Edit(iv, column=dynamic.column[(r, k)] if dynamic and iv.schedule else -1)
             for k, iv in enumerate(row)
         ]
         for r, row in enumerate(rows)

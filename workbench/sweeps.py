@@ -3,18 +3,15 @@
 A sweep's settings are :class:`~workbench.recipes.Recipe` s without a source (the vector is given):
 :func:`grid` builds them, :func:`Config` builds one. :func:`sweep` runs every one on the *negative* prompts
 of a ContrastiveSet (the query without its instruction) through :func:`~workbench.runner.run_grid` and
-scores each greedy response for compliance with the item's instructions
-(:func:`~workbench.evaluation.targets.follows`, strict) and degeneration
-(:func:`~workbench.evaluation.is_degenerate`) every time it is called: the parts under ``out_dir`` hold raw
-responses only. The grid always includes ``none`` (no steering) as the reference.
+scores each greedy response by the scoring contract (:func:`~workbench.evaluation.scoring.score_answers`:
+``on_target`` by the item's own IFEval checks, strict; ``degenerate`` by the text rule; ``clean``) every time
+it is called: the parts under ``out_dir`` hold raw responses only. The grid always includes ``none`` (no steering) as the reference.
 
-:func:`choose_stolfo` applies Stolfo et al.'s selection rule to :func:`summarize_sweep`'s table
-(``choose``/``summarize`` are their older names).
+:func:`choose_stolfo` applies Stolfo et al.'s selection rule to :func:`summarize_sweep`'s table.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -27,8 +24,7 @@ import pandas as pd
 
 from workbench.datasets import ContrastiveSet
 from workbench.errors import InvalidArgumentError
-from workbench.evaluation import is_degenerate
-from workbench.evaluation.targets import follows
+from workbench.evaluation.scoring import score_answers
 from workbench.models import Model
 from workbench.recipes import Recipe
 from workbench.runner import Executor, Job, run_grid
@@ -39,40 +35,49 @@ __all__ = [
     "NONE",
     "Choice",
     "Config",
-    "choose",
     "choose_stolfo",
     "grid",
     "per_layer",
-    "summarize",
     "summarize_sweep",
     "sweep",
 ]
 
 NONE = "none"
-_COLUMNS = ["config", "layer", "mode", "coef", "scale", "positions", "id", "behaviour", "prompt", "response"]
+_COLUMNS = ["config", "layer", "mode", "coef", "unit", "positions", "id", "behaviour", "prompt", "response"]
 
 
-def Config(layer: int | None = None, mode: str = "add", coef: float | None = None) -> Recipe:
-    """A sweep setting: ``mode`` at ``layer`` with ``coef`` (``layer=None``: no steering), as a
-    :class:`~workbench.recipes.Recipe` without a source; its name is its label (``add@10x2``, ``none``).
-
-    ``coef`` is in the sweep's ``scale`` units for ``add``; for ``set_projection`` it is the recipe's
-    strength (None or 1: the positive set's mean projection)."""
+def Config(
+    layer: int | None = None,
+    mode: str = "add",
+    coef: float | None = None,
+    *,
+    unit: str = "diff_norm",
+    positions: str = "all",
+) -> Recipe:
+    """A sweep setting: ``mode`` at ``layer`` with ``coef`` in ``unit`` (``layer=None``: no steering), as a
+    :class:`~workbench.recipes.Recipe` without a source; its name is its label (``add@10x2``, ``none``)."""
     layers = () if layer is None else (int(layer),)
-    return Recipe(None, layers, mode, None if coef is None else float(coef), scale="diff_norm")
+    coef = None if coef is None else float(coef)
+    return Recipe(None, layers, mode, coef, unit=unit, positions=positions)
 
 
 def grid(
-    layers: Sequence[int], *, mode: str = "add", coefs: Sequence[float] = (1.0, 2.0, 4.0)
+    layers: Sequence[int],
+    *,
+    mode: str = "add",
+    coefs: Sequence[float] = (1.0, 2.0, 4.0),
+    unit: str = "diff_norm",
+    positions: str = "all",
 ) -> list[Recipe]:
-    """``none`` then every (layer, coef); ``set_projection`` and ``ablate`` take no coefficient (one per
-    layer)."""
+    """``none`` then every (layer, coef) in ``unit``; ``set_projection`` and ``ablate`` take no coefficient
+    (one per layer)."""
     if mode not in MODES:
         raise InvalidArgumentError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
     if mode == "add" and not coefs:
         raise InvalidArgumentError("mode 'add' needs at least one coefficient")
-    strengths: Sequence[float | None] = [float(c) for c in coefs] if mode == "add" else [None]
-    return [Config(), *(Config(layer, mode, c) for layer in layers for c in strengths)]
+    coefs_: Sequence[float | None] = [float(c) for c in coefs] if mode == "add" else [None]
+    knobs = {"unit": unit, "positions": positions}
+    return [Config(), *(Config(layer, mode, c, **knobs) for layer in layers for c in coefs_)]
 
 
 def _vector_hash(vector: SteeringVector) -> str:
@@ -85,24 +90,23 @@ def _scorer(dataset: ContrastiveSet) -> Callable[[pd.DataFrame], pd.DataFrame]:
     items = {item.id: item for item in dataset.items}
 
     def score(rows: pd.DataFrame) -> pd.DataFrame:
-        pairs = list(zip(rows["id"].map(items), rows["response"], strict=True))
+        scored = score_answers("ifeval", rows["id"].map(items).tolist(), rows["response"].tolist())
         return rows.rename(columns={"setting": "config"})[_COLUMNS].assign(
             layer=rows["layer"].astype("Int64"),
             coef=rows["coef"].astype(float),
-            follows=[follows(item, r) for item, r in pairs],
-            degenerate=[is_degenerate(r) for _, r in pairs],
+            **{c: scored[c].to_numpy() for c in ("on_target", "degenerate", "clean")},
         )
 
     return score
 
 
-def _knobs(config: Recipe, item_behaviour: str, scale: str, positions: str) -> dict[str, object]:
+def _knobs(config: Recipe, item_behaviour: str) -> dict[str, object]:
     return {
         "layer": config.layers[0] if config.steered else None,
         "mode": config.mode if config.steered else NONE,
-        "coef": np.nan if config.strength is None else config.strength,
-        "scale": scale,
-        "positions": positions,
+        "coef": np.nan if config.coef is None else config.coef,
+        "unit": config.unit,
+        "positions": config.positions,
         "behaviour": item_behaviour,
     }
 
@@ -113,8 +117,6 @@ def sweep(
     dataset: ContrastiveSet,
     configs: Sequence[Recipe],
     *,
-    scale: str = "diff_norm",
-    positions: str = "all",
     max_new_tokens: int = 40,
     batch_size: int = 32,
     chunk_size: int = 128,
@@ -125,14 +127,13 @@ def sweep(
 ) -> pd.DataFrame:
     """Generate and score one row per (config, item) of ``dataset``, steering its negative prompts.
 
-    Columns: ``config, layer, mode, coef, scale, positions, id, behaviour, prompt, response, follows,
-    degenerate``, in config-major order. ``coef`` is in ``scale`` units (see :class:`Intervention`); the
-    configs' own scale and positions give way to ``scale`` and ``positions``. Rows run in fixed chunks of
+    Columns: ``config, layer, mode, coef, unit, positions, id, behaviour, prompt, response, on_target,
+    degenerate, clean``, in config-major order (each config's own ``coef``, ``unit`` and ``positions``, as an
+    :class:`~workbench.steering.Intervention` takes them). Rows run in fixed chunks of
     ``chunk_size`` over the whole grid (:func:`~workbench.runner.run_grid`, by ``executor``), so a resumed
     run batches exactly as an uninterrupted one; ``on_chunk`` sees each chunk's raw rows once they are
     saved. With ``out_dir``, rows already generated there are read back and rescored; the directory
-    refuses a sweep with another model (weights, dtype, device), vector, scale, positions or
-    ``max_new_tokens``.
+    refuses a sweep with another model (weights, dtype, device), vector or ``max_new_tokens``.
     """
     names = [c.name for c in configs]
     if NONE not in names:
@@ -143,12 +144,9 @@ def sweep(
         raise InvalidArgumentError(
             "a sweep config steers one layer; run multi-layer recipes with run_recipes"
         )
-    steering = {
-        c.name: tuple(dataclasses.replace(c, scale=scale, positions=positions).interventions(vector))
-        for c in configs
-    }
+    steering = {c.name: tuple(c.interventions(vector)) for c in configs}
     jobs = [
-        Job(c.name, item.id, prompt, steering[c.name], _knobs(c, item.behaviour, scale, positions))
+        Job(c.name, item.id, prompt, steering[c.name], _knobs(c, item.behaviour))
         for c in configs
         for item, prompt in zip(dataset.items, dataset.negative, strict=True)
     ]
@@ -158,7 +156,7 @@ def sweep(
         max_new_tokens=max_new_tokens,
         score=_scorer(dataset),
         out_dir=out_dir,
-        key={"vector": _vector_hash(vector), "scale": scale, "positions": positions},
+        key={"vector": _vector_hash(vector)},
         chunk_size=chunk_size,
         batch_size=batch_size,
         executor=executor,
@@ -168,15 +166,15 @@ def sweep(
 
 
 def summarize_sweep(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per config in first-seen order: ``config, layer, mode, coef, compliance, degeneration, n``."""
+    """One row per config in first-seen order: ``config, layer, mode, coef, target_rate, degeneration, n``."""
     grouped = results.groupby("config", sort=False)
     summary = grouped.agg(
         layer=("layer", "first"),
         mode=("mode", "first"),
         coef=("coef", "first"),
-        compliance=("follows", "mean"),
+        target_rate=("on_target", "mean"),
         degeneration=("degenerate", "mean"),
-        n=("follows", "size"),
+        n=("on_target", "size"),
     )
     return summary.reset_index()
 
@@ -188,14 +186,14 @@ class Choice:
     config: str
     layer: int | None
     coef: float | None
-    compliance: float
+    target_rate: float
     degeneration: float
-    baseline_compliance: float
+    baseline_target_rate: float
     baseline_degeneration: float
 
 
 def choose_stolfo(summary: pd.DataFrame) -> Choice:
-    """Stolfo et al.'s rule: the steered config with the best compliance among those that degenerate no
+    """Stolfo et al.'s rule: the steered config with the best target rate among those that degenerate no
     more often than no steering; no steering when none is eligible or none beats it.
 
     Ties go to lower degeneration, then a smaller ``|coef|``, then the earlier layer.
@@ -207,18 +205,18 @@ def choose_stolfo(summary: pd.DataFrame) -> Choice:
     steered = summary[(summary["config"] != NONE) & (summary["degeneration"] <= b["degeneration"])]
     best = None
     if len(steered):
-        order = steered.assign(_c=-steered["compliance"], _a=steered["coef"].abs().fillna(0))
+        order = steered.assign(_c=-steered["target_rate"], _a=steered["coef"].abs().fillna(0))
         best = order.sort_values(["_c", "degeneration", "_a", "layer"], kind="stable").iloc[0]
-    if best is None or best["compliance"] <= b["compliance"]:
+    if best is None or best["target_rate"] <= b["target_rate"]:
         best = b
     coef = best["coef"]
     return Choice(
         config=str(best["config"]),
         layer=None if best["config"] == NONE else int(best["layer"]),
         coef=None if coef is None or (isinstance(coef, float) and math.isnan(coef)) else float(coef),
-        compliance=float(best["compliance"]),
+        target_rate=float(best["target_rate"]),
         degeneration=float(best["degeneration"]),
-        baseline_compliance=float(b["compliance"]),
+        baseline_target_rate=float(b["target_rate"]),
         baseline_degeneration=float(b["degeneration"]),
     )
 
@@ -226,9 +224,9 @@ def choose_stolfo(summary: pd.DataFrame) -> Choice:
 def per_layer(summary: pd.DataFrame) -> pd.DataFrame:
     """What :func:`choose_stolfo` gives when held to one layer: one row per swept layer.
 
-    Columns ``layer, compliance, degeneration, coef, steers`` (False: nothing at this layer beats no
-    steering without degenerating more, so compliance is the unsteered one) and ``max_compliance``
-    (best compliance at the layer, degeneration ignored).
+    Columns ``layer, target_rate, degeneration, coef, steers`` (False: nothing at this layer beats no
+    steering without degenerating more, so the target rate is the unsteered one) and ``max_target_rate``
+    (the best at the layer, degeneration ignored).
     """
     base = summary[summary["config"] == NONE]
     rows = []
@@ -237,18 +235,13 @@ def per_layer(summary: pd.DataFrame) -> pd.DataFrame:
         rows.append(
             {
                 "layer": int(layer),
-                "compliance": choice.compliance,
+                "target_rate": choice.target_rate,
                 "degeneration": choice.degeneration,
                 "coef": np.nan if choice.coef is None else choice.coef,
                 "steers": choice.layer is not None,
-                "max_compliance": float(group["compliance"].max()),
+                "max_target_rate": float(group["target_rate"].max()),
             }
         )
     return pd.DataFrame(
-        rows, columns=["layer", "compliance", "degeneration", "coef", "steers", "max_compliance"]
+        rows, columns=["layer", "target_rate", "degeneration", "coef", "steers", "max_target_rate"]
     )
-
-
-#: The names these had before :mod:`workbench.recipes` got its own (clean-rate ranking).
-summarize = summarize_sweep
-choose = choose_stolfo

@@ -14,7 +14,8 @@ import json
 import math
 import numbers
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -26,26 +27,15 @@ from torch import Tensor
 from workbench import formats
 from workbench.activations import Activations
 from workbench.errors import ArtifactError, InvalidArgumentError, ShapeMismatchError, WorkbenchError
-from workbench.methods import (
-    METHODS,
-    PAIRED_METHODS,
-    ZERO_RTOL,
-    LayerStats,
-    Method,
-    diff_in_means,
-    extract,
-    pca,
-    probe,
-)
+from workbench.methods import ZERO_RTOL, LayerStats, Method, extract
 from workbench.runs import utc_now
 
 if TYPE_CHECKING:
     from workbench.datasets import ContrastiveSet
     from workbench.models import Model
+    from workbench.steering import Intervention
 
-__all__ = ["LayerStats", "SteeringVector", "cosine", "workbench_version"]
-# Defined in workbench.methods, importable from here as before.
-__all__ += ["METHODS", "PAIRED_METHODS", "Method", "diff_in_means", "pca", "probe"]
+__all__ = ["SteeringVector", "cosine", "workbench_version"]
 
 ARTIFACT_TYPE = "steering_vector"
 
@@ -377,6 +367,45 @@ class SteeringVector:
             raise InvalidArgumentError(f"select() got repeated layers {layers}")
         rows = torch.stack([self.directions[self._index(b)] for b in layers])
         return self._derived(rows, {b: self.stats[b] for b in layers}, f"select({list(layers)})", layers)
+
+    def interventions(
+        self,
+        coef: float | None = None,
+        *,
+        layers: int | Iterable[int] | None = None,
+        mode: str = "add",
+        unit: str = "diff_norm",
+        positions: str = "all",
+    ) -> list[Intervention]:
+        """One :class:`~workbench.steering.Intervention` per layer (default: every layer this vector has),
+        each with ``coef`` in ``unit`` (default ``diff_norm``: ``coef=2`` adds twice each layer's
+        mean-difference norm)."""
+        from workbench.steering import Intervention
+
+        chosen = self.layers if layers is None else self.select(layers).layers
+        return [Intervention(self, b, mode, coef, positions, unit) for b in chosen]
+
+    @contextmanager
+    def apply(
+        self,
+        model: Model,
+        coef: float | None = None,
+        *,
+        layers: int | Iterable[int] | None = None,
+        mode: str = "add",
+        unit: str = "diff_norm",
+        positions: str = "all",
+    ) -> Iterator[Model]:
+        """Steer every forward of ``model`` inside the block with :meth:`interventions`::
+
+        with vector.apply(model, 2.0, layers=14):
+            answers = wb.generate(model, prompts)
+        """
+        from workbench.steering import steer
+
+        ivs = self.interventions(coef, layers=layers, mode=mode, unit=unit, positions=positions)
+        with steer(model, *ivs):
+            yield model
 
     def cosine(self, other: SteeringVector) -> dict[int, float]:
         """Cosine similarity of the directions at each shared layer; see :func:`cosine`."""

@@ -130,7 +130,7 @@ def configurations(model: Model) -> list[list[Intervention]]:
     scale = collect(model, PROMPTS[:2], layers=[0], cache=False).tensor.abs().max().item()
     coef = {"add": 4.0 * scale, "set_projection": 2.0 * scale, "ablate": None}
     return [
-        [Intervention(vector, 0, mode=mode, coef=coef[mode], positions=positions)]
+        [Intervention(vector, 0, mode=mode, coef=coef[mode], positions=positions, unit="absolute")]
         for mode in MODES
         for positions in POSITIONS
     ]
@@ -228,8 +228,8 @@ def test_bundled_models_match_the_bridge(bundled, request, strict):
     vector = SteeringVector.from_directions(direction, layers=[layer])
     norm = last[:, layer].norm(dim=-1).mean().item()
     rows = [
-        [Intervention(vector, layer, "add", 0.5 * norm, "all")],
-        [Intervention(vector, layer, "set_projection", 0.3 * norm, "response")],
+        [Intervention(vector, layer, "add", 0.5 * norm, "all", unit="absolute")],
+        [Intervention(vector, layer, "set_projection", 0.3 * norm, "response", unit="absolute")],
         [Intervention(vector, layer, "ablate", None, "prompt")],
     ]
     fast = generate(model, PROMPTS[:3], interventions=rows, max_new_tokens=8)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from workbench import presets
-from workbench.frontier import BEHAVIOURS
+from workbench.behaviours import BEHAVIOURS
 from workbench.generation import generate
 
 pytestmark = pytest.mark.slow

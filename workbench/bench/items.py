@@ -13,7 +13,7 @@ Rows and targets:
 5. KV-cached generation vs the reference loop that re-runs the whole sequence every step — speed-up ≥ 5,
    identical greedy text;
 6. peak memory of ``collect`` ÷ the size of the activations it returns — ≤ 1.5;
-7. ``workbench report --quick`` wall time, as its own process — ≤ 3 min (the full report, ≤ 60 min, is
+7. ``workbench report --size quick`` wall time, as its own process — ≤ 3 min (the full report, ≤ 60 min, is
    timed as a command).
 
 Generation runs with ``min_new_tokens = max_new_tokens`` so both sides of a ratio produce the same number
@@ -138,10 +138,12 @@ class Context:
         self.vector = random_vector(self.model)
         first, second, third = (spread_layers(self.model.n_layers, 3) * 3)[:3]
         self.coef = 8.0
-        self.one = [Intervention(self.vector, first, "add", self.coef)]
+        self.one = [Intervention(self.vector, first, "add", self.coef, unit="absolute")]
         self.three = [
-            Intervention(self.vector, first, "add", self.coef),
-            Intervention(self.vector, second, "set_projection", coef=self.coef, positions="response"),
+            Intervention(self.vector, first, "add", self.coef, unit="absolute"),
+            Intervention(
+                self.vector, second, "set_projection", coef=self.coef, positions="response", unit="absolute"
+            ),
             Intervention(self.vector, third, "ablate"),
         ]
 
@@ -283,7 +285,9 @@ def _sweep_pair(ctx: Context, n_prompts: int, tokens: int, batch: int) -> tuple[
     prompts = bench_prompts(n_prompts)
     layers = spread_layers(model.n_layers, s.sweep_layers)
     coefs = [ctx.coef * m for m in (-2.0, -1.0, 1.0, 2.0, 3.0, 4.0)][: s.sweep_coefs]
-    configs = [[Intervention(ctx.vector, layer, "add", c)] for layer in layers for c in coefs]
+    configs = [
+        [Intervention(ctx.vector, layer, "add", c, unit="absolute")] for layer in layers for c in coefs
+    ]
     options = {"max_new_tokens": tokens, "min_new_tokens": tokens}
 
     def batched() -> list[str]:
@@ -394,12 +398,22 @@ def _memory(ctx: Context) -> list[Row]:
 
 
 def _report_time(ctx: Context) -> list[Row]:
-    """Wall time of ``workbench report --quick`` as its own process (full settings, bundled model only)."""
-    name = "workbench report --quick wall time, minutes (the full report: time the command, see the README)"
+    """Wall time of ``workbench report --size quick`` as its own process (full settings, bundled model only)."""
+    name = (
+        "workbench report --size quick wall time, minutes (the full report: time the command, see the README)"
+    )
     if ctx.settings != FULL or ctx.model.name != DEFAULT_SPEC:
         why = "not run: only at full settings on the bundled model (CI runs the command as a test)"
         return [Row("7", name, None, "≤ 3 min", None, None, why)]
-    command = [sys.executable, "-c", "from workbench.cli import app; app()", "report", "--quick", "--out"]
+    command = [
+        sys.executable,
+        "-c",
+        "from workbench.cli import app; app()",
+        "report",
+        "--size",
+        "quick",
+        "--out",
+    ]
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         done = subprocess.run([*command, out], capture_output=True, text=True)
