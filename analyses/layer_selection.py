@@ -11,13 +11,12 @@ top-k mode read from the same sweep (``LayerReport.top_k``, nothing regenerated)
 - ``configs.{parquet,csv}`` (one row per steering configuration), ``responses.parquet`` (every response);
 - ``cosines.{parquet,csv}`` (methods per layer), ``layer_cosines.{parquet,csv}`` (diff-in-means, layer × layer);
 - ``figures/``: signals vs layer, held-out projection histograms, layer × coefficient heatmaps (PNG + SVG);
-- ``table.md`` and ``timings.json``. Sweeps are saved under ``sweeps/`` and a rerun resumes them.
+- ``table.md`` and ``manifest.json`` (the run record, with timings). Sweeps are saved under ``sweeps/`` and a rerun resumes them.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from workbench.layers import LayerReport, find_layers
 from workbench.models import load_model
 from workbench.plots import plot_projection_histograms, plot_sweep_heatmaps, save_figure
 from workbench.projection import direction_cosines
+from workbench.record import new_record, write_record
 from workbench.runs import atomic_text, write_frame
 
 BEHAVIOURS = ("json_format", "italian:it", "bullet_lists", "one_sentence", "lowercase")
@@ -55,16 +55,16 @@ def table_row(report: LayerReport, top: LayerReport) -> str:
     def cheap(name: str) -> str:
         s = signals.loc[name]
         return (
-            f"{int(s['layer'])} / {s['compliance']:.2f} / {s['compliance_loss']:+.2f} / {s['spearman']:.2f} / "
+            f"{int(s['layer'])} / {s['target_rate']:.2f} / {s['target_rate_loss']:+.2f} / {s['spearman']:.2f} / "
             f"{s['spearman_max']:.2f}"
         )
 
     return (
-        f"| {report.dataset} | {c.baseline_compliance:.2f} ({c.baseline_degeneration:.2f}) "
-        f"| {fmt_layer(c.layer, c.coef)} | {c.compliance:.2f} ({c.degeneration:.2f}) "
+        f"| {report.dataset} | {c.baseline_target_rate:.2f} ({c.baseline_degeneration:.2f}) "
+        f"| {fmt_layer(c.layer, c.coef)} | {c.target_rate:.2f} ({c.degeneration:.2f}) "
         f"| {cheap('probe_accuracy')} | {cheap('projection_auroc')} | {cheap('cohens_d')} "
         f"| {','.join(map(str, top.swept_layers))} → {fmt_layer(top.choice.layer, top.choice.coef)} "
-        f"| {top.cost:.2f} | {c.compliance - top.choice.compliance:+.2f} |"
+        f"| {top.cost:.2f} | {c.target_rate - top.choice.target_rate:+.2f} |"
     )
 
 
@@ -138,8 +138,8 @@ def main() -> None:
             "dataset": tag,
             "signal": f"top_{args.top_k}",
             "layer": top.choice.layer,
-            "compliance": top.choice.compliance,
-            "compliance_loss": report.choice.compliance - top.choice.compliance,
+            "target_rate": top.choice.target_rate,
+            "target_rate_loss": report.choice.target_rate - top.choice.target_rate,
             "spearman": float("nan"),
             "spearman_max": float("nan"),
             "cost": top.cost,
@@ -162,7 +162,8 @@ def main() -> None:
         write(pd.concat(cosine_frames, ignore_index=True), out / "cosines")
         write(pd.concat(layer_cosine_frames, ignore_index=True), out / "layer_cosines")
         timings["total"] = time.perf_counter() - start
-        atomic_text(out / "timings.json", json.dumps(timings, indent=1), "timings")
+        record = new_record("analysis layer_selection", arguments=vars(args), model=model)
+        write_record(out, record | {"timings": {k: round(v, 1) for k, v in timings.items()}})
         settings = (
             f"SmolLM2-135M-Instruct, layers {layers}, add at coefs {args.coefs} × diff_norm (all positions), "
             f"{args.n_validation} validation prompts without their instruction, {args.max_new_tokens} new tokens, "

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from workbench.runs import atomic_text, markdown_table, read_manifest, write_frame
+from workbench.record import read_record
+from workbench.runs import atomic_text, markdown_table, write_frame
 
 #: The format table's settings, as the rows name them.
 FORMAT_SETTINGS = {
@@ -68,8 +69,8 @@ def _italian(run: Path) -> dict[str, object]:
     measures: dict[str, object] = {}
     for setting, label in ITALIAN_SETTINGS.items():
         if setting in rates.index:
-            measures[f"Italian, real Italian: {label}"] = rates.loc[setting, "real_italian"]
-            measures[f"Italian, degenerate: {label}"] = rates.loc[setting, "degenerate"]
+            measures[f"Italian, real Italian: {label}"] = rates.loc[setting, "target_rate"]
+            measures[f"Italian, degenerate: {label}"] = rates.loc[setting, "degeneration"]
     mc_path = run / "italian" / "multiple_choice.csv"
     if mc_path.exists():
         for row in pd.read_csv(mc_path).itertuples(index=False):
@@ -92,7 +93,7 @@ def _frontier(run: Path) -> dict[str, object]:
 
 def column(run: Path) -> tuple[str, dict[str, object]]:
     """The model's label (name, parameters, dtype) and its measures."""
-    model = read_manifest(run).get("model", {})
+    model = read_record(run).get("model") or {}
     params = model.get("n_params")
     size = f", {params / 1e9:.2f}B parameters as loaded" if params else ""
     label = f"{model.get('name', run.name)}{size}{', ' + model['dtype'] if model.get('dtype') else ''}"
@@ -112,9 +113,11 @@ def main(argv: list[str] | None = None) -> None:
     frame = frame.map(lambda v: round(v, 2) if isinstance(v, float) else v)
     write_frame(frame, args.out.with_suffix(".csv"), "model sizes table")
     sources = ", ".join(f"`{run}`" for run in args.runs)
-    sizes = {json.dumps(read_manifest(run).get("configuration", {}).get("size")) for run in args.runs}
+    sizes = {
+        json.dumps(read_record(run).get("studies", {}).get("format", {}).get("size")) for run in args.runs
+    }
     text = (
-        f"# One protocol, several sizes\n\nFrom {sources} (test split of each report). Report size: "
+        f"# One protocol, several sizes\n\nFrom {sources} (test split of each report). Format study size: "
         + " / ".join(f"`{s}`" for s in sorted(sizes))
         + ". Format: compliance (strict IFEval); Italian: share of real Italian answers; frontier: clean rate "
         "(on target and not degenerate).\n\n"

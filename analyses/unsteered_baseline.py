@@ -6,7 +6,7 @@ first ``--n`` test items are answered greedily with and without the instruction 
 batched :func:`workbench.generate` call, and checked with the item's IFEval checks (strict and loose).
 The bundled parallel multiple-choice test set is scored in English and in Italian. Writes under ``--out``:
 ``checks.{parquet,csv}`` (one row per instruction), ``responses.parquet``, ``multiple_choice.csv`` and
-``table.md``.
+``table.md`` and ``manifest.json`` (the run record).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from workbench.datasets import load, load_multiple_choice, names
 from workbench.evaluation import check_all
 from workbench.evaluation.multiple_choice import multiple_choice
 from workbench.models import DEFAULT_SPEC
+from workbench.record import new_record, write_record
 from workbench.runs import atomic_text, markdown_table, write_frame
 
 
@@ -82,6 +83,8 @@ def main() -> None:
         f"{markdown_table(mc_table)}\n"
     )
     atomic_text(args.out / "table.md", text, "table")
+    record = new_record("analysis unsteered_baseline", arguments=vars(args), model=model)
+    write_record(args.out, record | {"timings": {"total": round(seconds, 1)}}, finished=True)
     print(text)
 
 

@@ -1,4 +1,4 @@
-"""Run the workbench benchmarks: ``python benchmarks/run.py [--quick] [--model SPEC] [--out table.json]``.
+"""Run the workbench benchmarks: ``python benchmarks/run.py [--size quick] [--model SPEC] [--out table.json]``.
 
 The ``workbench bench`` command itself, options included (see :mod:`workbench.bench` for what each row
 measures).

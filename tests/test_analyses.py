@@ -1,4 +1,5 @@
-"""The analyses/ study scripts, run in-process at the quick scale on the tiny model loaded from disk."""
+"""The analyses/ scripts (the study runner, model sizes), run in-process at the quick size on the tiny model
+loaded from disk."""
 
 from __future__ import annotations
 
@@ -37,54 +38,50 @@ def _outputs(folder: Path) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize(
-    ("script", "argv", "folder", "column", "expected"),
+    ("study", "options", "folder", "column", "expected"),
     [
+        ("format", ["names=no_comma,title"], "format", "instruction", ["no_comma", "title", "average"]),
+        ("length", ["coefs=-1,0,1"], "length", "coef", [-1.0, 0.0, 1.0] * 2),
+        ("ablation", ["names=one_sentence", "seeds=3,4"], "ablation", "instruction", ["one_sentence"]),
         (
-            "format_instructions.py",
-            ["--instructions", "no_comma", "title"],
-            "format",
-            "instruction",
-            ["no_comma", "title", "average"],
-        ),
-        ("length_steering.py", ["--coefs", "-1", "0", "1"], "length", "coef", [-1.0, 0.0, 1.0] * 2),
-        (
-            "ablation.py",
-            ["--instructions", "one_sentence", "--seeds", "3", "4"],
-            "ablation",
-            "instruction",
-            ["one_sentence"],
-        ),
-        (
-            "composition.py",
-            ["--format", "title", "--length", "one_sentence"],
+            "composition",
+            ["format_name=title", "length_name=one_sentence"],
             "composition",
             "setting",
             {"no instruction", "title vector", "one_sentence vector"},
         ),
-        ("italian_steering.py", [], "italian", "setting", {"English prompt", "Italian prompt"}),
+        ("italian", [], "italian", "setting", {"English prompt", "Italian prompt"}),
     ],
 )
-def test_script_writes_its_study_with_the_options_given(
-    tiny_dir, run_dir, capsys, script, argv, folder, column, expected
+def test_the_study_runner_writes_a_study_with_the_options_given(
+    tiny_dir, run_dir, capsys, study, options, folder, column, expected
 ):
-    _run(script, "--quick", "--model", tiny_dir, "--out", str(run_dir), *argv)
+    knobs = [arg for option in options for arg in ("--set", option)]
+    _run("study.py", study, "--size", "quick", "--model", tiny_dir, "--out", str(run_dir), *knobs)
     table = _outputs(run_dir / folder)
     if isinstance(expected, set):  # some of the rows the options name
         assert expected <= set(table[column])
     else:  # exactly the rows the options name
         assert list(table[column]) == expected
     printed = capsys.readouterr().out
-    assert f"outputs in {run_dir / folder}" in printed and f"| {table.iloc[0, 0]} |" in printed
+    assert f"{run_dir / 'report.md'}" in printed and f"| {table.iloc[0, 0]} |" in printed
+
+
+def test_the_study_runner_lists_every_study_with_its_knobs(capsys):
+    _run("study.py", "--list")
+    printed = capsys.readouterr().out
+    assert "format: Format instructions" in printed and "--set names=" in printed
+    assert "baselines:" in printed and "on request only" in printed
 
 
 def test_model_sizes_puts_large_reports_side_by_side(tiny, tmp_path):
-    from workbench.studies.common import Size
+    from workbench.size import Size
     from workbench.studies.report import run_report
 
-    size = Size(n_train=4, n_validation=2, n_test=2, max_new_tokens=4, layers=(0, 1), batch_size=32, n_mc=4)
+    size = Size(4, 2, 2, 4, layers=(0, 1), batch_size=32, n_mc=4, name="large")
     runs = [tmp_path / "a", tmp_path / "b"]
-    run_report(tiny, out_dir=runs[0], kind="large", size=size, progress=False)
-    run_report(tiny, out_dir=runs[1], kind="large", size=size, studies=["format"], progress=False)
+    run_report(tiny, out_dir=runs[0], size=size, progress=False)
+    run_report(tiny, out_dir=runs[1], size=size, studies=["format"], progress=False)
     _run("model_sizes.py", *map(str, runs), "--out", str(tmp_path / "sizes"))
     table = pd.read_csv(tmp_path / "sizes.csv").set_index("measure")
     assert len(table.columns) == 2 and table.columns[1].endswith("(b)")  # the same model twice: told apart

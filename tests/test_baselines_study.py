@@ -22,11 +22,12 @@ from workbench.models import from_hf
 from workbench.recipes import Recipe
 from workbench.runner import Job, run_grid
 from workbench.schedules import DynamicStrength
+from workbench.size import Size
 from workbench.studies import baselines as study
 from workbench.studies import competitors
-from workbench.studies.common import Size, size_from_json, study_size
+from workbench.studies.registry import get
 from workbench.studies.render import publish
-from workbench.studies.report import EXTRA_STUDIES, STUDIES, run_report
+from workbench.studies.report import run_report
 from workbench.vectors import SteeringVector
 
 RATES = (
@@ -39,7 +40,7 @@ RATES = (
     "mc_accuracy_en",
 )
 #: A steering strong enough to move the tiny model (the coarse grid's is not), so every competitor acts.
-CANDIDATES = [Recipe("mean", (1, 2), strength=3.0)]
+CANDIDATES = [Recipe("mean", (1, 2), coef=3.0, unit="residual_norm")]
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +143,8 @@ def test_a_rerun_generates_and_trains_nothing(run, confident, monkeypatch):
 def test_run_grid_keeps_fixed_and_dynamic_strength_apart(confident):
     data = load("no_comma", "train").head(4)
     vector = SteeringVector.from_dataset(confident, data)
-    fixed = Recipe(None, (1, 2), strength=3.0, scale="diff_norm").interventions(vector)
-    dyn = [dataclasses.replace(iv, strength=DynamicStrength(group="g")) for iv in fixed]
+    fixed = Recipe(None, (1, 2), coef=3.0, unit="diff_norm").interventions(vector)
+    dyn = [dataclasses.replace(iv, schedule=DynamicStrength(group="g")) for iv in fixed]
     prompt = data.negative[0]
     jobs = [Job("fixed", "a", prompt, tuple(fixed)), Job("dynamic", "a", prompt, tuple(dyn))]
     rows = run_grid(confident, jobs, max_new_tokens=6)
@@ -151,35 +152,34 @@ def test_run_grid_keeps_fixed_and_dynamic_strength_apart(confident):
     assert rows["response"].tolist() == alone
 
 
-def test_the_analysis_script_writes_the_table(tiny_dir, tmp_path, monkeypatch):
+def test_the_study_runner_writes_the_table_and_its_page_says_how(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
-    script = Path(__file__).resolve().parents[1] / "analyses" / "baselines.py"
-    argv = ["--quick", "--model", str(tiny_dir), "--out", str(tmp_path), "--behaviours", "no_comma"]
-    argv += ["--no-lora", "--dtype", "float32"]
+    script = Path(__file__).resolve().parents[1] / "analyses" / "study.py"
+    argv = ["baselines", "--size", "quick", "--model", str(tiny_dir), "--out", str(tmp_path)]
+    argv += ["--set", "behaviours=no_comma", "--set", "lora=false", "--dtype", "float32"]
     runpy.run_path(str(script), run_name="analysis")["main"](argv)
     table = pd.read_csv(tmp_path / "baselines" / "table.csv")
     assert set(table["behaviour"]) == {"no_comma"} and {"unsteered", "steering"} <= set(table["method"])
-    assert not table["method"].str.startswith("LoRA").any()  # --no-lora
+    assert not table["method"].str.startswith("LoRA").any()  # lora=false
     assert (tmp_path / "baselines" / "baselines.png").exists()
-    pages = publish(tmp_path, tmp_path / "pages", ())  # a script run publishes like a report, any study name
+    pages = publish(tmp_path, tmp_path / "pages")
     page = (tmp_path / "pages" / "baselines.md").read_text()
-    assert tmp_path / "pages" / "baselines.md" in pages and "quick analysis run (" in page
-    assert "--behaviours ['no_comma']" in page and "no_comma: goal " in page and "LoRA not run" in page
-    recorded = json.loads((tmp_path / "manifest.json").read_text())["studies"]["baselines"]["size"]
-    assert size_from_json(recorded) == Size.quick() and json.dumps(recorded) in page
-    assert "--dtype float32" in page and "--quick True" in page and "--threads" not in page
+    assert tmp_path / "pages" / "baselines.md" in pages and "`workbench study` at size quick" in page
+    assert "no_comma: goal " in page and "LoRA not run" in page and '"lora": false' in page
+    recorded = json.loads((tmp_path / "manifest.json").read_text())["studies"]["baselines"]
+    assert Size.from_json(recorded["size"]) == Size.quick() and recorded["options"]["behaviours"] == [
+        "no_comma"
+    ]
+    assert "--dtype float32" in page and '"behaviours": ["no_comma"]' in page
     assert pd.read_csv(tmp_path / "pages" / "baselines.csv")["method"].tolist() == table["method"].tolist()
-    assert (
-        study_size("baselines", Size.full()) == study.FULL and study_size("baselines", Size.quick()).is_quick
-    )
 
 
 def test_the_report_runs_it_on_request(confident, tmp_path):
-    report = run_report(confident, quick=True, out_dir=tmp_path, studies=["baselines"], progress=False)
+    report = run_report(confident, size="quick", out_dir=tmp_path, studies=["baselines"], progress=False)
     entry = json.loads((tmp_path / "manifest.json").read_text())["studies"]["baselines"]
     assert entry["status"] == "done" and "baselines" in report.read_text()
-    assert size_from_json(entry["size"]) == Size.quick()  # the size it ran at, recorded by the study
-    assert "baselines" in EXTRA_STUDIES and "baselines" not in STUDIES
+    assert Size.from_json(entry["size"]) == Size.quick()  # the size it ran at
+    assert get("baselines").report == () and get("baselines").size("full") == Size.baselines()
 
 
 def test_without_a_stronger_reference_fluency_is_reported_and_clean_is_the_text_rule(run, confident):
@@ -251,7 +251,7 @@ def test_a_judged_rerun_runs_no_reference_forward_and_its_steering_choice_is_jud
 
 
 def test_a_preset_is_tried_at_gentler_strengths_and_the_best_on_validation_is_used(confident, tmp_path):
-    preset = Recipe("mean", (1, 2), strength=3.0, scale="diff_norm")
+    preset = Recipe("mean", (1, 2), coef=3.0, unit="diff_norm")
     data = load("no_comma", "train")
     found = {
         "no_comma": presets.Preset(
@@ -262,11 +262,11 @@ def test_a_preset_is_tried_at_gentler_strengths_and_the_best_on_validation_is_us
     chosen = competitors.fixed_steering(confident, behaviour, Size.quick(), tmp_path, found=found)
     summary = pd.read_csv(tmp_path / "validation_steering.csv")
     tried = summary[summary["steered"]]
-    assert tried["strength"].tolist() == pytest.approx([3.0 * s for s in competitors.GENTLER])
+    assert tried["coef"].tolist() == pytest.approx([3.0 * s for s in competitors.GENTLER])
     best = tried.set_index("label").loc[chosen.label]
     assert best["clean_rate"] == tried["clean_rate"].max() and "preset 'no_comma'" in chosen.note
     vector = build_vectors(confident, behaviour, 4, sources=("mean",))["mean"]  # the search's 4 train pairs
-    assert chosen.interventions[0].coef == pytest.approx(best["strength"] * vector.stats[1].diff_norm)
+    assert chosen.interventions[0].amount() == pytest.approx(best["coef"] * vector.stats[1].diff_norm)
 
 
 class _Seen(Exception):

@@ -20,7 +20,7 @@ def report():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield run(build_tiny_model(seed=3), quick=True)
+        yield run(build_tiny_model(seed=3), size="quick")
     finally:
         torch.set_num_threads(threads)
 
@@ -78,7 +78,7 @@ def test_measuring_helpers():
 def test_cli_has_a_bench_command():
     result = CliRunner().invoke(app, ["bench", "--help"])
     assert result.exit_code == 0
-    assert "--quick" in result.output and "--random-llama-1b" in result.output
+    assert "--size" in result.output and "--random-llama-1b" in result.output
 
 
 def test_plain_copy_of_a_folder_model_loads_the_same_weights_from_disk(tiny_dir):

@@ -4,6 +4,7 @@ stderr, no traceback; collect, sweep and layers write run directories."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 
 from tests.synthetic_vectors import directions
 from workbench.cli import app
-from workbench.studies.common import Size
+from workbench.size import Size
 from workbench.vectors import SteeringVector
 
 
@@ -151,8 +152,9 @@ def test_cli_refuses_bad_arguments_before_loading(args):
 
 def _manifest_of(folder):
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["model"]["weights_hash"] and manifest["versions"]["torch"]
-    assert manifest["started"] <= manifest["finished"] and manifest["timings_seconds"]
+    assert manifest["schema"] == 1 and manifest["model"]["fingerprint"] and manifest["versions"]["torch"]
+    assert manifest["started"] <= manifest["finished"] and manifest["timings"]["load_model"] >= 0
+    assert manifest["executor"]["kind"] == "in process"
     return manifest
 
 
@@ -192,11 +194,46 @@ def test_cli_collect_sweep_and_layers_write_run_directories(tiny_dir, tmp_path):
 
     run = tmp_path / "layers"
     result = runner.invoke(
-        app, ["layers", "json_format", "--quick", "--coefs", "2", "--model", tiny_dir, "--out", str(run)]
+        app,
+        ["layers", "json_format", "--size", "quick", "--coefs", "2", "--model", tiny_dir, "--out", str(run)],
     )
     assert result.exit_code == 0, result.output
     layers = pd.read_csv(run / "layers.csv")
-    quick_layers = len(Size.quick().depths)  # --quick sweeps as many layers as a quick study has candidates
+    quick_layers = len(
+        Size.quick().depths
+    )  # --size quick sweeps as many layers as a quick study has candidates
     assert list(layers["layer"]) == [0, 1, 2, 3] and layers["swept"].sum() == quick_layers
     assert (run / "layers.png").exists() and (run / "signals.csv").exists()
     assert _manifest_of(run)["configuration"]["top_k"] == quick_layers
+
+
+@pytest.mark.usefixtures("_cache")
+def test_cli_steer_coef_and_sweep_coefs_add_the_same_amount(tiny_dir, tmp_path, monkeypatch):
+    """`steer --coef c` and `sweep --coefs c` resolve c in one default unit (diff_norm), named in both
+    --help texts, so the same number adds the same residual amount."""
+    from workbench import steering
+
+    runner = CliRunner()
+    for command in ("steer", "sweep"):
+        text = re.sub(r"[│\s]+", " ", runner.invoke(app, [command, "--help"]).output)
+        assert "diff_norm" in text and "mean-difference norm" in text, text
+    added: list[float] = []
+    build = steering._build_slots
+
+    def spy(rows):
+        slots = build(rows)
+        added.extend(float(a) for layer in slots.values() for slot in layer for a in slot.amount if a)
+        return slots
+
+    monkeypatch.setattr(steering, "_build_slots", spy)
+    run = tmp_path / "sweep"
+    args = ["sweep", "json_format", "--layers", "1", "--coefs", "2", "--n-train", "4", "--n-validation", "1"]
+    result = runner.invoke(app, [*args, "--max-new-tokens", "2", "--model", tiny_dir, "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    swept, added[:] = set(added), []
+    args = ["steer", "hi", "--vector", str(run / "vector.safetensors"), "--layer", "1", "--coef", "2"]
+    result = runner.invoke(app, [*args, "--max-new-tokens", "2", "--model", tiny_dir])
+    assert result.exit_code == 0, result.output
+    vector = SteeringVector.load(run / "vector.safetensors")
+    (amount,) = swept
+    assert set(added) == {amount} and amount == pytest.approx(2 * vector.stats[1].diff_norm)

@@ -67,7 +67,7 @@ def grid_jobs(driver) -> list[Job]:
     vector = SteeringVector.from_directions(rows, n_layers=driver.n_layers)
     settings = {
         "none": (),
-        "add@1x6": (Intervention(vector, 1, coef=6.0),),
+        "add@1x6": (Intervention(vector, 1, coef=6.0, unit="absolute"),),
         "ablate@2": (Intervention(vector, 2, "ablate"),),
     }
     return [Job(name, f"p{i}", p, ivs) for name, ivs in settings.items() for i, p in enumerate(PROMPTS)]
@@ -167,7 +167,7 @@ def test_a_study_under_the_ray_default_sends_every_grid_of_its_model_to_ray(
 
     assert executor.serves(driver) and not executor.serves(dataclasses.replace(driver, weights_hash="0" * 64))
     assert not executor.serves(dataclasses.replace(driver, source="gemma3-270m"))
-    study = {"quick": True, "studies": ["length"], "progress": False}
+    study = {"size": "quick", "studies": ["length"], "progress": False}
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "local-cache"))
     run_report(writer_dir, out_dir=tmp_path / "local", **study)
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "ray-cache"))  # nothing cached: all generated anew

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.baselines import (
+from workbench.datasets import load
+from workbench.errors import ArtifactError, InvalidArgumentError, ShapeMismatchError
+from workbench.evaluation import check_all, is_degenerate
+from workbench.evaluation.perplexity import perplexity
+from workbench.evaluation.reference import Judge, calibrate
+from workbench.evaluation.scoring import score_answers
+from workbench.fastpath import bridge_only, direct_forward
+from workbench.finetune import (
     LoraAdapter,
     NoPairsError,
     answer_loss,
@@ -14,14 +21,7 @@ from workbench.baselines import (
     evaluate_lora,
     lora,
     lora_applied,
-    score_answers,
 )
-from workbench.datasets import load
-from workbench.errors import ArtifactError, InvalidArgumentError, ShapeMismatchError
-from workbench.evaluation import check_all, is_degenerate
-from workbench.evaluation.perplexity import perplexity
-from workbench.evaluation.reference import Judge, calibrate
-from workbench.fastpath import bridge_only, direct_forward
 from workbench.generation import generate
 
 TOKENS = 12

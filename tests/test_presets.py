@@ -9,15 +9,16 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from workbench import frontier, presets
+from workbench import presets
+from workbench.behaviours import BEHAVIOURS
 from workbench.cli import app
 from workbench.datasets import load as load_dataset
 from workbench.errors import ArtifactError, InvalidArgumentError, ShapeMismatchError
-from workbench.frontier import Recipe
 from workbench.presets import Preset
+from workbench.recipes import Recipe
 from workbench.vectors import SteeringVector
 
-RECIPE = Recipe("last", (1, 2), strength=0.2, positions="response", decay_tokens=4)
+RECIPE = Recipe("last", (1, 2), coef=0.2, positions="response", decay_tokens=4, unit="residual_norm")
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +37,7 @@ def test_bundled_presets_have_a_recipe_per_model():
     assert {"one_sentence", "italian"} <= set(presets.names())
     for name in presets.names():
         preset = presets.get(name)
-        assert preset.behaviour in frontier.BEHAVIOURS and preset.recipes
+        assert preset.behaviour in BEHAVIOURS and preset.recipes
         assert all(r.steered and r.prompt == "plain" for r in preset.recipes.values())
 
 
@@ -46,7 +47,7 @@ def test_unknown_preset_and_unfit_model_are_refused_in_one_line(tiny, tiny_prese
     assert "\n" not in str(info.value)
     with pytest.raises(ShapeMismatchError, match="was chosen for smollm2-135m-instruct"):
         presets.load(tiny, "one_sentence")
-    deep = Preset("deep", "bullets", {"tiny-llama": Recipe("last", (9,), strength=0.1)})
+    deep = Preset("deep", "bullets", {"tiny-llama": Recipe("last", (9,), coef=0.1, unit="residual_norm")})
     with pytest.raises(ShapeMismatchError, match="steers layer 9 but 'tiny-llama' has 4 layers"):
         deep.recipe(tiny)
 
@@ -87,11 +88,14 @@ def test_damaged_or_outdated_cache_is_rebuilt(tiny, tiny_preset, monkeypatch):
     presets.load(tiny, "tiny_bullets")
     assert calls == [1]
     changed = Preset(
-        "tiny_bullets", "bullets", {"tiny-llama": Recipe("last", (1, 2), strength=0.4)}, n_train=6
+        "tiny_bullets",
+        "bullets",
+        {"tiny-llama": Recipe("last", (1, 2), coef=0.4, unit="residual_norm")},
+        n_train=6,
     )
     monkeypatch.setitem(presets.PRESETS, "tiny_bullets", changed)
     (iv, _) = presets.load(tiny, "tiny_bullets")
-    assert calls == [1, 1] and iv.coef == pytest.approx(0.4 * iv.vector.stats[1].resid_norm)
+    assert calls == [1, 1] and iv.amount() == pytest.approx(0.4 * iv.vector.stats[1].resid_norm)
 
 
 def test_a_smaller_train_set_is_cached_apart_and_never_served_as_the_preset(tiny, tiny_preset, monkeypatch):
@@ -136,15 +140,15 @@ def test_steer_command_takes_a_preset(tiny_dir, monkeypatch):
 
 
 def test_presets_study_runs_each_preset_against_the_baselines(writer, tmp_path, monkeypatch):
-    from workbench.studies.common import Scale
-    from workbench.studies.frontier import presets_study
+    from workbench.size import Size
+    from workbench.studies.presets import presets_study
 
-    strong = Recipe("mean", (1, 2), strength=3.0)
+    strong = Recipe("mean", (1, 2), coef=3.0, unit="residual_norm")
     monkeypatch.setitem(
         presets.PRESETS, "tiny_bullets", Preset("tiny_bullets", "bullets", {"tiny-llama": strong})
     )
-    scale = Scale(n_train=6, n_validation=20, n_test=3, max_new_tokens=5, layers=None, batch_size=8)
-    result = presets_study(writer, scale, tmp_path, base_model=False, quick=False)
+    scale = Size(n_train=6, n_validation=20, n_test=3, max_new_tokens=5, layers=None, batch_size=8)
+    result = presets_study(writer, scale, tmp_path, base_model=False)
     table = result.table
     assert table["setting"].tolist() == [
         "unsteered",
@@ -163,7 +167,7 @@ def test_presets_study_runs_each_preset_against_the_baselines(writer, tmp_path, 
 
 
 def test_frontier_tables_name_their_metrics_and_keep_a_json_start_apart():
-    from workbench.studies.frontier import _table
+    from workbench.studies.compare import test_table as _table
 
     rows = pd.DataFrame(
         {
@@ -174,31 +178,31 @@ def test_frontier_tables_name_their_metrics_and_keep_a_json_start_apart():
             "clean": [False, True],
             "degenerate": [False, False],
             "perplexity": [3.0, 4.0],
-            "follows_ifeval": [False, True],
+            "ifeval": [False, True],
         }
     )
-    json_table = _table("m", frontier.BEHAVIOURS["json"], rows).iloc[0]
+    json_table = _table("m", BEHAVIOURS["json"], rows).iloc[0]
     assert json_table["target"] == "json_format_strict" and json_table["target_rate"] == 0.5
     assert json_table["starts_json"] == 1.0  # the cut-off loop starts a JSON object; it is not compliance
-    bullets = _table("m", frontier.BEHAVIOURS["bullets"], rows)
+    bullets = _table("m", BEHAVIOURS["bullets"], rows)
     assert bullets.loc[0, "target"] == "ifeval" and "starts_json" not in bullets
 
 
 def test_cached_test_rows_are_rescored_by_the_current_scorer(writer, tmp_path, monkeypatch):
     """The study caches raw answers only: a scorer change shows on the next run without generating again."""
     from workbench.evaluation import fluency
-    from workbench.studies.common import Scale
-    from workbench.studies.frontier import presets_study
+    from workbench.size import Size
+    from workbench.studies.presets import presets_study
 
     monkeypatch.setitem(
         presets.PRESETS, "tiny_bullets", Preset("tiny_bullets", "bullets", {"tiny-llama": RECIPE}, n_train=6)
     )
-    scale = Scale(n_train=6, n_validation=20, n_test=3, max_new_tokens=6, layers=None, batch_size=8)
-    first = presets_study(writer, scale, tmp_path, base_model=False, quick=False)
+    scale = Size(n_train=6, n_validation=20, n_test=3, max_new_tokens=6, layers=None, batch_size=8)
+    first = presets_study(writer, scale, tmp_path, base_model=False)
     parts = {p: p.stat().st_mtime_ns for p in (tmp_path / "presets" / "grids").rglob("*.parquet")}
     assert parts and (first.table["degeneration"] < 1).any()
     monkeypatch.setattr(fluency, "MAX_NGRAM_REPEAT_RATE", -1.0)  # every answer with a word now loops
-    second = presets_study(writer, scale, tmp_path, base_model=False, quick=False)
+    second = presets_study(writer, scale, tmp_path, base_model=False)
     assert {p: p.stat().st_mtime_ns for p in parts} == parts  # nothing was generated or rewritten
     assert second.rows["response"].tolist() == first.rows["response"].tolist()
     assert (second.table["degeneration"] == 1).all()
@@ -219,7 +223,7 @@ def test_bundled_presets_are_data_with_their_provenance():
             assert doc["models"][model]["weights_hash"]
             assert "disjoint from the 10 it was selected on" in validation["prompts"]
             assert validation["clean_rate"] > validation["unsteered_clean_rate"]
-            assert validation["target"] == frontier.BEHAVIOURS[preset.behaviour].target
+            assert validation["target"] == BEHAVIOURS[preset.behaviour].target
     header = {
         k: doc[k]
         for k in ("provenance", "created", "selection", "scorer_version", "run_manifest_hash", "models")
@@ -248,22 +252,23 @@ def test_preset_cache_keys_on_the_model_fingerprint(tiny, tiny_preset):
 def test_frontier_study_records_presets_confirmed_on_fresh_prompts(writer, tmp_path):
     from workbench import evaluation
     from workbench.recipes import score
+    from workbench.size import Size
     from workbench.studies import frontier as study
-    from workbench.studies.common import Scale
+    from workbench.studies import search
 
-    scale = Scale(n_train=6, n_validation=3, n_test=3, max_new_tokens=5, layers=None)
-    study.frontier_study(writer, scale, tmp_path, behaviours=["bullets"], base_model=False, quick=False)
+    scale = Size(n_train=6, n_validation=3, n_test=3, max_new_tokens=5, layers=None)
+    study.frontier_study(writer, scale, tmp_path, behaviours=["bullets"], base_model=False)
     folder = tmp_path / "frontier"
     doc = json.loads((folder / "presets.json").read_text())
     assert doc["scorer_version"] == evaluation.SCORER_VERSION
     assert doc["models"] == {"tiny-llama": {"weights_hash": writer.weights_hash}}
     assert set(presets.read(folder / "presets.json")) <= {"bullets"}  # the shipped layout
     # the confirmation round's rates come from validation prompts the finalists were not selected on
-    bullets = frontier.BEHAVIOURS["bullets"]
+    bullets = BEHAVIOURS["bullets"]
     selection = {item.id for item in bullets.items("validation", 3).items}
     rows = score(bullets, pd.read_parquet(next(folder.glob("rows_*_confirm.parquet"))))
     fresh = rows[~rows["id"].isin(selection)]
-    assert len(fresh) < len(rows) and fresh.groupby("recipe").size().eq(study.CONFIRM * 3).all()
+    assert len(fresh) < len(rows) and fresh.groupby("recipe").size().eq(search.CONFIRM * 3).all()
     confirm = pd.read_csv(folder / "sweep_validation.csv").query("stage == 'confirm'").set_index("recipe")
     expected = fresh.groupby("recipe")["clean"].mean()
     assert confirm["clean_rate"].to_dict() == pytest.approx(expected[confirm.index].to_dict())
@@ -273,7 +278,7 @@ def test_a_chosen_recipe_is_recorded_only_where_it_beats_unsteered_on_fresh_prom
     from workbench.activations import collect
     from workbench.studies.frontier import BehaviourResult, _landed
 
-    chosen = Recipe("last", (1,), strength=0.2)
+    chosen = Recipe("last", (1,), coef=0.2, unit="residual_norm")
     pos, neg = collect(writer, ["Hello there", "Good morning"]), collect(writer, ["Hi", "Bye"])
     vectors = {"last": SteeringVector.from_activations(pos, neg, dataset="d", dataset_hash="h")}
 
@@ -287,7 +292,7 @@ def test_a_chosen_recipe_is_recorded_only_where_it_beats_unsteered_on_fresh_prom
             "tiny-llama",
             "w",
             6,
-            frontier.BEHAVIOURS["bullets"],
+            BEHAVIOURS["bullets"],
             vectors,
             validation,
             chosen,

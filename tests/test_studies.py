@@ -7,11 +7,15 @@ import pytest
 import torch
 
 from workbench.errors import InvalidArgumentError
-from workbench.studies import instructions
-from workbench.studies.common import Scale, Size
-from workbench.studies.instructions import FORMATS, SETTINGS
+from workbench.size import Size
+from workbench.studies.ablation import ablation_study
+from workbench.studies.composition import composition_study
+from workbench.studies.format import FORMATS, SETTINGS, format_study
+from workbench.studies.length import length_study
 
-MICRO = Scale(n_train=6, n_validation=4, n_test=4, max_new_tokens=6, layers=(1, 2), batch_size=32)
+MICRO = Size(
+    n_train=6, n_validation=4, n_test=4, max_new_tokens=6, layers=(1, 2), batch_size=32, name="quick"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -46,9 +50,12 @@ def test_quick_sizes_are_told_from_full_ones():
     assert not Size.full().is_quick and not Size.frontier().is_quick and not Size.large().is_quick
     assert Size.named("quick") == Size.quick() and Size.named("full") == Size.full()
     assert Size.named("large") == Size.large()
+    assert (
+        Size.named("frontier") == Size.frontier() and Size.from_json(Size.large().to_json()) == Size.large()
+    )
     with pytest.raises(InvalidArgumentError, match="unknown size 'huge'"):
-        Size.named("huge")  # type: ignore[arg-type]
-    assert Scale is Size  # the former name
+        Size.named("huge")
+    assert not Size(4, 2, 2, 8).is_quick  # a size built by hand is "custom", whatever its counts
 
 
 def test_a_large_models_size_confirms_on_prompts_disjoint_from_its_selection():
@@ -58,24 +65,15 @@ def test_a_large_models_size_confirms_on_prompts_disjoint_from_its_selection():
 
 
 def test_the_frontier_and_presets_studies_run_at_the_searchs_size_in_a_full_report():
-    from dataclasses import asdict
+    from workbench.studies.registry import get
 
-    from workbench.studies.common import size_from_json, study_size
-
-    assert study_size("frontier", Size.full()) == study_size("presets", Size.full()) == Size.frontier()
-    assert study_size("format", Size.full()) == Size.full()
-    assert study_size("frontier", Size.large()) == Size.large()  # the large report has its own size
-    assert size_from_json(asdict(Size.large())) == Size.large()  # as a manifest stores it
-
-
-def test_a_size_capped_at_another_keeps_the_smaller_counts():
-    capped = Size.full().at_most(MICRO)
-    assert (capped.n_train, capped.n_validation, capped.batch_size) == (6, 4, 32)
-    assert capped.layers is None and capped.depths == Size.full().depths  # only counts are capped
+    assert get("frontier").size("full") == get("presets").size("full") == Size.frontier()
+    assert get("format").size("full") == Size.full() and get("baselines").size("full") == Size.baselines()
+    assert get("frontier").size("large") == Size.large()  # the large report has its own size
 
 
 def test_format_study_table(tiny, run_dir):
-    result = instructions.format_study(tiny, MICRO, run_dir)
+    result = format_study(tiny, MICRO, run_dir)
     table = result.table
     degeneration = [f"degeneration:{s}" for s in SETTINGS]
     assert list(table.columns) == [
@@ -110,7 +108,7 @@ def test_format_study_table(tiny, run_dir):
 
 def test_length_study_table(tiny, run_dir):
     coefs = (-2.0, 0.0, 2.0)
-    result = instructions.length_study(tiny, MICRO, run_dir, coefs=coefs)
+    result = length_study(tiny, MICRO, run_dir, coefs=coefs)
     table = result.table
     assert list(table.columns) == [
         "vector",
@@ -134,13 +132,11 @@ def test_length_study_table(tiny, run_dir):
         "instruction",
         "instruction + concise steering",
     ]
-    assert at_most["compliance"].between(0, 1).all()
+    assert at_most["target_rate"].between(0, 1).all()
 
 
 def test_composition_study_table(tiny, run_dir):
-    result = instructions.composition_study(
-        tiny, MICRO, run_dir, format_name="title", length_name="one_sentence"
-    )
+    result = composition_study(tiny, MICRO, run_dir, format_name="title", length_name="one_sentence")
     table = result.table
     assert list(table.columns) == ["setting", "strength", "format", "length", "both", "degeneration", "n"]
     settings = list(table["setting"])
@@ -169,7 +165,7 @@ def test_composition_study_table(tiny, run_dir):
 
 
 def test_ablation_study_table(tiny, run_dir):
-    result = instructions.ablation_study(tiny, MICRO, run_dir, names=("bullet_lists",), seeds=(0, 1, 2))
+    result = ablation_study(tiny, MICRO, run_dir, names=("bullet_lists",), seeds=(0, 1, 2))
     table = result.table
     spread = ["random_layer_mean", "random_layer_std", "random_all_mean", "random_all_std"]
     assert list(table.columns) == [
@@ -224,5 +220,5 @@ def test_a_fallback_vector_counts_at_the_strength_it_is_used_at_alone():
 
     fallback = selected(None)
     assert fallback.add_coef == fallback.or_add().coef == 2.0
-    assert selected(Intervention(vector, 1, "add", 3.0, scale="diff_norm")).add_coef == 3.0
+    assert selected(Intervention(vector, 1, "add", 3.0)).add_coef == 3.0
     assert selected(Intervention(vector, 1, "set_projection")).add_coef == 1.0

@@ -43,13 +43,13 @@ ITALIAN_TEXT = (
 def test_evaluate_columns_and_values():
     responses = ['{"animal": "cat", "legs": 4}', "A cat is a small furry animal that purrs.", ITALIAN_TEXT]
     frame = evaluate(responses, [JSON_ITEM, JSON_ITEM, ITALIAN_ITEM])
-    expected = ["id", "behaviour", "response", "words", "sentences", "follows", "follows_loose"]
+    expected = ["id", "behaviour", "response", "words", "sentences", "on_target", "ifeval_loose"]
     assert list(frame.columns[:7]) == expected
     assert {"check:detectable_format:json_format", "check:language:response_language"} <= set(frame.columns)
     assert {"language", "in_target_language", "sentence_share_it", "code_switching"} <= set(frame.columns)
     assert {"repeated_ngram_rate", "longest_repeated_run", "degenerate"} <= set(frame.columns)
     assert "perplexity" not in frame.columns
-    assert list(frame["follows"]) == [True, False, True]
+    assert list(frame["on_target"]) == [True, False, True]
     assert list(frame["check:detectable_format:json_format"][:2]) == [True, False]
     assert frame["check:detectable_format:json_format"][2] is pd.NA
     assert list(frame["language"][1:]) == ["en", "it"]

@@ -1,6 +1,8 @@
 """steering-workbench: find, build, apply and evaluate steering directions on TransformerLens.
 
-The public API is imported lazily, so ``import workbench`` and the command line start fast.
+``workbench.__all__`` is the user's API: the names below and the public submodules (:data:`_SUBMODULES`);
+everything else is internal. The API is imported lazily, so ``import workbench`` and the command line start
+fast.
 """
 
 from __future__ import annotations
@@ -19,27 +21,29 @@ _EXPORTS = {
     "cosine": "workbench.vectors",
     "Intervention": "workbench.steering",
     "steer": "workbench.steering",
-    "steer_rows": "workbench.steering",
     "generate": "workbench.generation",
     "evaluate": "workbench.evaluation",
+    "probe_layers": "workbench.probing",
+    "projection_scores": "workbench.projection",
     "find_layers": "workbench.layers",
     "sweep": "workbench.sweeps",
     "DynamicStrength": "workbench.schedules",
+    "Recipe": "workbench.recipes",
+    "Size": "workbench.size",
 }
+#: The public submodules: data, scoring, methods, schedules, presets, sweeps, figures, studies, fine-tuning,
+#: errors.
 _SUBMODULES = (
     "datasets",
-    "evaluation",
     "errors",
-    "models",
-    "vectors",
-    "steering",
-    "frontier",
+    "evaluation",
+    "finetune",
+    "methods",
+    "plots",
     "presets",
-    "runs",
-    "baselines",
     "schedules",
-    "recipes",
-    "runner",
+    "studies",
+    "sweeps",
 )
 
 __all__ = [*_EXPORTS, *_SUBMODULES, "__version__"]

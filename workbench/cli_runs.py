@@ -20,12 +20,13 @@ from workbench.cli_options import (
 app = typer.Typer()
 
 #: ``--size`` and ``--dtype`` of the commands that run studies (study, report).
-ReportKind = Annotated[
+RunSizeOption = Annotated[
     str | None,
     typer.Option(
         "--size",
         metavar="quick|full|large",
-        help="The studies' size (default: large for a model of 1B+ parameters, else full; --quick: quick).",
+        help="How big a run is: quick (a smoke test of every step), full, or large (default: large for a "
+        "model of 1B+ parameters, else full); each study runs at the size it declares for it.",
     ),
 ]
 Dtype = Annotated[
@@ -36,7 +37,6 @@ Dtype = Annotated[
 @app.command()
 @one_line_errors
 def report(
-    quick: bool = typer.Option(False, "--quick", help="A smoke test of every step at tiny sizes."),
     out: Path = typer.Option(Path("runs/report"), "--out", "-o", help="Run directory."),
     model: ModelSpec = ...,
     publish: Path = typer.Option(
@@ -46,54 +46,86 @@ def report(
     ),
     ray: RayAddress = None,
     workers: RayWorkers = None,
-    size: ReportKind = None,
+    size: RunSizeOption = None,
     dtype: Dtype = None,
 ) -> None:
-    """Run every study (format, length, composition, ablation, Italian, base model, presets); write
-    report.md/.html. The frontier search that chose the presets runs alone: `workbench study frontier`.
-    A model of 1B+ parameters (or --size large) gets the large report: JSON, no comma and one sentence,
-    Italian, and a reduced frontier search for JSON and Italian.
+    """Run every study the run size's report includes (`workbench.studies.names()` lists the studies);
+    write report.md/.html. A model of 1B+ parameters (or --size large) gets the large report: JSON, no
+    comma and one sentence, Italian, and a reduced frontier search for JSON and Italian.
 
     A rerun with the same --out reuses the studies that finished with the same configuration, so
     `--publish` on a finished run only writes the pages. With --ray every grid of the model runs on Ray.
     """
     from workbench.distributed import ray_executor
     from workbench.studies.render import publish as publish_pages
-    from workbench.studies.report import EXTRA_STUDIES, STUDIES, run_report
+    from workbench.studies.report import run_report
 
-    with ray_executor(ray, workers, model, dtype):
-        typer.echo(str(run_report(model, quick=quick, out_dir=out, kind=size, dtype=dtype)))
+    arguments = {"model": model, "size": size, "dtype": dtype, "ray": ray, "workers": workers}
+    with ray_executor(ray, workers, model, dtype) as executor:
+        path = run_report(model, out_dir=out, size=size, dtype=dtype, executor=executor, arguments=arguments)
+    typer.echo(str(path))
     if publish is not None:
-        pages = publish_pages(out, publish, (*STUDIES, *EXTRA_STUDIES))
-        typer.echo("\n".join(str(p) for p in pages))
+        typer.echo("\n".join(str(p) for p in publish_pages(out, publish)))
 
 
 @app.command()
 @one_line_errors
 def study(
-    name: str = typer.Argument(
-        ...,
-        help="format, length, composition, ablation, italian, base_model, presets, frontier (the search "
-        "for steering recipes; about an hour on 2 CPU cores at full scale) or baselines (steering against "
-        "prompting, dynamic steering and LoRA; about 30 min).",
+    name: str = typer.Argument(..., help="A study: `workbench.studies.names()` lists them."),
+    options: list[str] = typer.Option(
+        [],
+        "--set",
+        metavar="KEY=VALUE",
+        help="A knob of the study (repeatable), e.g. names=json_format,no_comma.",
     ),
-    quick: bool = typer.Option(False, "--quick", help="A smoke test of every step at tiny sizes."),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (default runs/study-NAME)."),
     model: ModelSpec = ...,
     ray: RayAddress = None,
     workers: RayWorkers = None,
-    size: ReportKind = None,
+    size: RunSizeOption = None,
     dtype: Dtype = None,
 ) -> None:
-    """Run one study; writes its tables, figures, manifest.json and report.md under the run directory.
+    """Run one study; writes its tables, figures, manifest.json and report.md under the run directory and
+    prints its headline table and notes.
 
     With --ray every grid of the model runs on Ray (a model the study loads itself runs in process)."""
     from workbench.distributed import ray_executor
+    from workbench.studies.registry import get, parse_option
     from workbench.studies.report import run_report
 
+    declared = get(name)
+    knobs = dict(parse_option(declared, text) for text in options)
     run = out or Path("runs") / f"study-{name}"
-    with ray_executor(ray, workers, model, dtype):
-        typer.echo(str(run_report(model, quick=quick, out_dir=run, studies=[name], kind=size, dtype=dtype)))
+    arguments = {"model": model, "size": size, "dtype": dtype, "ray": ray, "workers": workers}
+    arguments |= {f"set {k}": v for k, v in knobs.items()}
+    with ray_executor(ray, workers, model, dtype) as executor:
+        path = run_report(
+            model,
+            out_dir=run,
+            size=size,
+            studies=[name],
+            options={name: knobs},
+            dtype=dtype,
+            executor=executor,
+            command="study",
+            arguments=arguments,
+        )
+    _print_study(run, name)
+    typer.echo(str(path))
+
+
+def _print_study(run: Path, name: str) -> None:
+    """The headline table and notes of study ``name`` in ``run``."""
+    import pandas as pd
+
+    from workbench.record import read_record
+    from workbench.runs import markdown_table
+
+    entry = read_record(run).get("studies", {}).get(name, {})
+    table = run / str(entry.get("dir", name)) / "table.parquet"
+    if entry.get("status") == "done" and table.exists():
+        typer.echo(markdown_table(pd.read_parquet(table)))
+    typer.echo("\n".join(entry.get("notes") or []))
 
 
 @app.command("publish")
@@ -104,9 +136,8 @@ def publish_command(
 ) -> None:
     """Write a finished run's tables as pages: TO/<study>.md and .csv, and TO/index.md linking them."""
     from workbench.studies.render import publish
-    from workbench.studies.report import EXTRA_STUDIES, STUDIES
 
-    typer.echo("\n".join(str(p) for p in publish(run, to, (*STUDIES, *EXTRA_STUDIES))))
+    typer.echo("\n".join(str(p) for p in publish(run, to)))
 
 
 @app.command("collect")
@@ -129,14 +160,16 @@ def collect_command(
     import dataclasses
     import time
 
+    import pandas as pd
+
     from workbench.activations import collect
     from workbench.datasets import load
     from workbench.models import load_model
     from workbench.paths import check_writable
-    from workbench.pipeline import write_step_manifest
-    from workbench.runs import utc_now
+    from workbench.pipeline import Step, record_step
+    from workbench.record import new_record
 
-    started = utc_now()
+    started = new_record("collect")["started"]
     where = parse_position(position)
     run = out or Path("runs") / f"collect-{dataset}-{split}"
     targets = [check_writable(run / f"{role}.safetensors") for role in ("positive", "negative")]
@@ -148,7 +181,6 @@ def collect_command(
         acts = collect(loaded, prompts, position=where, batch_size=batch_size, progress=True)
         extra = {"dataset": tag, "dataset_hash": data.hash, "split": split}
         dataclasses.replace(acts, settings={**acts.settings, **extra}).save(target)
-    seconds = time.perf_counter() - tick
     configuration = {
         "dataset": dataset,
         "variant": variant,
@@ -156,8 +188,8 @@ def collect_command(
         "position": where,
         "n": len(data),
     }
-    timings = {"load_model": loaded.load_seconds, "collect": seconds}
-    write_step_manifest(run, "collect", configuration, loaded, timings, started)
+    step = Step(pd.DataFrame(), configuration, {"collect": time.perf_counter() - tick})
+    record_step(run, "collect", step, loaded, started)
     typer.echo("\n".join(str(target) for target in targets))
 
 
@@ -165,13 +197,21 @@ def collect_command(
 @one_line_errors
 def layers_command(
     dataset: str = typer.Argument(..., help="A bundled dataset name (see workbench.datasets.names())."),
-    quick: bool = typer.Option(
-        False, "--quick", help="A smoke test: Size.quick()'s prompts and tokens, sweep few layers."
+    size: str = typer.Option(
+        None,
+        "--size",
+        metavar="quick",
+        help="quick: a smoke test at the quick size's prompts and tokens, sweeping few layers "
+        "(default: find_layers' own counts).",
     ),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (default runs/layers-DATASET)."),
     model: ModelSpec = ...,
     variant: str = typer.Option(None, help="italian only: it or en_answer_it."),
-    coefs: str = typer.Option("1,2,4", help="Comma-separated add coefficients (diff-norm units)."),
+    coefs: str = typer.Option(
+        "1,2,4",
+        help="Comma-separated add coefficients in diff_norm units (multiples of the layer's "
+        "mean-difference norm).",
+    ),
     top_k: int = typer.Option(None, help="Sweep only the k best layers of the cheap ranking."),
 ) -> None:
     """Score every layer for steering a dataset's behaviour: probes, projections and a steering sweep.
@@ -179,17 +219,20 @@ def layers_command(
     Writes layers.{csv,parquet} (one row per layer), signals.csv (each signal's pick), summary.csv (the
     sweep), the figure layers.{png,svg} and manifest.json.
     """
+    from workbench.errors import InvalidArgumentError
     from workbench.models import load_model
-    from workbench.pipeline import layers_step, write_step_manifest
-    from workbench.runs import markdown_table, utc_now
+    from workbench.pipeline import layers_step, record_step
+    from workbench.record import new_record
+    from workbench.runs import markdown_table
 
-    started = utc_now()
+    if size not in (None, "quick"):
+        raise InvalidArgumentError(f"--size of layers is quick or left out, got {size!r}")
+    started = new_record("layers")["started"]
     run = out or Path("runs") / f"layers-{dataset}"
     strengths = parse_numbers(coefs, float, "--coefs")
     loaded = load_model(model)
-    step = layers_step(loaded, dataset, run, variant=variant, coefs=strengths, quick=quick, top_k=top_k)
-    timings = {"load_model": loaded.load_seconds, **step.timings}
-    write_step_manifest(run, "layers", step.configuration, loaded, timings, started)
+    step = layers_step(loaded, dataset, run, variant=variant, coefs=strengths, size=size, top_k=top_k)
+    record_step(run, "layers", step, loaded, started)
     typer.echo(markdown_table(step.table))
     typer.echo(str(run))
 
@@ -200,7 +243,10 @@ def sweep_command(
     dataset: str = typer.Argument(..., help="A bundled dataset name (see workbench.datasets.names())."),
     layers: str = typer.Option(..., "--layers", help="Comma-separated block indices, e.g. 6,10,14."),
     coefs: str = typer.Option(
-        "1,2,4", "--coefs", help="Comma-separated add coefficients, e.g. -2,2 or =-2,2."
+        "1,2,4",
+        "--coefs",
+        help="Comma-separated coefficients in --unit (default diff_norm: multiples of the layer's "
+        "mean-difference norm), e.g. -2,2 or =-2,2.",
     ),
     mode: str = typer.Option("add", help="add, set_projection or ablate (the last two take no coefs)."),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (default runs/sweep-DATASET)."),
@@ -209,11 +255,13 @@ def sweep_command(
     n_train: int = typer.Option(96, help="Train pairs for the diff-in-means vector."),
     n_validation: int = typer.Option(24, help="Validation prompts to steer."),
     max_new_tokens: int = typer.Option(40, help="Tokens to generate per response."),
-    scale: str = typer.Option("diff_norm", help="Units of --coefs: diff_norm, residual_norm or absolute."),
+    unit: str = typer.Option(
+        "diff_norm", help="Unit of --coefs: diff_norm (default), residual_norm or absolute (residual units)."
+    ),
     ray: RayAddress = None,
     workers: RayWorkers = None,
 ) -> None:
-    """Steer a dataset's validation prompts over layers × coefficients; score compliance and degeneration.
+    """Steer a dataset's validation prompts over layers × coefficients; score the target rate (IFEval, strict) and degeneration.
 
     Writes rows.{csv,parquet}, summary.csv, choice.json (Stolfo et al.'s rule), vector.safetensors, the
     heatmap sweep.{png,svg} and manifest.json; the sweep's rows are cached under parts/ and a rerun
@@ -223,10 +271,11 @@ def sweep_command(
     from workbench.distributed import ray_executor
     from workbench.errors import InvalidArgumentError
     from workbench.models import load_model
-    from workbench.pipeline import sweep_step, write_step_manifest
-    from workbench.runs import markdown_table, utc_now
+    from workbench.pipeline import record_step, sweep_step
+    from workbench.record import new_record
+    from workbench.runs import markdown_table
 
-    started = utc_now()
+    started = new_record("sweep")["started"]
     ray_context = ray_executor(ray, workers, model)
     blocks = parse_numbers(layers, int, "--layers")
     strengths = parse_numbers(coefs, float, "--coefs")
@@ -250,14 +299,13 @@ def sweep_command(
             layers=blocks,
             coefs=strengths,
             mode=mode,
-            scale=scale,
+            unit=unit,
             max_new_tokens=max_new_tokens,
             executor=executor,
         )
-    timings = {"load_model": loaded.load_seconds, **step.timings}
-    write_step_manifest(run, "sweep", step.configuration, loaded, timings, started)
+        record_step(run, "sweep", step, loaded, started, executor)
     typer.echo(markdown_table(step.table))
     typer.echo(
-        f"choice: {choice.config} (compliance {choice.compliance:.2f}, unsteered {choice.baseline_compliance:.2f})"
+        f"choice: {choice.config} (target rate {choice.target_rate:.2f}, unsteered {choice.baseline_target_rate:.2f})"
     )
     typer.echo(str(run))

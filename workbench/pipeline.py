@@ -1,7 +1,7 @@
 """The work of the ``layers`` and ``sweep`` commands once their arguments are checked and the model loaded.
 
 Each step writes its tables and figure into a run directory and returns a :class:`Step`: the table the
-command prints, the configuration and the timings that :func:`write_step_manifest` records.
+command prints, the configuration and the timings that :func:`record_step` records.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from workbench.datasets import ContrastiveSet
 from workbench.layers import find_layers
 from workbench.models import Model
 from workbench.plots import plot_sweep_heatmaps, save_figure
+from workbench.record import new_record, write_record
 from workbench.runner import Executor
-from workbench.runs import atomic_text, utc_now, write_frame, write_manifest
-from workbench.studies.common import Size
+from workbench.runs import atomic_text, write_frame
+from workbench.size import Size
 from workbench.sweeps import Choice, choose_stolfo, grid, summarize_sweep, sweep
 from workbench.vectors import SteeringVector
 
-__all__ = ["Step", "layers_step", "sweep_step", "write_step_manifest"]
+__all__ = ["Step", "layers_step", "record_step", "sweep_step"]
 
 
 @dataclass
@@ -38,32 +39,17 @@ class Step:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def write_step_manifest(
-    run: Path,
-    command: str,
-    configuration: dict[str, Any],
-    model: Model,
-    timings: dict[str, float],
-    started: str,
+def record_step(
+    run: Path, command: str, step: Step, model: Model, started: str, executor: Executor | None = None
 ) -> Path:
-    """``run/manifest.json`` of a pipeline command: its configuration, model, seeds, timings and times."""
-    return write_manifest(
-        run,
-        {
-            "command": command,
-            "configuration": configuration,
-            "model": {
-                "name": model.name,
-                "weights_hash": model.weights_hash,
-                "source": model.source,
-                "load_seconds": round(model.load_seconds, 1),
-            },
-            "seeds": {"generation": "greedy decoding (no sampling)", **configuration.get("seeds", {})},
-            "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
-            "started": started,
-            "finished": utc_now(),
-        },
-    )
+    """The run record (``run/manifest.json``) of a pipeline command: its configuration, model, executor and
+    timings (model loading included)."""
+    record = new_record(command, model=model, executor=executor, configuration=step.configuration)
+    record["started"] = started
+    record["timings"] = {
+        k: round(v, 1) for k, v in {"load_model": model.load_seconds, **step.timings}.items()
+    }
+    return write_record(run, record, finished=True)
 
 
 def _write(run: Path, tables: dict[str, pd.DataFrame]) -> None:
@@ -78,15 +64,15 @@ def layers_step(
     *,
     variant: str | None,
     coefs: Sequence[float],
-    quick: bool,
+    size: str | None,
     top_k: int | None,
 ) -> Step:
-    """:func:`~workbench.layers.find_layers` at :meth:`Size.quick`'s sizes (``quick``) or its own; writes
-    ``layers.{csv,parquet}``, ``signals.csv``, ``summary.csv`` and ``layers.{png,svg}`` into ``run``."""
-    if quick:
-        size = Size.quick()
-        settings = {"n_validation": size.n_validation, "max_new_tokens": size.max_new_tokens}
-        settings["top_k"] = top_k or len(size.depths)
+    """:func:`~workbench.layers.find_layers` at the quick size's prompts and tokens (``size="quick"``) or
+    its own; writes ``layers.{csv,parquet}``, ``signals.csv``, ``summary.csv`` and ``layers.{png,svg}``."""
+    if size == "quick":
+        quick = Size.quick()
+        settings = {"n_validation": quick.n_validation, "max_new_tokens": quick.max_new_tokens}
+        settings["top_k"] = top_k or len(quick.depths)
     else:
         defaults = inspect.signature(find_layers).parameters
         settings = {k: defaults[k].default for k in ("n_validation", "max_new_tokens")} | {"top_k": top_k}
@@ -97,7 +83,7 @@ def layers_step(
     tables = {"layers.csv": frame, "layers.parquet": frame, "signals.csv": signals}
     _write(run, {**tables, "summary.csv": found.summary})
     save_figure(found.plot(), run / "layers")
-    configuration = {"dataset": dataset, "variant": variant, "coefs": list(coefs), "quick": quick, **settings}
+    configuration = {"dataset": dataset, "variant": variant, "coefs": list(coefs), "size": size, **settings}
     return Step(signals, configuration, {"find_layers": seconds})
 
 
@@ -110,7 +96,7 @@ def sweep_step(
     layers: Sequence[int],
     coefs: Sequence[float],
     mode: str,
-    scale: str,
+    unit: str,
     max_new_tokens: int,
     executor: Executor | None = None,
 ) -> tuple[Step, Choice]:
@@ -125,8 +111,7 @@ def sweep_step(
         model,
         vector,
         validation,
-        grid(layers, mode=mode, coefs=coefs),
-        scale=scale,
+        grid(layers, mode=mode, coefs=coefs, unit=unit),
         max_new_tokens=max_new_tokens,
         out_dir=run / "parts",
         executor=executor,
@@ -145,7 +130,7 @@ def sweep_step(
         "layers": list(layers),
         "coefs": list(coefs),
         "mode": mode,
-        "scale": scale,
+        "unit": unit,
         "n_train": len(train),
         "n_validation": len(validation),
         "max_new_tokens": max_new_tokens,

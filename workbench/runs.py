@@ -11,15 +11,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import importlib.metadata
-import json
 import math
 import os
-import platform
 import re
 import secrets
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,6 @@ from filelock import FileLock
 from workbench.errors import OutputPathError
 
 __all__ = [
-    "MANIFEST",
     "atomic_folder",
     "atomic_text",
     "atomic_write",
@@ -39,25 +35,12 @@ __all__ = [
     "html_table",
     "json_default",
     "markdown_table",
-    "package_versions",
-    "read_manifest",
     "utc_now",
     "write_frame",
-    "write_manifest",
 ]
 
-MANIFEST = "manifest.json"
 _UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it)
 os.umask(_UMASK)
-_PACKAGES = (
-    "torch",
-    "transformers",
-    "transformer-lens",
-    "pandas",
-    "numpy",
-    "scikit-learn",
-    "lingua-language-detector",
-)
 
 
 def utc_now() -> str:
@@ -225,38 +208,6 @@ def json_default(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return str(value)
-
-
-def package_versions() -> dict[str, str | None]:
-    """Python, the workbench and the packages whose versions change results."""
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in ("steering-workbench", *_PACKAGES):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    if versions["steering-workbench"] is None:
-        import workbench
-
-        versions["steering-workbench"] = workbench.__version__
-    return versions
-
-
-def write_manifest(run_dir: str | os.PathLike[str], manifest: Mapping[str, Any]) -> Path:
-    """Write ``run_dir/manifest.json`` atomically, adding package versions if the manifest has none."""
-    payload = dict(manifest)
-    payload.setdefault("versions", package_versions())
-    text = json.dumps(payload, indent=1, default=json_default, ensure_ascii=False) + "\n"
-    return atomic_text(Path(run_dir) / MANIFEST, text, "manifest")
-
-
-def read_manifest(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """``run_dir/manifest.json`` as a dict, or ``{}`` when it is missing or unreadable."""
-    try:
-        found = json.loads((Path(run_dir) / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
 
 
 def _cell(value: Any) -> str:

@@ -1,6 +1,6 @@
-"""``workbench report --quick`` on the bundled SmolLM2, as a real process: a smoke test of every study.
+"""``workbench report --size quick`` on the bundled SmolLM2, as a real process: a smoke test of every study.
 
-Quick mode runs each study at :meth:`Size.quick`'s tiny sizes (a handful of prompts, a few tokens, two
+The quick size runs each study at :meth:`Size.quick`'s tiny sizes (a handful of prompts, a few tokens, two
 candidate layers). It took 54 s alone on 2 CPU cores (warm model cache, empty output caches); the
 timeout leaves room for a busy machine.
 """
@@ -17,8 +17,10 @@ import pandas as pd
 import pytest
 
 from workbench.models import DEFAULT_SPEC
-from workbench.studies.common import Size
-from workbench.studies.report import STUDIES
+from workbench.size import Size
+from workbench.studies.registry import all_studies
+
+STUDIES = [name for name, study in all_studies().items() if "quick" in study.report]
 
 
 @pytest.mark.slow
@@ -27,7 +29,7 @@ def test_quick_report_runs_every_study_on_the_bundled_model(tmp_path):
     workbench = Path(sys.executable).with_name("workbench")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     done = subprocess.run(
-        [str(workbench), "report", "--quick", "--out", str(out)],
+        [str(workbench), "report", "--size", "quick", "--out", str(out)],
         env=env,
         capture_output=True,
         text=True,
@@ -44,10 +46,7 @@ def test_quick_report_runs_every_study_on_the_bundled_model(tmp_path):
         expected["base_model"] = "unavailable"
     assert statuses == expected
     assert manifest["model"]["name"] == DEFAULT_SPEC
-    assert (
-        manifest["configuration"]["quick"]
-        and manifest["configuration"]["size"]["n_test"] == Size.quick().n_test
-    )
+    assert manifest["size"] == "quick" and Size.from_json(manifest["studies"]["format"]["size"]) == Size.quick()
     for name, study in manifest["studies"].items():  # every study that ran wrote its tables
         assert isinstance(study["seconds"], float), name
         if study["status"] == "done":

@@ -51,14 +51,17 @@ def _checked(items: Sequence[str] | None) -> list[Item]:
 def run(
     model: Model,
     *,
-    quick: bool = False,
+    size: str = "full",
     settings: Settings | None = None,
     items: Sequence[str] | None = None,
     clock: ClockKind | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Report:
-    """Run the benchmarks on an already-loaded ``model`` and return the table."""
-    settings = settings or SETTINGS["quick" if quick else "full"]
+    """Run the benchmarks on an already-loaded ``model`` at ``size`` (``full`` or ``quick``, a smoke test of
+    the harness) and return the table."""
+    if size not in SETTINGS:
+        raise InvalidArgumentError(f"unknown benchmark size {size!r}: use one of {', '.join(SETTINGS)}")
+    settings = settings or SETTINGS[size]
     items = _checked(items)
     if clock is None:
         clock = "cpu" if model.device.type == "cpu" and torch.get_num_threads() == 1 else "wall"
@@ -124,7 +127,7 @@ def random_llama_1b(
 def main(
     *,
     model: str = DEFAULT_SPEC,
-    quick: bool = False,
+    size: str = "full",
     out: str | os.PathLike[str] | None = None,
     device: str | None = None,
     dtype: str = "float32",
@@ -141,8 +144,10 @@ def main(
             raise InvalidArgumentError(f"threads must be a positive integer, got {threads}")
         torch.set_num_threads(threads)
     _checked(items)  # before the (slow) model load
+    if size not in SETTINGS:
+        raise InvalidArgumentError(f"unknown benchmark size {size!r}: use one of {', '.join(SETTINGS)}")
     loaded = random_llama_1b(device, dtype) if random_1b else load_model(model, device=device, dtype=dtype)
-    report = run(loaded, quick=quick, items=items, log=lambda m: echo(f"[bench] {m}"))
+    report = run(loaded, size=size, items=items, log=lambda m: echo(f"[bench] {m}"))
     echo(report.table())
     if out is not None:
         echo(f"wrote {report.write(out)}")

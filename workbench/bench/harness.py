@@ -28,7 +28,6 @@ import torch
 
 from workbench.errors import InvalidArgumentError
 from workbench.runs import atomic_text, write_frame
-from workbench.studies.common import SizeName
 
 __all__ = [
     "FULL",
@@ -96,8 +95,8 @@ QUICK = Settings(
     repeats=1,
 )
 
-#: The benchmark's sizes by the name a study's :class:`~workbench.studies.common.Size` goes by.
-SETTINGS: dict[SizeName, Settings] = {"quick": QUICK, "full": FULL}
+#: The benchmark's sizes by name (``workbench bench --size``).
+SETTINGS: dict[str, Settings] = {"quick": QUICK, "full": FULL}
 
 
 @dataclass

@@ -34,6 +34,8 @@ SCORER_VERSION = 1
 #: The names imported on first use, by module.
 _LAZY = {
     "evaluate": "workbench.evaluation.table",
+    "summarize_scores": "workbench.evaluation.table",
+    "score_answers": "workbench.evaluation.scoring",
     "ReferenceFluency": "workbench.evaluation.reference",
     "calibrate": "workbench.evaluation.reference",
     "reference_model": "workbench.evaluation.reference",
@@ -56,9 +58,11 @@ __all__ = [
     "longest_repeated_run",
     "reference_model",
     "repeated_ngram_rate",
+    "score_answers",
     "sentence_share",
     "share_in_language",
     "split_sentences",
+    "summarize_scores",
 ]
 
 

@@ -9,9 +9,11 @@ import pandas as pd
 from workbench.datasets import Item
 from workbench.errors import InvalidArgumentError, ShapeMismatchError
 from workbench.evaluation.checks import check_all
-from workbench.evaluation.fluency import is_degenerate, longest_repeated_run, repeated_ngram_rate
+from workbench.evaluation.fluency import longest_repeated_run, repeated_ngram_rate
 from workbench.evaluation.language import LANGUAGES, code_switching_rate, detect_language, sentence_share
 from workbench.evaluation.perplexity import perplexity
+from workbench.evaluation.scoring import score_answers
+from workbench.evaluation.targets import TARGETS
 from workbench.evaluation.text import count_sentences, count_words
 from workbench.models import Model
 
@@ -26,15 +28,18 @@ def evaluate(
     prompts: Sequence[str] | None = None,
     loose: bool = False,
     language: str = "it",
+    target: str = "ifeval",
 ) -> pd.DataFrame:
     """Score ``responses[i]`` against ``items[i]``'s instructions and for language and fluency.
 
-    Columns: ``id, behaviour, response, words, sentences``; ``follows`` (every instruction of the item
-    passes, strict), ``follows_loose`` (IFEval's loose scoring) and ``check:<instruction_id>`` per id (strict;
+    Columns: ``id, behaviour, response, words, sentences``; ``on_target`` (by ``target``
+    (:func:`~workbench.evaluation.targets.on_target`), default every IFEval instruction of the item passes,
+    strict), ``ifeval_loose`` (IFEval's loose scoring) and ``check:<instruction_id>`` per id (strict;
     with ``loose`` also ``check_loose:<instruction_id>``), missing where an item lacks that id; ``language``
     (detected), ``in_target_language``, ``sentence_share_<language>``, ``code_switching``;
     ``repeated_ngram_rate``, ``longest_repeated_run``; ``perplexity`` under ``model`` given the ``prompts``
-    the responses answered (only when both are given); ``degenerate`` (with that perplexity when known).
+    the responses answered (only when both are given); ``degenerate`` (with that perplexity when known) and
+    ``clean`` (on target, not degenerate): the columns of :mod:`workbench.evaluation.scoring`.
     """
     if isinstance(responses, str):
         raise InvalidArgumentError("evaluate takes a list of responses; wrap a single text in [...]")
@@ -42,6 +47,8 @@ def evaluate(
         raise ShapeMismatchError(f"got {len(responses)} responses for {len(items)} items: give one per item")
     if language not in LANGUAGES:
         raise InvalidArgumentError(f"language {language!r} is not detectable here; use one of {LANGUAGES}")
+    if target not in TARGETS:
+        raise InvalidArgumentError(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
     if (model is None) != (prompts is None):
         raise InvalidArgumentError("perplexity needs both model and prompts: pass both or neither")
     for i, (response, item) in enumerate(zip(responses, items, strict=True)):
@@ -50,6 +57,7 @@ def evaluate(
         if not isinstance(item, Item):
             raise InvalidArgumentError(f"items must be datasets.Item objects, got {type(item).__name__}")
     ppl = perplexity(model, prompts, responses) if model is not None and prompts is not None else None
+    scored = score_answers(target, items, responses, ppl)
     rows = []
     for i, (response, item) in enumerate(zip(responses, items, strict=True)):
         ids, kwargs = list(item.instruction_id_list), list(item.kwargs)
@@ -65,8 +73,8 @@ def evaluate(
             "response": response,
             "words": count_words(response),
             "sentences": count_sentences(response),
-            "follows": all(strict),
-            "follows_loose": all(relaxed),
+            "on_target": bool(scored["on_target"].iloc[i]),
+            "ifeval_loose": all(relaxed),
             **{f"check:{name}": passed for name, passed in zip(ids, strict, strict=True)},
             **loose_columns,
             "language": detected,
@@ -78,22 +86,23 @@ def evaluate(
         }
         if ppl is not None:
             row["perplexity"] = ppl[i]
-        row["degenerate"] = is_degenerate(response, perplexity=ppl[i] if ppl is not None else None)
+        row["degenerate"] = bool(scored["degenerate"].iloc[i])
+        row["clean"] = bool(scored["clean"].iloc[i])
         rows.append(row)
     frame = pd.DataFrame(rows)
     checks = [c for c in frame.columns if c.startswith(("check:", "check_loose:"))]
     checks = sorted(checks, key=lambda c: c.startswith("check_loose:"))
     frame[checks] = frame[checks].astype("boolean")
     rest = [c for c in frame.columns if c not in checks]
-    at = rest.index("follows_loose") + 1
+    at = rest.index("ifeval_loose") + 1
     return frame[[*rest[:at], *checks, *rest[at:]]]
 
 
 def summarize_scores(rows: pd.DataFrame, by: str, *, ifeval: bool = False) -> pd.DataFrame:
     """One row per value of ``by`` (first-seen order, as the index) of scored rows: ``target_rate``,
-    ``ifeval_rate`` (with ``ifeval``, from ``follows_ifeval``), ``clean_rate``, ``degeneration``, median
+    ``ifeval_rate`` (with ``ifeval``, from the ``ifeval`` column), ``clean_rate``, ``degeneration``, median
     ``perplexity`` and ``n``; the one definition of these rates for every table."""
-    extra = {"ifeval_rate": ("follows_ifeval", "mean")} if ifeval else {}
+    extra = {"ifeval_rate": ("ifeval", "mean")} if ifeval else {}
     return rows.groupby(by, sort=False).agg(
         target_rate=("on_target", "mean"),
         **extra,

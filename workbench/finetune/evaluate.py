@@ -11,24 +11,23 @@ the unmodified model.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
 
-from workbench.baselines.adapter import LoraAdapter, lora_applied
-from workbench.datasets import ITALIAN, ContrastiveSet, Item, load_multiple_choice
-from workbench.errors import InvalidArgumentError, ShapeMismatchError
-from workbench.evaluation import is_degenerate
+from workbench.datasets import ITALIAN, ContrastiveSet, load_multiple_choice
+from workbench.errors import InvalidArgumentError
 from workbench.evaluation.multiple_choice import multiple_choice
 from workbench.evaluation.perplexity import perplexity
+from workbench.evaluation.scoring import score_answers
 from workbench.evaluation.table import summarize_scores
-from workbench.evaluation.targets import TARGETS, on_target
+from workbench.evaluation.targets import TARGETS
+from workbench.finetune.adapter import LoraAdapter, lora_applied
 from workbench.generation import generate
 from workbench.models import Model
 
-__all__ = ["Evaluation", "evaluate_lora", "score_answers", "target_for"]
+__all__ = ["Evaluation", "evaluate_lora", "target_for"]
 
 
 def target_for(dataset: ContrastiveSet, target: str | None = None) -> str:
@@ -39,37 +38,6 @@ def target_for(dataset: ContrastiveSet, target: str | None = None) -> str:
     if target not in TARGETS:
         raise InvalidArgumentError(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
     return target
-
-
-def score_answers(
-    target: str,
-    items: Sequence[Item],
-    responses: Sequence[str],
-    perplexities: Sequence[float] | None = None,
-    fluent: Sequence[bool] | None = None,
-) -> pd.DataFrame:
-    """One row per answer: ``id, response, on_target, degenerate, clean`` (and ``perplexity`` when given).
-
-    ``fluent``: a reference model's verdict per answer; when given it is a column and ``clean`` needs it.
-    """
-    for name, values in (("responses", responses), ("perplexities", perplexities), ("fluent", fluent)):
-        if values is not None and len(values) != len(items):
-            raise ShapeMismatchError(f"got {len(items)} items but {len(values)} {name}: give one per item")
-    ppl = list(perplexities) if perplexities is not None else [None] * len(items)
-    target_hit = [on_target(target, item, r) for item, r in zip(items, responses, strict=True)]
-    known = [p if p is not None and math.isfinite(p) and p > 0 else None for p in ppl]  # NaN: empty answer
-    degenerate = [is_degenerate(r, perplexity=p) for r, p in zip(responses, known, strict=True)]
-    frame = pd.DataFrame({"id": [item.id for item in items], "response": list(responses)})
-    if perplexities is not None:
-        frame["perplexity"] = ppl
-    if fluent is not None:
-        frame["fluent"] = [bool(f) for f in fluent]
-    passes = frame["fluent"] if fluent is not None else [True] * len(items)
-    return frame.assign(
-        on_target=target_hit,
-        degenerate=degenerate,
-        clean=[t and not d and f for t, d, f in zip(target_hit, degenerate, passes, strict=True)],
-    )
 
 
 @dataclass(frozen=True)

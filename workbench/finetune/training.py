@@ -3,7 +3,7 @@
 :func:`distill` makes the training pairs without outside data. The input is each item's *negative* prompt
 (no instruction, English); the target is the model's own greedy answer to the *positive* prompt (with the
 instruction, or the Italian query), kept when it is on target
-(:func:`~workbench.baselines.evaluate.target_for`), not degenerate
+(:func:`~workbench.finetune.evaluate.target_for`), not degenerate
 (:func:`~workbench.evaluation.is_degenerate`) and, given a reference model's
 :class:`~workbench.evaluation.reference.Judge`, fluent by it. :func:`lora` trains a peft LoRA adapter on them: the loss is
 the cross-entropy of the answer tokens only (and the end-of-turn token where the answer ended within its
@@ -26,7 +26,15 @@ from jaxtyping import Int
 from torch import Tensor
 
 import workbench
-from workbench.baselines.adapter import (
+from workbench.datasets import ContrastiveSet
+from workbench.errors import InvalidArgumentError
+from workbench.evaluation import is_degenerate
+from workbench.evaluation.perplexity import join, perplexity
+from workbench.evaluation.reference import Judge
+from workbench.evaluation.scoring import score_answers
+from workbench.evaluation.targets import on_target
+from workbench.fastpath import direct_forward
+from workbench.finetune.adapter import (
     ADAPTER_NAME,
     LoraAdapter,
     inject,
@@ -34,14 +42,7 @@ from workbench.baselines.adapter import (
     lora_applied,
     remove,
 )
-from workbench.baselines.evaluate import score_answers, target_for
-from workbench.datasets import ContrastiveSet
-from workbench.errors import InvalidArgumentError
-from workbench.evaluation import is_degenerate
-from workbench.evaluation.perplexity import join, perplexity
-from workbench.evaluation.reference import Judge
-from workbench.evaluation.targets import on_target
-from workbench.fastpath import direct_forward
+from workbench.finetune.evaluate import target_for
 from workbench.generation import generate
 from workbench.models import Model
 from workbench.runs import utc_now

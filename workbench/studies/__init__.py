@@ -1,1 +1,6 @@
-"""Reusable studies: each returns a StudyResult (tidy rows, a headline table, figures)."""
+"""The studies: each module declares one :class:`~workbench.studies.registry.Study`; :func:`names` lists
+them and :func:`get` finds one (:mod:`workbench.studies.registry`)."""
+
+from workbench.studies.registry import Study, get, names
+
+__all__ = ["Study", "get", "names"]

@@ -22,8 +22,10 @@ from workbench.datasets import load
 from workbench.errors import InvalidArgumentError
 from workbench.models import Model
 from workbench.runs import write_frame
+from workbench.size import Size
 from workbench.steering import Intervention
-from workbench.studies.common import Scale, StudyResult
+from workbench.studies.registry import Study
+from workbench.studies.result import StudyResult
 from workbench.studies.steps import Selected, TestJob, budget, run_jobs, save, select
 from workbench.vectors import SteeringVector
 
@@ -75,9 +77,9 @@ def _record(name: str, layer: int, rows: pd.DataFrame) -> dict[str, object]:
     """One table row: compliance then degeneration, per fixed setting and as mean/sd over seeds."""
     by_setting = rows.groupby("setting", sort=False)
     record: dict[str, object] = {"instruction": name, "layer": layer}
-    for column, prefix in (("follows", ""), ("degenerate", "degeneration_")):
+    for column, prefix in (("on_target", ""), ("degenerate", "degeneration_")):
         rates = by_setting[column].mean()
-        fixed = _FIXED if column == "follows" else _FIXED[1:]
+        fixed = _FIXED if column == "on_target" else _FIXED[1:]
         record |= {f"{prefix}{s}": float(rates[s]) for s in fixed}
         for setting in _RANDOM:
             mean, sd = _spread(rows, setting, column)
@@ -109,7 +111,7 @@ def _figure(table: pd.DataFrame, n_seeds: int) -> Figure:
 
 def ablation_study(
     model: Model,
-    scale: Scale,
+    size: Size,
     out_dir: str | os.PathLike[str],
     *,
     names: Sequence[str] = ("bullet_lists", "one_sentence"),
@@ -132,14 +134,14 @@ def ablation_study(
     randoms = {s: random_unit_directions(model, s) for s in seeds}
     jobs, selections = [], {}
     for name in names:
-        sel = selections[name] = select(model, name, scale, out_dir, progress=progress)
+        sel = selections[name] = select(model, name, size, out_dir, progress=progress)
         write_frame(sel.summary, out / f"sweep_{name}.csv", "sweep summary")
-        tokens = budget(name, scale)
-        for item in load(name, "test").head(scale.n_test).items:
+        tokens = budget(name, size)
+        for item in load(name, "test").head(size.n_test).items:
             for setting, seed, instructed, ivs in _settings(sel, randoms, model.n_layers):
                 labels = {"instruction": name, "layer": sel.layer, "setting": setting, "seed": seed}
                 jobs.append(TestJob(labels, item, item.prompt if instructed else item.query, ivs, tokens))
-    rows = run_jobs(model, jobs, scale, out, progress=progress)
+    rows = run_jobs(model, jobs, size, out, progress=progress)
     rows["seed"] = rows["seed"].astype("Int64")
     table = pd.DataFrame([_record(n, s.layer, rows[rows["instruction"] == n]) for n, s in selections.items()])
     notes = [
@@ -152,3 +154,12 @@ def ablation_study(
     )
     figures = save(_figure(table, len(seeds)), out, "ablation")
     return StudyResult(name="ablation", rows=rows, table=table, figures=figures, notes=notes)
+
+
+STUDY = Study(
+    "ablation",
+    "Ablation of instruction directions, with the instruction in the prompt",
+    ablation_study,
+    report=("quick", "full"),
+    order=40,
+)

@@ -10,7 +10,7 @@ rescores). Columns:
 * ``target_rate`` (the behaviour's target, named in ``target``), ``clean_rate`` (on target, not
   degenerate and, where the reference model is stronger than the scored one, fluent by it:
   ``clean_with_reference``), ``degeneration`` (:func:`~workbench.evaluation.is_degenerate`) and
-  ``median_perplexity`` under the unmodified model, all from :func:`workbench.baselines.score_answers`;
+  ``median_perplexity`` under the unmodified model, all from :func:`workbench.evaluation.scoring.score_answers`;
 * ``fluent_rate`` and ``median_relative_perplexity``: the answers' fluency judged by the ``reference``
   model (:mod:`workbench.evaluation.reference`; Qwen2.5-Coder-1.5B-Instruct once fetched, else the scored
   model itself, reported but not part of the clean rate), loaded once per study, calibrated per behaviour
@@ -51,7 +51,6 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from workbench import presets
-from workbench.baselines import LoraAdapter, lora_applied, score_answers
 from workbench.behaviours import BEHAVIOURS as FRONTIER_BEHAVIOURS
 from workbench.behaviours import Behaviour
 from workbench.datasets import Item, load, load_multiple_choice
@@ -59,14 +58,16 @@ from workbench.errors import InvalidArgumentError
 from workbench.evaluation.multiple_choice import multiple_choice
 from workbench.evaluation.perplexity import perplexity
 from workbench.evaluation.reference import REFERENCE_SPEC, Judge, reference_model
+from workbench.evaluation.scoring import score_answers
 from workbench.evaluation.targets import follows
+from workbench.finetune import LoraAdapter, lora_applied
 from workbench.models import Model
 from workbench.presets import Preset
 from workbench.recipes import Recipe, cached_rows
 from workbench.runner import Job, run_grid
 from workbench.runs import atomic_text, write_frame
+from workbench.size import Size
 from workbench.steering import Intervention
-from workbench.studies.common import Size, StudyResult
 from workbench.studies.competitors import (
     dynamic_steering,
     fine_tuned,
@@ -76,9 +77,11 @@ from workbench.studies.competitors import (
     lora_cpu_seconds,
 )
 from workbench.studies.goals import goal_note, goals
+from workbench.studies.registry import Study
+from workbench.studies.result import StudyResult
 from workbench.studies.steps import save
 
-__all__ = ["BEHAVIOURS", "FULL", "METHODS", "OFF_TARGET", "baselines_study", "study_behaviour"]
+__all__ = ["BEHAVIOURS", "METHODS", "OFF_TARGET", "STUDY", "baselines_study", "study_behaviour"]
 
 #: The behaviours of the study.
 BEHAVIOURS = ("json", "one_sentence", "no_comma", "italian")
@@ -95,8 +98,6 @@ METHODS: dict[str, tuple[str, str]] = {
 }
 #: Format instructions whose compliance measures off-target damage (the first three not the behaviour's own).
 OFF_TARGET = ("bullet_lists", "title", "highlighted_sections", "json_format")
-#: The full size (:meth:`Size.baselines`; about an hour for four behaviours with the 1.5B judge on 2 cores).
-FULL = Size.baselines()
 _BEHAVIOURS = {**FRONTIER_BEHAVIOURS, "no_comma": Behaviour("no_comma", "no_comma", 64)}
 
 
@@ -246,7 +247,7 @@ def _score(
 ) -> pd.DataFrame:
     """Method rows scored by :func:`score_answers` (perplexity under the unmodified model; ``judge``'s
     verdict as ``fluent``, part of ``clean`` when it ``joins_clean``); off-target rows by IFEval
-    compliance with their own instruction (``follows``)."""
+    compliance with their own instruction (``on_target``, IFEval strict)."""
     on = ~rows["setting"].str.startswith("off-target ")
     mine = rows[on].reset_index(drop=True)
     prompts, responses = mine["prompt"].tolist(), mine["response"].tolist()
@@ -266,7 +267,7 @@ def _score(
     others = rows[~on].reset_index(drop=True)
     keys = zip(others["setting"], others["id"], others["response"], strict=True)
     return pd.concat(
-        [mine, others.assign(follows=[follows(by_job[(s, i)], r) for s, i, r in keys])], ignore_index=True
+        [mine, others.assign(on_target=[follows(by_job[(s, i)], r) for s, i, r in keys])], ignore_index=True
     )
 
 
@@ -308,7 +309,7 @@ def _table(
     docstring); ``stronger``: the clean rate needs the reference's verdict."""
     off = answers[answers["setting"].str.startswith("off-target ")]
     judged = "fluent" in answers
-    compliance = off.groupby("kind")["follows"].mean()
+    compliance = off.groupby("kind")["on_target"].mean()
     out = []
     for method, (prompt, kind) in methods.items():
         mine = answers[answers["setting"] == method]
@@ -388,14 +389,16 @@ def baselines_study(
     out_dir: str | os.PathLike[str],
     *,
     behaviours: Sequence[str] = BEHAVIOURS,
-    name: str = "baselines",
+    name: str | None = None,
     candidates: Sequence[Recipe] | None = None,
     reference: Model | str | None = REFERENCE_SPEC,
     lora: bool = True,
-    presets_file: str | os.PathLike[str] | None = None,
+    presets_file: str | None = None,
+    progress: bool = False,
 ) -> StudyResult:
-    """Every method of :data:`METHODS` on each behaviour's test prompts (``size``: :data:`FULL` for the
-    report's); one table, the scored answers as rows, one figure.
+    """Every method of :data:`METHODS` on each behaviour's test prompts; one table, the scored answers as
+    rows, one figure, written to ``out_dir/name`` (default ``baselines``, ``baselines_base_model`` for a base
+    model).
 
     ``candidates``: the steering recipes (``mean`` source) tried on validation where the model has no
     preset for a behaviour (default: :func:`~workbench.studies.search.coarse_grid`). ``reference``: the
@@ -405,6 +408,7 @@ def baselines_study(
     ``presets_file``: a recorded search's ``presets.json`` (``workbench study frontier`` writes
     ``frontier/presets.json``) to start the fixed steering from, for a model the bundled presets do not cover.
     """
+    name = name or ("baselines" if model.is_chat else "baselines_base_model")
     out = Path(out_dir) / name
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(reference, str):  # the scored model itself is not loaded twice
@@ -432,4 +436,14 @@ def baselines_study(
     notes += [goal_note(row) for _, row in reached.iterrows()]
     figure = plot_baselines(table)
     figures = save(figure, out, "baselines")
-    return StudyResult(name, pd.concat(rows, ignore_index=True), table, figures, notes, size)
+    return StudyResult(name, pd.concat(rows, ignore_index=True), table, figures, notes)
+
+
+STUDY = Study(
+    "baselines",
+    "Baselines: prompting and fine-tuning on the same data as steering",
+    baselines_study,
+    sizes={"quick": Size.quick(), "full": Size.baselines(), "large": Size.large()},
+    order=90,
+    folders=("baselines", "baselines_base_model"),
+)

@@ -10,7 +10,7 @@
   (:func:`~workbench.studies.search.coarse_grid`, mean-over-prompt vector).
 * :func:`dynamic_steering`: the same interventions with a :class:`~workbench.schedules.DynamicStrength`
   (one group, Scalena et al. 2024), ``max_strength`` chosen on validation among :data:`DYNAMIC_MAX`.
-* :func:`fine_tuned`: a self-distilled LoRA adapter (:func:`workbench.baselines.choose_lora`), saved in the
+* :func:`fine_tuned`: a self-distilled LoRA adapter (:func:`workbench.finetune.choose_lora`), saved in the
   study folder and reused by a rerun with the same key.
 """
 
@@ -30,19 +30,20 @@ from typing import TypeVar
 import pandas as pd
 
 from workbench import presets
-from workbench.baselines import LoraAdapter, NoPairsError, choose_lora, score_answers
 from workbench.behaviours import BEHAVIOURS as FRONTIER_BEHAVIOURS
 from workbench.behaviours import Behaviour, build_vectors
 from workbench.errors import InvalidArgumentError
 from workbench.evaluation.perplexity import perplexity
 from workbench.evaluation.reference import Judge, calibrate
+from workbench.evaluation.scoring import score_answers
+from workbench.finetune import LoraAdapter, NoPairsError, choose_lora
 from workbench.models import Model
 from workbench.recipes import Recipe, choose_clean, run_recipes, summarize_recipes
 from workbench.runner import Job, run_grid
 from workbench.runs import atomic_text
 from workbench.schedules import DynamicStrength
+from workbench.size import Size
 from workbench.steering import Intervention
-from workbench.studies.common import Size
 from workbench.studies.search import coarse_grid
 from workbench.vectors import SteeringVector
 
@@ -70,7 +71,7 @@ JUDGE_BATCH = 8
 GENTLER = (1.0, 0.75, 0.5, 0.25)
 #: ``max_strength`` of the dynamic strength tried on validation (the paper's bound is 2).
 DYNAMIC_MAX = (1.0, 2.0)
-#: The LoRA grid of :func:`workbench.baselines.choose_lora` per size: ranks, steps, learning rates.
+#: The LoRA grid of :func:`workbench.finetune.choose_lora` per size: ranks, steps, learning rates.
 LORA_GRID = {
     "quick": {"ranks": (2,), "steps": (4, 8), "lrs": (3e-2,)},
     "full": {"ranks": (8,), "steps": (30, 60), "lrs": (5e-4, 2e-3)},
@@ -239,16 +240,16 @@ def _preset_vectors(
 
 def _gentler(recipe: Recipe) -> list[Recipe]:
     """``recipe`` at each :data:`GENTLER` share of its strength (itself alone when it has no ``add``
-    strength to scale)."""
-    if recipe.mode != "add" or not recipe.strength:
+    strength to size)."""
+    if recipe.mode != "add" or not recipe.coef:
         return [recipe]
-    return [dataclasses.replace(recipe, strength=share * recipe.strength) for share in GENTLER]
+    return [dataclasses.replace(recipe, coef=share * recipe.coef) for share in GENTLER]
 
 
 def dynamic(steering: Steering, max_strength: float, group: str) -> tuple[Intervention, ...]:
     """``steering``'s interventions with one dynamic strength for all (no linear decay: it is a schedule)."""
     spec = DynamicStrength(max_strength=max_strength, group=group)
-    return tuple(dataclasses.replace(iv, strength=spec, decay_tokens=0) for iv in steering.interventions)
+    return tuple(dataclasses.replace(iv, schedule=spec, decay_tokens=0) for iv in steering.interventions)
 
 
 def dynamic_steering(

@@ -6,7 +6,7 @@ prompts) chooses a recipe; the test split then compares unsteered, the instructi
 Italian also the fully Italian prompt), the chosen recipe, and the chosen recipe with the instruction.
 Each chosen recipe that beats the unsteered clean rate in the confirmation round is recorded, with its
 validation numbers and hashes, in ``frontier/presets.json`` (the layout of :data:`workbench.presets.BUNDLED`).
-The frontier figure plots every validation recipe. A full-scale run also steers Italian on the
+The frontier figure plots every validation recipe. A full-size run also steers Italian on the
 multilingual Gemma 3 270M base model, when it is installed. Validation and test answers are kept in the
 study folder as :func:`~workbench.runner.run_grid` parts keyed by the model's fingerprint
 (:func:`~workbench.studies.search.grid_dir`), unscored, so a rerun resumes and rescoring needs no generation.
@@ -25,46 +25,32 @@ import pandas as pd
 
 from workbench import evaluation, presets
 from workbench.behaviours import BEHAVIOURS, Behaviour
-from workbench.errors import InvalidArgumentError, ModelLoadError
-from workbench.evaluation.targets import starts_json
-from workbench.models import Model, load_model
+from workbench.errors import InvalidArgumentError
+from workbench.models import Model
 from workbench.plots import plot_frontier, save_figure
-from workbench.recipes import Recipe, answer, rank, score, summarize_recipes
-from workbench.runs import atomic_text, read_manifest, utc_now, write_frame
-from workbench.studies.common import Size, StudyResult
-from workbench.studies.search import (
-    CONFIRM,
-    CONFIRM_K,
-    Plan,
-    baselines,
-    coarse_grid,
-    grid_dir,
-    refinements,
-    search,
-    spans,
-)
+from workbench.recipes import Recipe, rank
+from workbench.record import read_record
+from workbench.runs import atomic_text, utc_now, write_frame
+from workbench.size import Size
+from workbench.studies.compare import budgeted, gemma, test_rows, test_table, verdict
+from workbench.studies.registry import Study
+from workbench.studies.result import StudyResult
+from workbench.studies.search import Plan, search
 from workbench.vectors import SteeringVector
 
 __all__ = [
-    "CONFIRM",
-    "CONFIRM_K",
+    "LARGE_BEHAVIOURS",
     "QUICK_BEHAVIOURS",
+    "STUDY",
     "BehaviourResult",
-    "Plan",
-    "baselines",
-    "coarse_grid",
     "frontier_study",
-    "presets_study",
-    "refinements",
-    "search",
-    "spans",
+    "run_behaviour",
 ]
 
-#: Behaviours of a quick (CI-sized) run, which runs at most :meth:`Size.quick` of each count (a smoke run,
-#: not a result); the full-size search runs at :meth:`Size.frontier`.
+#: Behaviours of a quick run (a smoke run, not a result); the full-size search runs every behaviour.
 QUICK_BEHAVIOURS = ("italian",)
-#: Test settings, in table order.
-SETTINGS = ("unsteered", "instruction in prompt", "Italian prompt", "steering", "steering + instruction")
+#: Behaviours of a large model's search (as wide as :meth:`Plan.reduced`).
+LARGE_BEHAVIOURS = ("json", "italian")
 
 
 @dataclasses.dataclass
@@ -92,97 +78,29 @@ class BehaviourResult:
         return self.validation[self.validation["stage"] == "confirm"]
 
 
-def _budgeted(behaviour: Behaviour, scale: Size) -> Behaviour:
-    return dataclasses.replace(behaviour, max_new_tokens=min(behaviour.max_new_tokens, scale.max_new_tokens))
-
-
-def _test_recipes(behaviour: Behaviour, chosen: Recipe) -> dict[str, Recipe]:
-    settings = dict(zip(SETTINGS[:2], baselines(behaviour)[:2], strict=True))
-    if behaviour.instruction_variant:
-        settings["Italian prompt"] = Recipe(prompt="native")
-    settings["steering"] = chosen
-    settings["steering + instruction"] = dataclasses.replace(chosen, prompt="instruction")
-    return settings
-
-
 def run_behaviour(
     model: Model,
     behaviour: Behaviour,
-    scale: Size,
+    size: Size,
     out: Path,
     *,
-    quick: bool = False,
     plan: Plan = Plan(),
     progress: bool = False,
 ) -> BehaviourResult:
     """:func:`search` (as wide as ``plan``) on validation, then the test settings of the chosen recipe."""
-    behaviour = _budgeted(behaviour, scale)
-    vectors, validation, chosen, notes = search(
-        model, behaviour, scale, out, quick=quick, plan=plan, progress=progress
-    )
-    rows = _test_rows(model, behaviour, vectors, chosen, scale, out, progress)
+    behaviour = budgeted(behaviour, size)
+    vectors, validation, chosen, notes = search(model, behaviour, size, out, plan=plan, progress=progress)
+    rows = test_rows(model, behaviour, vectors, chosen, size, out, progress)
     return BehaviourResult(
-        model.name, model.weights_hash, scale.n_train, behaviour, vectors, validation, chosen, rows, notes
+        model.name, model.weights_hash, size.n_train, behaviour, vectors, validation, chosen, rows, notes
     )
-
-
-def _test_rows(
-    model: Model,
-    behaviour: Behaviour,
-    vectors: dict[str, SteeringVector],
-    chosen: Recipe,
-    scale: Size,
-    out: Path,
-    progress: bool,
-) -> pd.DataFrame:
-    """The test settings of ``chosen`` (answers kept in ``out``: :func:`grid_dir`), scored, with a ``setting``
-    column."""
-    settings = _test_recipes(behaviour, chosen)
-    recipes = list(settings.values())
-    rows = answer(
-        model,
-        behaviour,
-        vectors,
-        recipes,
-        "test",
-        scale.n_test,
-        batch_size=scale.batch_size,
-        out_dir=grid_dir(out, model, behaviour),
-        progress=progress,
-    )
-    rows = score(behaviour, rows)
-    label = {r.name: s for s, r in settings.items()}
-    return rows.assign(setting=rows["recipe"].map(label))
-
-
-def _table(model: str, behaviour: Behaviour, rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per test setting: the recipe and its rates. ``target`` names the metric of ``target_rate``
-    (:data:`~workbench.evaluation.targets.TARGETS`: JSON is IFEval's strict ``json_format_strict``);
-    ``degeneration`` is the share of :func:`~workbench.evaluation.is_degenerate`; the JSON behaviour also
-    shows ``starts_json`` (a JSON object or array, truncation allowed), which is not compliance."""
-    rates = {
-        "recipe": ("recipe", "first"),
-        "target_rate": ("on_target", "mean"),
-        "clean_rate": ("clean", "mean"),
-        "degeneration": ("degenerate", "mean"),
-        "perplexity": ("perplexity", "median"),
-        "ifeval_rate": ("follows_ifeval", "mean"),
-    }
-    if behaviour.target == "json_format_strict":
-        rows = rows.assign(starts_json=rows["response"].map(starts_json))
-        rates["starts_json"] = ("starts_json", "mean")
-    table = rows.groupby("setting", sort=False).agg(**rates, n=("on_target", "size")).reset_index()
-    table.insert(0, "target", behaviour.target)
-    table.insert(0, "behaviour", behaviour.name)
-    table.insert(0, "model", model)
-    return table
 
 
 def _methods(result: BehaviourResult) -> pd.DataFrame:
     """Best validation clean and target rates by each method knob (steering alone)."""
     alone = rank(result.sweep)  # steering alone
     frames = []
-    for knob in ("source", "span", "mode", "positions", "decay_tokens", "norm_preserving", "scale"):
+    for knob in ("source", "span", "mode", "positions", "decay_tokens", "norm_preserving", "unit"):
         best = alone.groupby(knob)[["clean_rate", "target_rate"]].max().reset_index()
         frames.append(
             best.rename(columns={knob: "value"}).assign(knob=knob, value=lambda f: f["value"].astype(str))
@@ -248,8 +166,9 @@ def _landed(results: Sequence[BehaviourResult]) -> dict[str, presets.Preset]:
 
 
 def _header(results: Sequence[BehaviourResult], run: Path, quick: bool) -> dict[str, object]:
-    """The presets document's provenance: when, how chosen, the models' weights and the run manifest."""
-    configuration = read_manifest(run).get("configuration")
+    """The presets document's provenance: when, how chosen, the models' weights and the run record."""
+    record = read_record(run)
+    configuration = {k: record[k] for k in ("model", "size") if record.get(k)} or None
     digest = json.dumps(configuration, sort_keys=True, default=str).encode()
     return {
         "provenance": f"workbench study frontier ({'quick smoke run' if quick else 'full search'}) in {run}",
@@ -263,7 +182,7 @@ def _header(results: Sequence[BehaviourResult], run: Path, quick: bool) -> dict[
 
 
 def _notes(result: BehaviourResult) -> list[str]:
-    table = _table(result.model, result.behaviour, result.test_rows).set_index("setting")
+    table = test_table(result.model, result.behaviour, result.test_rows).set_index("setting")
     rounds = result.confirmed if len(result.confirmed) else result.sweep
     v = rounds.set_index("recipe").loc[result.chosen.name]
     return [
@@ -271,63 +190,46 @@ def _notes(result: BehaviourResult) -> list[str]:
         f"{result.model} / {result.behaviour.name}: chosen `{result.chosen.name}` ({v['n']} validation "
         f"prompts: clean "
         f"{v['clean_rate']:.2f}, target {v['target_rate']:.2f}, degeneration {v['degeneration']:.2f}); "
-        + _verdict(table),
+        + verdict(table),
     ]
-
-
-def _quick(scale: Size, quick: bool | None) -> tuple[Size, bool]:
-    """The size a run uses and whether it is quick (default: :attr:`Size.is_quick`); a quick run is capped
-    at :meth:`Size.quick`."""
-    quick = scale.is_quick if quick is None else quick
-    return (scale.at_most(Size.quick()) if quick else scale), quick
-
-
-def _gemma() -> Model | None:
-    try:
-        return load_model("gemma3-270m")
-    except ModelLoadError:
-        return None
 
 
 def frontier_study(
     model: Model,
-    scale: Size,
+    size: Size,
     out_dir: str | os.PathLike[str],
     *,
-    behaviours: Sequence[str] | None = None,
-    base_model: bool | None = None,
-    quick: bool | None = None,
+    behaviours: tuple[str, ...] = (),
+    base_model: bool = True,
     plan: Plan = Plan(),
     progress: bool = False,
 ) -> StudyResult:
-    """The quality frontier of every behaviour on ``model`` (and Italian on Gemma 3 270M with ``base_model``),
-    each searched as wide as ``plan``.
+    """The quality frontier of ``behaviours`` (default: every one) on ``model`` (and Italian on Gemma 3 270M
+    with ``base_model``), each searched as wide as ``plan``; a quick ``size`` runs the quick grid (the band at
+    one strength, no refinements) on :data:`QUICK_BEHAVIOURS`, without the base model.
 
-    ``quick`` (default: :attr:`Size.is_quick`) runs the quick grid (the band at one strength, no
-    refinements) on :data:`QUICK_BEHAVIOURS`, with the size capped at :meth:`Size.quick` and without the
-    base model. Table columns: ``model, behaviour, target, setting, recipe, target_rate, clean_rate,
-    degeneration, perplexity, ifeval_rate`` (``starts_json`` for JSON) ``, n`` (test split; see :func:`_table`).
-    The folder also holds ``sweep_validation.csv`` (every recipe), ``methods.csv`` (best rates per knob),
-    ``sweep_refinements.csv`` (each refinement against its seed),
-    ``chosen.json``, ``presets.json`` (:func:`_landed`: the layout of :data:`workbench.presets.BUNDLED`;
+    Table columns: ``model, behaviour, target, setting, recipe, target_rate, clean_rate, degeneration,
+    perplexity, ifeval_rate`` (``starts_json`` for JSON) ``, n`` (test split; see
+    :func:`~workbench.studies.compare.test_table`). The folder also holds ``sweep_validation.csv`` (every
+    recipe), ``methods.csv`` (best rates per knob), ``sweep_refinements.csv`` (each refinement against its
+    seed), ``chosen.json``, ``presets.json`` (:func:`_landed`: the layout of :data:`workbench.presets.BUNDLED`;
     copy it there to ship the recipes) and one ``frontier_<model>_<behaviour>`` figure per behaviour.
     """
-    scale, quick = _quick(scale, quick)
-    names = list(behaviours or (QUICK_BEHAVIOURS if quick else BEHAVIOURS))
+    names = list(behaviours or (QUICK_BEHAVIOURS if size.is_quick else BEHAVIOURS))
     unknown = [n for n in names if n not in BEHAVIOURS]
-    if unknown or not names:
-        raise InvalidArgumentError(f"unknown or no behaviours {unknown}: use some of {', '.join(BEHAVIOURS)}")
+    if unknown:
+        raise InvalidArgumentError(f"unknown behaviours {unknown}: use some of {', '.join(BEHAVIOURS)}")
     out = Path(out_dir) / "frontier"
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(model, BEHAVIOURS[n]) for n in names]
     notes = []
-    if base_model if base_model is not None else not quick:
-        gemma = _gemma()
-        if gemma is None:
+    if base_model and not size.is_quick:
+        base = gemma()
+        if base is None:
             notes.append("Gemma 3 270M is not installed: its Italian frontier was not run")
         else:
-            jobs.append((gemma, BEHAVIOURS["italian"]))
-    results = [run_behaviour(m, b, scale, out, quick=quick, plan=plan, progress=progress) for m, b in jobs]
+            jobs.append((base, BEHAVIOURS["italian"]))
+    results = [run_behaviour(m, b, size, out, plan=plan, progress=progress) for m, b in jobs]
     figures = []
     for r in results:
         title = (
@@ -337,7 +239,7 @@ def frontier_study(
             plot_frontier(r.sweep, title, r.chosen.name), out / f"frontier_{r.model}_{r.behaviour.name}"
         )
         notes += _notes(r)
-    table = pd.concat([_table(r.model, r.behaviour, r.test_rows) for r in results], ignore_index=True)
+    table = pd.concat([test_table(r.model, r.behaviour, r.test_rows) for r in results], ignore_index=True)
     validation = pd.concat([r.validation.assign(model=r.model, behaviour=r.behaviour.name) for r in results])
     write_frame(validation, out / "sweep_validation.csv", "validation sweep")
     write_frame(pd.concat([_methods(r) for r in results]), out / "methods.csv", "best rates per knob")
@@ -348,7 +250,7 @@ def frontier_study(
         {"model": r.model, "behaviour": r.behaviour.name, "recipe": r.chosen.to_json()} for r in results
     ]
     atomic_text(out / "chosen.json", json.dumps(chosen, indent=1) + "\n", "chosen recipes")
-    record = presets.document(_landed(results), _header(results, Path(out_dir), quick))
+    record = presets.document(_landed(results), _header(results, Path(out_dir), size.is_quick))
     atomic_text(out / "presets.json", json.dumps(record, indent=1, ensure_ascii=False) + "\n", "presets")
     rows = pd.concat([r.test_rows.assign(model=r.model, behaviour=r.behaviour.name) for r in results])
     return StudyResult(
@@ -356,83 +258,12 @@ def frontier_study(
     )
 
 
-def _verdict(table: pd.DataFrame) -> str:
-    steered = table.loc["steering", "clean_rate"]
-    instructed = table.loc["instruction in prompt", "clean_rate"]
-    goal = "meets" if steered >= instructed else "misses"
-    return (
-        f"test clean {steered:.2f} vs {instructed:.2f} with the instruction in the prompt ({goal} the goal)"
-    )
-
-
-def presets_study(
-    model: Model,
-    scale: Size,
-    out_dir: str | os.PathLike[str],
-    *,
-    base_model: bool | None = None,
-    quick: bool | None = None,
-    progress: bool = False,
-) -> StudyResult | str:
-    """The bundled presets (the recipes :func:`frontier_study` chose) against the baselines, on the test split.
-
-    Per preset chosen for ``model`` (and, with ``base_model``, for Gemma 3 270M when it is installed): the
-    test settings of :func:`frontier_study` (unsteered, instruction in the prompt, Italian prompt, the
-    preset alone, the preset with the instruction) on ``scale.n_test`` prompts, each behaviour with its
-    own token budget. ``quick`` (default as :func:`frontier_study`): only the :data:`QUICK_BEHAVIOURS`
-    presets, at :meth:`Size.quick` (their vectors from its few train pairs, cached apart from the presets'
-    own), without the base model. Returns a "not run" line when no preset was
-    chosen for ``model``. Writes under ``out_dir/presets``; table columns as :func:`frontier_study`'s; one
-    ``frontier_<model>_<behaviour>`` figure of the test settings per preset. Test rows are cached there.
-    """
-    scale, quick = _quick(scale, quick)
-    wanted = [
-        n for n in presets.available(model) if not quick or presets.get(n).behaviour in QUICK_BEHAVIOURS
-    ]
-    if not wanted:
-        return (
-            f"not run: no preset was chosen for {model.name}; search for recipes with "
-            f"`workbench study frontier --model {model.name}`"
-        )
-    out = Path(out_dir) / "presets"
-    out.mkdir(parents=True, exist_ok=True)
-    jobs = [(model, name) for name in wanted]
-    notes = []
-    if base_model if base_model is not None else not quick:
-        gemma = _gemma()
-        if gemma is None:
-            notes.append("Gemma 3 270M is not installed: its presets were not run")
-        else:
-            jobs += [(gemma, name) for name in presets.available(gemma)]
-    tables, frames, figures = [], [], []
-    for loaded, name in jobs:
-        preset = presets.get(name)
-        behaviour = _budgeted(BEHAVIOURS[preset.behaviour], scale)
-        recipe = preset.recipe(loaded)
-        pairs = presets.train_pairs(name, scale.n_train if quick else None)
-        vector = presets.vector(loaded, name, n_train=pairs, progress=progress)
-        rows = _test_rows(loaded, behaviour, {recipe.source: vector}, recipe, scale, out, progress)
-        table = _table(loaded.name, behaviour, rows)
-        recipes = list(_test_recipes(behaviour, recipe).values())
-        title = f"preset {name} on {loaded.name}: test settings ({behaviour.max_new_tokens} new tokens)"
-        summary = summarize_recipes(rows, recipes, loaded.n_layers)
-        figures += save_figure(
-            plot_frontier(summary, title, recipe.name), out / f"frontier_{loaded.name}_{behaviour.name}"
-        )
-        notes.append(
-            f"{loaded.name} / preset {name}: `{recipe.name}` (validation: {preset.validation_note(loaded.name)}; "
-            f"vector from {pairs} train pairs); " + _verdict(table.set_index("setting"))
-        )
-        tables.append(table)
-        frames.append(rows.assign(model=loaded.name, behaviour=behaviour.name, preset=name))
-    first = presets.get(wanted[0])
-    notes.append(f"recipes chosen by the frontier search ({first.chosen_by})")
-    if first.scorer_version != evaluation.SCORER_VERSION:
-        notes.append(
-            f"the presets' validation numbers were scored by scorer version {first.scorer_version}, these "
-            f"test numbers by version {evaluation.SCORER_VERSION}: do not compare them"
-        )
-    rows = pd.concat(frames, ignore_index=True)
-    return StudyResult(
-        name="presets", rows=rows, table=pd.concat(tables, ignore_index=True), figures=figures, notes=notes
-    )
+STUDY = Study(
+    "frontier",
+    "Quality frontier: steering that lands without breaking the model",
+    frontier_study,
+    sizes={"quick": Size.quick(), "full": Size.frontier(), "large": Size.large()},
+    report=("large",),
+    order=80,
+    options={"large": {"behaviours": LARGE_BEHAVIOURS, "base_model": False, "plan": Plan.reduced()}},
+)

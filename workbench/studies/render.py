@@ -5,31 +5,18 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from workbench.errors import InvalidArgumentError
-from workbench.runs import atomic_text, html_table, markdown_table, read_manifest, write_frame
-from workbench.studies.common import size_from_json, study_size
+from workbench.record import read_record
+from workbench.runs import atomic_text, html_table, markdown_table, write_frame
+from workbench.studies.registry import all_studies
 
-__all__ = ["TITLES", "extra_tables", "publish", "render"]
+__all__ = ["extra_tables", "publish", "render"]
 
-#: The heading of each study's section.
-TITLES = {
-    "format": "Format instructions (Stolfo et al.'s table)",
-    "length": "Length: words and sentences against the coefficient",
-    "composition": "Composition: a format and a length vector together",
-    "ablation": "Ablation of instruction directions, with the instruction in the prompt",
-    "italian": "Italian answers by steering (Scalena et al.)",
-    "base_model": "Italian on the multilingual base model (Gemma 3 270M)",
-    "presets": "Presets: the quality frontier's chosen recipes on held-out prompts",
-    "frontier": "Quality frontier: steering that lands without breaking the model",
-    "baselines": "Baselines: prompting and fine-tuning on the same data as steering",
-    "baselines_base_model": "Baselines on a base model: prompting and fine-tuning on the same data as steering",
-}
 _STYLE = (
     "body{font-family:sans-serif;max-width:70em;margin:auto;padding:1em}"
     "table{border-collapse:collapse;margin:1em 0;font-size:90%}"
@@ -97,8 +84,10 @@ def _tables(page: _Page, run: Path, folder: str, table: pd.DataFrame, links: boo
         page.paragraph(f"Validation sweeps: {md}", f"Validation sweeps: {links}")
 
 
-def _section(page: _Page, run: Path, name: str, info: Mapping[str, Any], table: pd.DataFrame | None) -> None:
-    page.heading(TITLES.get(name, name), 2)
+def _section(
+    page: _Page, run: Path, name: str, title: str, info: Mapping[str, Any], table: pd.DataFrame | None
+) -> None:
+    page.heading(title, 2)
     status = str(info.get("status")) + (
         " (stale: ran with another configuration)" if info.get("stale") else ""
     )
@@ -116,48 +105,52 @@ def _section(page: _Page, run: Path, name: str, info: Mapping[str, Any], table: 
             page.paragraph(f"![{name}]({figure})", image)
 
 
-def _provenance(manifest: Mapping[str, Any], study: str | None = None) -> str:
-    """Model, weights and size; with ``study``, the size that study ran at (:func:`study_size`)."""
-    config = manifest.get("configuration", {})
-    model = manifest.get("model", {})
-    kind = config.get("kind") or ("quick" if config.get("quick") else "full")
-    size = config.get("size")
-    recorded = manifest.get("studies", {}).get(study, {}).get("size") if study is not None else None
-    if recorded:  # the study recorded the size it ran at
-        size = recorded
-    elif study is not None and size:
-        size = asdict(study_size(study, size_from_json(size)))
-    if study == "base_model":  # the study loads its own model
-        who = "Model `gemma3-270m` (the base-model study loads it itself)"
+def _provenance(record: Mapping[str, Any], study: str | None = None) -> str:
+    """Model, weights and size of the run; with ``study``, the model, size and knobs that study ran at."""
+    model = record.get("model") or {}
+    entry = record.get("studies", {}).get(study, {}) if study is not None else {}
+    if entry.get("model"):
+        who = f"Model `{entry['model']}` (the study loads it itself)"
     else:
         who = f"Model `{model.get('name')}` (weights sha256 `{str(model.get('weights_hash'))[:16]}…`)"
-    options = " ".join(f"--{k} {v}" for k, v in manifest.get("arguments", {}).items())
-    run = (
-        f"{kind} report"
-        if manifest.get("command", "report") == "report"
-        else f"{kind} analysis run ({options})"
+    executor = record.get("executor") or {}
+    where = executor.get("kind", "in process") + (
+        f", {len(executor['workers'])} workers" if executor.get("workers") else ""
     )
-    return f"{who}, {run}, {'study' if study else 'report'} size `{json.dumps(size)}`."
+    arguments = " ".join(f"--{k} {v}" for k, v in record.get("arguments", {}).items())
+    run = f"`workbench {record.get('command')}` at size {record.get('size')}" + (
+        f" ({arguments})" if arguments else ""
+    )
+    text = f"{who}, {run}, generated {where}."
+    if entry.get("size"):
+        size = {k: v for k, v in entry["size"].items() if k != "name"}
+        text += f" Study size {entry['size'].get('name')} `{json.dumps(size)}`"
+        knobs = {k: v for k, v in (entry.get("options") or {}).items()}
+        text += f", options `{json.dumps(knobs, default=str)}`." if knobs else "."
+    return text
 
 
-def render(
-    run: Path, manifest: Mapping[str, Any], tables: Mapping[str, pd.DataFrame], order: Sequence[str]
-) -> None:
-    """Write ``run/report.md`` and ``run/report.html``: a header, then each study of ``order`` in the manifest."""
-    config = manifest.get("configuration", {})
-    model = manifest.get("model", {})
-    title = f"Steering report: {model.get('name', config.get('model', '?'))}"
+def _titles() -> dict[str, str]:
+    return {name: study.title for name, study in all_studies().items()}
+
+
+def render(run: Path, record: Mapping[str, Any], tables: Mapping[str, pd.DataFrame]) -> None:
+    """Write ``run/report.md`` and ``run/report.html``: a header, then each study the record holds, in the
+    registry's order."""
+    model = record.get("model") or {}
+    title = f"Steering report: {model.get('name', '?')}"
     page = _Page()
     page.heading(title, 1)
-    page.paragraph(_provenance(manifest))
+    page.paragraph(_provenance(record))
     page.paragraph(
-        f"Started {manifest.get('started')}, last update {manifest.get('updated')}; "
-        f"workbench {manifest.get('versions', {}).get('steering-workbench')}."
+        f"Started {record.get('started')}, last update {record.get('updated')}; "
+        f"workbench {record.get('versions', {}).get('steering-workbench')}."
     )
-    studies = manifest.get("studies", {})
-    for name in order:
+    studies = record.get("studies", {})
+    titles = _titles()
+    for name in [*titles, *(n for n in studies if n not in titles)]:
         if name in studies:
-            _section(page, run, name, studies[name], tables.get(name))
+            _section(page, run, name, titles.get(name, name), studies[name], tables.get(name))
     document = (
         f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{_STYLE}</style></head><body>\n" + "\n".join(page.body) + "\n</body></html>\n"
@@ -166,35 +159,34 @@ def render(
     atomic_text(run / "report.html", document, "report")
 
 
-def publish(run: Path, target: Path, order: Sequence[str]) -> list[Path]:
-    """Write each study of ``order``, then any other, that finished in ``run`` (with the run's configuration) as
+def publish(run: Path, target: Path) -> list[Path]:
+    """Write each study that finished in ``run`` (and is not stale), in the registry's order, as
     ``target/<study>.md`` (notes and tables) and ``target/<study>.csv`` (its headline table), and
-    ``target/index.md`` linking them; a page says which model, size and run it came from."""
-    manifest = read_manifest(run)
-    if not manifest:
-        raise InvalidArgumentError(f"{run} has no manifest.json: give the --out of a finished report run")
-    studies = manifest.get("studies", {})
+    ``target/index.md`` linking them; a page says which model, size, knobs and run it came from."""
+    record = read_record(run)
+    if not record:
+        raise InvalidArgumentError(f"{run} has no manifest.json: give the --out of a finished run")
+    studies = record.get("studies", {})
+    titles = _titles()
 
     def source(study: str | None = None) -> str:
-        return (
-            f"Generated from `{run}` ({_provenance(manifest, study)} Last update {manifest.get('updated')}.)"
-        )
+        return f"Generated from `{run}` ({_provenance(record, study)} Last update {record.get('updated')}.)"
 
     written, entries = [], []
-    for name in [*order, *(n for n in studies if n not in order)]:  # then any other study the run recorded
+    for name in [*titles, *(n for n in studies if n not in titles)]:
         info = studies.get(name, {})
         table_path = run / str(info.get("dir", name)) / "table.parquet"
         if info.get("status") != "done" or info.get("stale") or not table_path.exists():
             continue
         table = pd.read_parquet(table_path)
         page = _Page()
-        page.heading(TITLES.get(name, name), 1)
+        page.heading(titles.get(name, name), 1)
         page.paragraph(source(name))
         page.bullets(info.get("notes") or [])
         _tables(page, run, str(info.get("dir", name)), table, links=False)
         written.append(atomic_text(target / f"{name}.md", "\n".join(page.md).rstrip() + "\n", "results page"))
         written.append(write_frame(table, target / f"{name}.csv", "results table"))
-        entries.append(f"[{TITLES.get(name, name)}]({name}.md) ([CSV]({name}.csv))")
+        entries.append(f"[{titles.get(name, name)}]({name}.md) ([CSV]({name}.csv))")
     index = _Page()
     index.heading("Results", 1)
     index.paragraph(source())

@@ -38,7 +38,7 @@ from workbench.behaviours import SOURCES, Behaviour, NoCompletionsError, build_v
 from workbench.models import Model
 from workbench.recipes import Recipe, answer, choose_clean, rank, score, summarize_recipes
 from workbench.runs import write_frame
-from workbench.studies.common import Scale
+from workbench.size import Size
 from workbench.vectors import SteeringVector
 
 __all__ = [
@@ -47,9 +47,9 @@ __all__ = [
     "ROUNDS",
     "TOP_K",
     "Plan",
-    "baselines",
     "coarse_grid",
     "grid_dir",
+    "prompt_recipes",
     "refinements",
     "search",
     "spans",
@@ -94,7 +94,7 @@ def spans(n_layers: int) -> dict[str, tuple[int, ...]]:
     }
 
 
-def baselines(behaviour: Behaviour) -> list[Recipe]:
+def prompt_recipes(behaviour: Behaviour) -> list[Recipe]:
     """Unsteered, the instruction in the prompt and, for Italian, the fully Italian prompt."""
     kinds = ["plain", "instruction"] + (["native"] if behaviour.instruction_variant else [])
     return [Recipe(prompt=kind) for kind in kinds]
@@ -107,7 +107,7 @@ def coarse_grid(n_layers: int, sources: Sequence[str] = SOURCES, *, quick: bool 
     """
     chosen = {"band": spans(n_layers)["band"]} if quick else spans(n_layers)
     return [
-        Recipe(source, layers, strength=strength)
+        Recipe(source, layers, coef=strength, unit="residual_norm")
         for source in sources
         for span, layers in chosen.items()
         for strength in (STRENGTHS[span][-1:] if quick else STRENGTHS[span])
@@ -126,9 +126,9 @@ def refinements(recipe: Recipe, max_new_tokens: int, vector: SteeringVector) -> 
     if recipe.positions != "prompt":  # a schedule over generated tokens does nothing to the prompt
         vary["linear decay"] = {"decay_tokens": max_new_tokens // 2}
     vary["norm-preserving"] = {"norm_preserving": True}
-    vary["set_projection"] = {"mode": "set_projection", "strength": 1.0}
-    vary |= {f"strength x{f:g}": {"strength": round(recipe.strength * f, 6)} for f in (0.5, 1.5)}
-    vary["diff_norm units"] = {"scale": "diff_norm", "strength": round(recipe.strength * per_diff, 3)}
+    vary["set_projection"] = {"mode": "set_projection", "coef": 1.0, "unit": "diff_norm"}
+    vary |= {f"strength x{f:g}": {"coef": round(recipe.coef * f, 6)} for f in (0.5, 1.5)}
+    vary["diff_norm units"] = {"unit": "diff_norm", "coef": round(recipe.coef * per_diff, 3)}
     return {label: dataclasses.replace(recipe, **change) for label, change in vary.items()}  # type: ignore[arg-type]
 
 
@@ -143,28 +143,29 @@ def grid_dir(out: Path, model: Model, behaviour: Behaviour) -> Path:
 def search(
     model: Model,
     behaviour: Behaviour,
-    scale: Scale,
+    size: Size,
     out: Path,
     *,
-    quick: bool = False,
     plan: Plan = Plan(),
     progress: bool = False,
 ) -> tuple[dict[str, SteeringVector], pd.DataFrame, Recipe, list[str]]:
     """Build the vectors, run the coarse grid, the refinements and the confirmation round on validation
-    (as wide as ``plan``); choose by clean rate in the confirmation round.
+    (as wide as ``plan``); choose by clean rate in the confirmation round. A quick ``size`` runs the quick
+    coarse grid only and chooses on it.
 
     Returns the vectors, the validation summary (column ``stage``: baseline, coarse, refine, refine2,
     and one row per finalist with stage ``confirm``, whose rates are on the larger validation set), the
     chosen recipe and notes on how the vectors were built.
     """
-    vectors, notes = _vectors(model, behaviour, scale, plan.sources, progress)
+    quick = size.is_quick
+    vectors, notes = _vectors(model, behaviour, size, plan.sources, progress)
 
     answers: dict[str, tuple[str, ...]] = {}  # recipe -> its validation answers, to spot equivalent recipes
 
-    selection = {item.id for item in behaviour.items("validation", scale.n_validation).items}
+    selection = {item.id for item in behaviour.items("validation", size.n_validation).items}
 
     def stage(
-        name: str, recipes: list[Recipe], n: int = scale.n_validation, fresh: bool = False
+        name: str, recipes: list[Recipe], n: int = size.n_validation, fresh: bool = False
     ) -> pd.DataFrame:
         """Validation rows of the first ``n`` prompts; ``fresh``: only those after the selection prompts."""
         rows = answer(
@@ -174,7 +175,7 @@ def search(
             recipes,
             "validation",
             n,
-            batch_size=scale.batch_size,
+            batch_size=size.batch_size,
             out_dir=grid_dir(out, model, behaviour),
             progress=progress,
         )
@@ -185,7 +186,7 @@ def search(
             answers.setdefault(str(recipe), tuple(group.sort_values("id")["response"]))
         return summarize_recipes(score(behaviour, rows), recipes, model.n_layers)
 
-    first = baselines(behaviour) + coarse_grid(model.n_layers, tuple(vectors), quick=quick)
+    first = prompt_recipes(behaviour) + coarse_grid(model.n_layers, tuple(vectors), quick=quick)
     summary = stage("coarse", first).assign(
         stage=lambda f: f["steered"].map({True: "coarse", False: "baseline"})
     )
@@ -211,7 +212,7 @@ def search(
     if quick:
         return vectors, summary, recipes[choose_clean(summary)["recipe"]], notes
     finalists = [recipes[name] for name in _finalists(summary, answers, plan.confirm_k)]
-    confirmed = stage("confirm", [Recipe(), *finalists], (1 + plan.confirm) * scale.n_validation, fresh=True)
+    confirmed = stage("confirm", [Recipe(), *finalists], (1 + plan.confirm) * size.n_validation, fresh=True)
     summary = pd.concat([summary, confirmed.assign(stage="confirm")], ignore_index=True)
     return vectors, summary, recipes[choose_clean(confirmed)["recipe"]], notes
 
@@ -227,11 +228,11 @@ def _finalists(summary: pd.DataFrame, answers: dict[str, tuple[str, ...]], k: in
 
 
 def _vectors(
-    model: Model, behaviour: Behaviour, scale: Scale, sources: Sequence[str], progress: bool
+    model: Model, behaviour: Behaviour, size: Size, sources: Sequence[str], progress: bool
 ) -> tuple[dict[str, SteeringVector], list[str]]:
     """The vector of each of ``sources``; the response source is left out, with a note, when the answers
     cannot make it."""
-    build = functools.partial(build_vectors, model, behaviour, scale.n_train, batch_size=scale.batch_size)
+    build = functools.partial(build_vectors, model, behaviour, size.n_train, batch_size=size.batch_size)
     vectors = build(sources=tuple(s for s in sources if s != "response"), progress=progress)
     if "response" not in sources:
         return vectors, []

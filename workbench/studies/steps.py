@@ -25,8 +25,8 @@ from workbench.evaluation import evaluate
 from workbench.models import Model
 from workbench.plots import save_figure
 from workbench.runner import Job, run_grid
+from workbench.size import Size
 from workbench.steering import Intervention
-from workbench.studies.common import Scale
 from workbench.sweeps import Config, choose_stolfo, per_layer, summarize_sweep, sweep
 from workbench.vectors import SteeringVector
 
@@ -42,28 +42,28 @@ __all__ = [
     "select",
 ]
 
-#: Strict JSON needs the object closed: ``json_format`` gets at least this many tokens at full scale.
+#: Strict JSON needs the object closed: ``json_format`` gets at least this many tokens at full size.
 JSON_TOKENS = 96
 
 
-def candidate_layers(model: Model, scale: Scale) -> list[int]:
-    """The scale's candidate layers for ``model`` (:meth:`Scale.candidate_layers`), each checked."""
-    return [model.layer_check(int(b)) for b in scale.candidate_layers(model.n_layers)]
+def candidate_layers(model: Model, size: Size) -> list[int]:
+    """The size's candidate layers for ``model`` (:meth:`Size.candidate_layers`), each checked."""
+    return [model.layer_check(int(b)) for b in size.candidate_layers(model.n_layers)]
 
 
-def budget(name: str, scale: Scale, json_tokens: int | None = None) -> int:
-    """Tokens to generate for ``name``: the scale's, at least :data:`JSON_TOKENS` for JSON at full scale."""
+def budget(name: str, size: Size, json_tokens: int | None = None) -> int:
+    """Tokens to generate for ``name``: the size's, at least :data:`JSON_TOKENS` for JSON at full size."""
     if name != "json_format":
-        return scale.max_new_tokens
+        return size.max_new_tokens
     if json_tokens is None:
-        json_tokens = JSON_TOKENS if scale.max_new_tokens >= Scale.full().max_new_tokens else 0
-    return max(scale.max_new_tokens, json_tokens)
+        json_tokens = JSON_TOKENS if size.max_new_tokens >= Size.full().max_new_tokens else 0
+    return max(size.max_new_tokens, json_tokens)
 
 
-def build_vector(model: Model, name: str, scale: Scale) -> SteeringVector:
-    """Diff-in-means at the last prompt token, every layer, from the first ``scale.n_train`` train pairs."""
-    train = load(name, "train").head(scale.n_train)
-    return SteeringVector.from_dataset(model, train, position="last", batch_size=scale.batch_size)
+def build_vector(model: Model, name: str, size: Size) -> SteeringVector:
+    """Diff-in-means at the last prompt token, every layer, from the first ``size.n_train`` train pairs."""
+    train = load(name, "train").head(size.n_train)
+    return SteeringVector.from_dataset(model, train, position="last", batch_size=size.batch_size)
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class Selected:
     """What the validation sweep chose for one instruction.
 
     ``intervention`` is None when no steered configuration beats no steering without degenerating more
-    (Stolfo et al.'s rule); ``layer`` is then a fallback (the layer with the best raw compliance) for the
+    (Stolfo et al.'s rule); ``layer`` is then a fallback (the layer with the best raw target rate) for the
     studies that need one. ``summary`` is :func:`~workbench.sweeps.summarize_sweep`'s table.
     """
 
@@ -81,14 +81,14 @@ class Selected:
     layer: int
     summary: pd.DataFrame
     config: str
-    validation_compliance: float
-    baseline_compliance: float
+    validation_target_rate: float
+    baseline_target_rate: float
 
     def or_add(self, coef: float = 2.0) -> Intervention:
         """The chosen intervention, or ``add`` at the fallback layer with ``coef`` diff-norms when none."""
         if self.intervention is not None:
             return self.intervention
-        return Intervention(self.vector, self.layer, "add", coef, scale="diff_norm")
+        return Intervention(self.vector, self.layer, "add", coef)
 
     @property
     def add_coef(self) -> float:
@@ -105,20 +105,20 @@ class Selected:
             "layer": self.layer if iv is not None else pd.NA,
             "mode": iv.mode if iv is not None else "none",
             "coef": np.nan if iv is None or iv.coef is None else float(iv.coef),
-            "validation_compliance": self.validation_compliance,
-            "validation_baseline": self.baseline_compliance,
+            "validation_target_rate": self.validation_target_rate,
+            "validation_baseline": self.baseline_target_rate,
         }
 
 
-def _sweep_dir(run: Path, model: Model, name: str, scale: Scale, tokens: int) -> Path:
-    key = json.dumps([model.fingerprint, name, scale.n_train, scale.batch_size, tokens])
+def _sweep_dir(run: Path, model: Model, name: str, size: Size, tokens: int) -> Path:
+    key = json.dumps([model.fingerprint, name, size.n_train, size.batch_size, tokens])
     return run / "sweeps" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def select(
     model: Model,
     name: str,
-    scale: Scale,
+    size: Size,
     out_dir: str | os.PathLike[str],
     *,
     coefs: Sequence[float] = (1.0, 2.0),
@@ -130,40 +130,37 @@ def select(
 
     Per layer: ``set_projection`` (to the positive set's mean projection) and ``add`` at each of ``coefs``
     (diff-norm units), all positions; :func:`~workbench.sweeps.choose_stolfo` picks. Responses get
-    ``max_new_tokens`` (default: the scale's, :data:`JSON_TOKENS` for JSON at full scale). Rows are cached
+    ``max_new_tokens`` (default: the size's, :data:`JSON_TOKENS` for JSON at full size). Rows are cached
     under ``out_dir/sweeps``.
     """
-    vector = build_vector(model, name, scale)
-    layers = candidate_layers(model, scale)
+    vector = build_vector(model, name, size)
+    layers = candidate_layers(model, size)
     configs = [Config()]
     for layer in layers:
         configs += [Config(layer, "set_projection"), *(Config(layer, "add", float(c)) for c in coefs)]
-    tokens = max_new_tokens or budget(name, scale, json_tokens)
+    tokens = max_new_tokens or budget(name, size, json_tokens)
     rows = sweep(
         model,
         vector,
-        load(name, "validation").head(scale.n_validation),
+        load(name, "validation").head(size.n_validation),
         configs,
-        scale="diff_norm",
         max_new_tokens=tokens,
-        batch_size=scale.batch_size,
-        out_dir=_sweep_dir(Path(out_dir), model, name, scale, tokens),
+        batch_size=size.batch_size,
+        out_dir=_sweep_dir(Path(out_dir), model, name, size, tokens),
         progress=progress,
     )
     summary = summarize_sweep(rows)
     picked = choose_stolfo(summary)
     if picked.layer is not None:
         row = summary[summary["config"] == picked.config].iloc[0]
-        iv: Intervention | None = Intervention(
-            vector, picked.layer, str(row["mode"]), picked.coef, scale="diff_norm"
-        )
+        iv: Intervention | None = Intervention(vector, picked.layer, str(row["mode"]), picked.coef)
         layer = picked.layer
     else:
         iv = None
         layers_table = per_layer(summary)
         middle = layers[len(layers) // 2]
         order = layers_table.assign(_d=(layers_table["layer"] - middle).abs())
-        order = order.sort_values(["max_compliance", "_d"], ascending=[False, True], kind="stable")
+        order = order.sort_values(["max_target_rate", "_d"], ascending=[False, True], kind="stable")
         layer = int(order.iloc[0]["layer"]) if len(order) else middle
     return Selected(
         name=name,
@@ -172,8 +169,8 @@ def select(
         layer=layer,
         summary=summary,
         config=picked.config,
-        validation_compliance=picked.compliance,
-        baseline_compliance=picked.baseline_compliance,
+        validation_target_rate=picked.target_rate,
+        baseline_target_rate=picked.baseline_target_rate,
     )
 
 
@@ -196,7 +193,7 @@ def _truncate(model: Model, text: str, n_tokens: int) -> str:
 
 
 def run_jobs(
-    model: Model, jobs: Sequence[TestJob], scale: Scale, out: Path, *, progress: bool = False
+    model: Model, jobs: Sequence[TestJob], size: Size, out: Path, *, progress: bool = False
 ) -> pd.DataFrame:
     """Generate every job with :func:`~workbench.runner.run_grid` and score it; one row per job.
 
@@ -234,7 +231,7 @@ def run_jobs(
         max_new_tokens=longest,
         score=score,
         out_dir=out / "grids" / f"{model.fingerprint}-{longest}",
-        batch_size=scale.batch_size,
+        batch_size=size.batch_size,
         progress=progress,
     )
 
