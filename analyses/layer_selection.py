@@ -26,12 +26,12 @@ from threadpoolctl import threadpool_limits
 
 from workbench.activations import collect
 from workbench.datasets import load
+from workbench.files import atomic_text, write_frame
 from workbench.layers import LayerReport, find_layers
 from workbench.models import load_model
 from workbench.plots import plot_projection_histograms, plot_sweep_heatmaps, save_figure
 from workbench.projection import direction_cosines
 from workbench.record import new_record, write_record
-from workbench.runs import atomic_text, write_frame
 
 BEHAVIOURS = ("json_format", "italian:it", "bullet_lists", "one_sentence", "lowercase")
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from workbench.files import atomic_text, markdown_table, write_frame
 from workbench.record import read_record
-from workbench.runs import atomic_text, markdown_table, write_frame
 
 #: The format table's settings, as the rows name them.
 FORMAT_SETTINGS = {

@@ -21,10 +21,10 @@ import torch
 import workbench as wb
 from workbench.datasets import load, load_multiple_choice, names
 from workbench.evaluation import check_all
-from workbench.evaluation.multiple_choice import multiple_choice
+from workbench.evaluation.mc import multiple_choice
+from workbench.files import atomic_text, markdown_table, write_frame
 from workbench.models import DEFAULT_SPEC
 from workbench.record import new_record, write_record
-from workbench.runs import atomic_text, markdown_table, write_frame
 
 
 def instruction_rows(model: wb.Model, n: int, max_new_tokens: int, batch_size: int) -> pd.DataFrame:

@@ -19,8 +19,8 @@ import pandas as pd
 
 from workbench.datasets import load
 from workbench.distributed import RayExecutor
+from workbench.files import atomic_text, markdown_table, utc_now
 from workbench.models import DEFAULT_SPEC, load_model
-from workbench.runs import atomic_text, markdown_table, utc_now
 from workbench.sweeps import grid, sweep
 from workbench.vectors import SteeringVector
 

@@ -11,7 +11,12 @@ import torch
 from workbench.activations import Activations
 from workbench.vectors import SteeringVector
 
-SETTINGS = {"model_name": "tiny-model", "weights_hash": "abc123", "hook": "resid_post", "position": "last"}
+SETTINGS = {
+    "model_name": "tiny-model",
+    "weights_hash": "abc123",
+    "hook": "resid_post",
+    "position": "last_prompt",
+}
 
 
 def planted(

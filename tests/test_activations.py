@@ -17,8 +17,9 @@ from workbench.activations import BYPASS_WARNING, Activations, collect, collect_
 from workbench.cli import app
 from workbench.datasets import load
 from workbench.errors import ArtifactError, InvalidArgumentError, OutputPathError
+from workbench.interventions import Intervention
 from workbench.models import load_model
-from workbench.steering import Intervention, steer
+from workbench.steering import steer
 from workbench.vectors import SteeringVector
 
 
@@ -64,7 +65,7 @@ def _rewrite(path, tensor=None, **metadata):
 
 def test_load_refuses_a_modified_header(acts, tmp_path):
     path = acts.save(tmp_path / "a.safetensors")
-    settings = {**acts.settings, "position": "mean"}
+    settings = {**acts.settings, "position": "prompt"}
     _rewrite(path, settings=json.dumps(settings, sort_keys=True, separators=(",", ":")))
     with pytest.raises(ArtifactError, match="modified after it was saved"):
         Activations.load(path)
@@ -118,7 +119,7 @@ def test_collect_shapes_and_layers(tiny):
     assert torch.equal(acts.layer(3), acts.tensor[:, 1])
 
 
-@pytest.mark.parametrize("position", ["last", "mean", 0, 2, -1, -3])
+@pytest.mark.parametrize("position", ["last_prompt", "prompt", 0, 2, -1, -3])
 def test_collect_is_batch_size_invariant(tiny, position):
     one = collect(tiny, PROMPTS, position=position, batch_size=1, cache=False).tensor
     many = collect(tiny, PROMPTS, position=position, batch_size=5, cache=False).tensor
@@ -135,7 +136,7 @@ def test_collect_matches_run_with_cache_on_unpadded_prompt(tiny):
     expected_last = cache["blocks.2.hook_resid_post"][0, -1]
     expected_mean = cache["blocks.2.hook_resid_post"][0].mean(0)
     assert torch.allclose(acts.layer(2)[0], expected_last, atol=1e-4)
-    mean = collect(tiny, [PROMPTS[2], PROMPTS[4]], position="mean", cache=False)
+    mean = collect(tiny, [PROMPTS[2], PROMPTS[4]], position="prompt", cache=False)
     assert torch.allclose(mean.layer(2)[0], expected_mean, atol=1e-4)
     first = collect(tiny, [PROMPTS[2], PROMPTS[4]], position=1, cache=False)
     assert torch.allclose(first.layer(2)[0], cache["blocks.2.hook_resid_post"][0, 1], atol=1e-4)

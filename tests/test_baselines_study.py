@@ -40,7 +40,7 @@ RATES = (
     "mc_accuracy_en",
 )
 #: A steering strong enough to move the tiny model (the coarse grid's is not), so every competitor acts.
-CANDIDATES = [Recipe("mean", (1, 2), coef=3.0, unit="residual_norm")]
+CANDIDATES = [Recipe("prompt", (1, 2), coef=3.0, unit="residual_norm")]
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_run_grid_keeps_fixed_and_dynamic_strength_apart(confident):
     prompt = data.negative[0]
     jobs = [Job("fixed", "a", prompt, tuple(fixed)), Job("dynamic", "a", prompt, tuple(dyn))]
     rows = run_grid(confident, jobs, max_new_tokens=6)
-    alone = [generate(confident, [prompt], max_new_tokens=6, interventions=[ivs])[0] for ivs in (fixed, dyn)]
+    alone = [generate(confident, [prompt], max_new_tokens=6, interventions=ivs)[0] for ivs in (fixed, dyn)]
     assert rows["response"].tolist() == alone
 
 
@@ -251,7 +251,7 @@ def test_a_judged_rerun_runs_no_reference_forward_and_its_steering_choice_is_jud
 
 
 def test_a_preset_is_tried_at_gentler_strengths_and_the_best_on_validation_is_used(confident, tmp_path):
-    preset = Recipe("mean", (1, 2), coef=3.0, unit="diff_norm")
+    preset = Recipe("prompt", (1, 2), coef=3.0, unit="diff_norm")
     data = load("no_comma", "train")
     found = {
         "no_comma": presets.Preset(

@@ -14,8 +14,8 @@ from workbench import datasets
 from workbench.activations import collect
 from workbench.evaluation.table import evaluate
 from workbench.generation import generate
+from workbench.interventions import Intervention
 from workbench.methods import METHODS
-from workbench.steering import Intervention
 from workbench.vectors import SteeringVector
 
 SUFFIX = " Answer in JSON."
@@ -71,7 +71,7 @@ def test_greedy_generation_repeats(tiny, twin, vec):
     assert generate(tiny, PROMPTS, **run) == generate(twin, PROMPTS, **run) == generate(tiny, PROMPTS, **run)
 
 
-@pytest.mark.parametrize("position", ["last", "mean", 1, -2])
+@pytest.mark.parametrize("position", ["last_prompt", "prompt", 1, -2])
 def test_collect_repeats_bit_for_bit(tiny, twin, position):
     first = collect(tiny, PROMPTS, position=position, batch_size=2, cache=False)
     again = collect(tiny, PROMPTS, position=position, batch_size=2, cache=False)
@@ -83,12 +83,12 @@ def test_collect_repeats_bit_for_bit(tiny, twin, position):
 
 def test_cached_collect_gives_the_same_bits(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
-    computed = collect(tiny, PROMPTS, layers=[1, 3], position="mean", cache=True)
+    computed = collect(tiny, PROMPTS, layers=[1, 3], position="prompt", cache=True)
     assert list((tmp_path / "activations").iterdir())
-    read = collect(tiny, PROMPTS, layers=[1, 3], position="mean", cache=True)
+    read = collect(tiny, PROMPTS, layers=[1, 3], position="prompt", cache=True)
     assert torch.equal(computed.tensor, read.tensor)
     assert torch.equal(
-        computed.tensor, collect(tiny, PROMPTS, layers=[1, 3], position="mean", cache=False).tensor
+        computed.tensor, collect(tiny, PROMPTS, layers=[1, 3], position="prompt", cache=False).tensor
     )
 
 

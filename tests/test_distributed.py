@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from tests.conftest import PROMPTS, build_tiny_hf
 from workbench.cli import app
 from workbench.errors import InvalidArgumentError
+from workbench.interventions import Intervention
 from workbench.models import load_model
 from workbench.runner import (
     GRID_MANIFEST,
@@ -34,7 +35,6 @@ from workbench.runner import (
     run_grid,
     using_executor,
 )
-from workbench.steering import Intervention
 from workbench.vectors import SteeringVector
 
 ray = pytest.importorskip("ray")

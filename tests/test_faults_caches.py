@@ -45,12 +45,12 @@ def test_each_input_of_the_activation_cache_key_gives_its_own_entry(tiny_dir, tm
     else:
         config["chat_template"] = config["chat_template"].replace("assistant", "bot")
         (retemplated / "tokenizer_config.json").write_text(json.dumps(config))
-    base = {"prompts": PROMPTS[:4], "layers": [1, 2], "position": "last", "hook": "resid_post"}
+    base = {"prompts": PROMPTS[:4], "layers": [1, 2], "position": "last_prompt", "hook": "resid_post"}
     base |= {"chat": True, "batch_size": 2}
     changes = {
         "prompts": {"prompts": PROMPTS[1:5]},
         "layers": {"layers": [1, 3]},
-        "position": {"position": "mean"},
+        "position": {"position": "prompt"},
         "hook": {"hook": "mlp_out"},
         "chat": {"chat": False},
         "batch_size": {"batch_size": 3},

@@ -36,7 +36,7 @@ from workbench.evaluation.reference import cached_perplexity
 from workbench.models import load_model
 from workbench.paths import cache_dir
 from workbench.runner import Job, run_grid
-from workbench.steering import Intervention
+from workbench.interventions import Intervention
 from workbench.vectors import SteeringVector
 
 def study(gguf, out, name):

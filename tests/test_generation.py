@@ -9,7 +9,7 @@ from tests.refusals import refuses
 from tests.synthetic_vectors import directions
 from workbench.errors import InvalidArgumentError
 from workbench.generation import generate
-from workbench.steering import Intervention
+from workbench.interventions import Intervention
 from workbench.vectors import SteeringVector
 
 
@@ -50,7 +50,7 @@ def test_per_row_interventions_for_the_wrong_number_of_prompts(tiny, vec):
     rows = [[Intervention(vec, 1, coef=1.0, unit="absolute")]]
     refuses(
         InvalidArgumentError,
-        lambda: generate(tiny, ["a b", "c d"], interventions=rows, max_new_tokens=2),
+        lambda: generate(tiny, ["a b", "c d"], row_interventions=rows, max_new_tokens=2),
         "1 rows for 2 prompts",
     )
 

@@ -13,14 +13,15 @@ from transformers import AutoModelForCausalLM
 from tests.conftest import PROMPTS, build_tiny_model, build_tiny_tokenizer, tiny_config
 from workbench.datasets import MCItem
 from workbench.errors import ArtifactError, InvalidArgumentError, ShapeMismatchError
-from workbench.evaluation.multiple_choice import multiple_choice
+from workbench.evaluation.mc import multiple_choice
 from workbench.fastpath import STRICT_ENV, bridge_only, direct_forward
 from workbench.generation import generate
 from workbench.head_steering import HeadIntervention
+from workbench.interventions import Intervention
 from workbench.models import from_hf
 from workbench.runner import Job, LocalExecutor, run_grid
 from workbench.schedules import DynamicStrength
-from workbench.steering import Intervention, steer, steer_rows, tracking
+from workbench.steering import steer, steer_rows, tracking
 from workbench.vectors import SteeringVector
 
 
@@ -117,7 +118,7 @@ def test_a_batch_equals_each_row_alone(writer):
     pushes = [_push(writer, alpha=4.0, fade=6), _push(writer, [2, 3], steps=2, alpha=-3.0, seed=5)]
     rows = [[pushes[0]], [], [pushes[1]], [pushes[0], pushes[1]]]
     prompts = [PROMPTS[4], PROMPTS[1], PROMPTS[0], PROMPTS[3]]
-    together = generate(writer, prompts, max_new_tokens=8, interventions=rows)
+    together = generate(writer, prompts, max_new_tokens=8, row_interventions=rows)
     alone = [
         generate(writer, [p], max_new_tokens=8, interventions=r)[0]
         for p, r in zip(prompts, rows, strict=True)
@@ -132,7 +133,7 @@ def test_a_push_shares_a_batch_with_a_dynamic_strength(writer):
     push = _push(writer, alpha=4.0, fade=6)
     rows = [[push, dynamic], [dynamic], [push]]
     prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[3]]
-    together = generate(writer, prompts, max_new_tokens=6, interventions=rows)
+    together = generate(writer, prompts, max_new_tokens=6, row_interventions=rows)
     alone = [
         generate(writer, [p], max_new_tokens=6, interventions=r)[0]
         for p, r in zip(prompts, rows, strict=True)
@@ -180,7 +181,7 @@ def test_bad_vectors_are_refused_in_one_line(tiny):
         with pytest.raises((InvalidArgumentError, ShapeMismatchError)):
             make()
     with pytest.raises(InvalidArgumentError, match="Intervention or HeadIntervention"):
-        generate(tiny, PROMPTS[:1], max_new_tokens=2, interventions=[["not one"]])
+        generate(tiny, PROMPTS[:1], max_new_tokens=2, row_interventions=[["not one"]])
 
 
 def test_save_and_load_round_trip_with_provenance(tiny, tmp_path):

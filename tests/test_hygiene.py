@@ -11,8 +11,9 @@ from tests.conftest import PROMPTS, build_tiny_model
 from workbench.activations import collect
 from workbench.errors import InvalidArgumentError, ShapeMismatchError
 from workbench.generation import generate
+from workbench.interventions import Intervention
 from workbench.models import Model
-from workbench.steering import Intervention, steer, steer_rows
+from workbench.steering import steer, steer_rows
 from workbench.vectors import SteeringVector
 
 FIXED = ["What is the capital of France?", "Name a fruit."]
@@ -188,7 +189,10 @@ def test_generate_fails_midway_through_decoding(victim, vec, reference):
                 victim,
                 FIXED,
                 max_new_tokens=10,
-                interventions=[[Intervention(vec, 1, coef=4.0, positions="generated", unit="absolute")], []],
+                row_interventions=[
+                    [Intervention(vec, 1, coef=4.0, positions="generated", unit="absolute")],
+                    [],
+                ],
             )
     finally:
         del hf.forward
@@ -211,5 +215,5 @@ def test_generate_refusing_a_vector_partway_through_its_rows(victim, vec, refere
         [Intervention(narrow, 1, coef=1.0, unit="absolute")],
     ]
     with pytest.raises(ShapeMismatchError):
-        generate(victim, FIXED, max_new_tokens=4, interventions=rows)
+        generate(victim, FIXED, max_new_tokens=4, row_interventions=rows)
     assert_clean(victim, reference)

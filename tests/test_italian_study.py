@@ -61,7 +61,10 @@ def test_a_quick_study_builds_the_preset_from_its_own_few_pairs(tiny, tmp_path, 
 
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
     preset = Preset(
-        "italian", "italian", {"tiny-llama": Recipe("last", (1,), coef=0.2, unit="residual_norm")}, n_train=48
+        "italian",
+        "italian",
+        {"tiny-llama": Recipe("last_prompt", (1,), coef=0.2, unit="residual_norm")},
+        n_train=48,
     )
     monkeypatch.setitem(presets.PRESETS, "italian", preset)
     size = Size(3, 2, 2, 3, layers=(1,), batch_size=16, n_mc=2, name="quick")
@@ -95,7 +98,10 @@ def test_a_rerun_generates_nothing_and_a_lost_part_regenerates_only_itself(write
 
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
     preset = Preset(
-        "italian", "italian", {"tiny-llama": Recipe("last", (1,), coef=0.2, unit="residual_norm")}, n_train=48
+        "italian",
+        "italian",
+        {"tiny-llama": Recipe("last_prompt", (1,), coef=0.2, unit="residual_norm")},
+        n_train=48,
     )
     monkeypatch.setitem(presets.PRESETS, "italian", preset)  # steered rows in the grid too
     size = replace(Size.quick(), max_new_tokens=4, batch_size=2, n_mc=2)  # a part per batch of 2 answers

@@ -9,16 +9,11 @@ import torch
 
 from workbench.datasets import MCItem
 from workbench.errors import InvalidArgumentError
-from workbench.evaluation import multiple_choice as mc
+from workbench.evaluation import mc
+from workbench.evaluation.mc import GENERATION_TEMPLATES, format_question, mc_changes, multiple_choice
 from workbench.evaluation.mc_parse import parse_answer
-from workbench.evaluation.multiple_choice import (
-    GENERATION_TEMPLATES,
-    changes,
-    format_question,
-    multiple_choice,
-)
 from workbench.generation import generate
-from workbench.steering import Intervention
+from workbench.interventions import Intervention
 from workbench.vectors import SteeringVector
 
 EN = [
@@ -117,7 +112,7 @@ def test_generation_runs_the_model_with_its_interventions(tiny):
 def test_a_batch_equals_each_row_alone_and_rows_carry_their_own_steering(tiny):
     steer = [Intervention(unit_vector(tiny), 1, "add", 6.0)]
     per_row = [steer, [], steer]
-    batch = multiple_choice(tiny, EN, by="generation", max_new_tokens=12, interventions=per_row)
+    batch = multiple_choice(tiny, EN, by="generation", max_new_tokens=12, row_interventions=per_row)
     for item, ivs, response in zip(EN, per_row, batch["response"], strict=True):
         alone = multiple_choice(tiny, [item], by="generation", max_new_tokens=12, interventions=ivs)
         assert alone["response"][0] == response
@@ -145,22 +140,22 @@ def table(correct, unparsed=None, by="generation", language="en"):
 def test_changes_counts_questions_gained_and_lost():
     reference = table([True, True, False, False])
     steered = table([True, False, True, False], unparsed=[False, True, False, True])
-    assert changes(reference, steered) == {"accuracy": 0.5, "gained": 1, "lost": 1, "unparsed": 0.5}
-    assert changes(reference, reference.iloc[::-1]) == {
+    assert mc_changes(reference, steered) == {"accuracy": 0.5, "gained": 1, "lost": 1, "unparsed": 0.5}
+    assert mc_changes(reference, reference.iloc[::-1]) == {
         "accuracy": 0.5,
         "gained": 0,
         "lost": 0,
         "unparsed": 0.0,
     }
     loglik = table([False, True, True, True], by="loglik")
-    assert changes(loglik.assign(correct=True), loglik) == {
+    assert mc_changes(loglik.assign(correct=True), loglik) == {
         "accuracy": 0.75,
         "gained": 0,
         "lost": 1,
         "unparsed": 0.0,
     }
     both = pd.concat([reference, table([True, True, True, True], language="it")])
-    assert changes(both, both.assign(correct=False))["lost"] == 6
+    assert mc_changes(both, both.assign(correct=False))["lost"] == 6
 
 
 def test_refusals(tiny):
@@ -180,10 +175,10 @@ def test_refusals(tiny):
         multiple_choice(tiny, [], by="generation")
     reference = table([True, False])
     with pytest.raises(InvalidArgumentError, match="one kind"):
-        changes(reference, reference.assign(by="loglik"))
+        mc_changes(reference, reference.assign(by="loglik"))
     with pytest.raises(InvalidArgumentError, match="same questions"):
-        changes(reference, reference.iloc[:1])
+        mc_changes(reference, reference.iloc[:1])
     with pytest.raises(InvalidArgumentError, match="same questions"):
-        changes(reference, pd.concat([reference, reference]))
+        mc_changes(reference, pd.concat([reference, reference]))
     with pytest.raises(InvalidArgumentError, match="table"):
-        changes(reference, pd.DataFrame())
+        mc_changes(reference, pd.DataFrame())

@@ -7,9 +7,9 @@ import pytest
 from tests.test_perplexity import by_hand, random_vector
 from workbench.datasets import MCItem
 from workbench.errors import InvalidArgumentError
-from workbench.evaluation.multiple_choice import LETTERED_TEMPLATE, format_question, multiple_choice
+from workbench.evaluation.mc import LETTERED_TEMPLATE, format_question, multiple_choice
 from workbench.evaluation.perplexity import continuation_logprobs
-from workbench.steering import Intervention
+from workbench.interventions import Intervention
 
 MC_ITEMS = [
     MCItem("q1", "What is the capital of France?", ("Paris", "Rome", "The city of Berlin"), 0, "en", "test"),
@@ -73,7 +73,9 @@ def test_multiple_choice_prompt_templates(tiny):
 
 def test_multiple_choice_steering_changes_scores_and_leaves_no_hooks(tiny):
     before = multiple_choice(tiny, MC_ITEMS)
-    steered = multiple_choice(tiny, MC_ITEMS, interventions=[Intervention(random_vector(tiny), 1, coef=8.0, unit="absolute")])
+    steered = multiple_choice(
+        tiny, MC_ITEMS, interventions=[Intervention(random_vector(tiny), 1, coef=8.0, unit="absolute")]
+    )
     after = multiple_choice(tiny, MC_ITEMS)
     moved = max(
         abs(x - y)

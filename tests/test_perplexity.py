@@ -10,7 +10,8 @@ import torch
 from tests.conftest import PROMPTS
 from workbench.errors import InvalidArgumentError, ShapeMismatchError
 from workbench.evaluation.perplexity import continuation_logprobs, join, perplexity
-from workbench.steering import Intervention, steer
+from workbench.interventions import Intervention
+from workbench.steering import steer
 from workbench.vectors import SteeringVector
 
 RESPONSES = [

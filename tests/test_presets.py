@@ -18,7 +18,7 @@ from workbench.presets import Preset
 from workbench.recipes import Recipe
 from workbench.vectors import SteeringVector
 
-RECIPE = Recipe("last", (1, 2), coef=0.2, positions="response", decay_tokens=4, unit="residual_norm")
+RECIPE = Recipe("last_prompt", (1, 2), coef=0.2, positions="response", decay_tokens=4, unit="residual_norm")
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +47,9 @@ def test_unknown_preset_and_unfit_model_are_refused_in_one_line(tiny, tiny_prese
     assert "\n" not in str(info.value)
     with pytest.raises(ShapeMismatchError, match="was chosen for smollm2-135m-instruct"):
         presets.load(tiny, "one_sentence")
-    deep = Preset("deep", "bullets", {"tiny-llama": Recipe("last", (9,), coef=0.1, unit="residual_norm")})
+    deep = Preset(
+        "deep", "bullets", {"tiny-llama": Recipe("last_prompt", (9,), coef=0.1, unit="residual_norm")}
+    )
     with pytest.raises(ShapeMismatchError, match="steers layer 9 but 'tiny-llama' has 4 layers"):
         deep.recipe(tiny)
 
@@ -90,7 +92,7 @@ def test_damaged_or_outdated_cache_is_rebuilt(tiny, tiny_preset, monkeypatch):
     changed = Preset(
         "tiny_bullets",
         "bullets",
-        {"tiny-llama": Recipe("last", (1, 2), coef=0.4, unit="residual_norm")},
+        {"tiny-llama": Recipe("last_prompt", (1, 2), coef=0.4, unit="residual_norm")},
         n_train=6,
     )
     monkeypatch.setitem(presets.PRESETS, "tiny_bullets", changed)
@@ -143,7 +145,7 @@ def test_presets_study_runs_each_preset_against_the_baselines(writer, tmp_path, 
     from workbench.size import Size
     from workbench.studies.presets import presets_study
 
-    strong = Recipe("mean", (1, 2), coef=3.0, unit="residual_norm")
+    strong = Recipe("prompt", (1, 2), coef=3.0, unit="residual_norm")
     monkeypatch.setitem(
         presets.PRESETS, "tiny_bullets", Preset("tiny_bullets", "bullets", {"tiny-llama": strong})
     )
@@ -278,9 +280,9 @@ def test_a_chosen_recipe_is_recorded_only_where_it_beats_unsteered_on_fresh_prom
     from workbench.activations import collect
     from workbench.studies.frontier import BehaviourResult, _landed
 
-    chosen = Recipe("last", (1,), coef=0.2, unit="residual_norm")
+    chosen = Recipe("last_prompt", (1,), coef=0.2, unit="residual_norm")
     pos, neg = collect(writer, ["Hello there", "Good morning"]), collect(writer, ["Hi", "Bye"])
-    vectors = {"last": SteeringVector.from_activations(pos, neg, dataset="d", dataset_hash="h")}
+    vectors = {"last_prompt": SteeringVector.from_activations(pos, neg, dataset="d", dataset_hash="h")}
 
     def result(clean: float) -> BehaviourResult:
         rows = [("coarse", "plain", 0.0, 3), ("coarse", chosen.name, 1.0, 3)]

@@ -14,8 +14,8 @@ from workbench import runner
 from workbench.behaviours import Behaviour, build_vectors
 from workbench.errors import InvalidArgumentError
 from workbench.evaluation.targets import MIN_ITALIAN_SHARE, is_real_italian, json_format_strict
+from workbench.interventions import Intervention
 from workbench.recipes import Recipe, choose_clean, pareto_front
-from workbench.steering import Intervention
 from workbench.vectors import SteeringVector
 
 
@@ -59,11 +59,11 @@ def test_recipe_names_are_distinct_and_round_trip():
     recipes = [
         Recipe(),
         Recipe(prompt="instruction"),
-        Recipe("response", (6, 7, 8), coef=0.05, unit="residual_norm"),
-        Recipe("response", (6, 7, 8), coef=0.05, positions="generated", unit="residual_norm"),
-        Recipe("response", (6, 7, 8), coef=0.05, decay_tokens=20, unit="residual_norm"),
-        Recipe("response", (6, 7, 8), coef=0.05, norm_preserving=True, unit="residual_norm"),
-        Recipe("mean", (6, 8), coef=0.05, prompt="instruction", unit="residual_norm"),
+        Recipe("generated", (6, 7, 8), coef=0.05, unit="residual_norm"),
+        Recipe("generated", (6, 7, 8), coef=0.05, positions="generated", unit="residual_norm"),
+        Recipe("generated", (6, 7, 8), coef=0.05, decay_tokens=20, unit="residual_norm"),
+        Recipe("generated", (6, 7, 8), coef=0.05, norm_preserving=True, unit="residual_norm"),
+        Recipe("prompt", (6, 8), coef=0.05, prompt="instruction", unit="residual_norm"),
     ]
     assert len({r.name for r in recipes}) == len(recipes)
     assert recipes[2].name == "response L6-8 add 0.05rn all"
@@ -78,7 +78,7 @@ def test_recipe_names_are_distinct_and_round_trip():
     with pytest.raises(InvalidArgumentError, match="unknown source"):
         Recipe("first")
     with pytest.raises(InvalidArgumentError, match="unknown recipe fields"):
-        Recipe.from_json({"source": "last", "colour": "red"})
+        Recipe.from_json({"source": "last_prompt", "colour": "red"})
 
 
 # ---- Pareto front and choice ---------------------------------------------------------------------------
@@ -140,14 +140,14 @@ def test_real_italian_needs_every_sentence_not_just_the_label():
 
 def test_run_recipes_scores_every_row_and_batches_configurations(tiny, monkeypatch):
     behaviour = Behaviour("bullets", "bullet_lists", 6)
-    vectors = build_vectors(tiny, behaviour, 6, sources=("last", "mean"))
-    assert {v.provenance["source"] for v in vectors.values()} == {"last", "mean"}
-    assert vectors["mean"].stats[2].resid_norm == vectors["last"].stats[2].resid_norm
+    vectors = build_vectors(tiny, behaviour, 6, sources=("last_prompt", "prompt"))
+    assert {v.provenance["source"] for v in vectors.values()} == {"last_prompt", "prompt"}
+    assert vectors["prompt"].stats[2].resid_norm == vectors["last_prompt"].stats[2].resid_norm
     recipes = [
         Recipe(),
         Recipe(prompt="instruction"),
-        Recipe("last", (1,), coef=0.5, unit="residual_norm"),
-        Recipe("mean", (1, 2), coef=0.3, positions="generated", decay_tokens=3, unit="residual_norm"),
+        Recipe("last_prompt", (1,), coef=0.5, unit="residual_norm"),
+        Recipe("prompt", (1, 2), coef=0.3, positions="generated", decay_tokens=3, unit="residual_norm"),
     ]
     calls = []
     real = runner.generate
@@ -239,7 +239,7 @@ def test_full_grid_covers_every_method():
     from workbench.studies import search
 
     grid = search.coarse_grid(30)
-    assert {r.source for r in grid} == {"last", "mean", "response"}
+    assert {r.source for r in grid} == {"last_prompt", "prompt", "generated"}
     assert {r.span(30) for r in grid} == {"one layer", "band", "all layers"}
     assert len({r.name for r in grid}) == len(grid) == 27
     band = next(r for r in grid if r.span(30) == "band")
@@ -274,7 +274,7 @@ def test_a_recipe_without_a_source_is_a_sweep_setting_labelled_like_an_intervent
     assert ablated.mode == "ablate" and ablated.label == "ablate@3"
     (absolute,) = Recipe(None, (1,), coef=3.0, unit="absolute").interventions(vector)
     assert absolute.amount() == 3.0
-    band = Recipe("mean", (1, 2), coef=0.1, prompt="instruction", unit="residual_norm")
+    band = Recipe("prompt", (1, 2), coef=0.1, prompt="instruction", unit="residual_norm")
     assert band.label == "add@1-2x0.1 +instruction" and band.name == "mean L1-2 add 0.1rn all +instruction"
     assert Recipe(None, (1,), "ablate", 0.0).coef is None
     with pytest.raises(InvalidArgumentError, match="takes no coef"):
@@ -285,11 +285,11 @@ def test_a_recipe_without_a_source_is_a_sweep_setting_labelled_like_an_intervent
 
 def test_answer_resumes_from_its_parts_and_rescores(tiny, tmp_path, monkeypatch):
     behaviour = Behaviour("bullets", "bullet_lists", 5)
-    vectors = build_vectors(tiny, behaviour, 4, sources=("last",))
+    vectors = build_vectors(tiny, behaviour, 4, sources=("last_prompt",))
     recipes = [
         Recipe(),
-        Recipe("last", (1,), coef=0.5, unit="residual_norm"),
-        Recipe("last", (2,), coef=0.5, unit="residual_norm"),
+        Recipe("last_prompt", (1,), coef=0.5, unit="residual_norm"),
+        Recipe("last_prompt", (2,), coef=0.5, unit="residual_norm"),
     ]
     first = frontier.run_recipes(tiny, behaviour, vectors, recipes, "validation", 2, out_dir=tmp_path)
     assert len(list(tmp_path.glob("part-*.parquet"))) == 1
@@ -305,5 +305,10 @@ def test_answer_resumes_from_its_parts_and_rescores(tiny, tmp_path, monkeypatch)
     assert (rescored["on_target"] == rescored["response"].map(json_format_strict)).all()
     with pytest.raises(InvalidArgumentError, match="needs the 'mean' vector"):
         frontier.answer(
-            tiny, behaviour, vectors, [Recipe("mean", (1,), coef=0.5, unit="residual_norm")], "validation", 2
+            tiny,
+            behaviour,
+            vectors,
+            [Recipe("prompt", (1,), coef=0.5, unit="residual_norm")],
+            "validation",
+            2,
         )

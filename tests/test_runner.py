@@ -17,6 +17,7 @@ import torch
 from tests.conftest import PROMPTS, build_tiny_hf, build_tiny_model
 from workbench import runner
 from workbench.errors import InvalidArgumentError, OutputPathError
+from workbench.interventions import Intervention
 from workbench.models import from_hf
 from workbench.runner import (
     GRID_MANIFEST,
@@ -27,7 +28,6 @@ from workbench.runner import (
     using_executor,
 )
 from workbench.schedules import DynamicStrength
-from workbench.steering import Intervention
 from workbench.vectors import SteeringVector
 
 

@@ -11,8 +11,9 @@ from tests.conftest import PROMPTS, build_tiny_model
 from tests.test_steering import random_vector
 from workbench.errors import InvalidArgumentError, ShapeMismatchError
 from workbench.generation import generate
+from workbench.interventions import Intervention
 from workbench.schedules import DynamicStrength, StrengthTrace, dynamic_strengths, nucleus
-from workbench.steering import Intervention, steer, steer_rows
+from workbench.steering import steer, steer_rows
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,9 @@ def sharp():
 
 
 def dyn(vec, layer, coef, max_strength=0.5, positions="response", top_p=0.9):
-    return Intervention(vec, layer, "add", coef, positions, schedule=DynamicStrength(max_strength, top_p), unit="absolute")
+    return Intervention(
+        vec, layer, "add", coef, positions, schedule=DynamicStrength(max_strength, top_p), unit="absolute"
+    )
 
 
 def traced(model, prompts, **kwargs):
@@ -148,7 +151,7 @@ def test_one_extra_forward_per_token_for_all_vectors(sharp):
             PROMPTS[:3],
             max_new_tokens=4,
             min_new_tokens=4,
-            interventions=rows,
+            row_interventions=rows,
             chat=False,
             trace=trace,
         )
@@ -232,14 +235,21 @@ def test_a_group_shares_one_strength_probed_together(sharp):
     """One property at two layers, one α_t (the paper's setting): its probe steers both at α_max."""
     vec = random_vector(sharp, seed=7)
     spec = DynamicStrength(0.5, 0.9, group="style")
-    ivs = [Intervention(vec, 1, "add", 5.0, schedule=spec, unit="absolute"), Intervention(vec, 2, "add", 4.0, schedule=spec, unit="absolute")]
+    ivs = [
+        Intervention(vec, 1, "add", 5.0, schedule=spec, unit="absolute"),
+        Intervention(vec, 2, "add", 4.0, schedule=spec, unit="absolute"),
+    ]
     _, trace = traced(sharp, PROMPTS[:2], interventions=ivs, chat=False)
     assert [len(s) for s in trace.strengths] == [1, 1]
     assert trace.labels[0] == ["add@1x5+dyn0.5p0.9[style] & add@2x4+dyn0.5p0.9[style]"]
     encoded = sharp.encode(PROMPTS[:2], formatted=False)
     with torch.no_grad():
         reference = sharp.hf_model(**encoded).logits[:, -1]
-        with steer(sharp, Intervention(vec, 1, "add", 2.5, unit="absolute"), Intervention(vec, 2, "add", 2.0, unit="absolute")):
+        with steer(
+            sharp,
+            Intervention(vec, 1, "add", 2.5, unit="absolute"),
+            Intervention(vec, 2, "add", 2.0, unit="absolute"),
+        ):
             probe = sharp.hf_model(**encoded).logits[:, -1]
     expected, _ = dynamic_strengths(reference, probe, [spec] * 2)
     assert torch.allclose(torch.stack([s[0, 0] for s in trace.strengths]), expected, atol=1e-5)

@@ -14,8 +14,9 @@ from tests.synthetic_vectors import directions
 from workbench.activations import collect
 from workbench.errors import InvalidArgumentError, ShapeMismatchError
 from workbench.generation import generate
+from workbench.interventions import Intervention
 from workbench.positions import POSITIONS
-from workbench.steering import Intervention, steer
+from workbench.steering import steer
 from workbench.vectors import SteeringVector
 
 
@@ -50,7 +51,7 @@ def test_set_projection_and_ablate_fix_the_projection(tiny):
     vec = extracted_vector(tiny)
     u = vec.direction(1)
     with steer(tiny, Intervention(vec, 1, "set_projection")):
-        acts = collect(tiny, PROMPTS, layers=[1], position="mean", cache=False).layer(1)
+        acts = collect(tiny, PROMPTS, layers=[1], position="prompt", cache=False).layer(1)
     # the mean of per-position projections, each set to z, is z
     assert torch.allclose(acts @ u, torch.full((len(PROMPTS),), vec.stats[1].pos_mean_proj), atol=1e-3)
     with steer(tiny, Intervention(vec, 1, "set_projection", coef=-2.5, unit="absolute")):
@@ -101,9 +102,9 @@ def test_shared_prompt_prefix_runs_once_and_changes_nothing(tiny, mode, position
     ]
     prompts = [SHARED + p for p in PROMPTS[:4]] * 3
     rows = [c for c in configs for _ in range(4)]
-    shared = generate(tiny, prompts, max_new_tokens=8, interventions=rows, chat=False)
-    alone = generate(tiny, prompts, max_new_tokens=8, interventions=rows, chat=False, share_prefix=False)
-    full = generate(tiny, prompts, max_new_tokens=8, interventions=rows, chat=False, use_cache=False)
+    shared = generate(tiny, prompts, max_new_tokens=8, row_interventions=rows, chat=False)
+    alone = generate(tiny, prompts, max_new_tokens=8, row_interventions=rows, chat=False, share_prefix=False)
+    full = generate(tiny, prompts, max_new_tokens=8, row_interventions=rows, chat=False, use_cache=False)
     assert shared == alone == full
     # The first forward is the shared prefix, once per steering configuration. (The hook that sees it sits
     # on a bridge wrapper, which sends forwards through the bridge: a separate call.)
@@ -111,7 +112,7 @@ def test_shared_prompt_prefix_runs_once_and_changes_nothing(tiny, mode, position
     embed = tiny.hf_model.get_input_embeddings()
     handle = embed.register_forward_hook(lambda _m, args, _out: widths.append(tuple(args[0].shape)))
     try:
-        generate(tiny, prompts, max_new_tokens=2, interventions=rows, chat=False)
+        generate(tiny, prompts, max_new_tokens=2, row_interventions=rows, chat=False)
     finally:
         handle.remove()
     prefix = len(tiny.tokenizer(SHARED)["input_ids"])

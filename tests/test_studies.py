@@ -209,7 +209,7 @@ def test_random_control_directions_are_unit_and_differ_by_seed(tiny):
 def test_a_fallback_vector_counts_at_the_strength_it_is_used_at_alone():
     """The composition's sum and dynamic settings scale each vector by ``add_coef``, which must be the
     coefficient ``or_add`` steers with, also when validation chose no steering (the fallback)."""
-    from workbench.steering import Intervention
+    from workbench.interventions import Intervention
     from workbench.studies.steps import Selected
     from workbench.vectors import SteeringVector
 

@@ -45,11 +45,3 @@ def test_real_italian_needs_the_whole_text_and_most_sentences() -> None:
     italian = "Il gatto dorme sul divano tutto il giorno. La sera mangia e poi esce in giardino a giocare."
     assert targets.is_real_italian(italian)
     assert not targets.is_real_italian("Boil the water, then add the tea leaves and wait for five minutes.")
-
-
-def test_old_frontier_names_still_import() -> None:
-    from workbench import frontier
-
-    assert frontier.is_json_answer is starts_json
-    assert frontier.is_real_italian is targets.is_real_italian
-    assert frontier.follows is targets.follows

@@ -10,7 +10,7 @@ from workbench.datasets import load
 from workbench.errors import InvalidArgumentError
 from workbench.evaluation.perplexity import continuation_logprobs
 from workbench.finetune import NoPairsError, distill
-from workbench.steering import Intervention
+from workbench.interventions import Intervention
 from workbench.training import PreferencePairs, choose_strength, preference_pairs, train_vector
 from workbench.training.vector import answer_logps, pad
 from workbench.vectors import SteeringVector

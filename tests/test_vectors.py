@@ -44,7 +44,7 @@ def test_shape_and_provenance(vec):
     assert vec.directions.shape == (3, 32) and vec.d_model == 32 and vec.layers == (1, 2, 3)
     p = vec.provenance
     assert p["model_name"] == "tiny-model" and p["weights_hash"] == "abc123"
-    assert p["hook"] == "resid_post" and p["position"] == "last"
+    assert p["hook"] == "resid_post" and p["position"] == "last_prompt"
     assert p["method"] == "diff_in_means" and p["paired"] is True
     assert p["dataset"] == "synthetic" and p["dataset_hash"] == "ds-hash"
     assert p["positive_prompts_hash"] == "pos-hash" and p["negative_prompts_hash"] == "neg-hash"
@@ -252,7 +252,7 @@ def test_from_dataset_equals_collecting_by_hand(tiny, tmp_path, monkeypatch, nam
         k: v for k, v in by_hand.provenance.items() if k not in drop
     }
     assert vector.provenance["dataset"] == tag and vector.provenance["dataset_hash"] == data.hash
-    assert vector.provenance["method"] == "pca" and vector.provenance["position"] == "last"
+    assert vector.provenance["method"] == "pca" and vector.provenance["position"] == "last_prompt"
 
 
 def test_from_dataset_passes_position_and_chat(tiny, tmp_path, monkeypatch):
@@ -261,7 +261,7 @@ def test_from_dataset_passes_position_and_chat(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
     data = load("json_format", "train").head(4)
     last = SteeringVector.from_dataset(tiny, data, layers=[2])
-    mean = SteeringVector.from_dataset(tiny, data, layers=[2], position="mean", chat=False)
-    assert mean.provenance["position"] == "mean" and mean.provenance["chat"] is False
+    mean = SteeringVector.from_dataset(tiny, data, layers=[2], position="prompt", chat=False)
+    assert mean.provenance["position"] == "prompt" and mean.provenance["chat"] is False
     assert last.provenance["chat"] is True
     assert abs(cosine(last, mean)[2]) < 0.999  # another position rule gives another direction

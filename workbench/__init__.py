@@ -19,7 +19,7 @@ _EXPORTS = {
     "Activations": "workbench.activations",
     "SteeringVector": "workbench.vectors",
     "cosine": "workbench.vectors",
-    "Intervention": "workbench.steering",
+    "Intervention": "workbench.interventions",
     "steer": "workbench.steering",
     "generate": "workbench.generation",
     "evaluate": "workbench.evaluation",

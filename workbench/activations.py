@@ -23,9 +23,9 @@ from workbench import __version__, formats
 from workbench.batching import format_prompts, length_batches
 from workbench.errors import ArtifactError, InvalidArgumentError, OutputPathError, ShapeMismatchError
 from workbench.fastpath import direct_forward, hooked
+from workbench.files import atomic_write
 from workbench.models import Model
 from workbench.paths import cache_dir
-from workbench.runs import atomic_write
 
 
 @dataclass(frozen=True)
@@ -142,11 +142,17 @@ def _prompts_hash(texts: list[str]) -> str:
     return digest.hexdigest()
 
 
+#: Where :func:`collect` reads: the last prompt token, or the mean over the prompt's tokens (the names of
+#: :data:`workbench.positions.POSITIONS`); an int is a token index.
+READ_POSITIONS = ("last_prompt", "prompt")
+
+
 def _select(x: Tensor, mask: Tensor, position: str | int) -> Tensor:
-    """One vector per row of ``x`` [batch, seq, d] under a left-padded ``mask`` [batch, seq]."""
-    if position == "last":
+    """One vector per row of ``x`` [batch, seq, d] under a left-padded ``mask`` [batch, seq]: the last
+    position, the mean over the positions the mask selects (``prompt``, ``generated``), or an index."""
+    if position == "last_prompt":
         return x[:, -1]
-    if position == "mean":
+    if position in ("prompt", "generated"):
         weights = mask.to(x.dtype)[..., None]
         return (x * weights).sum(1) / weights.sum(1)
     lengths = mask.sum(1)
@@ -201,7 +207,7 @@ def collect(
     prompts: Sequence[str],
     *,
     layers: Sequence[int] | None = None,
-    position: str | int = "last",
+    position: str | int = "last_prompt",
     hook: str = "resid_post",
     chat: bool = True,
     batch_size: int = 16,
@@ -210,8 +216,8 @@ def collect(
 ) -> Activations:
     """Activations of each prompt at ``layers`` (default all) at one token position.
 
-    ``position``: ``"last"`` (last real prompt token), ``"mean"`` (mean over the prompt's real tokens,
-    padding excluded) or an int index into the real tokens (negative counts from the end). Only the
+    ``position``: ``"last_prompt"`` (the last real prompt token), ``"prompt"`` (the mean over the prompt's
+    real tokens, padding excluded) or an int index into the real tokens (negative counts from the end). Only the
     needed hook points are hooked, and the forward stops after the last needed layer. Position ids count
     each row's real tokens (left padding does not shift absolute positions). With ``cache``, results are
     stored under the workbench cache keyed by ``model.fingerprint`` (weights, dtype, device type), prompts
@@ -226,8 +232,10 @@ def collect(
         raise InvalidArgumentError("layers is empty: pass at least one block index, or None for all")
     if hook not in HOOKS:
         raise InvalidArgumentError(f"unknown hook {hook!r}: use one of {', '.join(HOOKS)}")
-    if not (position in ("last", "mean") or (isinstance(position, int) and not isinstance(position, bool))):
-        raise InvalidArgumentError(f"unknown position {position!r}: use 'last', 'mean' or an int token index")
+    if not (position in READ_POSITIONS or (isinstance(position, int) and not isinstance(position, bool))):
+        raise InvalidArgumentError(
+            f"unknown position {position!r}: use 'last_prompt', 'prompt' (their mean) or an int token index"
+        )
     settings = _settings(model, hook, position, chat)
     prompts_hash = _prompts_hash(texts)
     path = _cache_path(model, settings, layers, prompts_hash, batch_size, cache)
@@ -296,8 +304,8 @@ def _capture(
 ) -> Float[Tensor, "n layer d_model"]:
     """Run each ``(rows, forward kwargs, mask)`` and keep ``_select(x, mask, position)`` at every layer.
 
-    For ``position="mean"`` the mask says which positions are averaged (the prompt's real tokens, or a
-    response's tokens).
+    For ``position`` ``"prompt"`` or ``"generated"`` the mask says which positions are averaged (the prompt's
+    real tokens, or a response's tokens).
     """
     out = torch.empty(n, len(layers), model.d_model)
     slot = {layer: j for j, layer in enumerate(layers)}
@@ -378,7 +386,7 @@ def collect_responses(
                 f"of {model.n_ctx}: shorten it"
             )
         sequences.append((ids, n))
-    settings = _settings(model, hook, "response_mean", chat)
+    settings = _settings(model, hook, "generated", chat)
     prompts_hash = _prompts_hash([*texts, *(f"\x00{r}" for r in responses)])
     path = _cache_path(model, settings, layers, prompts_hash, batch_size, cache)
     if (cached := _cached(path, (len(texts), len(layers), model.d_model))) is not None:
@@ -388,7 +396,7 @@ def collect_responses(
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0]))
     batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     forwards = (_padded(model, [sequences[i] for i in batch], batch) for batch in batches)
-    out = _capture(model, len(texts), layers, hook, forwards, "mean", progress)
+    out = _capture(model, len(texts), layers, hook, forwards, "generated", progress)
     if path is not None:
         _store(path, out, settings)
     return Activations(out, layers, prompts_hash, settings)

@@ -24,10 +24,10 @@ from workbench.datasets import ContrastiveSet, Item, load
 from workbench.errors import InvalidArgumentError
 from workbench.evaluation import is_degenerate
 from workbench.evaluation.targets import on_target
+from workbench.files import json_default
 from workbench.models import Model
 from workbench.paths import cache_dir
 from workbench.runner import Job, grid_settings, run_grid
-from workbench.runs import json_default
 from workbench.vectors import SteeringVector
 
 __all__ = [
@@ -42,8 +42,9 @@ __all__ = [
     "complete",
 ]
 
-#: Where a vector's activations come from.
-SOURCES = ("last", "mean", "response")
+#: Where a vector's activations are read (positions averaged): the last prompt token, the prompt's tokens, or
+#: the tokens of the model's own answers (contrastive completions).
+SOURCES = ("last_prompt", "prompt", "generated")
 #: Which prompt a recipe answers: the plain query, the query with the instruction, or the native prompt
 #: (the fully Italian query for ``italian``; the instructed prompt for the others).
 PROMPTS = ("plain", "instruction", "native")
@@ -209,13 +210,12 @@ def build_vectors(
     vectors = {}
     for source in sources:
         extra: dict[str, object] = {}
-        if source == "response":
+        if source == "generated":
             pos, neg, kept = _response_acts(model, data, behaviour, batch_size, progress)
             extra["completion_pairs"] = len(kept)
             tag = f"{data.name}:{data.variant}" if data.variant else data.name
             vector = SteeringVector.from_activations(pos, neg, dataset=tag, dataset_hash=data.hash)
         else:
-            position = "last" if source == "last" else "mean"
-            vector = SteeringVector.from_dataset(model, data, position=position, batch_size=batch_size)
+            vector = SteeringVector.from_dataset(model, data, position=source, batch_size=batch_size)
         vectors[source] = _with_norms(vector, norms, source, **extra)
     return vectors

@@ -73,8 +73,8 @@ def steer(
     """Print a prompt's unsteered and steered answers side by side (a vector and layer, or a preset)."""
     from workbench.errors import InvalidArgumentError
     from workbench.generation import generate
+    from workbench.interventions import Intervention
     from workbench.models import load_model
-    from workbench.steering import Intervention
     from workbench.vectors import SteeringVector
 
     # Check the cheap arguments before the (slow) model load.
@@ -90,7 +90,7 @@ def steer(
         ivs = [Intervention(SteeringVector.load(vector), layer, mode, coef, positions, unit)]
         loaded = load_model(model)
     plain, steered = generate(
-        loaded, [prompt, prompt], max_new_tokens=max_new_tokens, interventions=[[], ivs]
+        loaded, [prompt, prompt], max_new_tokens=max_new_tokens, row_interventions=[[], ivs]
     )
     answer = {"prompt": prompt, "unsteered": plain, "steered": steered}
     if preset is not None:
@@ -115,7 +115,9 @@ def vector_build(
     ),
     model: ModelSpec = ...,
     method: str = typer.Option("diff_in_means", help="diff_in_means, pca or probe."),
-    position: str = typer.Option("last", help="last, mean or an int token index."),
+    position: str = typer.Option(
+        "last_prompt", help="Where to read: last_prompt, prompt (the mean over its tokens) or a token index."
+    ),
     split: str = typer.Option("train", help="Dataset split to build from."),
     variant: str = typer.Option(None, help="italian only: it or en_answer_it."),
 ) -> None:

@@ -76,10 +76,12 @@ def parse_numbers(text: str, kind: type, what: str) -> list[Any]:
 
 
 def parse_position(text: str) -> str | int:
-    """``last``, ``mean`` or an int token index; a one-line error for anything else."""
+    """``last_prompt``, ``prompt`` or an int token index; a one-line error for anything else."""
     from workbench.errors import InvalidArgumentError
 
     where: str | int = int(text) if re.fullmatch(r"-?[0-9]+", text) else text
-    if where not in ("last", "mean") and not isinstance(where, int):
-        raise InvalidArgumentError(f"unknown position {text!r}: use 'last', 'mean' or an int token index")
+    if where not in ("last_prompt", "prompt") and not isinstance(where, int):
+        raise InvalidArgumentError(
+            f"unknown position {text!r}: use 'last_prompt', 'prompt' (their mean) or an int token index"
+        )
     return where

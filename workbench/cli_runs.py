@@ -118,8 +118,8 @@ def _print_study(run: Path, name: str) -> None:
     """The headline table and notes of study ``name`` in ``run``."""
     import pandas as pd
 
+    from workbench.files import markdown_table
     from workbench.record import read_record
-    from workbench.runs import markdown_table
 
     entry = read_record(run).get("studies", {}).get(name, {})
     table = run / str(entry.get("dir", name)) / "table.parquet"
@@ -145,7 +145,9 @@ def publish_command(
 def collect_command(
     dataset: str = typer.Argument(..., help="A bundled dataset name (see workbench.datasets.names())."),
     split: str = typer.Option("train", help="train, validation, test or all."),
-    position: str = typer.Option("last", help="last, mean or an int token index."),
+    position: str = typer.Option(
+        "last_prompt", help="Where to read: last_prompt, prompt (the mean over its tokens) or a token index."
+    ),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (default runs/collect-DATASET-SPLIT)."),
     model: ModelSpec = ...,
     variant: str = typer.Option(None, help="italian only: it or en_answer_it."),
@@ -220,10 +222,10 @@ def layers_command(
     sweep), the figure layers.{png,svg} and manifest.json.
     """
     from workbench.errors import InvalidArgumentError
+    from workbench.files import markdown_table
     from workbench.models import load_model
     from workbench.pipeline import layers_step, record_step
     from workbench.record import new_record
-    from workbench.runs import markdown_table
 
     if size not in (None, "quick"):
         raise InvalidArgumentError(f"--size of layers is quick or left out, got {size!r}")
@@ -270,10 +272,10 @@ def sweep_command(
     from workbench.datasets import load
     from workbench.distributed import ray_executor
     from workbench.errors import InvalidArgumentError
+    from workbench.files import markdown_table
     from workbench.models import load_model
     from workbench.pipeline import record_step, sweep_step
     from workbench.record import new_record
-    from workbench.runs import markdown_table
 
     started = new_record("sweep")["started"]
     ray_context = ray_executor(ray, workers, model)

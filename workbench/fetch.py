@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.errors import ModelLoadError, OutputPathError
+from workbench.files import atomic_write, file_lock
 from workbench.paths import cache_dir
-from workbench.runs import atomic_write, file_lock
 
 __all__ = ["SPLIT_MODELS", "SplitModel", "download", "fetch", "fetched_gguf", "is_fetched"]
 

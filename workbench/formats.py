@@ -29,7 +29,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from workbench.errors import ArtifactError, InvalidArgumentError
-from workbench.runs import atomic_write
+from workbench.files import atomic_write
 
 __all__ = [
     "FORMAT_VERSION",

@@ -21,11 +21,12 @@ from transformers import StoppingCriteriaList, StopStringCriteria
 from workbench.batching import format_prompts, length_batches
 from workbench.errors import InvalidArgumentError
 from workbench.fastpath import direct_forward
+from workbench.interventions import AnyIntervention, check_intervention
 from workbench.models import Model
 from workbench.schedules import StrengthTrace
-from workbench.steering import AnyIntervention, check_intervention, steer_rows, tracking
+from workbench.steering import steer_rows, tracking
 
-Interventions = Sequence[AnyIntervention] | Sequence[Sequence[AnyIntervention]] | None
+RowInterventions = Sequence[Sequence[AnyIntervention]] | None
 
 _STOPS: weakref.WeakKeyDictionary[Any, StopStringCriteria] = weakref.WeakKeyDictionary()
 #: Shortest shared prompt prefix (tokens) worth its own forward pass.
@@ -43,21 +44,29 @@ def _stopping(model: Model) -> dict[str, Any]:
     return {"stopping_criteria": StoppingCriteriaList([criterion])}
 
 
-def per_row(interventions: Interventions, n: int) -> list[list[AnyIntervention]] | None:
-    """Normalise ``interventions`` to one list per prompt (None when the same list applies to all rows)."""
-    if not interventions:
+def per_row(
+    interventions: Sequence[AnyIntervention], row_interventions: RowInterventions, n: int
+) -> list[list[AnyIntervention]] | None:
+    """Each of the ``n`` prompts' interventions (``interventions`` then its own row), or None when every
+    prompt has the same (``interventions`` alone); a one-line error for anything else."""
+    if isinstance(interventions, AnyIntervention) or any(
+        not isinstance(iv, AnyIntervention) for iv in interventions
+    ):
+        raise InvalidArgumentError(
+            "interventions is one flat list of Intervention/HeadIntervention for every prompt: give a list "
+            "per prompt as row_interventions"
+        )
+    if row_interventions is None:
         return None
-    if all(isinstance(iv, AnyIntervention) for iv in interventions):
-        return None
-    rows = [list(row) for row in interventions]  # type: ignore[arg-type]
+    rows = [list(row) for row in row_interventions]
     if len(rows) != n:
         raise InvalidArgumentError(
-            f"per-row interventions have {len(rows)} rows for {n} prompts: give one per prompt"
+            f"row_interventions has {len(rows)} rows for {n} prompts: give one per prompt"
         )
     for row in rows:
         for iv in row:
             check_intervention(iv)
-    return rows
+    return [[*interventions, *row] for row in rows]
 
 
 @torch.inference_mode()
@@ -72,7 +81,8 @@ def generate(
     top_p: float | None = None,
     seed: int = 0,
     batch_size: int = 16,
-    interventions: Interventions = None,
+    interventions: Sequence[AnyIntervention] = (),
+    row_interventions: RowInterventions = None,
     use_cache: bool = True,
     min_new_tokens: int = 0,
     share_prefix: bool = True,
@@ -81,8 +91,8 @@ def generate(
 ) -> list[str]:
     """Generate a response to each prompt; returns only the response text, in the prompts' order.
 
-    ``interventions`` is a list applied to every prompt, or a list of lists, one per prompt (each row
-    of a batch carries its own configuration). ``use_cache=False`` re-runs the whole sequence at every
+    ``interventions`` apply to every prompt; ``row_interventions`` gives prompt ``i`` its own list as well
+    (each row of a batch carries its own configuration: a grid of settings is one batched call). ``use_cache=False`` re-runs the whole sequence at every
     step (the reference loop, for checks). ``min_new_tokens`` keeps end-of-turn from stopping a row
     earlier (equal lengths, for timing). ``share_prefix=False`` runs every row's whole prompt (the
     reference, for checks). Greedy output does not depend on ``batch_size``. ``trace`` receives, per
@@ -91,8 +101,8 @@ def generate(
     """
     _check_settings(max_new_tokens, min_new_tokens, do_sample, temperature, top_p)
     texts = format_prompts(model, prompts, chat=chat)
-    rows = per_row(interventions, len(texts))
-    shared = [] if rows is not None or not interventions else list(interventions)
+    rows = per_row(interventions, row_interventions, len(texts))
+    shared = list(interventions)
     tokenizer = model.tokenizer
     eos = model.hf_model.generation_config.eos_token_id or tokenizer.eos_token_id
     stop = _stopping(model)
@@ -102,7 +112,7 @@ def generate(
     batches = list(length_batches(model, texts, batch_size, formatted=chat))
     for batch_no, batch in enumerate(tqdm(batches, desc="generate", disable=not progress)):
         encoded = model.encode([texts[i] for i in batch], formatted=chat)
-        row_ivs = [shared + (rows[i] if rows is not None else []) for i in batch]
+        row_ivs = [rows[i] if rows is not None else shared for i in batch]
         dynamic = any(iv.schedule for ivs in row_ivs for iv in ivs)
         allowed = share_prefix and use_cache and not dynamic
         prefix, encoded = _split_prefix(model, encoded, max_new_tokens, allowed)

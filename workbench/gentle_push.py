@@ -45,10 +45,10 @@ from workbench.batching import format_prompts, length_batches
 from workbench.datasets import ContrastiveSet, load_multiple_choice
 from workbench.errors import InvalidArgumentError
 from workbench.fastpath import direct_forward
+from workbench.files import utc_now
 from workbench.generation import _generated
 from workbench.head_steering import HOOK, HeadIntervention
 from workbench.models import Model
-from workbench.runs import utc_now
 
 __all__ = [
     "CONDITIONS",

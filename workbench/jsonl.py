@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import DataError, InvalidArgumentError
-from workbench.runs import atomic_write
+from workbench.files import atomic_write
 
 
 def read_jsonl_numbered(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, Any]]]:
@@ -49,7 +49,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> None:
-    """Write one JSON object per line, atomically (:func:`workbench.runs.atomic_write`).
+    """Write one JSON object per line, atomically (:func:`workbench.files.atomic_write`).
 
     Raises OutputPathError when the folder cannot be written, InvalidArgumentError for a row that is not a
     JSON-serialisable object; either way an existing file is left as it was.

@@ -193,7 +193,7 @@ def find_layers(
     *,
     variant: str | None = None,
     layers: Sequence[int] | None = None,
-    position: str | int = "last",
+    position: str | int = "last_prompt",
     coefs: Sequence[float] = (1.0, 2.0, 4.0),
     mode: str = "add",
     unit: str = "diff_norm",

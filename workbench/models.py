@@ -27,8 +27,8 @@ from safetensors.torch import save_file
 from workbench.datasets import looks_like_path
 from workbench.devices import placement_kwargs, resolve_device, resolve_dtype
 from workbench.errors import InvalidArgumentError, ModelLoadError
+from workbench.files import atomic_folder, atomic_write, file_lock
 from workbench.paths import cache_dir
-from workbench.runs import atomic_folder, atomic_write, file_lock
 
 DEFAULT_SPEC = "smollm2-135m-instruct"
 BASE_FORMAT = "Q: {user}\nA:"

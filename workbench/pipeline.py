@@ -17,12 +17,12 @@ from typing import Any
 import pandas as pd
 
 from workbench.datasets import ContrastiveSet
+from workbench.files import atomic_text, write_frame
 from workbench.layers import find_layers
 from workbench.models import Model
 from workbench.plots import plot_sweep_heatmaps, save_figure
 from workbench.record import new_record, write_record
 from workbench.runner import Executor
-from workbench.runs import atomic_text, write_frame
 from workbench.size import Size
 from workbench.sweeps import Choice, choose_stolfo, grid, summarize_sweep, sweep
 from workbench.vectors import SteeringVector

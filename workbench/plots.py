@@ -13,8 +13,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from workbench.errors import InvalidArgumentError
+from workbench.files import atomic_write
 from workbench.recipes import pareto_front
-from workbench.runs import atomic_write
 
 __all__ = [
     "plot_frontier",

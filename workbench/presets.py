@@ -28,11 +28,11 @@ from typing import Any
 
 from workbench.behaviours import BEHAVIOURS, build_vectors
 from workbench.errors import ArtifactError, InvalidArgumentError, ShapeMismatchError
+from workbench.files import atomic_text, utc_now
+from workbench.interventions import Intervention
 from workbench.models import Model
 from workbench.paths import cache_dir
 from workbench.recipes import Recipe
-from workbench.runs import atomic_text, utc_now
-from workbench.steering import Intervention
 from workbench.vectors import SteeringVector, workbench_version
 
 __all__ = [

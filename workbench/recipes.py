@@ -2,8 +2,8 @@
 
 A :class:`Recipe` is one way to steer, serialisable (:meth:`Recipe.to_json`) and turned into
 :class:`~workbench.steering.Intervention` s by :meth:`Recipe.interventions`: where the vector comes from
-(:data:`SOURCES`: the last prompt token, the mean over the prompt's tokens, the mean over the *response*
-tokens of contrastive completions, or None: the vector given), which layers get it, the mode, a per-layer
+(:data:`SOURCES`: read at the last prompt token, over the prompt's tokens, or over the *generated* tokens of
+contrastive completions, or None: the vector given), which layers get it, the mode, a per-layer
 ``coef`` in a ``unit``, the positions, a fade over generated tokens and the norm-preserving variant, plus which
 prompt it answers (plain, with the instruction, or the native Italian one). Sweeps use it too
 (:func:`workbench.sweeps.grid`). Its :attr:`Recipe.label` is the short ``add@10x2`` form of
@@ -38,11 +38,11 @@ from workbench.evaluation.perplexity import perplexity
 from workbench.evaluation.scoring import score_answers
 from workbench.evaluation.table import summarize_scores
 from workbench.evaluation.targets import follows
+from workbench.files import atomic_text, atomic_write
+from workbench.interventions import MODES, UNITS, Intervention
 from workbench.models import Model
 from workbench.positions import check_positions
 from workbench.runner import Executor, Job, run_grid
-from workbench.runs import atomic_text, atomic_write
-from workbench.steering import MODES, UNITS, Intervention
 from workbench.vectors import SteeringVector
 
 __all__ = [
@@ -80,7 +80,7 @@ class Recipe:
     ``ablate`` takes none. ``decay_tokens`` > 0 fades ``add`` linearly to zero over that many generated tokens.
     """
 
-    source: str | None = "last"
+    source: str | None = "last_prompt"
     layers: tuple[int, ...] = ()
     mode: str = "add"
     coef: float | None = 0.0
@@ -126,7 +126,7 @@ class Recipe:
     @property
     def name(self) -> str:
         """A unique name: :attr:`label` for a recipe without a source; else every knob, e.g.
-        ``response L6-13 add 0.08rn all`` (or the prompt kind, e.g. ``instruction``, when unsteered)."""
+        ``generated L6-13 add 0.08rn all`` (or the prompt kind, e.g. ``instruction``, when unsteered)."""
         if self.source is None:
             return self.label
         if not self.steered:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import ArtifactError
-from workbench.runs import atomic_text, json_default, utc_now
+from workbench.files import atomic_text, json_default, utc_now
 
 __all__ = [
     "MANIFEST",

@@ -29,11 +29,11 @@ from typing import Protocol, TypedDict
 import pandas as pd
 
 from workbench.errors import InvalidArgumentError
+from workbench.files import atomic_write, create_once, json_default
 from workbench.generation import generate
 from workbench.head_steering import HeadIntervention
+from workbench.interventions import AnyIntervention, Intervention
 from workbench.models import Model
-from workbench.runs import atomic_write, create_once, json_default
-from workbench.steering import AnyIntervention, Intervention
 
 __all__ = [
     "GRID_MANIFEST",
@@ -143,7 +143,7 @@ def run_chunk(model: Model, chunk: Chunk, *, progress: bool = False) -> list[str
         max_new_tokens=chunk.max_new_tokens,
         batch_size=chunk.batch_size,
         chat=chunk.chat,
-        interventions=chunk.interventions,
+        row_interventions=chunk.interventions,
         progress=progress,
         **chunk.generate_kwargs,  # type: ignore[arg-type]
     )

@@ -25,10 +25,10 @@ import pandas as pd
 from workbench.datasets import ContrastiveSet
 from workbench.errors import InvalidArgumentError
 from workbench.evaluation.scoring import score_answers
+from workbench.interventions import MODES
 from workbench.models import Model
 from workbench.recipes import Recipe
 from workbench.runner import Executor, Job, run_grid
-from workbench.steering import MODES
 from workbench.vectors import SteeringVector
 
 __all__ = [

@@ -27,13 +27,13 @@ from torch import Tensor
 from workbench import formats
 from workbench.activations import Activations
 from workbench.errors import ArtifactError, InvalidArgumentError, ShapeMismatchError, WorkbenchError
+from workbench.files import utc_now
 from workbench.methods import ZERO_RTOL, LayerStats, Method, extract
-from workbench.runs import utc_now
 
 if TYPE_CHECKING:
     from workbench.datasets import ContrastiveSet
+    from workbench.interventions import Intervention
     from workbench.models import Model
-    from workbench.steering import Intervention
 
 __all__ = ["SteeringVector", "cosine", "workbench_version"]
 
@@ -202,7 +202,7 @@ class SteeringVector:
         dataset: ContrastiveSet,
         *,
         layers: Sequence[int] | None = None,
-        position: str | int = "last",
+        position: str | int = "last_prompt",
         method: str | Method = "diff_in_means",
         batch_size: int = 16,
         chat: bool = True,
@@ -369,42 +369,23 @@ class SteeringVector:
         return self._derived(rows, {b: self.stats[b] for b in layers}, f"select({list(layers)})", layers)
 
     def interventions(
-        self,
-        coef: float | None = None,
-        *,
-        layers: int | Iterable[int] | None = None,
-        mode: str = "add",
-        unit: str = "diff_norm",
-        positions: str = "all",
+        self, coef: float | None = None, *, layers: int | Iterable[int] | None = None, **knobs: Any
     ) -> list[Intervention]:
-        """One :class:`~workbench.steering.Intervention` per layer (default: every layer this vector has),
-        each with ``coef`` in ``unit`` (default ``diff_norm``: ``coef=2`` adds twice each layer's
-        mean-difference norm)."""
-        from workbench.steering import Intervention
+        """One :class:`~workbench.interventions.Intervention` per layer (default: every layer this vector
+        has), each with ``coef`` in its ``unit`` (default ``diff_norm``: ``coef=2`` adds twice each layer's
+        mean-difference norm) and the other ``knobs`` (``mode``, ``positions``, ``unit``, ...)."""
+        from workbench.interventions import Intervention
 
         chosen = self.layers if layers is None else self.select(layers).layers
-        return [Intervention(self, b, mode, coef, positions, unit) for b in chosen]
+        return [Intervention(self, b, coef=coef, **knobs) for b in chosen]
 
     @contextmanager
-    def apply(
-        self,
-        model: Model,
-        coef: float | None = None,
-        *,
-        layers: int | Iterable[int] | None = None,
-        mode: str = "add",
-        unit: str = "diff_norm",
-        positions: str = "all",
-    ) -> Iterator[Model]:
-        """Steer every forward of ``model`` inside the block with :meth:`interventions`::
-
-        with vector.apply(model, 2.0, layers=14):
-            answers = wb.generate(model, prompts)
-        """
+    def apply(self, model: Model, coef: float | None = None, **knobs: Any) -> Iterator[Model]:
+        """Steer every forward of ``model`` inside the block with :meth:`interventions` (``knobs``: its
+        keywords), as steering-vectors' ``apply``: ``with vector.apply(model, 2.0, layers=14): ...``."""
         from workbench.steering import steer
 
-        ivs = self.interventions(coef, layers=layers, mode=mode, unit=unit, positions=positions)
-        with steer(model, *ivs):
+        with steer(model, *self.interventions(coef, **knobs)):
             yield model
 
     def cosine(self, other: SteeringVector) -> dict[int, float]:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from workbench.datasets import load, load_multiple_choice
-from workbench.evaluation.multiple_choice import changes, multiple_choice
-from workbench.steering import Intervention
+from workbench.evaluation.mc import mc_changes, multiple_choice
+from workbench.interventions import Intervention
 from workbench.vectors import SteeringVector
 
 pytestmark = pytest.mark.slow
@@ -28,6 +28,6 @@ def test_smol_answers_english_questions_by_letter_and_steering_moves_them(smol):
         max_new_tokens=16,
         interventions=[Intervention(unit, 15, "add", 2.0 * vector.stats[15].diff_norm, "generated")],
     )
-    moved = changes(plain, steered)
+    moved = mc_changes(plain, steered)
     assert (steered["response"] != plain["response"]).any()
     assert moved["gained"] + moved["lost"] > 0 or moved["unparsed"] > plain["unparsed"].mean()

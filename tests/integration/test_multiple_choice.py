@@ -7,7 +7,7 @@ import time
 import pytest
 
 from workbench.datasets import load_multiple_choice
-from workbench.evaluation.multiple_choice import multiple_choice
+from workbench.evaluation.mc import multiple_choice
 
 
 @pytest.mark.slow

@@ -124,6 +124,20 @@ def test_committed_without_outputs(name: str) -> None:
     assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_uses_only_the_public_api(name: str) -> None:
+    """A notebook imports ``workbench`` and its public submodules (``workbench.__all__``), nothing internal."""
+    import workbench
+
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    for module in re.findall(r"^\s*(?:from|import) (workbench[\w.]*)", code, re.M):
+        parts = module.split(".")
+        assert len(parts) <= 2 and (len(parts) == 1 or parts[1] in workbench.__all__), (name, module)
+    used = set(re.findall(r"\bwb\.(\w+)", code))
+    assert used <= set(workbench.__all__), (name, used - set(workbench.__all__))
+
+
 @pytest.mark.slow
 def test_quickstart(tmp_path: Path) -> None:
     out = run_notebook(
@@ -181,7 +195,7 @@ def test_instruction_following(tmp_path: Path) -> None:
     )
     assert out["layers"] == list(range(out["n_layers"]))
     signals = out["signals"]
-    assert {"layer", "probe_accuracy", "projection_auroc", "cohens_d", "compliance"} <= set(
+    assert {"layer", "probe_accuracy", "projection_auroc", "cohens_d", "target_rate"} <= set(
         signals["columns"]
     )
     assert [row["layer"] for row in signals["records"]] == out["layers"]
@@ -191,14 +205,12 @@ def test_instruction_following(tmp_path: Path) -> None:
     configs = [row["config"] for row in out["summary"]["records"]]
     assert configs[0] == "none" and len(configs) == 1 + 2 * len(layers)  # set_projection + one add per layer
     table = out["table"]
-    assert {"setting", "compliance", "compliance_loose", "degeneration", "words", "n"} <= set(
-        table["columns"]
-    )
+    assert {"setting", "target_rate", "ifeval_loose", "degeneration", "words", "n"} <= set(table["columns"])
     settings = [row["setting"] for row in table["records"]]
     assert settings[0] == "no instruction" and "instruction" in settings and len(settings) == 5
     assert any("set_projection" in s for s in settings) and any("add@" in s for s in settings)
     assert all(row["n"] == 2 for row in table["records"])
-    _rates(table["records"], ["compliance", "compliance_loose", "degeneration"])
+    _rates(table["records"], ["target_rate", "ifeval_loose", "degeneration"])
     format_layer, length_layer = out["steered_layers"]
     assert format_layer in layers and length_layer in layers and format_layer != length_layer
     composition = out["composition"]
@@ -225,7 +237,7 @@ def test_instruction_following(tmp_path: Path) -> None:
     # Stolfo et al.'s rule steers only when that beats no steering without degenerating more.
     for picked in out["choices"]:
         if picked["layer"] is not None:
-            assert picked["compliance"] > picked["baseline_compliance"]
+            assert picked["target_rate"] > picked["baseline_target_rate"]
             assert picked["degeneration"] <= picked["baseline_degeneration"]
 
 

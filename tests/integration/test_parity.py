@@ -28,9 +28,10 @@ from workbench.activations import collect
 from workbench.evaluation.perplexity import continuation_logprobs
 from workbench.fastpath import ARCHITECTURES, STRICT_ENV, bridge_only, direct_forward
 from workbench.generation import generate
+from workbench.interventions import MODES, Intervention
 from workbench.models import Model, load_model
 from workbench.positions import POSITIONS
-from workbench.steering import MODES, Intervention, steer_rows, tracking
+from workbench.steering import steer_rows, tracking
 from workbench.vectors import SteeringVector
 
 MATRIX: dict[str, dict[str, float]] = {}
@@ -97,7 +98,7 @@ def test_collect_matches_run_with_cache(model, strict):
             encoded["input_ids"], attention_mask=encoded["attention_mask"], names_filter=lambda n: n in names
         )
     last = collect(model, PROMPTS[:4], cache=False).tensor
-    mean = collect(model, PROMPTS[:4], position="mean", cache=False).tensor
+    mean = collect(model, PROMPTS[:4], position="prompt", cache=False).tensor
     weights = encoded["attention_mask"][..., None].float()
     diff = 0.0
     for layer, name in enumerate(names):
@@ -232,7 +233,7 @@ def test_bundled_models_match_the_bridge(bundled, request, strict):
         [Intervention(vector, layer, "set_projection", 0.3 * norm, "response", unit="absolute")],
         [Intervention(vector, layer, "ablate", None, "prompt")],
     ]
-    fast = generate(model, PROMPTS[:3], interventions=rows, max_new_tokens=8)
+    fast = generate(model, PROMPTS[:3], row_interventions=rows, max_new_tokens=8)
     with bridge_only(model):
-        reference = generate(model, PROMPTS[:3], interventions=rows, max_new_tokens=8)
+        reference = generate(model, PROMPTS[:3], row_interventions=rows, max_new_tokens=8)
     assert record(model.name, CHECKS[5], sum(a != b for a, b in zip(fast, reference, strict=True))) == 0

@@ -46,7 +46,9 @@ def test_quick_report_runs_every_study_on_the_bundled_model(tmp_path):
         expected["base_model"] = "unavailable"
     assert statuses == expected
     assert manifest["model"]["name"] == DEFAULT_SPEC
-    assert manifest["size"] == "quick" and Size.from_json(manifest["studies"]["format"]["size"]) == Size.quick()
+    assert (
+        manifest["size"] == "quick" and Size.from_json(manifest["studies"]["format"]["size"]) == Size.quick()
+    )
     for name, study in manifest["studies"].items():  # every study that ran wrote its tables
         assert isinstance(study["seconds"], float), name
         if study["status"] == "done":

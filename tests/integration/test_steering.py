@@ -7,7 +7,8 @@ import torch
 
 from workbench.activations import collect
 from workbench.datasets import load
-from workbench.steering import Intervention, steer
+from workbench.interventions import Intervention
+from workbench.steering import steer
 from workbench.vectors import SteeringVector
 
 pytestmark = pytest.mark.slow
@@ -28,7 +29,7 @@ def test_set_projection_and_ablate_on_smollm2(smol, json_vector):
     u = json_vector.direction(LAYER)
     z = json_vector.stats[LAYER].pos_mean_proj
     with steer(smol, Intervention(json_vector, LAYER, "set_projection")):
-        acts = collect(smol, prompts, layers=[LAYER], position="mean", cache=False).layer(LAYER)
+        acts = collect(smol, prompts, layers=[LAYER], position="prompt", cache=False).layer(LAYER)
     assert torch.allclose(acts @ u, torch.full((len(prompts),), z), atol=1e-3 * max(1.0, abs(z)))
     with steer(smol, Intervention(json_vector, LAYER, "ablate")):
         acts = collect(smol, prompts, layers=[LAYER], cache=False).layer(LAYER)

@@ -30,11 +30,11 @@ from workbench.bench.harness import (
     Settings,
     bench_prompts,
 )
-from workbench.bench.items import RUNNERS, Context, plain_copy
+from workbench.bench.items import MEASURES, Context, plain_copy
 from workbench.errors import InvalidArgumentError
+from workbench.files import utc_now
 from workbench.generation import generate
 from workbench.models import DEFAULT_SPEC, Model
-from workbench.runs import utc_now
 
 __all__ = [*harness.__all__, "main", "plain_copy", "random_llama_1b", "run"]
 
@@ -42,7 +42,7 @@ __all__ = [*harness.__all__, "main", "plain_copy", "random_llama_1b", "run"]
 def _checked(items: Sequence[str] | None) -> list[Item]:
     """``items`` (default all) as row numbers, or a one-line error naming the unknown ones."""
     wanted = list(ITEMS) if items is None else [str(i).strip() for i in items]
-    unknown = [i for i in wanted if i not in RUNNERS]
+    unknown = [i for i in wanted if i not in MEASURES]
     if unknown:
         raise InvalidArgumentError(f"unknown benchmark item(s) {unknown}: use some of {', '.join(ITEMS)}")
     return cast(list[Item], wanted)
@@ -71,7 +71,7 @@ def run(
     for item in items:
         ctx.log(f"item {item}")
         start = time.perf_counter()
-        new = RUNNERS[item](ctx)
+        new = MEASURES[item](ctx)
         ctx.log(f"item {item} done in {time.perf_counter() - start:.0f} s")
         for row in new:  # as soon as measured: long runs show their numbers before the table
             value = "-" if row.value is None else f"{row.value:.3f}"

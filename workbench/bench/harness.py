@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from workbench.errors import InvalidArgumentError
-from workbench.runs import atomic_text, write_frame
+from workbench.files import atomic_text, write_frame
 
 __all__ = [
     "FULL",

@@ -48,11 +48,11 @@ from workbench.bench.harness import (
     round_spread,
 )
 from workbench.generation import generate
+from workbench.interventions import Intervention
 from workbench.models import DEFAULT_SPEC, Model, hf_folder
-from workbench.steering import Intervention
 from workbench.vectors import SteeringVector
 
-__all__ = ["RUNNERS", "Context", "plain_copy", "random_vector", "spread_layers", "torch_add_hook"]
+__all__ = ["MEASURES", "Context", "plain_copy", "random_vector", "spread_layers", "torch_add_hook"]
 
 
 def spread_layers(n_layers: int, k: int) -> list[int]:
@@ -292,7 +292,7 @@ def _sweep_pair(ctx: Context, n_prompts: int, tokens: int, batch: int) -> tuple[
 
     def batched() -> list[str]:
         rows = [config for config in configs for _ in prompts]
-        return generate(model, prompts * len(configs), interventions=rows, batch_size=batch, **options)
+        return generate(model, prompts * len(configs), row_interventions=rows, batch_size=batch, **options)
 
     def one_at_a_time() -> list[str]:
         out: list[str] = []
@@ -426,7 +426,7 @@ def _report_time(ctx: Context) -> list[Row]:
 
 
 #: The measurement of each row.
-RUNNERS: dict[Item, Callable[[Context], list[Row]]] = {
+MEASURES: dict[Item, Callable[[Context], list[Row]]] = {
     "1": _steering_overhead,
     "2": _versus_raw_generate,
     "3": _versus_raw_forward,

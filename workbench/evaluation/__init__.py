@@ -4,7 +4,7 @@
 fluency calibration (``calibrate``, ``ReferenceFluency``, ``reference_model``:
 :mod:`workbench.evaluation.reference`) are imported on first use, so the text-only checks load without
 torch; model-based scoring lives in :mod:`workbench.evaluation.perplexity` and
-:mod:`workbench.evaluation.multiple_choice`.
+:mod:`workbench.evaluation.mc`.
 
 Every metric has one definition here: degeneration is :func:`is_degenerate` (:mod:`.fluency`), on-target
 checks (strict JSON, a JSON start, real Italian, IFEval items) are in :mod:`.targets`. Caches hold raw
@@ -36,6 +36,8 @@ _LAZY = {
     "evaluate": "workbench.evaluation.table",
     "summarize_scores": "workbench.evaluation.table",
     "score_answers": "workbench.evaluation.scoring",
+    "multiple_choice": "workbench.evaluation.mc",
+    "mc_changes": "workbench.evaluation.mc",
     "ReferenceFluency": "workbench.evaluation.reference",
     "calibrate": "workbench.evaluation.reference",
     "reference_model": "workbench.evaluation.reference",
@@ -56,6 +58,8 @@ __all__ = [
     "evaluate",
     "is_degenerate",
     "longest_repeated_run",
+    "mc_changes",
+    "multiple_choice",
     "reference_model",
     "repeated_ngram_rate",
     "score_answers",

@@ -27,8 +27,9 @@ from torch import Tensor
 from workbench.batching import format_prompts
 from workbench.errors import InvalidArgumentError, ShapeMismatchError
 from workbench.fastpath import direct_forward
+from workbench.interventions import AnyIntervention, check_intervention
 from workbench.models import Model
-from workbench.steering import AnyIntervention, check_intervention, steer_rows, tracking
+from workbench.steering import steer_rows, tracking
 
 __all__ = ["continuation_logprobs", "join", "perplexity"]
 

@@ -34,8 +34,8 @@ import torch
 from workbench.batching import format_prompts
 from workbench.errors import InvalidArgumentError, ModelLoadError, OutputPathError
 from workbench.evaluation.perplexity import perplexity
+from workbench.files import file_lock, write_frame
 from workbench.models import Model, load_model
-from workbench.runs import file_lock, write_frame
 
 __all__ = [
     "QUANTILE",

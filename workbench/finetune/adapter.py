@@ -5,7 +5,7 @@ wraps every Hugging Face submodule (a ``LinearBridge`` around each ``nn.Linear``
 place of the ``nn.Linear`` *inside* its wrapper, so the bridge's own forward and the workbench's fast path
 (:mod:`workbench.fastpath`, which runs the wrapped modules directly) both run it, and
 :func:`~workbench.generation.generate`, :func:`~workbench.evaluation.perplexity.perplexity` and
-:func:`~workbench.evaluation.multiple_choice.multiple_choice` work unchanged under :func:`lora_applied`.
+:func:`~workbench.evaluation.mc.multiple_choice` work unchanged under :func:`lora_applied`.
 Target names are the Hugging Face module names with the bridge's ``_original_component`` levels removed
 (``model.layers.0.self_attn.q_proj``), so an adapter means the same on a plain Hugging Face model.
 

@@ -5,7 +5,7 @@ Per answer: ``on_target`` (:func:`~workbench.evaluation.targets.on_target`), ``p
 (:func:`~workbench.evaluation.is_degenerate` with that perplexity) and ``clean`` (on target and not
 degenerate, and ``fluent`` by a reference model's judge where one is given:
 :class:`~workbench.evaluation.reference.Judge`). Per model: multiple-choice accuracy on the bundled questions
-(:func:`~workbench.evaluation.multiple_choice.multiple_choice`) and the questions gained and lost against
+(:func:`~workbench.evaluation.mc.multiple_choice`) and the questions gained and lost against
 the unmodified model.
 """
 
@@ -18,7 +18,7 @@ import pandas as pd
 
 from workbench.datasets import ITALIAN, ContrastiveSet, load_multiple_choice
 from workbench.errors import InvalidArgumentError
-from workbench.evaluation.multiple_choice import multiple_choice
+from workbench.evaluation.mc import multiple_choice
 from workbench.evaluation.perplexity import perplexity
 from workbench.evaluation.scoring import score_answers
 from workbench.evaluation.table import summarize_scores

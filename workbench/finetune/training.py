@@ -34,6 +34,7 @@ from workbench.evaluation.reference import Judge
 from workbench.evaluation.scoring import score_answers
 from workbench.evaluation.targets import on_target
 from workbench.fastpath import direct_forward
+from workbench.files import utc_now
 from workbench.finetune.adapter import (
     ADAPTER_NAME,
     LoraAdapter,
@@ -45,7 +46,6 @@ from workbench.finetune.adapter import (
 from workbench.finetune.evaluate import target_for
 from workbench.generation import generate
 from workbench.models import Model
-from workbench.runs import utc_now
 
 __all__ = ["NoPairsError", "Pairs", "answer_loss", "choose_lora", "distill", "lora"]
 

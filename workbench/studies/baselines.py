@@ -55,19 +55,19 @@ from workbench.behaviours import BEHAVIOURS as FRONTIER_BEHAVIOURS
 from workbench.behaviours import Behaviour
 from workbench.datasets import Item, load, load_multiple_choice
 from workbench.errors import InvalidArgumentError
-from workbench.evaluation.multiple_choice import multiple_choice
+from workbench.evaluation.mc import multiple_choice
 from workbench.evaluation.perplexity import perplexity
 from workbench.evaluation.reference import REFERENCE_SPEC, Judge, reference_model
 from workbench.evaluation.scoring import score_answers
 from workbench.evaluation.targets import follows
+from workbench.files import atomic_text, write_frame
 from workbench.finetune import LoraAdapter, lora_applied
+from workbench.interventions import Intervention
 from workbench.models import Model
 from workbench.presets import Preset
 from workbench.recipes import Recipe, cached_rows
 from workbench.runner import Job, run_grid
-from workbench.runs import atomic_text, write_frame
 from workbench.size import Size
-from workbench.steering import Intervention
 from workbench.studies.competitors import (
     dynamic_steering,
     fine_tuned,
@@ -400,7 +400,7 @@ def baselines_study(
     rows, one figure, written to ``out_dir/name`` (default ``baselines``, ``baselines_base_model`` for a base
     model).
 
-    ``candidates``: the steering recipes (``mean`` source) tried on validation where the model has no
+    ``candidates``: the steering recipes (``prompt`` source) tried on validation where the model has no
     preset for a behaviour (default: :func:`~workbench.studies.search.coarse_grid`). ``reference``: the
     fluency judge's model, loaded once (a spec, loaded when it loads offline, else ``model``), a loaded
     model, or None for ``model`` itself; only a model other than ``model`` joins the clean rate. ``lora``

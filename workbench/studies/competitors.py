@@ -36,14 +36,14 @@ from workbench.errors import InvalidArgumentError
 from workbench.evaluation.perplexity import perplexity
 from workbench.evaluation.reference import Judge, calibrate
 from workbench.evaluation.scoring import score_answers
+from workbench.files import atomic_text
 from workbench.finetune import LoraAdapter, NoPairsError, choose_lora
+from workbench.interventions import Intervention
 from workbench.models import Model
 from workbench.recipes import Recipe, choose_clean, run_recipes, summarize_recipes
 from workbench.runner import Job, run_grid
-from workbench.runs import atomic_text
 from workbench.schedules import DynamicStrength
 from workbench.size import Size
-from workbench.steering import Intervention
 from workbench.studies.search import coarse_grid
 from workbench.vectors import SteeringVector
 
@@ -177,7 +177,7 @@ def fixed_steering(
 ) -> Steering:
     """The clean-rate winner on the validation prompts (``judge``'s verdict joins the clean rate) of the
     preset's recipe at each :data:`GENTLER` share of its strength, or without a preset of ``candidates``
-    (default: the coarse grid of the mean-over-prompt vector; only ``mean`` recipes). ``found``: the
+    (default: the coarse grid of the mean-over-prompt vector; only ``prompt``-source recipes). ``found``: the
     presets of a recorded search (:func:`workbench.presets.read`) instead of the bundled ones."""
     record = out / "steering_cost.json"
     preset = (presets.PRESETS if found is None else found).get(behaviour.name)
@@ -191,15 +191,15 @@ def fixed_steering(
         shares = ", ".join(map(str, GENTLER))
         origin = f"preset {behaviour.name!r} ({chosen.name}) at {shares} of its strength"
     else:
-        key = [model.fingerprint, behaviour.name, size.n_train, "mean"]
+        key = [model.fingerprint, behaviour.name, size.n_train, "prompt"]
         vectors, seconds = _cold(
             lambda: build_vectors(
-                model, behaviour, size.n_train, sources=("mean",), batch_size=size.batch_size
+                model, behaviour, size.n_train, sources=("prompt",), batch_size=size.batch_size
             ),
             record,
             key,
         )
-        grid = list(candidates or coarse_grid(model.n_layers, ("mean",), quick=size.is_quick))
+        grid = list(candidates or coarse_grid(model.n_layers, ("prompt",), quick=size.is_quick))
         origin = f"no preset: {len(grid)} recipes of the mean-over-prompt vector"
     recipes = [Recipe(), *grid]
     rows = run_recipes(

@@ -11,11 +11,11 @@ import pandas as pd
 
 from workbench.datasets import Item, load
 from workbench.errors import InvalidArgumentError
+from workbench.files import write_frame
+from workbench.interventions import Intervention
 from workbench.models import Model
-from workbench.runs import write_frame
 from workbench.schedules import DynamicStrength
 from workbench.size import Size
-from workbench.steering import Intervention
 from workbench.studies.registry import Study
 from workbench.studies.result import StudyResult
 from workbench.studies.steps import (

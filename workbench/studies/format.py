@@ -16,8 +16,8 @@ import pandas as pd
 from workbench.datasets import load
 from workbench.datasets import names as dataset_names
 from workbench.errors import InvalidArgumentError
+from workbench.files import write_frame
 from workbench.models import Model
-from workbench.runs import write_frame
 from workbench.size import RUN_SIZES, Size
 from workbench.studies.registry import Study
 from workbench.studies.result import StudyResult

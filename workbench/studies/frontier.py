@@ -26,11 +26,11 @@ import pandas as pd
 from workbench import evaluation, presets
 from workbench.behaviours import BEHAVIOURS, Behaviour
 from workbench.errors import InvalidArgumentError
+from workbench.files import atomic_text, utc_now, write_frame
 from workbench.models import Model
 from workbench.plots import plot_frontier, save_figure
 from workbench.recipes import Recipe, rank
 from workbench.record import read_record
-from workbench.runs import atomic_text, utc_now, write_frame
 from workbench.size import Size
 from workbench.studies.compare import budgeted, gemma, test_rows, test_table, verdict
 from workbench.studies.registry import Study

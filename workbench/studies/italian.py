@@ -28,15 +28,15 @@ import pandas as pd
 from workbench import presets
 from workbench.datasets import load, load_multiple_choice
 from workbench.evaluation import code_switching_rate, detect_language, sentence_share
-from workbench.evaluation.multiple_choice import multiple_choice
+from workbench.evaluation.mc import multiple_choice
 from workbench.evaluation.perplexity import perplexity
 from workbench.evaluation.scoring import score_answers
+from workbench.files import write_frame
+from workbench.interventions import Intervention
 from workbench.models import Model
 from workbench.plots import save_figure
 from workbench.runner import Job, run_grid
-from workbench.runs import write_frame
 from workbench.size import RUN_SIZES, Size
-from workbench.steering import Intervention
 from workbench.studies.registry import Study
 from workbench.studies.result import StudyResult
 from workbench.studies.steps import candidate_layers

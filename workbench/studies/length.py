@@ -11,10 +11,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from workbench.datasets import load
+from workbench.files import write_frame
+from workbench.interventions import Intervention
 from workbench.models import Model
-from workbench.runs import write_frame
 from workbench.size import Size
-from workbench.steering import Intervention
 from workbench.studies.registry import Study
 from workbench.studies.result import StudyResult
 from workbench.studies.steps import (

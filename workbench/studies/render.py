@@ -11,8 +11,8 @@ from typing import Any
 import pandas as pd
 
 from workbench.errors import InvalidArgumentError
+from workbench.files import atomic_text, html_table, markdown_table, write_frame
 from workbench.record import read_record
-from workbench.runs import atomic_text, html_table, markdown_table, write_frame
 from workbench.studies.registry import all_studies
 
 __all__ = ["extra_tables", "publish", "render"]

@@ -33,10 +33,10 @@ import pandas as pd
 
 from workbench import evaluation
 from workbench.errors import InvalidArgumentError, ModelLoadError, WorkbenchError
+from workbench.files import json_default, utc_now
 from workbench.models import DEFAULT_SPEC, Model, load_model
 from workbench.paths import check_writable
 from workbench.record import MANIFEST, new_record, read_record, study_entry, write_record
-from workbench.runs import json_default, utc_now
 from workbench.size import RUN_SIZES, Size
 from workbench.studies.registry import Study, all_studies
 from workbench.studies.render import render
@@ -168,6 +168,36 @@ def _earlier(run: Path, record: dict, keys: Mapping[str, str]) -> dict[str, pd.D
     return tables
 
 
+def _record(
+    run: Path,
+    command: str,
+    arguments: Mapping[str, Any] | None,
+    model: Model | None,
+    spec: str | None,
+    executor: Any,
+    plan: _Plan,
+    size: str | Size | None,
+) -> dict[str, Any]:
+    """This run's record, holding the studies (and first start) an earlier run of ``run`` recorded."""
+    configuration = {
+        "studies": list(plan.studies),
+        "size": size.to_json() if isinstance(size, Size) else None,
+    }
+    record = new_record(
+        command,
+        arguments=arguments,
+        model=model,
+        spec=spec,
+        executor=executor,
+        size=plan.run_size,
+        configuration=configuration,
+    )
+    earlier = read_record(run)
+    record["studies"] = dict(earlier.get("studies", {}))
+    record["started"] = earlier.get("started", record["started"]) if record["studies"] else record["started"]
+    return record
+
+
 def _load(model_spec: str | Model, plan_studies: Sequence[Study] | None, dtype: str | None) -> Model | None:
     if isinstance(model_spec, Model):
         return model_spec
@@ -212,21 +242,7 @@ def run_report(
     model = _load(model_spec, None if studies is None else [declared[s] for s in studies], dtype)
     plan = _plan(model, size, studies, given)
     spec = model_spec if isinstance(model_spec, str) else None
-    record = new_record(
-        command,
-        arguments=arguments,
-        model=model,
-        spec=spec,
-        executor=executor,
-        size=plan.run_size,
-        configuration={
-            "studies": list(plan.studies),
-            "size": size.to_json() if isinstance(size, Size) else None,
-        },
-    )
-    earlier = read_record(run)
-    record["studies"] = dict(earlier.get("studies", {}))
-    record["started"] = earlier.get("started", record["started"]) if record["studies"] else record["started"]
+    record = _record(run, command, arguments, model, spec, executor, plan, size)
     keys = {n: _study_key(s, model, plan.sizes[n], plan.options[n]) for n, s in plan.studies.items()}
     tables = _earlier(run, record, keys)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from workbench.runs import write_frame
+from workbench.files import write_frame
 
 __all__ = ["StudyResult"]
 

@@ -3,7 +3,7 @@ the model (run by :func:`workbench.studies.frontier.frontier_study`).
 
 Per behaviour (:data:`workbench.behaviours.BEHAVIOURS`):
 
-1. a coarse grid: every vector source (last prompt token, mean over prompt tokens, mean over the response
+1. a coarse grid: every vector source (last prompt token, mean over prompt tokens, mean over the generated
    tokens of contrastive completions) × one layer / a band of layers / all layers × three per-layer
    strengths (``add`` in residual-norm units, every position);
 2. :data:`ROUNDS` rounds of refinements of the :data:`TOP_K` recipes so far with the best clean rate
@@ -35,9 +35,9 @@ from pathlib import Path
 import pandas as pd
 
 from workbench.behaviours import SOURCES, Behaviour, NoCompletionsError, build_vectors
+from workbench.files import write_frame
 from workbench.models import Model
 from workbench.recipes import Recipe, answer, choose_clean, rank, score, summarize_recipes
-from workbench.runs import write_frame
 from workbench.size import Size
 from workbench.vectors import SteeringVector
 
@@ -78,9 +78,9 @@ class Plan:
 
     @classmethod
     def reduced(cls) -> Plan:
-        """A large model's search: last- and mean-token vectors only (no contrastive completions to
+        """A large model's search: last-prompt-token and prompt-mean vectors only (no contrastive completions to
         generate), one round of refinements of the best recipe, two finalists confirmed on twice the prompts."""
-        return cls(sources=("last", "mean"), rounds=1, top_k=1, confirm_k=2, confirm=2)
+        return cls(sources=("last_prompt", "prompt"), rounds=1, top_k=1, confirm_k=2, confirm=2)
 
 
 def spans(n_layers: int) -> dict[str, tuple[int, ...]]:
@@ -230,15 +230,15 @@ def _finalists(summary: pd.DataFrame, answers: dict[str, tuple[str, ...]], k: in
 def _vectors(
     model: Model, behaviour: Behaviour, size: Size, sources: Sequence[str], progress: bool
 ) -> tuple[dict[str, SteeringVector], list[str]]:
-    """The vector of each of ``sources``; the response source is left out, with a note, when the answers
+    """The vector of each of ``sources``; the generated-token source is left out, with a note, when the answers
     cannot make it."""
     build = functools.partial(build_vectors, model, behaviour, size.n_train, batch_size=size.batch_size)
-    vectors = build(sources=tuple(s for s in sources if s != "response"), progress=progress)
-    if "response" not in sources:
+    vectors = build(sources=tuple(s for s in sources if s != "generated"), progress=progress)
+    if "generated" not in sources:
         return vectors, []
     try:
-        vectors |= build(sources=("response",), progress=progress)
+        vectors |= build(sources=("generated",), progress=progress)
     except NoCompletionsError as e:
-        return vectors, [f"{model.name} / {behaviour.name}: no response-token vector ({e})"]
-    pairs = vectors["response"].provenance.get("completion_pairs")
-    return vectors, [f"{model.name} / {behaviour.name}: response-token vector from {pairs} completion pairs"]
+        return vectors, [f"{model.name} / {behaviour.name}: no generated-token vector ({e})"]
+    pairs = vectors["generated"].provenance.get("completion_pairs")
+    return vectors, [f"{model.name} / {behaviour.name}: generated-token vector from {pairs} completion pairs"]

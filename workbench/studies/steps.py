@@ -22,11 +22,11 @@ from matplotlib.figure import Figure
 
 from workbench.datasets import Item, load
 from workbench.evaluation import evaluate
+from workbench.interventions import Intervention
 from workbench.models import Model
 from workbench.plots import save_figure
 from workbench.runner import Job, run_grid
 from workbench.size import Size
-from workbench.steering import Intervention
 from workbench.sweeps import Config, choose_stolfo, per_layer, summarize_sweep, sweep
 from workbench.vectors import SteeringVector
 
@@ -63,7 +63,7 @@ def budget(name: str, size: Size, json_tokens: int | None = None) -> int:
 def build_vector(model: Model, name: str, size: Size) -> SteeringVector:
     """Diff-in-means at the last prompt token, every layer, from the first ``size.n_train`` train pairs."""
     train = load(name, "train").head(size.n_train)
-    return SteeringVector.from_dataset(model, train, position="last", batch_size=size.batch_size)
+    return SteeringVector.from_dataset(model, train, position="last_prompt", batch_size=size.batch_size)
 
 
 @dataclass(frozen=True)

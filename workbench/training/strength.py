@@ -54,7 +54,7 @@ def choose_strength(
         prompts * len(coefs),
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
-        interventions=rows,
+        row_interventions=rows,
     )
     ppl = perplexity(model, prompts * len(coefs), answers, batch_size=batch_size)
     fluent = None if judge is None else list(judge(prompts * len(coefs), answers)["fluent_reference"])

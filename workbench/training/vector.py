@@ -53,9 +53,9 @@ import workbench
 from workbench.activations import collect
 from workbench.errors import InvalidArgumentError
 from workbench.fastpath import direct_forward
+from workbench.files import utc_now
 from workbench.methods import LayerStats
 from workbench.models import Model
-from workbench.runs import utc_now
 from workbench.training.pairs import PreferencePairs, TokenRow
 from workbench.vectors import SteeringVector
 
@@ -308,7 +308,7 @@ def train_vector(
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-    acts = collect(model, list(pairs.prompts), layers=list(chosen), position="last")
+    acts = collect(model, list(pairs.prompts), layers=list(chosen), position="last_prompt")
     norms = torch.linalg.vector_norm(acts.tensor.double(), dim=-1).mean(0).tolist()
     settings = {
         "lr": float(lr),

@@ -30,17 +30,17 @@ from workbench.datasets import MCItem
 from workbench.errors import InvalidArgumentError
 from workbench.evaluation.mc_parse import parse_answer
 from workbench.evaluation.perplexity import continuation_logprobs, join
-from workbench.generation import Interventions, generate
+from workbench.generation import RowInterventions, generate
+from workbench.interventions import AnyIntervention
 from workbench.models import Model
-from workbench.steering import AnyIntervention
 
 __all__ = [
     "ANSWER_TOKENS",
     "DEFAULT_TEMPLATE",
     "GENERATION_TEMPLATES",
     "LETTERED_TEMPLATE",
-    "changes",
     "format_question",
+    "mc_changes",
     "multiple_choice",
 ]
 
@@ -102,7 +102,8 @@ def multiple_choice(
     items: Sequence[MCItem],
     *,
     by: str = "loglik",
-    interventions: Sequence[AnyIntervention] | Sequence[Sequence[AnyIntervention]] | None = None,
+    interventions: Sequence[AnyIntervention] = (),
+    row_interventions: RowInterventions = None,
     chat: bool = True,
     batch_size: int = 16,
     prompt_template: str | None = None,
@@ -119,7 +120,7 @@ def multiple_choice(
     ``by="generation"`` columns: ``id, language, split, answer, pred`` (-1 if unparsed), ``parsed_by``
     (``letter``, ``text`` or ``none``), ``correct, unparsed, response, n_choices, by``. The answer is
     generated greedily (:func:`~workbench.generation.generate`, batched, KV-cached) under
-    ``interventions``, one list for every item or one per item, in at most ``max_new_tokens``
+    ``interventions`` (every item) and ``row_interventions`` (one list per item), in at most ``max_new_tokens``
     (`ANSWER_TOKENS`). ``parallel`` holds the same questions in other languages (same ``id``, answer and
     number of choices): their option texts count too, since a steered answer may drift into the other
     language. ``prompt_template`` defaults to `DEFAULT_TEMPLATE` for ``loglik`` and to
@@ -127,12 +128,15 @@ def multiple_choice(
     """
     if by not in BY:
         raise InvalidArgumentError(f"by must be one of {', '.join(BY)}, got {by!r}")
-    if by == "loglik" and (max_new_tokens is not None or len(parallel)):
-        raise InvalidArgumentError("max_new_tokens and parallel apply to by='generation' only")
+    if by == "loglik" and (max_new_tokens is not None or len(parallel) or row_interventions is not None):
+        raise InvalidArgumentError(
+            "max_new_tokens, parallel and row_interventions apply to by='generation' only"
+        )
     _check(items, prompt_template)
     if by == "generation":
+        steering = (interventions, row_interventions)
         return _by_generation(
-            model, items, interventions, chat, batch_size, prompt_template, max_new_tokens, parallel
+            model, items, steering, chat, batch_size, prompt_template, max_new_tokens, parallel
         )
     return _by_loglik(model, items, interventions, chat, batch_size, prompt_template or DEFAULT_TEMPLATE)
 
@@ -140,7 +144,7 @@ def multiple_choice(
 def _by_loglik(
     model: Model,
     items: Sequence[MCItem],
-    interventions: Interventions,
+    interventions: Sequence[AnyIntervention],
     chat: bool,
     batch_size: int,
     template: str,
@@ -154,7 +158,7 @@ def _by_loglik(
         [choice for _, choice in pairs],
         formatted=chat,
         batch_size=batch_size,
-        interventions=list(interventions or ()),
+        interventions=list(interventions),
     )
     rows = []
     start = 0
@@ -193,7 +197,7 @@ def _by_loglik(
 def _by_generation(
     model: Model,
     items: Sequence[MCItem],
-    interventions: Interventions,
+    steering: tuple[Sequence[AnyIntervention], RowInterventions],
     chat: bool,
     batch_size: int,
     template: str | None,
@@ -211,7 +215,8 @@ def _by_generation(
         max_new_tokens=ANSWER_TOKENS if max_new_tokens is None else max_new_tokens,
         chat=chat,
         batch_size=batch_size,
-        interventions=interventions,
+        interventions=steering[0],
+        row_interventions=steering[1],
     )
     rows = []
     for item, response, mine in zip(items, responses, others, strict=True):
@@ -255,7 +260,7 @@ def _parallel(items: Sequence[MCItem], parallel: Sequence[MCItem]) -> list[list[
     return out
 
 
-def changes(reference: pd.DataFrame, rows: pd.DataFrame) -> dict[str, float]:
+def mc_changes(reference: pd.DataFrame, rows: pd.DataFrame) -> dict[str, float]:
     """``rows`` against ``reference`` (same questions, answered the same ``by``): ``accuracy`` of
     ``rows``, the questions it ``gained`` (right where the reference was wrong) and ``lost``, and its
     ``unparsed`` share (0 for ``loglik``, which always picks an option).

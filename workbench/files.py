@@ -1,4 +1,4 @@
-"""Run-folder plumbing shared by every writer: atomic writes, locks, the UTC clock, manifests and tables.
+"""The files the workbench writes: atomic writes, locks, the UTC clock and tables.
 
 Every file the workbench writes goes through :func:`atomic_write` (a temporary file beside the target,
 flushed to disk, then one rename), so a crash, a kill or a full disk never leaves a half-written artifact
