@@ -265,7 +265,7 @@ def test_a_preset_is_tried_at_gentler_strengths_and_the_best_on_validation_is_us
     assert tried["coef"].tolist() == pytest.approx([3.0 * s for s in competitors.GENTLER])
     best = tried.set_index("label").loc[chosen.label]
     assert best["clean_rate"] == tried["clean_rate"].max() and "preset 'no_comma'" in chosen.note
-    vector = build_vectors(confident, behaviour, 4, sources=("mean",))["mean"]  # the search's 4 train pairs
+    vector = build_vectors(confident, behaviour, 4, sources=("prompt",))["prompt"]  # the search's 4 train pairs
     assert chosen.interventions[0].amount() == pytest.approx(best["coef"] * vector.stats[1].diff_norm)
 
 
