@@ -150,18 +150,53 @@ def test_composition_study_table(tiny, run_dir):
     assert any(s.startswith("sum of vectors") for s in settings)
     assert (table["both"] <= table[["format", "length"]].min(axis=1) + 1e-9).all()
     assert (table["n"] == MICRO.n_test).all()
-    dynamic = table[table["strength"] == "dynamic"]
-    assert list(dynamic["setting"]) == ["both vectors (own layers, dynamic)"]
-    rates = dynamic[["format", "length", "both", "degeneration"]]
-    assert ((rates >= 0) & (rates <= 1)).all(axis=None)
+    strengths = table.set_index("setting")["strength"]
+    for rule in ("authors'", "summed"):  # each rule named, and its fixed control at its own mean α
+        assert strengths[f"both vectors (own layers, dynamic, {rule})"] == f"dynamic ({rule})"
+        assert strengths[f"both vectors (own layers, fixed at {rule} mean α)"].startswith(
+            f"fixed at {rule} mean α ("
+        )
+    rates = table[table["strength"].str.startswith("dynamic")][["format", "length", "both", "degeneration"]]
+    assert len(rates) == 2 and ((rates >= 0) & (rates <= 1)).all(axis=None)
+    assert any(note.startswith("dynamic (authors'): ") and "mean α title" in note for note in result.notes)
+    assert any("the authors run dynamic (authors')" in note for note in result.notes)
     # The dynamic rows were generated under their own cache keys (one strength per vector), not served
     # the fixed rows' answers: the tiny model's answers are empty either way, so the stored parts tell.
     parts = pd.concat(pd.read_parquet(p) for p in (run_dir / "composition" / "grids").rglob("*.parquet"))
-    fixed = result.rows[result.rows["setting"] == "both vectors (own layers)"]
-    keys = parts[parts["prompt"].isin(fixed["prompt"])].groupby("interventions")["key"].nunique()
-    label = fixed["interventions"].iloc[0]
-    assert keys[f"{label.replace('; ', '+dyn2; ')}+dyn2"] == keys[label] == MICRO.n_test
+    keys = parts.groupby("interventions")["key"].nunique()
+    for rule, spec in (("authors'", "dyn2m"), ("summed", "dyn2")):
+        dynamic = result.rows[result.rows["setting"] == f"both vectors (own layers, dynamic, {rule})"]
+        label = dynamic["interventions"].iloc[0]
+        assert f"+{spec}[title]; " in label and label.endswith(f"+{spec}[one_sentence]")
+        assert keys[label] == MICRO.n_test
     _written(result, run_dir)
+
+
+def test_composition_controls_steer_at_the_traced_mean_strength(tiny, run_dir):
+    """Each control is the dynamic run's interventions without schedule, each coef × the mean α a traced
+    generation of the same test prompts gives its vector."""
+    from dataclasses import replace
+
+    from workbench.datasets import load
+    from workbench.generation import generate
+    from workbench.schedules import StrengthTrace, mean_strength
+    from workbench.studies.dac import AUTHORS, SUMMED
+    from workbench.studies.steps import select
+
+    result = composition_study(tiny, MICRO, run_dir, format_name="title", length_name="one_sentence")
+    sels = [select(tiny, name, MICRO, run_dir) for name in ("title", "one_sentence")]
+    queries = load("title", "test").head(MICRO.n_test).negative
+    for rule in (AUTHORS, SUMMED):
+        ivs = [rule.schedule([sel.or_add()], group=sel.name)[0] for sel in sels]
+        trace = StrengthTrace()
+        generate(tiny, queries, max_new_tokens=MICRO.max_new_tokens, interventions=ivs, trace=trace)
+        means = mean_strength(trace)
+        control = [replace(iv, schedule=None, coef=iv.coef * means[iv.label]) for iv in ivs]
+        rows = result.rows[
+            result.rows["setting"] == f"both vectors (own layers, fixed at {rule.name} mean α)"
+        ]
+        assert set(rows["interventions"]) == {"; ".join(iv.label for iv in control)}
+        assert control[0].positions == (rule.positions or sels[0].or_add().positions)
 
 
 def test_ablation_study_table(tiny, run_dir):
