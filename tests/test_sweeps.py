@@ -184,3 +184,22 @@ def test_sigkill_half_way_then_rerun_gives_the_uninterrupted_rows(tiny_dir, tmp_
     # The chunks saved before the kill were read back, not written again, and none is missing.
     assert {p: p.stat().st_mtime_ns for p in parts} == saved
     assert len(list((killed / "parts").glob("part-*.parquet"))) == 5
+
+
+def test_stolfos_gate_keeps_configs_with_more_low_perplexity_answers_from_winning(tiny):
+    """Stolfo et al.'s gate: an answer whose perplexity alone under the reference is below 2.5 is
+    repetitive; a config with more of them than no steering cannot win, whatever its target rate."""
+    rows = [("none", 0.2, 0.0), ("add@1x2", 0.9, 0.0), ("add@2x2", 0.6, 0.0)]
+    summary = summary_frame(rows).assign(low_perplexity=[0.0, 0.5, 0.0])
+    assert choose_stolfo(summary).config == "add@1x2"  # the text rule alone lets the looping config win
+    assert choose_stolfo(summary, "perplexity").config == "add@2x2"
+    assert choose_stolfo(summary.assign(degeneration=[0.0, 0.0, 0.5]), "both").config == "none"
+    with pytest.raises(InvalidArgumentError, match="unknown gate"):
+        choose_stolfo(summary, "loudness")
+    with pytest.raises(InvalidArgumentError, match="reference model"):
+        choose_stolfo(summary.drop(columns="low_perplexity"), "perplexity")
+    vector = SteeringVector.from_directions(torch.randn(4, 64), range(4))
+    data = load("json_format", "validation").head(2)
+    swept = sweep(tiny, vector, data, [Config(), Config(1, "add", 3.0)], max_new_tokens=4, reference=tiny)
+    assert swept["reference_perplexity"].gt(0).all() or swept["response"].eq("").any()
+    assert {"low_perplexity", "median_reference_perplexity"} <= set(summarize_sweep(swept))

@@ -50,6 +50,7 @@ __all__ = [
     "producer_fingerprint",
     "run_chunk",
     "run_grid",
+    "steering_key",
     "using_executor",
     "worker_facts",
 ]
@@ -247,8 +248,9 @@ class _Keys:
             self._directions[slot] = hashlib.sha256(data).hexdigest()
         return self._directions[slot]
 
-    def row(self, job: Job) -> str:
-        steering = [
+    def steering(self, interventions: Sequence[AnyIntervention]) -> list[object]:
+        """What every intervention does, as JSON-able values (a head push: a digest of its vectors and knobs)."""
+        return [
             iv.key()  # head push: a digest of its vectors and every knob
             if isinstance(iv, HeadIntervention)
             else [
@@ -261,9 +263,17 @@ class _Keys:
                 self.direction(iv),
                 *([dataclasses.asdict(iv.schedule)] if iv.schedule is not None else []),  # dynamic: keyed
             ]
-            for iv in job.interventions
+            for iv in interventions
         ]
-        return _digest([job.prompt, steering])[:32]
+
+    def row(self, job: Job) -> str:
+        return _digest([job.prompt, self.steering(job.interventions)])[:32]
+
+
+def steering_key(interventions: Sequence[AnyIntervention]) -> str:
+    """A digest of what ``interventions`` do (directions, amounts, every knob), as grid rows are keyed: for
+    the cache key of anything computed under them."""
+    return _digest(_Keys().steering(interventions))
 
 
 @dataclass

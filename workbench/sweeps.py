@@ -24,6 +24,7 @@ import pandas as pd
 
 from workbench.datasets import ContrastiveSet
 from workbench.errors import InvalidArgumentError
+from workbench.evaluation.perplexity import perplexity
 from workbench.evaluation.scoring import score_answers
 from workbench.interventions import MODES
 from workbench.models import Model
@@ -32,6 +33,8 @@ from workbench.runner import Executor, Job, run_grid
 from workbench.vectors import SteeringVector
 
 __all__ = [
+    "GATES",
+    "LOW_PERPLEXITY",
     "NONE",
     "Choice",
     "Config",
@@ -43,6 +46,14 @@ __all__ = [
 ]
 
 NONE = "none"
+#: Stolfo et al.'s degeneracy bound: an answer whose perplexity alone under the reference is below this is
+#: repetitive (their ``preplexity_threshold``, with GPT-2 as the reference).
+LOW_PERPLEXITY = 2.5
+#: What makes a steered config ineligible in :func:`choose_stolfo`: degenerating more often than no steering
+#: (the text rule), more low-perplexity answers than no steering (Stolfo et al.'s gate), or either.
+GATES = ("degeneration", "perplexity", "both")
+#: The context a reference scores an answer after, in place of its prompt.
+NEUTRAL = "Text:"
 _COLUMNS = ["config", "layer", "mode", "coef", "unit", "positions", "id", "behaviour", "prompt", "response"]
 
 
@@ -86,16 +97,21 @@ def _vector_hash(vector: SteeringVector) -> str:
     return digest.hexdigest()
 
 
-def _scorer(dataset: ContrastiveSet) -> Callable[[pd.DataFrame], pd.DataFrame]:
+def _scorer(dataset: ContrastiveSet, reference: Model | None) -> Callable[[pd.DataFrame], pd.DataFrame]:
     items = {item.id: item for item in dataset.items}
 
     def score(rows: pd.DataFrame) -> pd.DataFrame:
         scored = score_answers("ifeval", rows["id"].map(items).tolist(), rows["response"].tolist())
-        return rows.rename(columns={"setting": "config"})[_COLUMNS].assign(
+        out = rows.rename(columns={"setting": "config"})[_COLUMNS].assign(
             layer=rows["layer"].astype("Int64"),
             coef=rows["coef"].astype(float),
             **{c: scored[c].to_numpy() for c in ("on_target", "degenerate", "clean")},
         )
+        if reference is not None:  # Stolfo et al.'s gate: each answer's perplexity alone, under the reference
+            responses = out["response"].tolist()
+            neutral = [NEUTRAL] * len(responses)
+            out["reference_perplexity"] = perplexity(reference, neutral, responses, chat=False)
+        return out
 
     return score
 
@@ -123,6 +139,7 @@ def sweep(
     out_dir: str | os.PathLike[str] | None = None,
     on_chunk: Callable[[pd.DataFrame], None] | None = None,
     executor: Executor | None = None,
+    reference: Model | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
     """Generate and score one row per (config, item) of ``dataset``, steering its negative prompts.
@@ -133,7 +150,10 @@ def sweep(
     ``chunk_size`` over the whole grid (:func:`~workbench.runner.run_grid`, by ``executor``), so a resumed
     run batches exactly as an uninterrupted one; ``on_chunk`` sees each chunk's raw rows once they are
     saved. With ``out_dir``, rows already generated there are read back and rescored; the directory
-    refuses a sweep with another model (weights, dtype, device), vector or ``max_new_tokens``.
+    refuses a sweep with another model (weights, dtype, device), vector or ``max_new_tokens``. With a
+    ``reference`` model, each row also gets ``reference_perplexity``: the answer's perplexity without its
+    prompt (after the neutral :data:`NEUTRAL`, no chat format) under it, as Stolfo et al. score steered
+    answers alone with GPT-2 for their gate (:func:`choose_stolfo`).
     """
     names = [c.name for c in configs]
     if NONE not in names:
@@ -154,7 +174,7 @@ def sweep(
         model,
         jobs,
         max_new_tokens=max_new_tokens,
-        score=_scorer(dataset),
+        score=_scorer(dataset, reference),
         out_dir=out_dir,
         key={"vector": _vector_hash(vector)},
         chunk_size=chunk_size,
@@ -166,14 +186,25 @@ def sweep(
 
 
 def summarize_sweep(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per config in first-seen order: ``config, layer, mode, coef, target_rate, degeneration, n``."""
+    """One row per config in first-seen order: ``config, layer, mode, coef, target_rate, degeneration, n``;
+    with reference perplexities, also ``low_perplexity`` (the share of answers below
+    :data:`LOW_PERPLEXITY`, Stolfo et al.'s sign of degenerate, repetitive text) and their median."""
     grouped = results.groupby("config", sort=False)
+    extra = {}
+    if "reference_perplexity" in results:
+        results = results.assign(_low=results["reference_perplexity"] < LOW_PERPLEXITY)
+        grouped = results.groupby("config", sort=False)
+        extra = {
+            "low_perplexity": ("_low", "mean"),
+            "median_reference_perplexity": ("reference_perplexity", "median"),
+        }
     summary = grouped.agg(
         layer=("layer", "first"),
         mode=("mode", "first"),
         coef=("coef", "first"),
         target_rate=("on_target", "mean"),
         degeneration=("degenerate", "mean"),
+        **extra,
         n=("on_target", "size"),
     )
     return summary.reset_index()
@@ -192,17 +223,29 @@ class Choice:
     baseline_degeneration: float
 
 
-def choose_stolfo(summary: pd.DataFrame) -> Choice:
-    """Stolfo et al.'s rule: the steered config with the best target rate among those that degenerate no
-    more often than no steering; no steering when none is eligible or none beats it.
+def choose_stolfo(summary: pd.DataFrame, gate: str = "degeneration") -> Choice:
+    """Stolfo et al.'s rule: the steered config with the best target rate among the eligible ones; no
+    steering when none is eligible or none beats it. ``gate`` (:data:`GATES`): a config is eligible when it
+    degenerates no more often than no steering (``degeneration``), when no more of its answers have a
+    reference perplexity below :data:`LOW_PERPLEXITY` than no steering's (``perplexity``: their gate, which
+    needs a sweep with a ``reference``), or both.
 
     Ties go to lower degeneration, then a smaller ``|coef|``, then the earlier layer.
     """
+    if gate not in GATES:
+        raise InvalidArgumentError(f"unknown gate {gate!r}: use one of {', '.join(GATES)}")
+    if gate != "degeneration" and "low_perplexity" not in summary:
+        raise InvalidArgumentError("the perplexity gate needs a sweep run with a reference model")
     base = summary[summary["config"] == NONE]
     if len(base) != 1:
         raise InvalidArgumentError("the summary needs exactly one 'none' row (the unsteered reference)")
     b = base.iloc[0]
-    steered = summary[(summary["config"] != NONE) & (summary["degeneration"] <= b["degeneration"])]
+    eligible = summary["config"] != NONE
+    if gate in ("degeneration", "both"):
+        eligible &= summary["degeneration"] <= b["degeneration"]
+    if gate in ("perplexity", "both"):
+        eligible &= summary["low_perplexity"] <= b["low_perplexity"]
+    steered = summary[eligible]
     best = None
     if len(steered):
         order = steered.assign(_c=-steered["target_rate"], _a=steered["coef"].abs().fillna(0))

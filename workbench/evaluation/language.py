@@ -26,6 +26,7 @@ __all__ = [
     "MIN_SENTENCE_WORDS",
     "code_switching_rate",
     "detect_language",
+    "langdetect_probability",
     "sentence_share",
     "share_in_language",
 ]
@@ -90,3 +91,19 @@ def code_switching_rate(text: str) -> float:
     if len(languages) < 2:
         return math.nan
     return sum(a != b for a, b in itertools.pairwise(languages)) / (len(languages) - 1)
+
+
+def langdetect_probability(text: str, lang: str = "it") -> float:
+    """langdetect's probability that ``text`` is in ``lang`` (0 when it names other languages only, or the
+    text has no letters): the metric Scalena et al. report. langdetect is seeded, as for IFEval
+    (:mod:`workbench.evaluation.checks`), so it repeats."""
+    from langdetect import DetectorFactory, LangDetectException, detect_langs
+
+    DetectorFactory.seed = 0
+    if not _LETTER_WORD.search(text):
+        return 0.0
+    try:
+        found = detect_langs(text)
+    except LangDetectException:
+        return 0.0
+    return next((float(guess.prob) for guess in found if guess.lang == lang), 0.0)

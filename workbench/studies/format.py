@@ -78,6 +78,7 @@ def format_study(
     names: Sequence[str] = FORMATS,
     coefs: Sequence[float] = (1.0, 2.0),
     json_tokens: int | None = None,
+    gate: str = "degeneration",
     progress: bool = False,
 ) -> StudyResult:
     """Stolfo et al.'s format table: compliance in the four :data:`SETTINGS` per instruction and averaged.
@@ -86,7 +87,8 @@ def format_study(
     steering did not beat the unsteered model, whose steered settings then equal the unsteered ones), one
     compliance column per setting, ``degeneration:<setting>`` per setting, and ``n``; the last row,
     ``average``, is the mean over instructions. ``json_tokens`` (default: :data:`JSON_TOKENS` at full size)
-    is the token budget of ``json_format``.
+    is the token budget of ``json_format``; ``gate``: which configs may win on validation
+    (:data:`~workbench.sweeps.GATES`; ``perplexity`` is Stolfo et al.'s degeneracy gate).
     """
     run = Path(out_dir)
     out = run / "format"
@@ -96,7 +98,9 @@ def format_study(
         raise InvalidArgumentError(f"unknown or no format datasets {unknown}; see workbench.datasets.names()")
     chosen = {}
     for name in names:
-        chosen[name] = select(model, name, size, run, coefs=coefs, json_tokens=json_tokens, progress=progress)
+        chosen[name] = select(
+            model, name, size, run, coefs=coefs, json_tokens=json_tokens, gate=gate, progress=progress
+        )
         write_frame(chosen[name].summary, out / f"sweep_{name}.csv", "sweep summary")
     jobs = []
     for name in names:

@@ -124,12 +124,14 @@ def select(
     coefs: Sequence[float] = (1.0, 2.0),
     json_tokens: int | None = None,
     max_new_tokens: int | None = None,
+    gate: str = "degeneration",
     progress: bool = False,
 ) -> Selected:
     """Build ``name``'s vector and sweep the candidate layers on its validation split.
 
     Per layer: ``set_projection`` (to the positive set's mean projection) and ``add`` at each of ``coefs``
-    (diff-norm units), all positions; :func:`~workbench.sweeps.choose_stolfo` picks. Responses get
+    (diff-norm units), all positions; :func:`~workbench.sweeps.choose_stolfo` picks under ``gate`` (its
+    ``perplexity`` gate scores each answer's perplexity alone under ``model`` itself, the reference here). Responses get
     ``max_new_tokens`` (default: the size's, :data:`JSON_TOKENS` for JSON at full size). Rows are cached
     under ``out_dir/sweeps``.
     """
@@ -147,10 +149,11 @@ def select(
         max_new_tokens=tokens,
         batch_size=size.batch_size,
         out_dir=_sweep_dir(Path(out_dir), model, name, size, tokens),
+        reference=None if gate == "degeneration" else model,
         progress=progress,
     )
     summary = summarize_sweep(rows)
-    picked = choose_stolfo(summary)
+    picked = choose_stolfo(summary, gate)
     if picked.layer is not None:
         row = summary[summary["config"] == picked.config].iloc[0]
         iv: Intervention | None = Intervention(vector, picked.layer, str(row["mode"]), picked.coef)
