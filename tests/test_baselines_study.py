@@ -21,10 +21,11 @@ from workbench.generation import generate
 from workbench.models import from_hf
 from workbench.recipes import Recipe
 from workbench.runner import Job, run_grid
-from workbench.schedules import DynamicStrength
+from workbench.schedules import AUTHORS_POSITIONS, DynamicStrength, StrengthTrace, mean_strength
 from workbench.size import Size
 from workbench.studies import baselines as study
 from workbench.studies import competitors
+from workbench.studies.goals import STEERING
 from workbench.studies.registry import get
 from workbench.studies.render import publish
 from workbench.studies.report import run_report
@@ -37,7 +38,9 @@ RATES = (
     "distinct_rate",
     "fluent_rate",
     "off_target_compliance",
-    "mc_accuracy_en",
+    "mc_generation_accuracy_en",
+    "mc_generation_unparsed_en",
+    "mc_loglik_accuracy_en",
 )
 #: A steering strong enough to move the tiny model (the coarse grid's is not), so every competitor acts.
 CANDIDATES = [Recipe("prompt", (1, 2), coef=3.0, unit="residual_norm")]
@@ -102,27 +105,68 @@ def test_every_method_and_column_on_the_test_prompts(run):
     assert (no_comma["n"] == Size.quick().n_test).all()
     for column in RATES:
         assert no_comma[column].dropna().between(0, 1).all(), column
-    # Undefined by design: off-target damage of the prompt-only method, multiple choice of dynamic steering.
+    # Undefined by design: off-target damage of the prompt-only method, log-likelihood multiple choice of
+    # dynamic steering (its strength is set while generating; answered by generation, it has a score).
     missing = no_comma.isna().sum().drop([c for c in no_comma if c.endswith("_it")])
     assert missing[missing > 0].to_dict() == {
         **dict.fromkeys(["off_target_compliance", "off_target_damage"], 1),
-        **dict.fromkeys(["mc_accuracy_en", "mc_gained_en", "mc_lost_en"], 1),
+        **dict.fromkeys(["mc_loglik_accuracy_en", "mc_loglik_gained_en", "mc_loglik_lost_en"], 1),
     }
+    assert no_comma.loc[study.DYNAMIC, "mc_generation_accuracy_en"] >= 0
+    for by in ("loglik", "generation"):  # prompt-only methods leave the model, and its answers, as they are
+        assert (
+            no_comma.loc["instruction", f"mc_{by}_gained_en"]
+            == no_comma.loc["instruction", f"mc_{by}_lost_en"]
+            == 0
+        )
     assert no_comma.loc["unsteered", "off_target_damage"] == 0
     assert no_comma.loc["LoRA", "train_cpu_seconds"] > 0 and (no_comma["tokens_per_second"] > 0).all()
     italian = table.loc["italian"]
-    assert "Italian prompt" in italian.index and italian["mc_accuracy_it"].dropna().between(0, 1).all()
+    assert (
+        "Italian prompt" in italian.index
+        and italian["mc_generation_accuracy_it"].dropna().between(0, 1).all()
+    )
     assert (italian["target"] == "italian").all() and (no_comma["target"] == "ifeval").all()
     assert any("no LoRA" in note for note in result.notes) == ("LoRA" not in italian.index)
     assert [p.suffix for p in result.figures] == [".png", ".svg"] and all(p.exists() for p in result.figures)
 
 
-def test_lora_and_dynamic_steering_change_the_answers(run):
+def test_lora_and_steering_change_the_answers(run):
     _, result = run
     rows = result.rows[result.rows["behaviour"] == "no_comma"]
     answers = {m: rows.loc[rows["setting"] == m, "response"].tolist() for m in study.METHODS}
-    for method in ("steering", "dynamic steering", "LoRA"):
+    for method in ("steering", "LoRA"):
         assert answers[method] != answers["unsteered"], method
+
+
+def test_dynamic_steering_is_the_authors_and_its_control_steers_at_its_traced_mean_strength(run, confident):
+    """The authors' rule (mean KL over the nucleus, from the last prompt token on) is weak on the tiny model
+    (α about 0.02: its answers are the unsteered ones); the control is its interventions without schedule,
+    each coef × the mean α of a traced generation of the same plain test prompts."""
+    out, result = run
+    folder = out / "baselines" / "no_comma"
+    behaviour = dataclasses.replace(study._BEHAVIOURS["no_comma"], max_new_tokens=Size.quick().max_new_tokens)
+    steering = competitors.fixed_steering(confident, behaviour, Size.quick(), folder, CANDIDATES)
+    dyn = competitors.dynamic_steering(confident, behaviour, steering, Size.quick(), folder)
+    assert all(iv.schedule.mean_over_tokens and iv.positions == AUTHORS_POSITIONS for iv in dyn.interventions)
+    trace = StrengthTrace()
+    prompts = behaviour.prompts("test", Size.quick().n_test, "plain")
+    generate(
+        confident,
+        prompts,
+        max_new_tokens=behaviour.max_new_tokens,
+        interventions=dyn.interventions,
+        trace=trace,
+    )
+    (mean,) = mean_strength(trace).values()  # one group: one strength for both layers
+    control = [dataclasses.replace(iv, schedule=None, coef=iv.coef * mean) for iv in dyn.interventions]
+    rows = result.rows[(result.rows["behaviour"] == "no_comma")].set_index("setting")
+    assert set(rows.loc[study.CONTROL, "interventions"]) == {"; ".join(iv.label for iv in control)}
+    assert set(rows.loc[study.DYNAMIC, "interventions"]) == {"; ".join(iv.label for iv in dyn.interventions)}
+    assert 0 < mean < 1
+    notes = [n for n in result.notes if n.startswith("no_comma: ")]
+    assert any("dynamic (authors'): " in n and "not run here" in n for n in notes)
+    assert any(n.startswith(f"no_comma: {study.CONTROL}: ") and "mean α" in n for n in notes)
 
 
 def test_a_rerun_generates_and_trains_nothing(run, confident, monkeypatch):
@@ -133,7 +177,8 @@ def test_a_rerun_generates_and_trains_nothing(run, confident, monkeypatch):
 
     monkeypatch.setattr("workbench.runner.run_chunk", refuse)
     monkeypatch.setattr(competitors, "choose_lora", refuse)
-    monkeypatch.setattr(study, "multiple_choice", refuse)
+    monkeypatch.setattr("workbench.studies.choices.multiple_choice", refuse)
+    monkeypatch.setattr("workbench.studies.dac.generate", refuse)
     again = study.baselines_study(
         confident, Size.quick(), out, behaviours=("no_comma", "italian"), candidates=CANDIDATES
     )
@@ -265,7 +310,9 @@ def test_a_preset_is_tried_at_gentler_strengths_and_the_best_on_validation_is_us
     assert tried["coef"].tolist() == pytest.approx([3.0 * s for s in competitors.GENTLER])
     best = tried.set_index("label").loc[chosen.label]
     assert best["clean_rate"] == tried["clean_rate"].max() and "preset 'no_comma'" in chosen.note
-    vector = build_vectors(confident, behaviour, 4, sources=("prompt",))["prompt"]  # the search's 4 train pairs
+    vector = build_vectors(confident, behaviour, 4, sources=("prompt",))[
+        "prompt"
+    ]  # the search's 4 train pairs
     assert chosen.interventions[0].amount() == pytest.approx(best["coef"] * vector.stats[1].diff_norm)
 
 
@@ -280,7 +327,7 @@ def test_a_recorded_search_s_presets_file_is_read(confident, tmp_path, monkeypat
         seen.append(args[-1])
         raise _Seen
 
-    monkeypatch.setattr(study, "fixed_steering", record)
+    monkeypatch.setattr(competitors, "fixed_steering", record)
     path = tmp_path / "presets.json"
     path.write_text(presets.BUNDLED.read_text())
     with pytest.raises(_Seen):
@@ -295,6 +342,6 @@ def test_the_goals_are_written_and_noted(run):
     out, result = run
     reached = pd.read_csv(out / "baselines" / "goals.csv")
     assert reached["behaviour"].tolist() == ["no_comma", "italian"]
-    assert reached["needed"].iloc[1] >= 0.60 and set(reached["method"]) <= {"steering", "dynamic steering"}
+    assert reached["needed"].iloc[1] >= 0.60 and set(reached["method"]) <= set(STEERING)
     noted = [n for n in result.notes if ": goal " in n]
     assert [n.split(":")[0] for n in noted] == ["no_comma", "italian"]

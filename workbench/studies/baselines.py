@@ -1,11 +1,14 @@
 """The baselines study (issue 19): steering against prompting, dynamic steering and LoRA on the same prompts.
 
 Per behaviour (:data:`BEHAVIOURS`) one table, one row per method of :data:`METHODS`: unsteered, the
-instruction in the prompt, (Italian) the fully Italian prompt, fixed steering, dynamic steering, steering +
-instruction, LoRA and LoRA + instruction; the competitors are chosen on the validation split
-(:mod:`workbench.studies.competitors`) and every number comes from the test split, generated once per
-intervention with :func:`~workbench.runner.run_grid` (raw parts in the study folder, so a rerun resumes and
-rescores). Columns:
+instruction in the prompt, (Italian) the fully Italian prompt, fixed steering, dynamic steering under the
+authors' rule (:data:`DYNAMIC`: :data:`~workbench.studies.dac.AUTHORS`, the KL averaged over the nucleus,
+steering from the last prompt token on; the summed rule is not run here, the composition study shows both),
+the fixed control at that run's mean strength (:data:`CONTROL`: the same interventions without schedule,
+each coef × the mean α traced on the same test prompts), steering + instruction, LoRA and LoRA +
+instruction; the competitors are chosen on the validation split (:mod:`workbench.studies.competitors`) and
+every number comes from the test split, generated once per intervention with
+:func:`~workbench.runner.run_grid` (raw parts in the study folder, so a rerun resumes and rescores). Columns:
 
 * ``target_rate`` (the behaviour's target, named in ``target``), ``clean_rate`` (on target, not
   degenerate and, where the reference model is stronger than the scored one, fluent by it:
@@ -22,10 +25,12 @@ rescores). Columns:
 * ``off_target_compliance``: IFEval compliance with *other* format instructions (:data:`OFF_TARGET`) asked
   for in the prompt, under the method's intervention; ``off_target_damage`` = the unmodified model's
   compliance minus that (NaN for prompt-only methods: the other instruction is the prompt);
-* ``mc_accuracy_{en,it}``, ``mc_gained_*``, ``mc_lost_*``: the bundled multiple-choice test questions
-  (English for format behaviours, both languages for Italian) under the intervention, against the unmodified
-  model (prompt-only methods leave the model as it is; dynamic steering has none: its strength is set
-  while generating);
+* ``mc_{by}_accuracy_{en,it}``, ``mc_{by}_gained_*``, ``mc_{by}_lost_*`` and ``mc_generation_unparsed_*``:
+  the bundled multiple-choice test questions (English for format behaviours, both languages for Italian)
+  under the intervention, against the unmodified model, answered by generation (``by`` = ``generation``:
+  a generated answer, parsed, the seed's protocol) and by option log-likelihood (``loglik``; a hook on
+  generated tokens never touches it, and dynamic steering has none: its strength is set while generating)
+  (:mod:`workbench.studies.choices`); prompt-only methods leave the model as it is;
 * ``train_cpu_seconds`` (building the vector with the caches off, or distilling and training the adapter;
   the validation grids excluded) and ``tokens_per_second`` (test generation, wall clock, measured when it ran).
 
@@ -36,26 +41,24 @@ How far steering is from the issue's goals, and why, is in ``goals.csv`` and the
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
+from itertools import product
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from jaxtyping import Float
 from matplotlib.figure import Figure
-from torch import Tensor
 
 from workbench import presets
 from workbench.behaviours import BEHAVIOURS as FRONTIER_BEHAVIOURS
 from workbench.behaviours import Behaviour
-from workbench.datasets import Item, load, load_multiple_choice
+from workbench.datasets import Item, load
 from workbench.errors import InvalidArgumentError
-from workbench.evaluation.mc import multiple_choice
+from workbench.evaluation.mc import BY
 from workbench.evaluation.perplexity import perplexity
 from workbench.evaluation.reference import REFERENCE_SPEC, Judge, reference_model
 from workbench.evaluation.scoring import score_answers
@@ -65,37 +68,47 @@ from workbench.finetune import LoraAdapter, lora_applied
 from workbench.interventions import Intervention
 from workbench.models import Model
 from workbench.presets import Preset
-from workbench.recipes import Recipe, cached_rows
+from workbench.recipes import Recipe
 from workbench.runner import Job, run_grid
 from workbench.size import Size
-from workbench.studies.competitors import (
-    dynamic_steering,
-    fine_tuned,
-    fixed_steering,
-    fluency_judge,
-    grid_dir,
-    lora_cpu_seconds,
-)
+from workbench.studies.choices import LANGUAGES, cached_choice, mc_columns, mc_items
+from workbench.studies.competitors import Competitors, choose_competitors, grid_dir
 from workbench.studies.goals import goal_note, goals
 from workbench.studies.registry import Study
 from workbench.studies.result import StudyResult
 from workbench.studies.steps import save
 
-__all__ = ["BEHAVIOURS", "METHODS", "OFF_TARGET", "STUDY", "baselines_study", "study_behaviour"]
+__all__ = [
+    "BEHAVIOURS",
+    "CONTROL",
+    "DYNAMIC",
+    "MARKERS",
+    "METHODS",
+    "OFF_TARGET",
+    "STUDY",
+    "baselines_study",
+    "study_behaviour",
+]
 
 #: The behaviours of the study.
 BEHAVIOURS = ("json", "one_sentence", "no_comma", "italian")
-#: Each method: the prompt kind it answers and its intervention (none, fixed or dynamic steering, LoRA).
+#: The dynamic steering of the table (the authors' rule) and its fixed control at the same mean strength.
+DYNAMIC, CONTROL = "dynamic steering (authors')", "steering at dynamic's mean α"
+#: Each method: the prompt kind it answers and its intervention (none, fixed steering, dynamic steering,
+#: fixed steering at the dynamic run's mean strength, LoRA).
 METHODS: dict[str, tuple[str, str]] = {
     "unsteered": ("plain", "none"),
     "instruction": ("instruction", "none"),
     "Italian prompt": ("native", "none"),
     "steering": ("plain", "fixed"),
-    "dynamic steering": ("plain", "dynamic"),
+    DYNAMIC: ("plain", "dynamic"),
+    CONTROL: ("plain", "control"),
     "steering + instruction": ("instruction", "fixed"),
     "LoRA": ("plain", "lora"),
     "LoRA + instruction": ("instruction", "lora"),
 }
+#: The figure's marker per intervention kind.
+MARKERS = {"none": "o", "fixed": "s", "dynamic": "D", "control": "P", "lora": "^"}
 #: Format instructions whose compliance measures off-target damage (the first three not the behaviour's own).
 OFF_TARGET = ("bullet_lists", "title", "highlighted_sections", "json_format")
 _BEHAVIOURS = {**FRONTIER_BEHAVIOURS, "no_comma": Behaviour("no_comma", "no_comma", 64)}
@@ -132,36 +145,19 @@ def _generate(
     return rows, speed
 
 
-def _hash(direction: Float[Tensor, " d_model"]) -> str:
-    return hashlib.sha256(direction.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
-
-
-def _multiple_choice(
-    model: Model, label: str, interventions: Sequence[Intervention], language: str, n: int, out: Path
-) -> pd.DataFrame:
-    """Per question ``id, correct`` under ``interventions`` (model as it runs now), cached in ``out``."""
-    items = load_multiple_choice("bundled", language=language, split="test")[:n]
-    key = {
-        "model": model.fingerprint,
-        "n": n,
-        "language": language,
-        "steering": [[iv.label, iv.amount(), iv.positions, _hash(iv.direction())] for iv in interventions],
-    }
-
-    def run() -> pd.DataFrame:
-        return multiple_choice(model, items, interventions=list(interventions))[["id", "correct"]]
-
-    return cached_rows(out / f"mc-{label}-{language}.parquet", key, run)
-
-
-def _mc_columns(base: pd.DataFrame | None, mine: pd.DataFrame | None, language: str) -> dict[str, float]:
-    names = [f"mc_accuracy_{language}", f"mc_gained_{language}", f"mc_lost_{language}"]
-    if base is None or mine is None:
-        return dict.fromkeys(names, np.nan)
-    before = base.set_index("id")["correct"].astype(bool)
-    after = mine.set_index("id")["correct"].astype(bool).reindex(before.index)
-    values = [after.mean(), int((after & ~before).sum()), int((~after & before).sum())]
-    return dict(zip(names, values, strict=True))
+def _control_note(chosen: Competitors, answers: pd.DataFrame) -> str:
+    """What the control is, the dynamic run's mean α and share of steps at the cap, where they come from."""
+    dynamic = answers.loc[answers["setting"] == DYNAMIC, "response"].tolist()
+    same = sum(a == b for a, b in zip(dynamic, chosen.strengths.responses, strict=True))
+    said = ", ".join(
+        f"{chosen.strengths.mean[label]:.3g} ({chosen.strengths.at_cap[label]:.0%} of steps at the cap)"
+        for label in chosen.strengths.mean
+    )
+    return (
+        f"{CONTROL}: {DYNAMIC}'s interventions without schedule (same positions), coef × its mean α {said} "
+        f"over every generated token of the same {len(dynamic)} test prompts, traced in a second generation "
+        f"whose answers are the table's for {same} of {len(dynamic)}"
+    )
 
 
 def study_behaviour(
@@ -182,20 +178,8 @@ def study_behaviour(
     behaviour = dataclasses.replace(_BEHAVIOURS[name], max_new_tokens=size.max_new_tokens)
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
-    judge, judge_note = fluency_judge(model, reference or model, behaviour, size, folder)
-    stronger = judge if judge is not None and judge.model.fingerprint != model.fingerprint else None
-    steering = fixed_steering(model, behaviour, size, folder, candidates, stronger, found)
-    dyn = dynamic_steering(model, behaviour, steering, size, folder, stronger)
-    adapter, lora_note = (
-        fine_tuned(model, behaviour, size, folder, stronger) if lora else (None, "LoRA not run (lora=False)")
-    )
-    kinds: dict[str, tuple[Intervention, ...]] = {
-        "none": (),
-        "fixed": steering.interventions,
-        "dynamic": dyn.interventions,
-    }
-    if adapter is not None:
-        kinds["lora"] = ()
+    chosen = choose_competitors(model, behaviour, size, folder, candidates, reference or model, lora, found)
+    kinds, adapter = chosen.kinds, chosen.adapter
     methods = {
         m: pk
         for m, pk in METHODS.items()
@@ -224,15 +208,10 @@ def study_behaviour(
             )
         rows.append(grid.assign(kind=kind))
     graded = pd.concat(rows, ignore_index=True)
-    answers = _score(model, behaviour, graded, test.items, off, judge, stronger is not None)
-    mc = _mc_all(model, behaviour, size, out, steering.interventions, adapter)
-    cpu = {"none": 0.0, "fixed": steering.cpu_seconds, "dynamic": dyn.cpu_seconds}
-    if adapter is not None:
-        cpu["lora"] = lora_cpu_seconds(adapter)
-    table = _table(behaviour, methods, answers, mc, cpu, speed, stronger is not None)
-    clean = "clean = on target, not degenerate and fluent" if stronger else "clean by the text rule only"
-    notes = [f"{name}: {judge_note}; {clean}"]
-    notes += [f"{name}: {steering.note}", f"{name}: {dyn.note}", f"{name}: {lora_note}"]
+    answers = _score(model, behaviour, graded, test.items, off, chosen.judge, chosen.stronger is not None)
+    mc = _mc_all(model, behaviour, size, out, kinds, adapter)
+    table = _table(behaviour, methods, answers, mc, chosen.cpu, speed, chosen.stronger is not None)
+    notes = [f"{name}: {note}" for note in [*chosen.notes, _control_note(chosen, answers)]]
     return table, answers.assign(behaviour=name), notes
 
 
@@ -276,22 +255,27 @@ def _mc_all(
     behaviour: Behaviour,
     size: Size,
     out: Path,
-    steering: Sequence[Intervention],
+    kinds: Mapping[str, Sequence[Intervention]],
     adapter: LoraAdapter | None,
-) -> dict[str, dict[str, pd.DataFrame]]:
-    """Per intervention kind and language, which multiple-choice questions are answered correctly."""
-    languages = ("en", "it") if behaviour.target == "italian" else ("en",)
+) -> dict[str, dict[str, dict[str, pd.DataFrame]]]:
+    """Per intervention kind, way of answering (:data:`~workbench.evaluation.mc.BY`) and language, the
+    multiple-choice rows; a dynamic strength is set while generating, so it is answered by generation only."""
+    languages = LANGUAGES if behaviour.target == "italian" else ("en",)
     cache = out / "multiple_choice"
-    found: dict[str, dict[str, pd.DataFrame]] = {"none": {}, "fixed": {}, "lora": {}}
-    for language in languages:
-        found["none"][language] = _multiple_choice(model, "unmodified", (), language, size.n_mc, cache)
-        found["fixed"][language] = _multiple_choice(
-            model, f"{behaviour.name}-steering", steering, language, size.n_mc, cache
-        )
-        if adapter is not None:
-            with lora_applied(model, adapter):
-                found["lora"][language] = _multiple_choice(
-                    model, f"{behaviour.name}-lora", (), language, size.n_mc, cache
+    found: dict[str, dict[str, dict[str, pd.DataFrame]]] = {}
+    for kind, ivs in kinds.items():
+        label = "unmodified" if kind == "none" else f"{behaviour.name}-{kind}"
+        ways = [by for by in BY if by == "generation" or not any(iv.schedule for iv in ivs)]
+        with lora_applied(model, adapter) if kind == "lora" and adapter else nullcontext():
+            for by, language in product(ways, languages):
+                items, parallel = mc_items(language, size.n_mc)
+                found.setdefault(kind, {}).setdefault(by, {})[language] = cached_choice(
+                    model,
+                    items,
+                    cache / f"mc-{by}-{label}-{language}.parquet",
+                    by=by,
+                    interventions=ivs,
+                    parallel=parallel,
                 )
     return found
 
@@ -300,7 +284,7 @@ def _table(
     behaviour: Behaviour,
     methods: dict[str, tuple[str, str]],
     answers: pd.DataFrame,
-    mc: dict[str, dict[str, pd.DataFrame]],
+    mc: dict[str, dict[str, dict[str, pd.DataFrame]]],
     cpu: dict[str, float],
     speed: dict[str, float],
     stronger: bool,
@@ -330,18 +314,20 @@ def _table(
             "off_target_compliance": compliance[kind] if intervened else np.nan,
             "off_target_damage": compliance["none"] - compliance[kind] if intervened else np.nan,
         }
-        for language in ("en", "it"):
-            base = mc["none"].get(language)
-            row |= _mc_columns(base, mc.get(kind, {}).get(language) if kind != "none" else base, language)
+        for by, language in product(BY, LANGUAGES):
+            base = mc["none"].get(by, {}).get(language)
+            steered = mc.get(kind, {}).get(by, {}).get(language) if kind != "none" else base
+            row |= mc_columns(base, steered, language, by)
         row |= {"train_cpu_seconds": cpu[kind], "tokens_per_second": speed[kind], "n": len(mine)}
         out.append(row)
     return pd.DataFrame(out)
 
 
 def plot_baselines(table: pd.DataFrame) -> Figure:
-    """Clean rate against English multiple-choice accuracy per method (one colour each; circles leave the
-    model as it is, squares steer, triangles fine-tune), one panel per behaviour; dynamic steering (no
-    multiple choice) is a dashed line at its clean rate."""
+    """Clean rate against English multiple-choice accuracy answered by generation per method (one colour
+    each; circles leave the model as it is, squares steer, diamonds steer dynamically, crosses steer at the
+    dynamic run's mean strength, triangles fine-tune), one panel per behaviour; a method without that
+    accuracy is a dashed line at its clean rate."""
     names = list(dict.fromkeys(table["behaviour"]))
     fig = Figure(figsize=(3.6 * len(names) + 1.8, 3.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(names), sharey=True))
@@ -349,15 +335,20 @@ def plot_baselines(table: pd.DataFrame) -> Figure:
     for ax, name in zip(axes, names, strict=True):
         for row in table[table["behaviour"] == name].itertuples():
             colour = f"C{list(METHODS).index(row.method)}"
-            if np.isnan(row.mc_accuracy_en):
+            if np.isnan(row.mc_generation_accuracy_en):
                 handles[row.method] = ax.axhline(row.clean_rate, ls="--", color=colour)
             else:
-                marker = {"none": "o", "fixed": "s", "lora": "^"}[METHODS[row.method][1]]
+                marker = MARKERS[METHODS[row.method][1]]
                 handles[row.method] = ax.scatter(
-                    row.mc_accuracy_en, row.clean_rate, color=colour, marker=marker, s=50, alpha=0.8
+                    row.mc_generation_accuracy_en,
+                    row.clean_rate,
+                    color=colour,
+                    marker=marker,
+                    s=50,
+                    alpha=0.8,
                 )
         ax.set_title(name)
-        ax.set_xlabel("multiple-choice accuracy (en)")
+        ax.set_xlabel("multiple-choice accuracy (en, by generation)")
         ax.set_ylim(-0.02, 1.02)
     fluent = ", fluent" if table["clean_with_reference"].all() else ""
     axes[0].set_ylabel(f"clean rate (on target, not degenerate{fluent})")
@@ -427,7 +418,9 @@ def baselines_study(
     notes.append(
         f"{model.name}: {size.n_test} test prompts, {size.max_new_tokens} new tokens, greedy; choices on "
         f"{size.n_validation} validation prompts; off-target: {max(2, size.n_test // 4)} prompts of each of "
-        "three other format instructions; prompt-only methods leave the multiple-choice answers unchanged; "
+        "three other format instructions; multiple choice answered by generation (mc_generation_*, parsed, "
+        "the unparsed share a column) and by option log-likelihood (mc_loglik_*, none for dynamic steering); "
+        "prompt-only methods leave the multiple-choice answers unchanged; "
         "train_cpu_seconds: building the vector with the caches off (with the completions a response-token "
         "vector needs) or distilling and training the adapter, validation grids excluded"
     )

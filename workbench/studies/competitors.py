@@ -8,10 +8,16 @@
   :func:`~workbench.recipes.choose_clean`) of the frontier's preset (:mod:`workbench.presets`) at gentler
   strengths (:data:`GENTLER`) where the model has one for the behaviour, else of a small coarse grid
   (:func:`~workbench.studies.search.coarse_grid`, mean-over-prompt vector).
-* :func:`dynamic_steering`: the same interventions with a :class:`~workbench.schedules.DynamicStrength`
-  (one group, Scalena et al. 2024), ``max_strength`` chosen on validation among :data:`DYNAMIC_MAX`.
+* :func:`dynamic_steering`: the same interventions with the authors' dynamic strength
+  (:data:`~workbench.studies.dac.AUTHORS`, one group, Scalena, Sarti and Nissim 2024: the KL averaged over
+  the nucleus, steering from the last prompt token on), ``max_strength`` chosen on validation among
+  :data:`DYNAMIC_MAX`.
 * :func:`fine_tuned`: a self-distilled LoRA adapter (:func:`workbench.finetune.choose_lora`), saved in the
   study folder and reused by a rerun with the same key.
+
+:func:`choose_competitors` chooses them all for one behaviour and adds the fixed control of the dynamic
+steering: its interventions without schedule at the dynamic run's mean strength on the test prompts
+(:func:`~workbench.studies.dac.traced_strengths`, :func:`~workbench.studies.dac.at_mean_strength`).
 """
 
 from __future__ import annotations
@@ -42,8 +48,8 @@ from workbench.interventions import Intervention
 from workbench.models import Model
 from workbench.recipes import Recipe, choose_clean, run_recipes, summarize_recipes
 from workbench.runner import Job, run_grid
-from workbench.schedules import DynamicStrength
 from workbench.size import Size
+from workbench.studies.dac import AUTHORS, Strengths, at_mean_strength, traced_strengths
 from workbench.studies.search import coarse_grid
 from workbench.vectors import SteeringVector
 
@@ -52,7 +58,9 @@ __all__ = [
     "GENTLER",
     "JUDGE_BATCH",
     "LORA_GRID",
+    "Competitors",
     "Steering",
+    "choose_competitors",
     "dynamic",
     "dynamic_steering",
     "fine_tuned",
@@ -247,16 +255,18 @@ def _gentler(recipe: Recipe) -> list[Recipe]:
 
 
 def dynamic(steering: Steering, max_strength: float, group: str) -> tuple[Intervention, ...]:
-    """``steering``'s interventions with one dynamic strength for all (no linear decay: it is a schedule)."""
-    spec = DynamicStrength(max_strength=max_strength, group=group)
-    return tuple(dataclasses.replace(iv, schedule=spec, decay_tokens=0) for iv in steering.interventions)
+    """``steering``'s interventions under the authors' rule (:data:`~workbench.studies.dac.AUTHORS`: the KL
+    averaged over the nucleus, steering from the last prompt token on, no linear decay), one strength for
+    all (``group``), bounded by ``max_strength``."""
+    return AUTHORS.schedule(steering.interventions, group=group, max_strength=max_strength)
 
 
 def dynamic_steering(
     model: Model, behaviour: Behaviour, steering: Steering, size: Size, out: Path, judge: Judge | None = None
 ) -> Steering:
-    """``steering`` with a dynamic strength whose bound (:data:`DYNAMIC_MAX`) has the best validation clean
-    rate (ties: the higher target rate, then the smaller bound); ``judge``'s verdict joins the clean rate."""
+    """``steering`` under the authors' dynamic strength (:func:`dynamic`) whose bound (:data:`DYNAMIC_MAX`)
+    has the best validation clean rate (ties: the higher target rate, then the smaller bound); ``judge``'s
+    verdict joins the clean rate."""
     data = behaviour.items("validation", size.n_validation)
     options = {m: dynamic(steering, m, behaviour.name) for m in DYNAMIC_MAX}
     jobs = [
@@ -286,8 +296,14 @@ def dynamic_steering(
     table.to_csv(out / "validation_dynamic.csv", index=False)
     best = table.sort_values(["clean_rate", "target_rate"], ascending=False, kind="stable").iloc[0]
     m = float(best["max_strength"])
-    note = f"dynamic strength max {m:g} (validation clean rate {best['clean_rate']:.2f} of {DYNAMIC_MAX})"
-    return Steering(options[m], f"{steering.label}+dyn{m:g}", steering.cpu_seconds, note)
+    note = (
+        f"{AUTHORS.strength}: {AUTHORS.rule}; α_max {m:g} (validation clean rate {best['clean_rate']:.2f}, "
+        f"of {DYNAMIC_MAX}); dynamic (summed) is not run here (it doubles the dynamic grids; the composition "
+        "study shows both rules)"
+    )
+    return Steering(
+        options[m], f"{steering.label}+{AUTHORS.spec(max_strength=m).label}", steering.cpu_seconds, note
+    )
 
 
 def fine_tuned(
@@ -345,3 +361,59 @@ def fine_tuned(
 def lora_cpu_seconds(adapter: LoraAdapter) -> float:
     """Distilling plus training CPU seconds of ``adapter`` (the validation grid's other points excluded)."""
     return float(adapter.provenance["distill_cpu_seconds"]) + float(adapter.provenance["train_cpu_seconds"])
+
+
+@dataclass(frozen=True)
+class Competitors:
+    """One behaviour's competitors, chosen on validation: each intervention kind's interventions, the LoRA
+    adapter, the fluency judge (``stronger`` when it joins the clean rate), CPU costs, the dynamic run's
+    strengths on the test prompts, and notes."""
+
+    kinds: dict[str, tuple[Intervention, ...]]
+    adapter: LoraAdapter | None
+    judge: Judge | None
+    stronger: Judge | None
+    cpu: dict[str, float]
+    strengths: Strengths
+    notes: list[str]
+
+
+def choose_competitors(
+    model: Model,
+    behaviour: Behaviour,
+    size: Size,
+    folder: Path,
+    candidates: Sequence[Recipe] | None,
+    reference: Model,
+    lora: bool,
+    found: Mapping[str, presets.Preset] | None,
+) -> Competitors:
+    """The judge, fixed and dynamic steering and LoRA as chosen on validation, and the fixed control at the
+    dynamic run's mean strength, traced on the plain test prompts."""
+    judge, judge_note = fluency_judge(model, reference, behaviour, size, folder)
+    stronger = judge if judge is not None and judge.model.fingerprint != model.fingerprint else None
+    steering = fixed_steering(model, behaviour, size, folder, candidates, stronger, found)
+    dyn = dynamic_steering(model, behaviour, steering, size, folder, stronger)
+    strengths = traced_strengths(
+        model,
+        behaviour.prompts("test", size.n_test, "plain"),
+        dyn.interventions,
+        max_new_tokens=behaviour.max_new_tokens,
+        batch_size=size.batch_size,
+        path=folder / "dynamic_strengths.parquet",
+    )
+    adapter, lora_note = (
+        fine_tuned(model, behaviour, size, folder, stronger) if lora else (None, "LoRA not run (lora=False)")
+    )
+    kinds = {
+        "none": (),
+        "fixed": steering.interventions,
+        "dynamic": dyn.interventions,
+        "control": at_mean_strength(dyn.interventions, strengths),
+    }
+    cpu = {"none": 0.0, "fixed": steering.cpu_seconds, "dynamic": dyn.cpu_seconds, "control": dyn.cpu_seconds}
+    if adapter is not None:
+        kinds["lora"], cpu["lora"] = (), lora_cpu_seconds(adapter)
+    clean = "clean = on target, not degenerate and fluent" if stronger else "clean by the text rule only"
+    notes = [f"{judge_note}; {clean}", steering.note, dyn.note, lora_note]
+    return Competitors(kinds, adapter, judge, stronger, cpu, strengths, notes)

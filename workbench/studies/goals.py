@@ -1,11 +1,14 @@
 """How far steering is from the baselines study's goals (issue 19), and why, from its table alone.
 
-The goal per behaviour: steering alone, fixed or dynamic (the cleaner of the two), reaches at least the
-instruction's clean rate, and at least :data:`MIN_CLEAN` where one is set (Italian: 0.60), while the fixed
-steering keeps multiple-choice accuracy within :data:`MC_TOLERANCE` of the unmodified model in each
-language asked (dynamic strength is set while generating, so it has no multiple-choice score). Where the
-goal is missed, :func:`goals` says by how much and what its answers fail on: the shares that are off
-target, degenerate and, where a reference judged them, not fluent (an answer can fail on several).
+The goal per behaviour: steering alone, fixed or dynamic under the authors' rule (:data:`STEERING`; the
+cleaner of the two), reaches at least the instruction's clean rate, and at least :data:`MIN_CLEAN` where one
+is set (Italian: 0.60), while that steering keeps multiple-choice accuracy within :data:`MC_TOLERANCE` of the
+unmodified model in each language asked. Accuracy is the one *answered by generation*
+(``mc_generation_accuracy_*``, the seed's protocol): a hook on generated tokens never touches an option's
+log-likelihood, so ``mc_loglik_*`` cannot show that damage. The fixed control at the dynamic run's mean
+strength is a comparison, not a candidate: its strength is read off the test prompts. Where the goal is
+missed, :func:`goals` says by how much and what its answers fail on: the shares that are off target,
+degenerate and, where a reference judged them, not fluent (an answer can fail on several).
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ import pandas as pd
 
 from workbench.errors import InvalidArgumentError
 
-__all__ = ["MC_TOLERANCE", "MIN_CLEAN", "STEERING", "goal_note", "goals"]
+__all__ = ["MC_COLUMN", "MC_TOLERANCE", "MIN_CLEAN", "STEERING", "goal_note", "goals"]
 
 #: The clean rate steering must reach whatever the instruction's, per behaviour.
 MIN_CLEAN = {"italian": 0.60}
 #: The largest loss of multiple-choice accuracy (a share of questions) that keeps the goal.
 MC_TOLERANCE = 0.02
 #: The steering-alone methods of the table, the fixed one first (it wins full ties).
-STEERING = ("steering", "dynamic steering")
+STEERING = ("steering", "dynamic steering (authors')")
+#: The multiple-choice accuracy the goal reads, per language: answered by generation.
+MC_COLUMN = "mc_generation_accuracy_{language}"
 
 
 def _rate(frame: pd.DataFrame, method: str, column: str) -> float:
@@ -33,8 +38,8 @@ def _rate(frame: pd.DataFrame, method: str, column: str) -> float:
 def goals(table: pd.DataFrame) -> pd.DataFrame:
     """One row per behaviour of a baselines ``table``: the steering method with the best clean rate, then
     target rate (``method``, ``clean_rate``), the clean rate needed (``needed``: the instruction's, at least
-    :data:`MIN_CLEAN`) and ``clean_gap`` (clean_rate − needed), the fixed steering's change in
-    multiple-choice accuracy per language (``mc_change_en``, ``mc_change_it``; NaN where not asked), the
+    :data:`MIN_CLEAN`) and ``clean_gap`` (clean_rate − needed), that method's change in multiple-choice
+    accuracy answered by generation per language (``mc_change_en``, ``mc_change_it``; NaN where not asked), the
     method's shares ``off_target``, ``degenerate`` and ``not_fluent`` (NaN without a judge), and ``met``."""
     missing = {"behaviour", "method", "clean_rate", "target_rate", "degeneration"} - set(table)
     if missing:
@@ -51,9 +56,9 @@ def goals(table: pd.DataFrame) -> pd.DataFrame:
         row = {"behaviour": behaviour, "method": best["method"], "clean_rate": float(best["clean_rate"])}
         row |= {"needed": needed, "clean_gap": row["clean_rate"] - needed}
         for language in ("en", "it"):
-            column = f"mc_accuracy_{language}"
+            column = MC_COLUMN.format(language=language)
             row[f"mc_change_{language}"] = (
-                _rate(frame, "steering", column) - _rate(frame, "unsteered", column)
+                _rate(frame, str(best["method"]), column) - _rate(frame, "unsteered", column)
                 if column in frame
                 else np.nan
             )
@@ -78,7 +83,7 @@ def goal_note(row: pd.Series) -> str:
     for language in ("en", "it"):
         change = row[f"mc_change_{language}"]
         if np.isfinite(change):
-            text += f"; {language} multiple choice {change:+.2f} under fixed steering"
+            text += f"; {language} multiple choice {change:+.2f} (by generation) under {row['method']}"
     if not row["met"]:
         reasons = {"off target": row["off_target"], "degenerate": row["degenerate"]}
         if np.isfinite(row["not_fluent"]):
