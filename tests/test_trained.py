@@ -197,3 +197,15 @@ def test_bad_input_is_one_line(tiny, kwargs, match):
     with pytest.raises(InvalidArgumentError, match=match) as info:
         train_vector(tiny, call.pop("pairs"), **call)
     assert "\n" not in str(info.value)
+
+
+def test_from_dataset_trains_a_vector_for_a_trained_method(tiny):
+    data = load("one_sentence", "train").head(4)
+    with pytest.raises(InvalidArgumentError, match="needs layers"):
+        SteeringVector.from_dataset(tiny, data, method="reps")
+    try:
+        vector = SteeringVector.from_dataset(tiny, data, method="likelihood", layers=[1])
+    except InvalidArgumentError as e:  # a random tiny model may answer nothing on target: nothing to train on
+        assert "on target" in str(e) or "pairs" in str(e)
+    else:
+        assert vector.layers == (1,) and vector.provenance["method"] == "likelihood"

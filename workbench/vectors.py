@@ -208,13 +208,18 @@ class SteeringVector:
         chat: bool = True,
         progress: bool = False,
     ) -> SteeringVector:
-        """The one call from data to vector, like repeng's ``ControlVector.train``.
-
-        Collects (:func:`workbench.activations.collect`, cached) the residual stream of ``dataset``'s positive
-        and negative prompts at ``layers`` (default all) and ``position``, then :meth:`from_activations` with
-        ``method``; the dataset's name (``name:variant`` with a variant) and hash go into the provenance.
+        """The one call from data to vector, like repeng's ``ControlVector.train``: collects (cached) the
+        residual stream of ``dataset``'s positive and negative prompts at ``layers`` (default all) and
+        ``position``, then :meth:`from_activations` with ``method``; or, for a trained ``method``
+        (``likelihood``, ``reps``: :mod:`workbench.training`), trains a vector at ``layers`` on answers the
+        model distils from the train pairs. The dataset's name and hash go into the provenance.
         """
         from workbench.activations import collect
+
+        if method in ("likelihood", "reps"):
+            from workbench.training import from_dataset
+
+            return from_dataset(model, dataset, str(method), layers, batch_size=batch_size, progress=progress)
 
         kw = {"layers": layers, "position": position, "batch_size": batch_size, "chat": chat}
         pos = collect(model, dataset.positive, progress=progress, **kw)
@@ -381,8 +386,7 @@ class SteeringVector:
 
     @contextmanager
     def apply(self, model: Model, coef: float | None = None, **knobs: Any) -> Iterator[Model]:
-        """Steer every forward of ``model`` inside the block with :meth:`interventions` (``knobs``: its
-        keywords), as steering-vectors' ``apply``: ``with vector.apply(model, 2.0, layers=14): ...``."""
+        """Steer every forward of ``model`` in the block with :meth:`interventions` (``knobs``: its keywords)."""
         from workbench.steering import steer
 
         with steer(model, *self.interventions(coef, **knobs)):
@@ -448,9 +452,7 @@ class SteeringVector:
         coef = float(coef)
         scales = {b: coef * (self.stats[b].diff_norm if magnitude == "raw" else 1.0) for b in export}
         rows = {b: (self.direction(b).double() * scale).float() for b, scale in scales.items()}
-        sub = (
-            self if set(export) == set(self.layers) else self.select(export)
-        )  # all layers: no select() noted
+        sub = self if set(export) == set(self.layers) else self.select(export)  # all: no select() noted
         payload = {**sub._payload(), "layers": export, "export": {"coef": coef, "magnitude": magnitude}}
         hint = model_hint or self.provenance.get("model_name") or "unknown"
         return formats.write_control_vector(path, rows, model_hint=hint, kind=ARTIFACT_TYPE, payload=payload)

@@ -47,7 +47,7 @@ from workbench.finetune.evaluate import target_for
 from workbench.generation import generate
 from workbench.models import Model
 
-__all__ = ["NoPairsError", "Pairs", "answer_loss", "choose_lora", "distill", "lora"]
+__all__ = ["NoPairsError", "Pairs", "answer_loss", "answer_sequences", "choose_lora", "distill", "lora"]
 
 _IGNORE = -100  # the label Hugging Face's loss skips
 
@@ -125,7 +125,7 @@ def distill(
     )
 
 
-def _sequences(model: Model, pairs: Pairs) -> list[tuple[list[int], int]]:
+def answer_sequences(model: Model, pairs: Pairs) -> list[tuple[list[int], int]]:
     """Token ids of each formatted prompt plus answer, and how many of them are the prompt's (the answer
     follows the prompt as :func:`~workbench.evaluation.perplexity.perplexity` scores it)."""
     tokenizer = model.tokenizer
@@ -165,7 +165,7 @@ def _loss(model: Model, batch: dict[str, Tensor]) -> Tensor:
 @torch.no_grad()
 def answer_loss(model: Model, pairs: Pairs, *, batch_size: int = 8) -> float:
     """Mean cross-entropy per answer token of ``pairs`` under ``model`` as it runs now (the training loss)."""
-    sequences = _sequences(model, pairs)
+    sequences = answer_sequences(model, pairs)
     total = count = 0.0
     for start in range(0, len(sequences), batch_size):
         batch = _batch(sequences[start : start + batch_size], model.tokenizer.pad_token_id, model.device)
@@ -177,7 +177,7 @@ def answer_loss(model: Model, pairs: Pairs, *, batch_size: int = 8) -> float:
 
 def _fit(model: Model, pairs: Pairs, recipe: dict[str, Any], checkpoints: Sequence[int]) -> list[LoraAdapter]:
     """Train one adapter (AdamW, shuffled batches); a copy of it after each of ``checkpoints`` steps."""
-    sequences = _sequences(model, pairs)
+    sequences = answer_sequences(model, pairs)
     flags = [(p, p.requires_grad) for p in model.hf_model.parameters()]
     for p, _ in flags:
         p.requires_grad_(False)

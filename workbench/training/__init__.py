@@ -5,9 +5,20 @@ LoRA baseline distils its pairs; :func:`train_vector` trains a rank-1 vector per
 ordinary :class:`~workbench.vectors.SteeringVector`; :func:`choose_strength` picks its strength on validation.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from workbench.errors import InvalidArgumentError
 from workbench.training.pairs import PreferencePairs, preference_pairs
 from workbench.training.strength import choose_strength
 from workbench.training.vector import EPOCHS, FACTORS, METHODS, train_vector
+
+if TYPE_CHECKING:
+    from workbench.datasets import ContrastiveSet
+    from workbench.models import Model
+    from workbench.vectors import SteeringVector
 
 __all__ = [
     "EPOCHS",
@@ -15,6 +26,25 @@ __all__ = [
     "METHODS",
     "PreferencePairs",
     "choose_strength",
+    "from_dataset",
     "preference_pairs",
     "train_vector",
 ]
+
+
+def from_dataset(
+    model: Model,
+    dataset: ContrastiveSet,
+    method: str,
+    layers: Sequence[int] | None,
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> SteeringVector:
+    """A trained vector (``method``: :data:`METHODS`) at ``layers`` from ``dataset``'s train pairs distilled
+    as the LoRA baseline does, with the dataset's own target: what ``SteeringVector.from_dataset`` runs for a
+    trained method."""
+    if not layers:
+        raise InvalidArgumentError(f"a {method} vector needs layers=[...]: each layer trains its own vector")
+    pairs = preference_pairs(model, dataset, batch_size=batch_size)
+    return train_vector(model, pairs, method=method, layers=list(layers), progress=progress)

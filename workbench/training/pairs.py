@@ -22,7 +22,7 @@ from workbench.datasets import ContrastiveSet
 from workbench.errors import InvalidArgumentError
 from workbench.evaluation.reference import Judge
 from workbench.evaluation.targets import on_target
-from workbench.finetune.training import NoPairsError, Pairs, _sequences, distill
+from workbench.finetune.training import NoPairsError, Pairs, answer_sequences, distill
 from workbench.generation import generate
 from workbench.models import Model
 
@@ -105,7 +105,7 @@ class PreferencePairs:
                 cpu_seconds=0.0,
                 wall_seconds=0.0,
             )
-            out.append(_sequences(model, lora))
+            out.append(answer_sequences(model, lora))
         return out[0], out[1]
 
 
