@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pandas as pd
+import pytest
 import torch
 
 from workbench.evaluation import is_degenerate
+from workbench.evaluation.mc import mc_changes
 from workbench.size import Size
 from workbench.studies.italian import italian_study
 
@@ -32,8 +34,20 @@ def test_italian_study_tables_and_figures(tiny, tmp_path, monkeypatch):
     assert len(result.rows) == table["n"].sum()
     assert result.rows["perplexity"].dtype == float
     assert all(path.exists() for path in result.figures)
-    mc = (tmp_path / "italian" / "multiple_choice.csv").read_text()
-    assert "accuracy" in mc and "en" in mc
+    mc = pd.read_csv(tmp_path / "italian" / "multiple_choice.csv")
+    assert list(mc.columns) == ["by", "config", "accuracy", "unparsed", "gained", "lost"]
+    assert set(mc["by"]) == {"loglik", "generation"} and {"en", "it"} <= set(mc["config"])
+    assert (mc.loc[mc["by"] == "loglik", "unparsed"] == 0).all() and mc["unparsed"].between(0, 1).all()
+    rows = pd.read_parquet(tmp_path / "italian" / "multiple_choice.parquet")
+    assert len(rows) == len(mc) * 6 and rows.loc[rows["by"] == "generation", "response"].notna().all()
+    for (by, config), mine in rows.groupby(["by", "config"]):  # gains and losses against the same way
+        reference = rows[(rows["by"] == by) & (rows["config"] == config[:2])]
+        expected = mc_changes(reference, mine)
+        row = mc[(mc["by"] == by) & (mc["config"] == config)].iloc[0]
+        assert (row["gained"], row["lost"]) == (expected["gained"], expected["lost"])
+        assert row["accuracy"] == pytest.approx(expected["accuracy"])
+    assert any(path.name.startswith("mc_upset") for path in result.figures)
+    assert any(note.startswith("multiple choice by generation: en ") for note in result.notes)
     written = result.write(tmp_path)
     assert (written / "table.parquet").exists() and (written / "rows.csv").exists()
 
@@ -73,6 +87,10 @@ def test_a_quick_study_builds_the_preset_from_its_own_few_pairs(tiny, tmp_path, 
     assert presets.path(tiny, "italian", 3).exists() and not presets.path(tiny, "italian").exists()
     assert presets.provenance(tiny, "italian", n_train=3)["n_train"] == 3
     assert any("(3 train pairs)" in note for note in result.notes)
+    mc = pd.read_csv(tmp_path / "italian" / "multiple_choice.csv").set_index(["by", "config"])
+    for by in ("loglik", "generation"):  # the steering's multiple choice, both ways
+        steered = mc.loc[(by, "it + steering (preset)")]
+        assert steered["gained"] + steered["lost"] <= 2 and 0 <= steered["accuracy"] <= 1
 
 
 def _counting_generate(monkeypatch) -> list[str]:

@@ -127,23 +127,33 @@ def cached_choice(
     by: str,
     interventions: Sequence[AnyIntervention] = (),
     parallel: Sequence[MCItem] = (),
+    template: str | None = None,
+    chat: bool = True,
     batch_size: int = 16,
+    max_new_tokens: int | None = None,
 ) -> pd.DataFrame:
-    """:func:`~workbench.evaluation.mc.multiple_choice`'s rows (chat prompts, default templates and budget),
-    stored at ``path`` and read back while :func:`mc_key` matches."""
+    """:func:`~workbench.evaluation.mc.multiple_choice`'s rows, stored at ``path`` and read back while
+    :func:`mc_key` of the same arguments matches (``parallel`` and ``max_new_tokens``: generation only)."""
+    options: dict[str, object] = {"chat": chat, "batch_size": batch_size}
+    if by == "generation":
+        options |= {"parallel": parallel, "max_new_tokens": max_new_tokens}
     key = mc_key(
         model.fingerprint,
         items,
         by=by,
         interventions=interventions,
-        parallel=parallel,
-        batch_size=batch_size,
+        template=template,
+        **options,  # type: ignore[arg-type]
     )
-    extra = {"parallel": list(parallel)} if by == "generation" else {}
 
     def run() -> pd.DataFrame:
         return multiple_choice(
-            model, items, by=by, interventions=list(interventions), batch_size=batch_size, **extra
+            model,
+            items,
+            by=by,
+            interventions=list(interventions),
+            prompt_template=template,
+            **options,  # type: ignore[arg-type]
         )
 
     return cached_rows(path, key, run)
