@@ -11,7 +11,6 @@ them (:func:`mc_key`); :func:`mc_columns` names each table column after its way 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -31,12 +30,12 @@ from workbench.evaluation.mc import (
     mc_changes,
     multiple_choice,
 )
-from workbench.head_steering import HeadIntervention
 from workbench.interventions import AnyIntervention
 from workbench.models import Model
 from workbench.recipes import cached_rows
+from workbench.runner import steering_key
 
-__all__ = ["LANGUAGES", "MC_VERSION", "cached_choice", "mc_columns", "mc_items", "mc_key", "steering_key"]
+__all__ = ["LANGUAGES", "MC_VERSION", "cached_choice", "mc_columns", "mc_items", "mc_key"]
 
 #: The languages of the bundled parallel questions.
 LANGUAGES = ("en", "it")
@@ -46,32 +45,6 @@ MC_VERSION = 2
 
 def _digest(data: object) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def steering_key(interventions: Sequence[AnyIntervention]) -> list[object]:
-    """Everything each intervention does, as cache keys record it: a head push's own key, or every field of
-    an :class:`~workbench.interventions.Intervention` (its resolved amount and a digest of its direction)."""
-    out: list[object] = []
-    for iv in interventions:
-        if isinstance(iv, HeadIntervention):
-            out.append(iv.key())
-            continue
-        direction = iv.direction().detach().float().cpu().contiguous().numpy().astype("<f4").tobytes()
-        out.append(
-            {
-                "layer": iv.layer,
-                "mode": iv.mode,
-                "coef": iv.coef,
-                "unit": iv.unit,
-                "amount": iv.amount(),
-                "positions": iv.positions,
-                "decay_tokens": iv.decay_tokens,
-                "norm_preserving": iv.norm_preserving,
-                "schedule": None if iv.schedule is None else dataclasses.asdict(iv.schedule),
-                "direction": hashlib.sha256(direction).hexdigest(),
-            }
-        )
-    return out
 
 
 def _questions(items: Sequence[MCItem]) -> str:
@@ -92,7 +65,8 @@ def mc_key(
 ) -> dict[str, object]:
     """What a multiple-choice run's rows depend on: the model, the questions (ids, languages, splits, texts,
     choices, answers) and their parallel versions, the way and its prompt (the default templates included),
-    chat, batch size, the answer budget, every intervention, the scorer and :data:`MC_VERSION`."""
+    chat, batch size, the answer budget, every intervention (:func:`~workbench.runner.steering_key`: its
+    direction, resolved amount and every knob), the scorer and :data:`MC_VERSION`."""
     generating = by == "generation"
     return {
         "version": MC_VERSION,

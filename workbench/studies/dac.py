@@ -31,8 +31,8 @@ from workbench.generation import generate
 from workbench.interventions import Intervention
 from workbench.models import Model
 from workbench.recipes import cached_rows
+from workbench.runner import steering_key
 from workbench.schedules import AUTHORS_POSITIONS, DynamicStrength, StrengthTrace, mean_strength
-from workbench.studies.choices import steering_key
 
 __all__ = [
     "AUTHORS",
