@@ -154,7 +154,8 @@ def _control_note(chosen: Competitors, answers: pd.DataFrame) -> str:
         for label in chosen.strengths.mean
     )
     return (
-        f"{CONTROL}: {DYNAMIC}'s interventions without schedule (same positions), coef × its mean α {said} "
+        f"{CONTROL}: the interventions of {DYNAMIC} without schedule (same positions), each coef × their "
+        f"mean α {said} "
         f"over every generated token of the same {len(dynamic)} test prompts, traced in a second generation "
         f"whose answers are the table's for {same} of {len(dynamic)}"
     )
