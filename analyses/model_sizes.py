@@ -77,7 +77,7 @@ def _italian(run: Path) -> dict[str, object]:
             if "preset" in row.config:
                 continue
             change = "" if pd.isna(row.gained) else f" (+{int(row.gained)}/-{int(row.lost)})"
-            measures[f"multiple choice: {row.config}"] = f"{row.accuracy:.2f}{change}"
+            measures[f"multiple choice by {row.by}: {row.config}"] = f"{row.accuracy:.2f}{change}"
     return measures
 
 

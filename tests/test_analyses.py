@@ -92,7 +92,8 @@ def test_model_sizes_puts_large_reports_side_by_side(tiny, tmp_path):
         "format json_format: steering",
         "format one_sentence: instruction",
         "Italian, real Italian: Italian prompt",
-        "multiple choice: en",
+        "multiple choice by generation: en",
+        "multiple choice by loglik: en",
         "frontier json, clean rate: steering",
     ):
         assert measure in table.index, measure
