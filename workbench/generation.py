@@ -23,6 +23,7 @@ from workbench.errors import InvalidArgumentError
 from workbench.fastpath import direct_forward
 from workbench.interventions import AnyIntervention, check_intervention
 from workbench.models import Model
+from workbench.positions import tail_length
 from workbench.schedules import StrengthTrace
 from workbench.steering import steer_rows, tracking
 
@@ -53,8 +54,8 @@ def per_row(
         not isinstance(iv, AnyIntervention) for iv in interventions
     ):
         raise InvalidArgumentError(
-            "interventions is one flat list of Intervention/HeadIntervention for every prompt: give a list "
-            "per prompt as row_interventions"
+            "interventions is one flat list of Intervention/HeadIntervention/GatedIntervention for every "
+            "prompt: give a list per prompt as row_interventions"
         )
     if row_interventions is None:
         return None
@@ -115,7 +116,7 @@ def generate(
         row_ivs = [rows[i] if rows is not None else shared for i in batch]
         dynamic = any(iv.schedule for ivs in row_ivs for iv in ivs)
         allowed = share_prefix and use_cache and not dynamic
-        prefix, encoded = _split_prefix(model, encoded, max_new_tokens, allowed)
+        prefix, encoded = _split_prefix(model, encoded, max_new_tokens, allowed, row_ivs)
         part = StrengthTrace()
         prompt_len = encoded["input_ids"].shape[1]
         with ExitStack() as stack:
@@ -171,15 +172,22 @@ def _check_settings(
 
 
 def _split_prefix(
-    model: Model, encoded: dict[str, Tensor], max_new_tokens: int, allowed: bool
+    model: Model,
+    encoded: dict[str, Tensor],
+    max_new_tokens: int,
+    allowed: bool,
+    row_ivs: Sequence[Sequence[AnyIntervention]] = (),
 ) -> tuple[int, dict[str, Tensor]]:
     """How many leading prompt tokens the batch shares and runs once (when ``allowed``; under
-    ``MIN_SHARED_PREFIX``: none), and the batch laid out for it (:func:`_after_prefix`).
+    ``MIN_SHARED_PREFIX``: none), and the batch laid out for it (:func:`_after_prefix`). Each row keeps
+    out of it the last prompt tokens its interventions steer on their own (``prompt_tail:K``: ``K``).
 
     Padding after a shared prefix must not enter a sliding attention window (Gemma 2, Mistral)."""
     window = getattr(model.hf_model.config, "sliding_window", None)
     fits = not window or encoded["input_ids"].shape[1] + max_new_tokens <= window
     prefix = _shared_prefix(encoded) if allowed and fits else 0
+    tail = max((tail_length(iv.positions) for ivs in row_ivs for iv in ivs), default=0)
+    prefix = max(0, min(prefix, int(encoded["attention_mask"].sum(-1).min()) - tail))
     if prefix < MIN_SHARED_PREFIX:
         return prefix, encoded
     return prefix, _after_prefix(encoded, prefix, model.tokenizer.pad_token_id)

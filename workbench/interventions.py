@@ -7,7 +7,8 @@ one function that resolves a ``coef`` in a ``unit`` into residual units (:func:`
 - ``set_projection``: ``x + (z − x·u)·u`` (``z`` defaults to the positive set's mean projection);
 - ``ablate``: ``x − (x·u)·u``.
 
-:mod:`workbench.steering` applies them (and the head-level pushes of :mod:`workbench.head_steering`).
+:mod:`workbench.steering` applies them (and the head-level pushes of :mod:`workbench.head_steering` and the
+per-token gates of :mod:`workbench.gated_steering`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from workbench.errors import InvalidArgumentError, ShapeMismatchError
+from workbench.gated_steering import GatedIntervention
 from workbench.head_steering import HeadIntervention
 from workbench.methods import LayerStats
 from workbench.models import Model
@@ -186,14 +188,16 @@ class Intervention:
             )
 
 
-#: What steering accepts: residual-stream interventions and head-level pushes (:mod:`workbench.head_steering`).
-AnyIntervention = Intervention | HeadIntervention
+#: What steering accepts: residual-stream interventions, head-level pushes (:mod:`workbench.head_steering`)
+#: and per-token gates (:mod:`workbench.gated_steering`).
+AnyIntervention = Intervention | HeadIntervention | GatedIntervention
 
 
 def check_intervention(iv: object) -> AnyIntervention:
     """``iv`` if it is an :data:`AnyIntervention`, else a one-line error."""
-    if not isinstance(iv, Intervention | HeadIntervention):
+    if not isinstance(iv, AnyIntervention):
         raise InvalidArgumentError(
-            f"interventions must be Intervention or HeadIntervention objects, got {type(iv).__name__}"
+            "interventions must be Intervention, GatedIntervention or HeadIntervention objects, "
+            f"got {type(iv).__name__}"
         )
     return iv

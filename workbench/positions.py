@@ -9,30 +9,47 @@ Position rules, in padded coordinates with prompts left-padded to a common end `
 ``"all"`` every position; ``"prompt"`` positions ``< P``; ``"generated"`` positions ``>= P`` (tokens the
 model wrote; the first new token is predicted from the last prompt position, so it is *not* steered by
 ``"generated"`` alone); ``"last_prompt"`` position ``P - 1``; ``"response"`` = ``"last_prompt"`` plus
-``"generated"`` (every position that predicts a new token).
+``"generated"`` (every position that predicts a new token); ``"prompt_tail:K"`` the last ``K`` prompt
+positions ``P - K .. P - 1`` (PrOSV's prompt-only steering, their ``lK``: written into the prompt's KV cache,
+which carries it to every generated token). A row shorter than ``K`` tokens has all of its prompt steered
+(and padding, which nothing attends to), as alone.
 """
 
 from __future__ import annotations
 
+import re
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from workbench.errors import InvalidArgumentError
 from workbench.models import Model
 
 POSITIONS = ("all", "prompt", "generated", "last_prompt", "response")
+#: The parametrised rule: the last ``K`` prompt positions, e.g. ``"prompt_tail:5"``.
+PROMPT_TAIL = "prompt_tail"
+_TAIL = re.compile(rf"{PROMPT_TAIL}:([1-9][0-9]*)")
 
 
 def check_positions(positions: str) -> str:
-    if positions not in POSITIONS:
-        raise InvalidArgumentError(f"unknown positions {positions!r}: use one of {', '.join(POSITIONS)}")
-    return positions
+    """``positions`` if it names a rule (:data:`POSITIONS` or ``"prompt_tail:K"``, ``K >= 1``), else a
+    one-line error."""
+    if positions in POSITIONS or (isinstance(positions, str) and _TAIL.fullmatch(positions)):
+        return positions
+    raise InvalidArgumentError(
+        f"unknown positions {positions!r}: use one of {', '.join(POSITIONS)} or {PROMPT_TAIL}:K (K >= 1)"
+    )
+
+
+def tail_length(positions: str) -> int:
+    """``K`` of a ``"prompt_tail:K"`` rule; 1 for ``last_prompt``, 0 for every other rule."""
+    match = _TAIL.fullmatch(positions)
+    return int(match.group(1)) if match else int(positions == "last_prompt")
 
 
 class PositionTracker:
@@ -81,7 +98,21 @@ class PositionTracker:
             return step >= 0
         if positions == "last_prompt":
             return step == -1
-        return step >= -1
+        if positions == "response":
+            return step >= -1
+        return (step < 0) & (step >= -tail_length(check_positions(positions)))
+
+    def weight(
+        self, rules: Sequence[tuple[str, Tensor]], active: Tensor, seq: int, device: torch.device
+    ) -> Float[Tensor, "batch seq"]:
+        """Per row and position, 1 where the row is ``active`` (``[rows, 1]``) and its rule selects the
+        position, else 0; ``rules`` pairs each rule with the ``[rows, 1]`` rows that use it."""
+        weight = active.float().expand(-1, seq)
+        for rule, rows in rules:
+            mask = self.mask(rule, seq, device)
+            if mask is not None:
+                weight = torch.where(rows, weight * mask.float(), weight)
+        return weight
 
     def _end(self, device: torch.device) -> Tensor:
         if self.prompt_end is None:

@@ -30,6 +30,7 @@ import pandas as pd
 
 from workbench.errors import InvalidArgumentError
 from workbench.files import atomic_write, create_once, json_default
+from workbench.gated_steering import GatedIntervention
 from workbench.generation import generate
 from workbench.head_steering import HeadIntervention
 from workbench.interventions import AnyIntervention, Intervention
@@ -249,10 +250,11 @@ class _Keys:
         return self._directions[slot]
 
     def steering(self, interventions: Sequence[AnyIntervention]) -> list[object]:
-        """What every intervention does, as JSON-able values (a head push: a digest of its vectors and knobs)."""
+        """What every intervention does, as JSON-able values (a head push or a gate: a digest of its tensors
+        and knobs)."""
         return [
-            iv.key()  # head push: a digest of its vectors and every knob
-            if isinstance(iv, HeadIntervention)
+            iv.key()  # head push or gate: a digest of its tensors and every knob
+            if isinstance(iv, HeadIntervention | GatedIntervention)
             else [
                 iv.layer,
                 iv.mode,

@@ -21,6 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from workbench.errors import InvalidArgumentError, ShapeMismatchError
+from workbench.gated_steering import GatedIntervention, GateSlots
 from workbench.head_steering import HeadIntervention, HeadSlots
 from workbench.interventions import AnyIntervention, Intervention, check_intervention
 from workbench.models import Model
@@ -103,7 +104,7 @@ class _Slot:
         """``x`` edited; ``history`` is ``[columns + 1, steps]`` of dynamic strengths (last row ones)."""
         t = self.placed(x.dtype, x.device)
         seq = x.shape[1]
-        weight = None if self.everywhere else self._weight(t, seq, tracker, x.device).to(x.dtype)
+        weight = None if self.everywhere else tracker.weight(t.rules, t.active, seq, x.device).to(x.dtype)
         amount = t.amount
         if self.any_decay:
             amount = amount * self._decay(t, seq, tracker, x.device).to(x.dtype)
@@ -119,16 +120,6 @@ class _Slot:
             keep = t.norm_preserving if weight is None else t.norm_preserving & (weight > 0)
             steered = torch.where(keep[..., None], steered * rescale, steered)
         return steered
-
-    @staticmethod
-    def _weight(t: _Placed, seq: int, tracker: PositionTracker, device: torch.device) -> Tensor:
-        weight = t.active.expand(-1, seq)
-        for rule, rows in t.rules:
-            mask = tracker.mask(rule, seq, device)
-            if mask is None:
-                continue
-            weight = torch.where(rows, weight * mask.float(), weight)
-        return weight
 
     @staticmethod
     def _decay(t: _Placed, seq: int, tracker: PositionTracker, device: torch.device) -> Tensor:
@@ -297,13 +288,16 @@ def steer_rows(
 
     A single row broadcasts to any batch size (that is :func:`steer`), except with a dynamic strength:
     that needs one row per batch row, and ``trace`` receives each row's per-step strengths on exit.
-    Rows may hold :class:`~workbench.head_steering.HeadIntervention` s too (they edit ``hook_z``).
+    Rows may hold :class:`~workbench.head_steering.HeadIntervention` s too (they edit ``hook_z``) and
+    :class:`~workbench.gated_steering.GatedIntervention` s (after the layer's interventions).
     """
     for row in rows:
         for iv in row:
             check_intervention(iv).check_fits(model)
     heads = [[iv for iv in row if isinstance(iv, HeadIntervention)] for row in rows]
     pushes = HeadSlots(heads) if any(heads) else None
+    gated = [[iv for iv in row if isinstance(iv, GatedIntervention)] for row in rows]
+    gates = GateSlots(gated) if any(gated) else None
     rows = [[iv for iv in row if isinstance(iv, Intervention)] for row in rows]
     dynamic = _Dynamic(model, rows) if any(iv.schedule for row in rows for iv in row) else None
     edits = [
@@ -314,7 +308,7 @@ def steer_rows(
         for r, row in enumerate(rows)
     ]
     slots = _build_slots(edits)
-    if not slots and pushes is None:
+    if not slots and pushes is None and gates is None:
         yield model
         return
     with ExitStack() as stack:
@@ -326,8 +320,11 @@ def steer_rows(
             (f"blocks.{layer}.hook_resid_post", _hook(layer, layer_slots, tracker, dynamic))
             for layer, layer_slots in slots.items()
         ]
+        side = lambda: dynamic.rows if dynamic and dynamic.running else None  # noqa: E731
         if pushes is not None:
-            hooks += pushes.hooks(tracker, lambda: dynamic.rows if dynamic and dynamic.running else None)
+            hooks += pushes.hooks(tracker, side)
+        if gates is not None:
+            hooks += gates.hooks(tracker, side)
         stack.enter_context(model.bridge.hooks(fwd_hooks=hooks))
         yield model
     if dynamic is not None and trace is not None:
