@@ -12,7 +12,15 @@ import typer
 
 from workbench.errors import WorkbenchError
 
-__all__ = ["ModelSpec", "RayAddress", "RayWorkers", "one_line_errors", "parse_numbers", "parse_position"]
+__all__ = [
+    "ModelSpec",
+    "RayAddress",
+    "RayAllowOther",
+    "RayWorkers",
+    "one_line_errors",
+    "parse_numbers",
+    "parse_position",
+]
 
 
 def _default_model() -> str:
@@ -43,6 +51,14 @@ RayAddress = Annotated[
 ]
 RayWorkers = Annotated[
     int | None, typer.Option("--workers", help="Ray workers (default: one per GPU, else 2).")
+]
+RayAllowOther = Annotated[
+    bool,
+    typer.Option(
+        "--allow-other-fingerprint",
+        help="Accept Ray workers whose model differs from this process's (dtype, device): their rows are "
+        "filed under their own fingerprint.",
+    ),
 ]
 
 

@@ -11,6 +11,7 @@ import typer
 from workbench.cli_options import (
     ModelSpec,
     RayAddress,
+    RayAllowOther,
     RayWorkers,
     one_line_errors,
     parse_numbers,
@@ -46,6 +47,7 @@ def report(
     ),
     ray: RayAddress = None,
     workers: RayWorkers = None,
+    allow_other_fingerprint: RayAllowOther = False,
     size: RunSizeOption = None,
     dtype: Dtype = None,
 ) -> None:
@@ -61,7 +63,7 @@ def report(
     from workbench.studies.report import run_report
 
     arguments = {"model": model, "size": size, "dtype": dtype, "ray": ray, "workers": workers}
-    with ray_executor(ray, workers, model, dtype) as executor:
+    with ray_executor(ray, workers, model, dtype, allow_other_fingerprint) as executor:
         path = run_report(model, out_dir=out, size=size, dtype=dtype, executor=executor, arguments=arguments)
     typer.echo(str(path))
     if publish is not None:
@@ -82,6 +84,7 @@ def study(
     model: ModelSpec = ...,
     ray: RayAddress = None,
     workers: RayWorkers = None,
+    allow_other_fingerprint: RayAllowOther = False,
     size: RunSizeOption = None,
     dtype: Dtype = None,
 ) -> None:
@@ -98,7 +101,7 @@ def study(
     run = out or Path("runs") / f"study-{name}"
     arguments = {"model": model, "size": size, "dtype": dtype, "ray": ray, "workers": workers}
     arguments |= {f"set {k}": v for k, v in knobs.items()}
-    with ray_executor(ray, workers, model, dtype) as executor:
+    with ray_executor(ray, workers, model, dtype, allow_other_fingerprint) as executor:
         path = run_report(
             model,
             out_dir=run,
@@ -262,6 +265,7 @@ def sweep_command(
     ),
     ray: RayAddress = None,
     workers: RayWorkers = None,
+    allow_other_fingerprint: RayAllowOther = False,
 ) -> None:
     """Steer a dataset's validation prompts over layers × coefficients; score the target rate (IFEval, strict) and degeneration.
 
@@ -278,7 +282,7 @@ def sweep_command(
     from workbench.record import new_record
 
     started = new_record("sweep")["started"]
-    ray_context = ray_executor(ray, workers, model)
+    ray_context = ray_executor(ray, workers, model, None, allow_other_fingerprint)
     blocks = parse_numbers(layers, int, "--layers")
     strengths = parse_numbers(coefs, float, "--coefs")
     train, validation = load(dataset, "train", variant=variant), load(dataset, "validation", variant=variant)

@@ -251,19 +251,30 @@ class RayExecutor:
 
 
 def ray_executor(
-    address: str | None, workers: int | None, spec: str, dtype: str | None = None
+    address: str | None,
+    workers: int | None,
+    spec: str,
+    dtype: str | None = None,
+    allow_other_fingerprint: bool = False,
 ) -> contextlib.AbstractContextManager[RayExecutor | None]:
     """The command line's ``--ray local|ADDRESS`` / ``--workers``, checked now: a ``with`` context yielding a
     :class:`RayExecutor` of ``spec`` that is also the default of every grid of that model inside the block
     (:func:`~workbench.runner.using_executor`), or None (the in-process runner) without ``--ray``. Its
-    workers load ``spec`` in ``dtype``, as the command's own model is loaded."""
+    workers load ``spec`` in ``dtype``, as the command's own model is loaded; ``allow_other_fingerprint``:
+    file their rows under their own fingerprint when they load it otherwise (e.g. on the CPU)."""
     if address is None:
         if workers is not None:
             raise InvalidArgumentError("--workers needs --ray (local or a cluster address)")
         return contextlib.nullcontext()
     load_kwargs = {"dtype": dtype} if dtype else {}
     return _as_default(
-        RayExecutor(spec, workers, load_kwargs, address=None if address == "local" else address)
+        RayExecutor(
+            spec,
+            workers,
+            load_kwargs,
+            address=None if address == "local" else address,
+            allow_other_fingerprint=allow_other_fingerprint,
+        )
     )
 
 
