@@ -3,6 +3,9 @@
 :func:`preference_pairs` makes (plain prompt, on-target answer, plain answer) triples from a train split as the
 LoRA baseline distils its pairs; :func:`train_vector` trains a rank-1 vector per layer on them and returns an
 ordinary :class:`~workbench.vectors.SteeringVector`; :func:`choose_strength` picks its strength on validation.
+:func:`train_factor` trains the strength of a fixed vector at chosen positions (PrOSV's prompt-only factor);
+:func:`train_gate` distils an instruction into a per-token gate (a PSR model,
+:class:`~workbench.gated_steering.GatedIntervention`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from workbench.errors import InvalidArgumentError
+from workbench.training.factor import train_factor
 from workbench.training.pairs import PreferencePairs, preference_pairs
+from workbench.training.psr import train_gate
 from workbench.training.strength import choose_strength
 from workbench.training.vector import EPOCHS, FACTORS, METHODS, train_vector
 
@@ -28,6 +33,8 @@ __all__ = [
     "choose_strength",
     "from_dataset",
     "preference_pairs",
+    "train_factor",
+    "train_gate",
     "train_vector",
 ]
 

@@ -39,7 +39,8 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,10 +57,11 @@ from workbench.fastpath import direct_forward
 from workbench.files import utc_now
 from workbench.methods import LayerStats
 from workbench.models import Model
+from workbench.positions import PositionTracker
 from workbench.training.pairs import PreferencePairs, TokenRow
 from workbench.vectors import SteeringVector
 
-__all__ = ["EPOCHS", "FACTORS", "METHODS", "Batch", "answer_logps", "pad", "train_vector"]
+__all__ = ["EPOCHS", "FACTORS", "METHODS", "Batch", "answer_logps", "frozen", "pad", "train_vector"]
 
 METHODS = ("likelihood", "reps")
 #: AxBench's training factors for RePS vectors on Gemma-2-2B.
@@ -80,6 +82,13 @@ class Batch:
     answer: Bool[Tensor, "row seq"]
     lengths: Float[Tensor, " row"]
 
+    def positions(self, rule: str) -> Bool[Tensor, "row seq"] | None:
+        """The positions a :mod:`workbench.positions` rule selects, the answer standing for the generated
+        tokens (None: every position)."""
+        tracker = PositionTracker()
+        with tracker.declared(self.answer.int().argmax(-1)):
+            return tracker.mask(rule, self.ids.shape[1], self.ids.device)
+
 
 def pad(rows: Sequence[TokenRow], pad_id: int, device: torch.device) -> Batch:
     """Left-pad ``(ids, n_prompt)`` rows into one :class:`Batch`."""
@@ -93,6 +102,19 @@ def pad(rows: Sequence[TokenRow], pad_id: int, device: torch.device) -> Batch:
         answer[r, width - len(row) + n_prompt :] = True
     lengths = torch.tensor([float(len(row)) for row, _ in rows])
     return Batch(ids.to(device), mask.to(device), answer.to(device), lengths.to(device))
+
+
+@contextmanager
+def frozen(model: Model) -> Iterator[None]:
+    """The model's parameters need no gradient within the block (restored after)."""
+    flags = [(p, p.requires_grad) for p in model.hf_model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 def _edit(
@@ -118,15 +140,17 @@ def answer_logps(
     vectors: Mapping[int, Float[Tensor, " d_model"]],
     factor: Float[Tensor, " row"],
     null: Bool[Tensor, " row"],
+    where: Bool[Tensor, "row seq"] | None = None,
 ) -> Float[Tensor, " row"]:
     """Summed log-probability of each row's answer tokens, with ``vectors[l]`` applied after block ``l``
-    (per row: added at ``factor``, or its positive projection removed where ``null``); differentiable in
-    the vectors. Only the positions that predict answer tokens get logits."""
+    (per row: added at ``factor``, or its positive projection removed where ``null``) on every real token,
+    or on the real tokens ``where`` selects; differentiable in the vectors. Only the positions that predict
+    answer tokens get logits."""
     keep = int(batch.answer.sum(-1).max()) + 1
     factor, null = factor.to(batch.ids.device), null.to(batch.ids.device)
+    edited = batch.mask if where is None else batch.mask * where.to(batch.mask)
     hooks = [
-        (f"blocks.{layer}.hook_resid_post", _edit(v, factor, null, batch.mask))
-        for layer, v in vectors.items()
+        (f"blocks.{layer}.hook_resid_post", _edit(v, factor, null, edited)) for layer, v in vectors.items()
     ]
     with model.bridge.hooks(fwd_hooks=hooks), direct_forward(model):
         logits = model.hf_model(
@@ -289,25 +313,16 @@ def train_vector(
     pairs = _pairs(pairs)
     cpu, wall = time.process_time(), time.perf_counter()
     targets, plains = pairs.sequences(model)
-    flags = [(p, p.requires_grad) for p in model.hf_model.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        with torch.enable_grad():
-            reference = None
-            if method == "reps":
-                reference = (
-                    _reference(model, targets, 2 * batch_size),
-                    _reference(model, plains, 2 * batch_size),
-                )
-            generator = torch.Generator().manual_seed(seed)
-            run = _Run(
-                model, targets, plains, torch.tensor([float(f) for f in factors]), generator, reference
+    with frozen(model), torch.enable_grad():
+        reference = None
+        if method == "reps":
+            reference = (
+                _reference(model, targets, 2 * batch_size),
+                _reference(model, plains, 2 * batch_size),
             )
-            vectors, losses = _fit(run, chosen, method, float(lr), epochs, batch_size, progress)
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
+        generator = torch.Generator().manual_seed(seed)
+        run = _Run(model, targets, plains, torch.tensor([float(f) for f in factors]), generator, reference)
+        vectors, losses = _fit(run, chosen, method, float(lr), epochs, batch_size, progress)
     acts = collect(model, list(pairs.prompts), layers=list(chosen), position="last_prompt")
     norms = torch.linalg.vector_norm(acts.tensor.double(), dim=-1).mean(0).tolist()
     settings = {
