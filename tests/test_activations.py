@@ -226,7 +226,7 @@ def test_response_mean_is_batch_size_invariant_and_cached(tiny):
     one = collect_responses(tiny, PROMPTS, ANSWERS, batch_size=1, cache=False).tensor
     many = collect_responses(tiny, PROMPTS, ANSWERS, batch_size=5)
     assert (one - many.tensor).abs().max() <= 1e-4
-    assert many.settings["position"] == "response_mean"
+    assert many.settings["position"] == "generated"
     again = collect_responses(tiny, PROMPTS, ANSWERS, batch_size=5)
     assert torch.equal(again.tensor, many.tensor)
     other = collect_responses(tiny, PROMPTS, [*ANSWERS[:-1], "Dogs."], batch_size=5)

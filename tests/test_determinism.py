@@ -51,7 +51,7 @@ def sampled(model, vec, seed):
         top_p=0.95,
         seed=seed,
         batch_size=2,
-        interventions=steering,
+        row_interventions=steering,
     )
 
 
@@ -134,7 +134,7 @@ def results_table(model, vec):
         max_new_tokens=8,
         do_sample=True,
         seed=7,
-        interventions=[configs[name] for name, _ in grid],
+        row_interventions=[configs[name] for name, _ in grid],
     )
     frame = evaluate(responses, [item for _, item in grid])
     frame.insert(0, "config", [name for name, _ in grid])

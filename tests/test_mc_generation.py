@@ -77,7 +77,7 @@ def test_generated_answers_are_parsed_into_columns(tiny, answers):
     assert prompts[1].endswith(
         "Question: How many legs does a spider have?\nA. Six\nB. Two\nC. Eight\nD. Four\nAnswer:"
     )
-    assert settings["max_new_tokens"] == mc.ANSWER_TOKENS and settings["interventions"] is None
+    assert settings["max_new_tokens"] == mc.ANSWER_TOKENS and settings["interventions"] == []
     # without the parallel questions the Italian text of option C is not read
     canned += ["Answer: A", "The spider ha otto zampe.", "I do not know."]
     assert list(multiple_choice(tiny, EN, by="generation")["parsed_by"]) == ["letter", "none", "none"]

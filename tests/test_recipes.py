@@ -66,7 +66,7 @@ def test_recipe_names_are_distinct_and_round_trip():
         Recipe("prompt", (6, 8), coef=0.05, prompt="instruction", unit="residual_norm"),
     ]
     assert len({r.name for r in recipes}) == len(recipes)
-    assert recipes[2].name == "response L6-8 add 0.05rn all"
+    assert recipes[2].name == "generated L6-8 add 0.05rn all"
     for r in recipes:
         assert Recipe.from_json(r.to_json()) == r
     assert [r.span(30) for r in (recipes[0], Recipe(layers=(3,)), recipes[2], Recipe(layers=range(30)))] == [
@@ -154,7 +154,7 @@ def test_run_recipes_scores_every_row_and_batches_configurations(tiny, monkeypat
     monkeypatch.setattr(runner, "generate", lambda *a, **k: calls.append(k) or real(*a, **k))
     rows = frontier.run_recipes(tiny, behaviour, vectors, recipes, "validation", 3)
     assert len(calls) == 2  # the unsteered completions, then every steered row in one call
-    assert all(isinstance(iv, Intervention) for row in calls[1]["interventions"] for iv in row)
+    assert all(isinstance(iv, Intervention) for row in calls[1]["row_interventions"] for iv in row)
     assert len(rows) == 4 * 3 and rows["recipe"].tolist()[:3] == ["plain"] * 3
     assert (rows["clean"] == rows["on_target"] & ~rows["degenerate"]).all()
     summary = frontier.summarize_recipes(rows, recipes, tiny.n_layers)
@@ -275,7 +275,7 @@ def test_a_recipe_without_a_source_is_a_sweep_setting_labelled_like_an_intervent
     (absolute,) = Recipe(None, (1,), coef=3.0, unit="absolute").interventions(vector)
     assert absolute.amount() == 3.0
     band = Recipe("prompt", (1, 2), coef=0.1, prompt="instruction", unit="residual_norm")
-    assert band.label == "add@1-2x0.1 +instruction" and band.name == "mean L1-2 add 0.1rn all +instruction"
+    assert band.label == "add@1-2x0.1 +instruction" and band.name == "prompt L1-2 add 0.1rn all +instruction"
     assert Recipe(None, (1,), "ablate", 0.0).coef is None
     with pytest.raises(InvalidArgumentError, match="takes no coef"):
         Recipe(None, (1,), "ablate", 2.0)
@@ -303,7 +303,7 @@ def test_answer_resumes_from_its_parts_and_rescores(tiny, tmp_path, monkeypatch)
     strict_json = dataclasses.replace(behaviour, target="json_format_strict")
     rescored = frontier.score(strict_json, again)
     assert (rescored["on_target"] == rescored["response"].map(json_format_strict)).all()
-    with pytest.raises(InvalidArgumentError, match="needs the 'mean' vector"):
+    with pytest.raises(InvalidArgumentError, match="needs the 'prompt' vector"):
         frontier.answer(
             tiny,
             behaviour,

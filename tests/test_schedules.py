@@ -125,7 +125,7 @@ def test_each_row_its_own_strength(sharp):
         [dyn(vec, 0, 6.0, positions="generated"), dyn(vec, 2, 5.0)],
     ]
     prompts = [PROMPTS[1], PROMPTS[1], PROMPTS[3], PROMPTS[3]]
-    batched, trace = traced(sharp, prompts, interventions=configs)
+    batched, trace = traced(sharp, prompts, row_interventions=configs)
     for i, config in enumerate(configs):
         alone, mine = traced(sharp, [prompts[i]], interventions=config)
         assert batched[i] == alone[0]

@@ -177,7 +177,7 @@ def test_per_row_batch_equals_each_configuration_alone(tiny):
         [Intervention(vec, 0, "add", 30.0, decay_tokens=3, norm_preserving=True, unit="absolute")],
     ]
     prompt = PROMPTS[2]
-    batched = generate(tiny, [prompt] * len(configs), max_new_tokens=8, interventions=configs)
+    batched = generate(tiny, [prompt] * len(configs), max_new_tokens=8, row_interventions=configs)
     alone = [generate(tiny, [prompt], max_new_tokens=8, interventions=c)[0] for c in configs]
     assert batched == alone
     assert len(set(batched)) >= 3

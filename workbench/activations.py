@@ -361,7 +361,7 @@ def collect_responses(
     The prompt gets the chat format when ``chat``; the response's tokens follow it as the model would
     have written them, and only their positions are averaged (the prompt's are not). Use it on
     contrastive completions, e.g. the model's own answers when asked in Italian and in English, both
-    appended to the same English prompt. ``settings["position"]`` is ``"response_mean"``; caching works
+    appended to the same English prompt. ``settings["position"]`` is ``"generated"``; caching works
     as in :func:`collect`, keyed by prompts and responses.
     """
     texts = format_prompts(model, prompts, chat=chat)

@@ -82,7 +82,7 @@ def generate(
     top_p: float | None = None,
     seed: int = 0,
     batch_size: int = 16,
-    interventions: Sequence[AnyIntervention] = (),
+    interventions: Sequence[AnyIntervention] | None = (),
     row_interventions: RowInterventions = None,
     use_cache: bool = True,
     min_new_tokens: int = 0,
@@ -93,8 +93,9 @@ def generate(
     """Generate a response to each prompt; returns only the response text, in the prompts' order.
 
     ``interventions`` apply to every prompt; ``row_interventions`` gives prompt ``i`` its own list as well
-    (each row of a batch carries its own configuration: a grid of settings is one batched call). ``use_cache=False`` re-runs the whole sequence at every
-    step (the reference loop, for checks). ``min_new_tokens`` keeps end-of-turn from stopping a row
+    (each row of a batch carries its own configuration: a grid of settings is one batched call);
+    ``None`` is no interventions. ``use_cache=False`` re-runs the whole sequence at every step (the
+    reference loop, for checks). ``min_new_tokens`` keeps end-of-turn from stopping a row
     earlier (equal lengths, for timing). ``share_prefix=False`` runs every row's whole prompt (the
     reference, for checks). Greedy output does not depend on ``batch_size``. ``trace`` receives, per
     prompt in order, the per-token strengths of its dynamic interventions (:mod:`workbench.schedules`);
@@ -102,6 +103,7 @@ def generate(
     """
     _check_settings(max_new_tokens, min_new_tokens, do_sample, temperature, top_p)
     texts = format_prompts(model, prompts, chat=chat)
+    interventions = () if interventions is None else interventions
     rows = per_row(interventions, row_interventions, len(texts))
     shared = list(interventions)
     tokenizer = model.tokenizer
@@ -122,11 +124,8 @@ def generate(
         with ExitStack() as stack:
             tracker = stack.enter_context(tracking(model))
             stack.enter_context(tracker.declared(torch.tensor([prompt_len])))
-            cache = (
-                _prefix_cache(model, encoded["input_ids"][0, :prefix], row_ivs)
-                if prefix >= MIN_SHARED_PREFIX
-                else None
-            )
+            head = encoded["input_ids"][0, :prefix]
+            cache = _prefix_cache(model, head, row_ivs) if prefix >= MIN_SHARED_PREFIX else None
             stack.enter_context(steer_rows(model, row_ivs if rows is not None or dynamic else [shared], part))
             stack.enter_context(direct_forward(model))
             if do_sample:

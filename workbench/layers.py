@@ -128,9 +128,7 @@ class LayerReport:
         rows: list[dict[str, Any]] = []
         for name, layer in self.picks.items():
             cheap = name != "sweep"
-            rate = (
-                float(swept["target_rate"].get(layer, float("nan"))) if cheap else self.choice.target_rate
-            )
+            rate = float(swept["target_rate"].get(layer, float("nan"))) if cheap else self.choice.target_rate
             rows.append(
                 {
                     "dataset": self.dataset,

@@ -190,7 +190,7 @@ def test_steered_generation_matches_the_bridge(model, strict):
         )
     out = {}
     for use_cache in (True, False):
-        settings = {"interventions": rows, "max_new_tokens": 4, "use_cache": use_cache, "batch_size": 32}
+        settings = {"row_interventions": rows, "max_new_tokens": 4, "use_cache": use_cache, "batch_size": 32}
         out["fast", use_cache] = generate(model, prompts, **settings)
         with bridge_only(model):
             out["bridge", use_cache] = generate(model, prompts, **settings)

@@ -102,7 +102,7 @@ def multiple_choice(
     items: Sequence[MCItem],
     *,
     by: str = "loglik",
-    interventions: Sequence[AnyIntervention] = (),
+    interventions: Sequence[AnyIntervention] | None = (),
     row_interventions: RowInterventions = None,
     chat: bool = True,
     batch_size: int = 16,
@@ -133,6 +133,7 @@ def multiple_choice(
             "max_new_tokens, parallel and row_interventions apply to by='generation' only"
         )
     _check(items, prompt_template)
+    interventions = list(interventions or ())
     if by == "generation":
         steering = (interventions, row_interventions)
         return _by_generation(
@@ -158,7 +159,7 @@ def _by_loglik(
         [choice for _, choice in pairs],
         formatted=chat,
         batch_size=batch_size,
-        interventions=list(interventions),
+        interventions=interventions,
     )
     rows = []
     start = 0

@@ -146,7 +146,9 @@ def length_study(
     write_frame(compliance, out / "sentences_at_most.csv", "sentence-limit target rate")
     figures = save(_length_figure(table, layer, tokens), out, "length_curve")
     figures += save(
-        bars(compliance, "setting", ["target_rate", "degeneration"], f"{at_most} on held-out prompts", "rate"),
+        bars(
+            compliance, "setting", ["target_rate", "degeneration"], f"{at_most} on held-out prompts", "rate"
+        ),
         out,
         "sentences_at_most",
     )
