@@ -2,8 +2,9 @@
 
 ``evaluate`` (one results row per response, :mod:`workbench.evaluation.table`) and the reference-model
 fluency calibration (``calibrate``, ``ReferenceFluency``, ``reference_model``:
-:mod:`workbench.evaluation.reference`) are imported on first use, so the text-only checks load without
-torch; model-based scoring lives in :mod:`workbench.evaluation.perplexity` and
+:mod:`workbench.evaluation.reference`) and AxBench's ratings (``rate``, ``rating_agreement``,
+``RatingJudge``: :mod:`workbench.evaluation.rating`) are imported on first use, so the text-only checks
+load without torch; model-based scoring lives in :mod:`workbench.evaluation.perplexity` and
 :mod:`workbench.evaluation.mc`.
 
 Every metric has one definition here: degeneration is :func:`is_degenerate` (:mod:`.fluency`), on-target
@@ -41,12 +42,16 @@ _LAZY = {
     "ReferenceFluency": "workbench.evaluation.reference",
     "calibrate": "workbench.evaluation.reference",
     "reference_model": "workbench.evaluation.reference",
+    "rate": "workbench.evaluation.rating",
+    "rating_agreement": "workbench.evaluation.rating",
+    "RatingJudge": "workbench.evaluation.rating_judge",
 }
 
 __all__ = [
     "INSTRUCTION_IDS",
     "LANGUAGES",
     "SCORER_VERSION",
+    "RatingJudge",
     "ReferenceFluency",
     "calibrate",
     "check",
@@ -60,6 +65,8 @@ __all__ = [
     "longest_repeated_run",
     "mc_changes",
     "multiple_choice",
+    "rate",
+    "rating_agreement",
     "reference_model",
     "repeated_ngram_rate",
     "score_answers",
