@@ -49,7 +49,7 @@ def test_the_vectors_equal_a_hand_computation(data):
     with torch.inference_mode():
         out = model.hf_model.generate(torch.tensor([encoded]), max_new_tokens=3, do_sample=False)
     model.hf_model.generation_config.eos_token_id = int(out[0, -1])
-    push = gentle_push(model, data, k=4, shots=2, seed=3, max_steps=4, batch_size=3)
+    push = gentle_push(model, data, k=4, shots=2, seed=3, max_steps=4, batch_size=3, chat=True)
     base, target = (hand_means(model, prompts[c], 4) for c in ("ENG", "ITA"))
     n = min(len(base), len(target))
     expected = torch.stack([target[i] - base[i] for i in range(n)], dim=1)  # [layer, step, head, d_head]

@@ -19,9 +19,12 @@ d5431bc: ``src/extraction.py`` ``extract_activations``/``get_mean_activations``,
 Where this differs, and why: the shots are the bundled parallel multiple-choice questions (validation
 split, so the test questions the studies score stay unseen) whose English and Italian answers differ,
 with their correct option as the answer (one word or a few: our data has no longer Italian answers);
-the final queries are ``dataset``'s (English, or Italian for ITA-full); with ``chat=True`` (default) the
-few-shot text is one user turn of the chat template, as the prompts the push later steers are (the
-authors prompt in raw text, ``chat=False``); queries are drawn without replacement (theirs with);
+the final queries are ``dataset``'s (English, or Italian for ITA-full); the few-shot text is raw, as
+the authors prompt (``chat=False``, default), though the prompts the push later steers are chat turns:
+with ``chat=True`` (one user turn of the chat template) Qwen2.5-Coder-1.5B-Instruct answers the ITA
+prompts by repeating the shots, not in Italian, so Δ pushes towards echoing a question list (α 1.5: 0 of
+32 test answers Italian, 0.66 degenerate), where the raw text's Δ makes 8 of 8 validation answers
+Italian with none degenerate; queries are drawn without replacement (theirs with);
 the K generations run batched with the KV cache (theirs one by one, recomputing the sequence every step);
 ``n_steps`` is the last step both conditions reached (beyond it the engine repeats the last vector); the
 fade ``N`` defaults to ``max_steps``, as their recording and generation budgets were one number. Their
@@ -145,7 +148,7 @@ def record_steps(
     layers: Sequence[int],
     max_steps: int,
     batch_size: int = 8,
-    chat: bool = True,
+    chat: bool = False,
     progress: bool = False,
 ) -> tuple[Float[Tensor, "layer step head d_head"], Int[Tensor, " step"]]:
     """Per generation step, the mean ``hook_z`` at the position that predicts the step's token over the
@@ -199,7 +202,7 @@ def gentle_push(
     conditions: Sequence[str] = ("ENG", "ITA"),
     max_steps: int = 30,
     batch_size: int = 8,
-    chat: bool = True,
+    chat: bool = False,
     seed: int = 0,
     shot_split: str = "validation",
     progress: bool = False,

@@ -314,7 +314,7 @@ def seed_italian_study(
     out = Path(out_dir) / "seed_italian"
     out.mkdir(parents=True, exist_ok=True)
     residual, vector, notes = _residual(model, size, out, progress)
-    push = _push(model, size, out, {"k": k, "shots": shots, "alpha": alpha}, progress)
+    push = _push(model, size, out, {"k": k, "shots": shots, "alpha": alpha, "chat": False}, progress)
     notes.append(
         f"gentle push: {push.label}, {push.provenance.get('build_seconds', float('nan')):.0f} s to build"
     )
