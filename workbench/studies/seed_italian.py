@@ -348,4 +348,5 @@ STUDY = Study(
     report=(),
     order=95,
     options={"quick": {"k": 2, "shots": 2}, "large": {"lora": False}},
+    inputs=lambda: {"push_prompts": "raw"},  # the push's few-shot text; chat turns before c266f81
 )
