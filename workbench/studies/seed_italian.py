@@ -285,7 +285,7 @@ def _goal(table: pd.DataFrame) -> str:
     met = (
         push["clean_rate"] >= needed
         and push["target_rate"] >= GOAL["clean"]
-        and all(c >= -GOAL["mc"] for c in changes)
+        and all(c >= -GOAL["mc"] - 1e-9 for c in changes)  # 87/100 against 89/100 is within 0.02
     )
     return (
         f"goal {'met' if met else 'missed'}: gentle push real Italian {push['target_rate']:.2f}, clean "
