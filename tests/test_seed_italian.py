@@ -44,6 +44,7 @@ def test_the_table_has_every_setting_and_a_rerun_generates_nothing(tiny, tmp_pat
                 and table.loc[["Italian prompt", "instruction"], f"mc_{by}_accuracy_{lang}"].isna().all()
             )
     assert (table["n"] == Size.quick().n_test).all() and table["langdetect_it"].between(0, 1).all()
+    assert table["distinct_answers"].between(1 / Size.quick().n_test, 1).all()
     assert any(note.startswith("goal ") for note in result.notes) and "LoRA not run" in result.notes[-1]
     answers = result.rows
     assert {"on_target", "degenerate", "clean", "langdetect_it", "perplexity"} <= set(answers)

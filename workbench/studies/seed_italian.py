@@ -251,6 +251,7 @@ def _table(answers: pd.DataFrame, mc: pd.DataFrame, settings: dict) -> pd.DataFr
             "clean_rate": mine["clean"].mean(),
             "degeneration": mine["degenerate"].mean(),
             "median_perplexity": mine["perplexity"].median(),
+            "distinct_answers": mine["response"].nunique() / max(len(mine), 1),  # 1/n: one answer to all
             "n": len(mine),
         }
         for by in ("generation", "loglik"):
