@@ -23,8 +23,8 @@ the final queries are ``dataset``'s (English, or Italian for ITA-full); the few-
 the authors prompt (``chat=False``, default), though the prompts the push later steers are chat turns:
 with ``chat=True`` (one user turn of the chat template) Qwen2.5-Coder-1.5B-Instruct answers the ITA
 prompts by repeating the shots, not in Italian, so Δ pushes towards echoing a question list (α 1.5: 0 of
-32 test answers Italian, 0.66 degenerate), where the raw text's Δ makes 8 of 8 validation answers
-Italian with none degenerate; queries are drawn without replacement (theirs with);
+32 test answers Italian, 0.66 degenerate), where the raw text's Δ makes all 32 Italian, 0.09 degenerate
+(``docs/results/seed_italian/qwen1.5b``); queries are drawn without replacement (theirs with);
 the K generations run batched with the KV cache (theirs one by one, recomputing the sequence every step);
 ``n_steps`` is the last step both conditions reached (beyond it the engine repeats the last vector); the
 fade ``N`` defaults to ``max_steps``, as their recording and generation budgets were one number. Their

@@ -93,11 +93,6 @@ def _concept(target: str, item: Item | None, answer: str) -> int:
     return 2 if on_target(target, item, answer) else 0  # type: ignore[arg-type]  # only ifeval reads it
 
 
-def _fluency_rule(answer: str) -> bool:
-    """Whether a rule rates the answer's fluency 0 (degenerate: a loop, no word)."""
-    return is_degenerate(answer)
-
-
 def rate(
     queries: Sequence[str],
     answers: Sequence[str],
@@ -125,7 +120,7 @@ def rate(
             raise InvalidArgumentError(f"answer {i} is not a string ({type(answer).__name__})")
     rows = list(items) if items is not None else [None] * len(answers)
     concept = [_concept(target, item, a) for item, a in zip(rows, answers, strict=True)]
-    ruled = np.array([_fluency_rule(a) for a in answers], dtype=bool)
+    ruled = np.array([is_degenerate(a) for a in answers], dtype=bool)
     if judge is None:
         relevance = np.full(len(answers), np.nan)
         fluency = np.where(ruled, 0.0, np.nan)
