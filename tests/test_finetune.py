@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -22,9 +24,22 @@ from workbench.finetune import (
     lora,
     lora_applied,
 )
+from workbench.finetune.training import answer_sequences
 from workbench.generation import generate
 
 TOKENS = 12
+#: CPU seconds the slow judge burns before its verdict (distilling the tiny model's 8 answers takes ~0.1).
+BURN = 1.0
+
+
+class SlowJudge(Judge):
+    """A judge that burns :data:`BURN` CPU seconds before its verdict."""
+
+    def __call__(self, prompts, responses):
+        start = time.process_time()
+        while time.process_time() - start < BURN:
+            pass
+        return super().__call__(prompts, responses)
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +98,27 @@ def test_distill_keeps_the_on_target_fluent_answers_to_the_positive_prompts(flue
     assert pairs.dataset_hash == train.hash and pairs.target == "ifeval"
     with pytest.raises(NoPairsError):  # the tiny model writes no JSON
         distill(fluent, load("json_format", "train").head(4), max_new_tokens=TOKENS)
+
+
+def test_end_of_turn_follows_only_the_answers_generation_stopped_on_their_own(fluent, train, monkeypatch):
+    """Generation's flag decides, not the answer's re-tokenised length: an answer cut at the budget learns
+    no end-of-turn though it re-tokenises shorter than the budget."""
+    answers = ["Paris is the capital of France.", "Put the egg in boiling water."] * 4
+    stopped = [True, False] * 4  # every other one cut at the budget
+
+    def generated(model, prompts, *, ended, **kwargs):
+        ended.extend(stopped)
+        return answers
+
+    monkeypatch.setattr("workbench.finetune.training.generate", generated)
+    pairs = distill(fluent, train, max_new_tokens=TOKENS)
+    assert pairs.answers == tuple(answers) and pairs.ended == tuple(stopped)
+    eos = fluent.hf_model.generation_config.eos_token_id
+    sequences = answer_sequences(fluent, pairs.prompts, pairs.answers, pairs.ended)
+    for (ids, n_prompt), ended in zip(sequences, stopped, strict=True):
+        answer = ids[n_prompt : len(ids) - ended]
+        assert eos not in answer and len(answer) < TOKENS  # the old rule gave every one an end-of-turn
+        assert (ids[-1] == eos) == ended
 
 
 def test_training_lowers_the_answer_loss_and_leaves_the_model_as_it_was(
@@ -233,14 +269,20 @@ def test_clean_needs_the_judges_verdict_where_one_is_given(writer):
 
 
 def test_distill_drops_the_answers_the_judge_rejects_and_says_so(fluent, train, pairs, judge):
+    """The judge's pass is timed apart from distilling: a slow judge adds nothing to distilling's CPU seconds."""
     positive = dict(zip([item.id for item in train.items], train.positive, strict=True))
     verdict = judge([positive[i] for i in pairs.ids], list(pairs.answers))["fluent_reference"]
     rejected = [i for i, ok in zip(pairs.ids, verdict, strict=True) if not ok]
-    judged = distill(fluent, train, max_new_tokens=TOKENS, judge=judge)
+    slow = SlowJudge(judge.model, judge.rule, judge.batch_size)
+    judged = distill(fluent, train, max_new_tokens=TOKENS, judge=slow)
     assert rejected and len(judged) == len(pairs) - len(rejected)
     assert judged.ids == tuple(i for i in pairs.ids if i not in rejected)
     assert judged.fluency["rejected_ids"] == rejected and judged.fluency["threshold"] == judge.rule.threshold
-    assert pairs.fluency is None
+    assert pairs.fluency is None and pairs.judge_cpu_seconds == 0.0
+    assert judged.cpu_seconds < BURN <= judged.judge_cpu_seconds
     adapter = lora(fluent, train, pairs=judged, rank=2, steps=1)
-    recorded = adapter.provenance["fluency_judge"]
-    assert recorded["reference"] == judge.rule.reference and recorded["rejected_ids"] == rejected
+    prov = adapter.provenance
+    assert prov["fluency_judge"]["reference"] == judge.rule.reference
+    assert prov["fluency_judge"]["rejected_ids"] == rejected
+    assert prov["distill_cpu_seconds"] == judged.cpu_seconds
+    assert prov["judge_cpu_seconds"] == judged.judge_cpu_seconds

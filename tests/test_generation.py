@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 
 from tests.conftest import PROMPTS
 from tests.refusals import refuses
 from tests.synthetic_vectors import directions
+from workbench import generation
 from workbench.errors import InvalidArgumentError
 from workbench.generation import generate
 from workbench.interventions import Intervention
@@ -76,3 +79,29 @@ def test_generate_sampling_is_seeded(tiny):
     a = generate(tiny, PROMPTS, max_new_tokens=8, do_sample=True, seed=3)
     b = generate(tiny, PROMPTS, max_new_tokens=8, do_sample=True, seed=3)
     assert a == b
+
+
+def test_generate_reports_which_answers_stopped_on_their_own(writer, monkeypatch):
+    """An answer that stopped at its end-of-text token is the same with a larger budget; one cut is not."""
+    tokenizer = writer.tokenizer
+    (s,) = tokenizer(" s", add_special_tokens=False)["input_ids"]
+    config = writer.hf_model.generation_config
+    monkeypatch.setattr(config, "sequence_bias", {(s, tokenizer.eos_token_id): 30.0})  # end after " s"
+    ended: list[bool] = []
+    answers = generate(writer, PROMPTS, max_new_tokens=12, ended=ended)
+    longer = generate(writer, PROMPTS, max_new_tokens=24)
+    assert ended == [a == b for a, b in zip(answers, longer, strict=True)]
+    assert any(ended) and not all(ended)
+    rebatched: list[bool] = []
+    assert generate(writer, PROMPTS, max_new_tokens=12, batch_size=2, ended=rebatched) == answers
+    assert rebatched == ended
+
+
+def test_a_stop_string_ends_an_answer_on_its_own(writer, monkeypatch):
+    plain = generate(writer, PROMPTS, max_new_tokens=12)
+    monkeypatch.setattr(generation, "_STOPS", weakref.WeakKeyDictionary())  # this test's criterion only
+    monkeypatch.setattr(writer, "stop_strings", ("MM",))
+    ended: list[bool] = []
+    answers = generate(writer, PROMPTS, max_new_tokens=12, ended=ended)
+    assert ended == ["MM" in text for text in plain] and any(ended) and not all(ended)
+    assert answers == [text.split("MM")[0].strip() for text in plain]

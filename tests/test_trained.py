@@ -152,7 +152,8 @@ def test_preference_pairs_are_the_lora_baselines(fluent, monkeypatch):
     train = load("no_comma", "train").head(6)
     distilled = distill(fluent, train, max_new_tokens=8)
 
-    def plain_answers(model, prompts, **kwargs):  # every other plain answer already has no comma
+    def plain_answers(model, prompts, *, ended, **kwargs):  # every other plain answer already has no comma
+        ended.extend(i % 4 == 0 for i in range(len(prompts)))  # and every fourth stopped on its own
         return ["one, two" if i % 2 == 0 else "one two" for i in range(len(prompts))]
 
     monkeypatch.setattr("workbench.training.pairs.generate", plain_answers)
@@ -163,6 +164,15 @@ def test_preference_pairs_are_the_lora_baselines(fluent, monkeypatch):
     assert set(pairs.plains) == {"one, two"}
     assert pairs.source["plain_on_target_ids"] == [distilled.ids[i] for i in range(1, len(distilled), 2)]
     assert pairs.max_new_tokens == 8 and pairs.source["dataset"] == "no_comma"
+    assert pairs.targets_ended == tuple(distilled.ended[i] for i in kept)
+    assert pairs.plains_ended == tuple(i % 4 == 0 for i in kept) and any(pairs.plains_ended)
+    eos = fluent.tokenizer.eos_token_id
+    for rows, flags in zip(pairs.sequences(fluent), (pairs.targets_ended, pairs.plains_ended), strict=True):
+        assert [ids[-1] == eos for ids, _ in rows] == list(flags)  # end-of-turn where generation stopped
+    targets, plains = PreferencePairs.from_triples(TRIPLES).sequences(fluent)
+    assert all(ids[-1] == eos for ids, _ in targets + plains)  # complete answers all end
+    with pytest.raises(InvalidArgumentError, match="one flag per pair"):
+        PreferencePairs(pairs.prompts, pairs.targets, pairs.plains, pairs.ids, 8)
 
 
 def test_pairs_whose_plain_answer_is_on_target_are_refused(fluent):

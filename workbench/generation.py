@@ -89,6 +89,7 @@ def generate(
     share_prefix: bool = True,
     progress: bool = False,
     trace: StrengthTrace | None = None,
+    ended: list[bool] | None = None,
 ) -> list[str]:
     """Generate a response to each prompt; returns only the response text, in the prompts' order.
 
@@ -99,7 +100,9 @@ def generate(
     earlier (equal lengths, for timing). ``share_prefix=False`` runs every row's whole prompt (the
     reference, for checks). Greedy output does not depend on ``batch_size``. ``trace`` receives, per
     prompt in order, the per-token strengths of its dynamic interventions (:mod:`workbench.schedules`);
-    a batch with one runs a side forward per token and does not share its prompt prefix.
+    a batch with one runs a side forward per token and does not share its prompt prefix. ``ended``
+    receives, per prompt in order, whether its answer stopped on its own (end of text or a stop string)
+    rather than at ``max_new_tokens``.
     """
     _check_settings(max_new_tokens, min_new_tokens, do_sample, temperature, top_p)
     texts = format_prompts(model, prompts, chat=chat)
@@ -111,6 +114,7 @@ def generate(
     stop = _stopping(model)
     sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
     responses: list[str] = [""] * len(texts)
+    stopped = [False] * len(texts)
     traced: dict[int, tuple[list[str], Tensor, Tensor]] = {}
     batches = list(length_batches(model, texts, batch_size, formatted=chat))
     for batch_no, batch in enumerate(tqdm(batches, desc="generate", disable=not progress)):
@@ -142,13 +146,17 @@ def generate(
                 **sampling,
                 **stop,
             )
-        texts_out = tokenizer.batch_decode(output[:, prompt_len:], skip_special_tokens=True)
-        traced |= _traced_rows(part, batch, output[:, prompt_len:], eos, tokenizer.pad_token_id)
-        for i, text in zip(batch, texts_out, strict=True):
+        new = output[:, prompt_len:]
+        texts_out = tokenizer.batch_decode(new, skip_special_tokens=True)
+        traced |= _traced_rows(part, batch, new, eos, tokenizer.pad_token_id)
+        for i, tokens, text in zip(batch, new.tolist(), texts_out, strict=True):
             responses[i] = _cut(text, model.stop_strings)
+            stopped[i] = _stopped(tokens, text, eos, model.stop_strings)
     if trace is not None:
         for i in range(len(texts)):
             trace.append(*traced.get(i, ([], torch.zeros(0, 0), torch.zeros(0, 0))))
+    if ended is not None:
+        ended.extend(stopped)
     return responses
 
 
@@ -214,6 +222,13 @@ def _generated(tokens: list[int], eos: int | list[int], pad: int) -> int:
         if token == pad:
             return n
     return len(tokens)
+
+
+def _stopped(tokens: list[int], text: str, eos: int | list[int], stops: tuple[str, ...]) -> bool:
+    """Whether a row's new ``tokens`` (decoded: ``text``) stopped on its own: an end-of-text token or a
+    stop string, not the token budget."""
+    ends = set(eos) if isinstance(eos, list) else {eos}
+    return any(token in ends for token in tokens) or any(stop in text for stop in stops)
 
 
 def _shared_prefix(encoded: dict[str, Tensor]) -> int:

@@ -6,9 +6,9 @@ instruction, or the Italian query), kept when it is on target
 (:func:`~workbench.finetune.evaluate.target_for`), not degenerate
 (:func:`~workbench.evaluation.is_degenerate`) and, given a reference model's
 :class:`~workbench.evaluation.reference.Judge`, fluent by it. :func:`lora` trains a peft LoRA adapter on them: the loss is
-the cross-entropy of the answer tokens only (and the end-of-turn token where the answer ended within its
-budget), after the prompt chat-formatted exactly as generation formats it. :func:`choose_lora` picks rank,
-steps and learning rate on the validation split by clean rate.
+the cross-entropy of the answer tokens only (and the end-of-turn token where generation stopped on its
+own, not at the token budget), after the prompt chat-formatted exactly as generation formats it.
+:func:`choose_lora` picks rank, steps and learning rate on the validation split by clean rate.
 """
 
 from __future__ import annotations
@@ -58,10 +58,14 @@ class NoPairsError(InvalidArgumentError):
 
 @dataclass(frozen=True)
 class Pairs:
-    """Training pairs: ``prompts`` (negative) and the model's ``answers`` to the positive prompts, per kept item."""
+    """Training pairs: ``prompts`` (negative) and the model's ``answers`` to the positive prompts, per kept
+    item; ``ended``: whether each answer stopped on its own rather than at ``max_new_tokens``.
+    ``cpu_seconds`` and ``wall_seconds`` time distilling without the judge's pass, which ``judge_cpu_seconds``
+    and ``judge_wall_seconds`` time."""
 
     prompts: tuple[str, ...]
     answers: tuple[str, ...]
+    ended: tuple[bool, ...]
     ids: tuple[str, ...]
     n_generated: int
     dataset: str
@@ -71,6 +75,8 @@ class Pairs:
     max_new_tokens: int
     cpu_seconds: float
     wall_seconds: float
+    judge_cpu_seconds: float = 0.0
+    judge_wall_seconds: float = 0.0
     fluency: dict[str, Any] | None = None  # the judge's rule and the ids it rejected, when one judged
 
     def __len__(self) -> int:
@@ -91,15 +97,21 @@ def distill(
     ``dataset.negative``. Raises :class:`NoPairsError` when none is kept."""
     rule = target_for(dataset, target)
     cpu, wall = time.process_time(), time.perf_counter()
-    answers = generate(model, dataset.positive, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    ended: list[bool] = []
+    answers = generate(
+        model, dataset.positive, max_new_tokens=max_new_tokens, batch_size=batch_size, ended=ended
+    )
     keep = [
         i
         for i, (item, answer) in enumerate(zip(dataset.items, answers, strict=True))
         if on_target(rule, item, answer) and not is_degenerate(answer)
     ]
-    fluency = None
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    fluency, judge_cpu, judge_wall = None, 0.0, 0.0
     if judge is not None:
+        judge_cpu, judge_wall = time.process_time(), time.perf_counter()
         verdict = judge([dataset.positive[i] for i in keep], [answers[i] for i in keep])
+        judge_cpu, judge_wall = time.process_time() - judge_cpu, time.perf_counter() - judge_wall
         rejected = [i for i, ok in zip(keep, verdict["fluent_reference"], strict=True) if not ok]
         keep = [i for i in keep if i not in rejected]
         fluency = {**dataclasses.asdict(judge.rule), "rejected_ids": [dataset.items[i].id for i in rejected]}
@@ -112,6 +124,7 @@ def distill(
     return Pairs(
         prompts=tuple(dataset.negative[i] for i in keep),
         answers=tuple(answers[i] for i in keep),
+        ended=tuple(ended[i] for i in keep),
         ids=tuple(dataset.items[i].id for i in keep),
         n_generated=len(answers),
         dataset=dataset.name if dataset.variant is None else f"{dataset.name}:{dataset.variant}",
@@ -119,25 +132,29 @@ def distill(
         split=dataset.split,
         target=rule,
         max_new_tokens=max_new_tokens,
-        cpu_seconds=time.process_time() - cpu,
-        wall_seconds=time.perf_counter() - wall,
+        cpu_seconds=cpu,
+        wall_seconds=wall,
+        judge_cpu_seconds=judge_cpu,
+        judge_wall_seconds=judge_wall,
         fluency=fluency,
     )
 
 
-def answer_sequences(model: Model, pairs: Pairs) -> list[tuple[list[int], int]]:
+def answer_sequences(
+    model: Model, prompts: Sequence[str], answers: Sequence[str], ended: Sequence[bool]
+) -> list[tuple[list[int], int]]:
     """Token ids of each formatted prompt plus answer, and how many of them are the prompt's (the answer
-    follows the prompt as :func:`~workbench.evaluation.perplexity.perplexity` scores it)."""
+    follows the prompt as :func:`~workbench.evaluation.perplexity.perplexity` scores it); a chat model's
+    end-of-turn token follows each answer that ``ended`` on its own, so that the model learns to stop."""
     tokenizer = model.tokenizer
     eos = model.hf_model.generation_config.eos_token_id or tokenizer.eos_token_id
     end = [eos[0] if isinstance(eos, list) else eos] if model.is_chat else []
     out = []
-    for prompt, answer in zip(pairs.prompts, pairs.answers, strict=True):
+    for prompt, answer, stopped in zip(prompts, answers, ended, strict=True):
         context = model.format_chat(prompt)
         head = tokenizer(context, add_special_tokens=not model.is_chat)["input_ids"]
         tail = tokenizer(join(context, answer)[len(context) :], add_special_tokens=False)["input_ids"]
-        ended = len(tail) < pairs.max_new_tokens  # the answer stopped on its own, so learn to stop
-        out.append(([*head, *tail, *(end if ended else [])], len(head)))
+        out.append(([*head, *tail, *(end if stopped else [])], len(head)))
     return out
 
 
@@ -165,7 +182,7 @@ def _loss(model: Model, batch: dict[str, Tensor]) -> Tensor:
 @torch.no_grad()
 def answer_loss(model: Model, pairs: Pairs, *, batch_size: int = 8) -> float:
     """Mean cross-entropy per answer token of ``pairs`` under ``model`` as it runs now (the training loss)."""
-    sequences = answer_sequences(model, pairs)
+    sequences = answer_sequences(model, pairs.prompts, pairs.answers, pairs.ended)
     total = count = 0.0
     for start in range(0, len(sequences), batch_size):
         batch = _batch(sequences[start : start + batch_size], model.tokenizer.pad_token_id, model.device)
@@ -177,7 +194,7 @@ def answer_loss(model: Model, pairs: Pairs, *, batch_size: int = 8) -> float:
 
 def _fit(model: Model, pairs: Pairs, recipe: dict[str, Any], checkpoints: Sequence[int]) -> list[LoraAdapter]:
     """Train one adapter (AdamW, shuffled batches); a copy of it after each of ``checkpoints`` steps."""
-    sequences = answer_sequences(model, pairs)
+    sequences = answer_sequences(model, pairs.prompts, pairs.answers, pairs.ended)
     flags = [(p, p.requires_grad) for p in model.hf_model.parameters()]
     for p, _ in flags:
         p.requires_grad_(False)
@@ -239,6 +256,8 @@ def _provenance(model: Model, pairs: Pairs, recipe: dict[str, Any], stats: dict[
         **stats,
         "distill_cpu_seconds": pairs.cpu_seconds,
         "distill_wall_seconds": pairs.wall_seconds,
+        "judge_cpu_seconds": pairs.judge_cpu_seconds,
+        "judge_wall_seconds": pairs.judge_wall_seconds,
         "created": utc_now(),
         "workbench_version": workbench.__version__,
         "peft_version": importlib.metadata.version("peft"),
@@ -284,7 +303,8 @@ def lora(
 
     Every linear layer but the output head is adapted, or those named in ``modules`` (``("q_proj",)``).
     ``pairs`` reuses :func:`distill`'s output; else ``judge`` filters the distilled answers. The provenance records the recipe, the kept pairs, the
-    trainable parameters, the per-step losses and the CPU and wall seconds of distilling and training.
+    trainable parameters, the per-step losses and the CPU and wall seconds of distilling (without the judge's
+    pass, timed apart) and training.
     """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")

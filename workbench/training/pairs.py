@@ -5,15 +5,14 @@ The on-target answers are self-distilled exactly as the LoRA baseline's are
 target, not degenerate and, given a judge, fluent. Each is paired with the *negative* (plain) prompt and with
 the model's own greedy answer to that plain prompt, generated with the same budget; a pair whose plain
 answer is empty or already on target is dropped (it prefers nothing). Both answers are tokenized after the
-chat-formatted plain prompt as the LoRA baseline tokenizes its answers, end-of-turn included where the
-answer ended within its budget.
+chat-formatted plain prompt as the LoRA baseline tokenizes its answers, end-of-turn included where
+generation stopped on its own rather than at the token budget.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +21,7 @@ from workbench.datasets import ContrastiveSet
 from workbench.errors import InvalidArgumentError
 from workbench.evaluation.reference import Judge
 from workbench.evaluation.targets import on_target
-from workbench.finetune.training import NoPairsError, Pairs, answer_sequences, distill
+from workbench.finetune.training import NoPairsError, answer_sequences, distill
 from workbench.generation import generate
 from workbench.models import Model
 
@@ -36,9 +35,10 @@ TokenRow = tuple[list[int], int]
 class PreferencePairs:
     """Per pair: the plain ``prompt``, the ``target`` (on-target) answer and the ``plain`` answer.
 
-    ``max_new_tokens`` is the budget the answers were generated with (an answer shorter than it ended on
-    its own and is trained with its end-of-turn token); None for complete answers written elsewhere
-    (:meth:`from_triples`), which all end. ``source`` records where the pairs came from.
+    ``max_new_tokens`` is the budget the answers were generated with, and ``targets_ended`` and
+    ``plains_ended`` say which answers stopped on their own (trained with their end-of-turn token); all three
+    are None for complete answers written elsewhere (:meth:`from_triples`), which all end. ``source``
+    records where the pairs came from.
     """
 
     prompts: tuple[str, ...]
@@ -47,6 +47,8 @@ class PreferencePairs:
     ids: tuple[str, ...]
     max_new_tokens: int | None = None
     source: dict[str, Any] = field(default_factory=dict)
+    targets_ended: tuple[bool, ...] | None = None
+    plains_ended: tuple[bool, ...] | None = None
 
     def __post_init__(self) -> None:
         sizes = {len(self.prompts), len(self.targets), len(self.plains), len(self.ids)}
@@ -62,14 +64,26 @@ class PreferencePairs:
         budget = self.max_new_tokens
         if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
             raise InvalidArgumentError(f"max_new_tokens must be a positive integer or None, got {budget!r}")
+        for flags in (self.targets_ended, self.plains_ended):
+            if (flags is None) != (budget is None) or (flags is not None and len(flags) != len(self)):
+                raise InvalidArgumentError(
+                    "targets_ended and plains_ended give one flag per pair with max_new_tokens, and none without"
+                )
 
     def __len__(self) -> int:
         return len(self.prompts)
 
     @property
     def hash(self) -> str:
-        """sha256 of the triples and the budget: any change to any pair changes it."""
-        rows = [self.prompts, self.targets, self.plains, self.max_new_tokens]
+        """sha256 of the triples, the budget and which answers ended: any change to any pair changes it."""
+        rows = [
+            self.prompts,
+            self.targets,
+            self.plains,
+            self.max_new_tokens,
+            self.targets_ended,
+            self.plains_ended,
+        ]
         return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()
 
     @classmethod
@@ -89,24 +103,10 @@ class PreferencePairs:
     def sequences(self, model: Model) -> tuple[list[TokenRow], list[TokenRow]]:
         """Token ids of each formatted prompt plus its target answer, and plus its plain answer, each with
         the prompt's token count, as the LoRA baseline tokenizes (:func:`workbench.finetune.training`)."""
-        budget = sys.maxsize if self.max_new_tokens is None else self.max_new_tokens
-        out = []
-        for answers in (self.targets, self.plains):
-            lora = Pairs(
-                prompts=self.prompts,
-                answers=answers,
-                ids=self.ids,
-                n_generated=len(self),
-                dataset="",
-                dataset_hash="",
-                split="",
-                target="",
-                max_new_tokens=budget,
-                cpu_seconds=0.0,
-                wall_seconds=0.0,
-            )
-            out.append(answer_sequences(model, lora))
-        return out[0], out[1]
+        every = (True,) * len(self)
+        targets = answer_sequences(model, self.prompts, self.targets, self.targets_ended or every)
+        plains = answer_sequences(model, self.prompts, self.plains, self.plains_ended or every)
+        return targets, plains
 
 
 def preference_pairs(
@@ -127,7 +127,10 @@ def preference_pairs(
     distilled = distill(
         model, dataset, max_new_tokens=max_new_tokens, target=target, batch_size=batch_size, judge=judge
     )
-    plains = generate(model, distilled.prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    ended: list[bool] = []
+    plains = generate(
+        model, distilled.prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, ended=ended
+    )
     items = {item.id: item for item in dataset.items}
     keep, dropped = [], []
     for i, (pid, plain) in enumerate(zip(distilled.ids, plains, strict=True)):
@@ -148,6 +151,7 @@ def preference_pairs(
         "plain_on_target_ids": [distilled.ids[i] for i in dropped],
         "fluency_judge": distilled.fluency,
         "distill_cpu_seconds": distilled.cpu_seconds,
+        "judge_cpu_seconds": distilled.judge_cpu_seconds,
     }
     return PreferencePairs(
         prompts=tuple(distilled.prompts[i] for i in keep),
@@ -156,4 +160,6 @@ def preference_pairs(
         ids=tuple(distilled.ids[i] for i in keep),
         max_new_tokens=max_new_tokens,
         source=source,
+        targets_ended=tuple(distilled.ended[i] for i in keep),
+        plains_ended=tuple(ended[i] for i in keep),
     )
