@@ -17,6 +17,7 @@ from workbench.behaviours import build_vectors
 from workbench.datasets import load
 from workbench.errors import ArtifactError
 from workbench.evaluation.reference import calibrate
+from workbench.evaluation.selection import nothing_clean
 from workbench.generation import generate
 from workbench.models import from_hf
 from workbench.recipes import Recipe
@@ -106,8 +107,12 @@ def test_every_method_and_column_on_the_test_prompts(run):
     for column in RATES:
         assert no_comma[column].dropna().between(0, 1).all(), column
     # Undefined by design: off-target damage of the prompt-only method, log-likelihood multiple choice of
-    # dynamic steering (its strength is set while generating; answered by generation, it has a score).
-    missing = no_comma.isna().sum().drop([c for c in no_comma if c.endswith("_it")])
+    # dynamic steering (its strength is set while generating; answered by generation, it has a score),
+    # validation numbers of a method not chosen on validation's plain prompts.
+    chosen_by = [c for c in no_comma if c.startswith("validation_")]
+    assert chosen_by == ["validation_clean_rate", "validation_target_rate"]  # no judge's mean score here
+    assert list(no_comma.index[no_comma[chosen_by].notna().all(axis=1)]) == list(STEERING)
+    missing = no_comma.isna().sum().drop([c for c in no_comma if c.endswith("_it")] + chosen_by)
     assert missing[missing > 0].to_dict() == {
         **dict.fromkeys(["off_target_compliance", "off_target_damage"], 1),
         **dict.fromkeys(["mc_loglik_accuracy_en", "mc_loglik_gained_en", "mc_loglik_lost_en"], 1),
@@ -345,3 +350,24 @@ def test_the_goals_are_written_and_noted(run):
     assert reached["needed"].iloc[1] >= 0.60 and set(reached["method"]) <= set(STEERING)
     noted = [n for n in result.notes if ": goal " in n]
     assert [n.split(":")[0] for n in noted] == ["no_comma", "italian"]
+
+
+@pytest.mark.parametrize("fixture", ["run", "judged"])  # nothing clean on validation in run, some in judged
+def test_each_steering_is_chosen_by_its_validation_numbers_and_says_when_none_was_clean(fixture, request):
+    """The table shows the validation numbers of each steering's chosen setting (the chosen row of its
+    validation table), and a note says when no setting of a steering's validation table had a clean
+    answer."""
+    out, result = request.getfixturevalue(fixture)
+    table = result.table.set_index(["behaviour", "method"])
+    reached = pd.read_csv(out / "baselines" / "goals.csv").set_index("behaviour")
+    for behaviour in reached.index:
+        folder = out / "baselines" / behaviour
+        steered = pd.read_csv(folder / "validation_steering.csv").query("steered and prompt == 'plain'")
+        tables = {"fixed": steered, "dynamic": pd.read_csv(folder / "validation_dynamic.csv")}
+        for (kind, validation), method in zip(tables.items(), STEERING, strict=True):
+            row = table.loc[(behaviour, method)]
+            assert row["validation_clean_rate"] in set(validation["clean_rate"])
+            assert row["validation_target_rate"] in set(validation["target_rate"])
+            said = [n for n in result.notes if n.startswith(f"{behaviour}: {kind} steering: nothing clean")]
+            assert len(said) == nothing_clean(validation), (behaviour, kind)
+            assert all("best target rate" in n and "the table's row shows that choice" in n for n in said)

@@ -14,6 +14,9 @@ every number comes from the test split, generated once per intervention with
   degenerate and, where the reference model is stronger than the scored one, fluent by it:
   ``clean_with_reference``), ``degeneration`` (:func:`~workbench.evaluation.is_degenerate`) and
   ``median_perplexity`` under the unmodified model, all from :func:`workbench.evaluation.scoring.score_answers`;
+* ``validation_clean_rate``, ``validation_target_rate`` (and ``validation_mean_score`` where a judge rated):
+  the validation numbers fixed and dynamic steering were chosen by, on their rows
+  (:data:`~workbench.studies.competitors.CHOSEN_BY`; NaN on the others), which the goals choose between;
 * ``fluent_rate`` and ``median_relative_perplexity``: the answers' fluency judged by the ``reference``
   model (:mod:`workbench.evaluation.reference`; Qwen2.5-Coder-1.5B-Instruct once fetched, else the scored
   model itself, reported but not part of the clean rate), loaded once per study, calibrated per behaviour
@@ -211,7 +214,9 @@ def study_behaviour(
     graded = pd.concat(rows, ignore_index=True)
     answers = _score(model, behaviour, graded, test.items, off, chosen.judge, chosen.stronger is not None)
     mc = _mc_all(model, behaviour, size, out, kinds, adapter)
-    table = _table(behaviour, methods, answers, mc, chosen.cpu, speed, chosen.stronger is not None)
+    table = _table(
+        behaviour, methods, answers, mc, chosen.cpu, speed, chosen.stronger is not None, chosen.validation
+    )
     notes = [f"{name}: {note}" for note in [*chosen.notes, _control_note(chosen, answers)]]
     return table, answers.assign(behaviour=name), notes
 
@@ -289,22 +294,28 @@ def _table(
     cpu: dict[str, float],
     speed: dict[str, float],
     stronger: bool,
+    validation: Mapping[str, Mapping[str, float]],
 ) -> pd.DataFrame:
     """One row per method: the rates, fluency, off-target damage, multiple choice, cost (see the module
-    docstring); ``stronger``: the clean rate needs the reference's verdict."""
+    docstring); ``stronger``: the clean rate needs the reference's verdict; ``validation``: per intervention
+    kind chosen on validation, its setting's numbers there, shown on the method that answers the plain prompts
+    it was chosen on."""
     off = answers[answers["setting"].str.startswith("off-target ")]
     judged = "fluent" in answers
     compliance = off.groupby("kind")["on_target"].mean()
+    shown = list(dict.fromkeys(k for numbers in validation.values() for k in numbers))
     out = []
     for method, (prompt, kind) in methods.items():
         mine = answers[answers["setting"] == method]
         intervened = prompt == "plain" or kind != "none"
+        chosen = validation.get(kind, {}) if prompt == "plain" else {}
         row = {
             "behaviour": behaviour.name,
             "method": method,
             "target": behaviour.target,
             "target_rate": mine["on_target"].mean(),
             "clean_rate": mine["clean"].mean(),
+            **{f"validation_{k}": chosen.get(k, np.nan) for k in shown},
             "degeneration": mine["degenerate"].mean(),
             "fluent_rate": mine["fluent"].astype(float).mean() if judged else np.nan,
             "reference": mine["reference"].iloc[0] if judged else None,

@@ -5,9 +5,10 @@
   model, the competitors below are chosen (dynamic strength, LoRA) and distilled (LoRA) with it too.
 
 * :func:`fixed_steering`: the best validation clean rate (fluent by the judge where it is stronger;
-  :func:`~workbench.recipes.choose_clean`) of the frontier's preset (:mod:`workbench.presets`) at gentler
-  strengths (:data:`GENTLER`) where the model has one for the behaviour, else of a small coarse grid
-  (:func:`~workbench.studies.search.coarse_grid`, mean-over-prompt vector).
+  :func:`~workbench.recipes.choose_clean`, the one rule of :mod:`workbench.evaluation.selection`) of the
+  frontier's preset (:mod:`workbench.presets`) at gentler strengths (:data:`GENTLER`) where the model has
+  one for the behaviour, else of a small coarse grid (:func:`~workbench.studies.search.coarse_grid`,
+  mean-over-prompt vector).
 * :func:`dynamic_steering`: the same interventions with the authors' dynamic strength
   (:data:`~workbench.studies.dac.AUTHORS`, one group, Scalena, Sarti and Nissim 2024: the KL averaged over
   the nucleus, steering from the last prompt token on), ``max_strength`` chosen on validation among
@@ -17,7 +18,9 @@
 
 :func:`choose_competitors` chooses them all for one behaviour and adds the fixed control of the dynamic
 steering: its interventions without schedule at the dynamic run's mean strength on the test prompts
-(:func:`~workbench.studies.dac.traced_strengths`, :func:`~workbench.studies.dac.at_mean_strength`).
+(:func:`~workbench.studies.dac.traced_strengths`, :func:`~workbench.studies.dac.at_mean_strength`). Each
+steering keeps its chosen setting's validation numbers (:data:`CHOSEN_BY`), which the goals choose between
+(:mod:`workbench.studies.goals`), and says when nothing was clean on validation.
 """
 
 from __future__ import annotations
@@ -42,11 +45,12 @@ from workbench.errors import InvalidArgumentError
 from workbench.evaluation.perplexity import perplexity
 from workbench.evaluation.reference import Judge, calibrate
 from workbench.evaluation.scoring import score_answers
+from workbench.evaluation.selection import choose_setting, nothing_clean
 from workbench.files import atomic_text
 from workbench.finetune import LoraAdapter, NoPairsError, choose_lora
 from workbench.interventions import Intervention
 from workbench.models import Model
-from workbench.recipes import Recipe, choose_clean, run_recipes, summarize_recipes
+from workbench.recipes import Recipe, choose_clean, rank, run_recipes, summarize_recipes
 from workbench.runner import Job, run_grid
 from workbench.size import Size
 from workbench.studies.dac import AUTHORS, Strengths, at_mean_strength, traced_strengths
@@ -54,6 +58,7 @@ from workbench.studies.search import coarse_grid
 from workbench.vectors import SteeringVector
 
 __all__ = [
+    "CHOSEN_BY",
     "DYNAMIC_MAX",
     "GENTLER",
     "JUDGE_BATCH",
@@ -79,6 +84,8 @@ JUDGE_BATCH = 8
 GENTLER = (1.0, 0.75, 0.5, 0.25)
 #: ``max_strength`` of the dynamic strength tried on validation (the paper's bound is 2).
 DYNAMIC_MAX = (1.0, 2.0)
+#: The validation numbers a chosen steering keeps, where its table has them: what the selection rule reads.
+CHOSEN_BY = ("mean_score", "clean_rate", "target_rate")
 #: The LoRA grid of :func:`workbench.finetune.choose_lora` per size: ranks, steps, learning rates.
 LORA_GRID = {
     "quick": {"ranks": (2,), "steps": (4, 8), "lrs": (3e-2,)},
@@ -89,12 +96,20 @@ LORA_GRID = {
 @dataclass(frozen=True)
 class Steering:
     """A chosen steering: its interventions, a label for tables, the CPU seconds building its vector takes
-    without caches (validation choices excluded), a note."""
+    without caches (validation choices excluded), a note, its setting's validation numbers
+    (:data:`CHOSEN_BY`) and whether no setting it was chosen from had a clean validation answer."""
 
     interventions: tuple[Intervention, ...]
     label: str
     cpu_seconds: float
     note: str
+    validation: dict[str, float]
+    nothing_clean: bool
+
+
+def _chosen(best: pd.Series) -> dict[str, float]:
+    """``best``'s validation numbers that the selection rule reads (:data:`CHOSEN_BY`)."""
+    return {k: float(best[k]) for k in CHOSEN_BY if k in best}
 
 
 def grid_dir(out: Path, stage: str, model: Model, max_new_tokens: int) -> Path:
@@ -231,7 +246,8 @@ def fixed_steering(
         f"{origin}: {recipe.name} chosen on {size.n_validation} validation prompts (clean rate "
         f"{best['clean_rate']:.2f}{', fluent by the reference' if judge else ''})"
     )
-    return Steering(tuple(recipe.interventions(vectors[str(recipe.source)])), recipe.label, seconds, note)
+    ivs = tuple(recipe.interventions(vectors[str(recipe.source)]))
+    return Steering(ivs, recipe.label, seconds, note, _chosen(best), nothing_clean(rank(summary)))
 
 
 def _preset_vectors(
@@ -294,16 +310,15 @@ def dynamic_steering(
         )
     table = pd.DataFrame(scores)
     table.to_csv(out / "validation_dynamic.csv", index=False)
-    best = table.sort_values(["clean_rate", "target_rate"], ascending=False, kind="stable").iloc[0]
+    best = choose_setting(table, ("max_strength",))
     m = float(best["max_strength"])
     note = (
         f"{AUTHORS.strength}: {AUTHORS.rule}; α_max {m:g} (validation clean rate {best['clean_rate']:.2f}, "
         f"of {DYNAMIC_MAX}); dynamic (summed) is not run here (it doubles the dynamic grids; the composition "
         "study shows both rules)"
     )
-    return Steering(
-        options[m], f"{steering.label}+{AUTHORS.spec(max_strength=m).label}", steering.cpu_seconds, note
-    )
+    label = f"{steering.label}+{AUTHORS.spec(max_strength=m).label}"
+    return Steering(options[m], label, steering.cpu_seconds, note, _chosen(best), nothing_clean(table))
 
 
 def fine_tuned(
@@ -367,7 +382,8 @@ def lora_cpu_seconds(adapter: LoraAdapter) -> float:
 class Competitors:
     """One behaviour's competitors, chosen on validation: each intervention kind's interventions, the LoRA
     adapter, the fluency judge (``stronger`` when it joins the clean rate), CPU costs, the dynamic run's
-    strengths on the test prompts, and notes."""
+    strengths on the test prompts, notes, and per steering kind (``fixed``, ``dynamic``) its chosen
+    setting's validation numbers (:data:`CHOSEN_BY`)."""
 
     kinds: dict[str, tuple[Intervention, ...]]
     adapter: LoraAdapter | None
@@ -376,6 +392,7 @@ class Competitors:
     cpu: dict[str, float]
     strengths: Strengths
     notes: list[str]
+    validation: dict[str, dict[str, float]]
 
 
 def choose_competitors(
@@ -389,7 +406,8 @@ def choose_competitors(
     found: Mapping[str, presets.Preset] | None,
 ) -> Competitors:
     """The judge, fixed and dynamic steering and LoRA as chosen on validation, and the fixed control at the
-    dynamic run's mean strength, traced on the plain test prompts."""
+    dynamic run's mean strength, traced on the plain test prompts; a note for each steering with nothing
+    clean on validation (chosen by target rate, as the rule does)."""
     judge, judge_note = fluency_judge(model, reference, behaviour, size, folder)
     stronger = judge if judge is not None and judge.model.fingerprint != model.fingerprint else None
     steering = fixed_steering(model, behaviour, size, folder, candidates, stronger, found)
@@ -416,4 +434,12 @@ def choose_competitors(
         kinds["lora"], cpu["lora"] = (), lora_cpu_seconds(adapter)
     clean = "clean = on target, not degenerate and fluent" if stronger else "clean by the text rule only"
     notes = [f"{judge_note}; {clean}", steering.note, dyn.note, lora_note]
-    return Competitors(kinds, adapter, judge, stronger, cpu, strengths, notes)
+    chosen = {"fixed": steering, "dynamic": dyn}
+    notes += [
+        f"{kind} steering: nothing clean on validation (best target rate {s.validation['target_rate']:.2f} "
+        f"at {s.label}); the table's row shows that choice"
+        for kind, s in chosen.items()
+        if s.nothing_clean
+    ]
+    validation = {kind: s.validation for kind, s in chosen.items()}
+    return Competitors(kinds, adapter, judge, stronger, cpu, strengths, notes, validation)
