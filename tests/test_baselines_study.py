@@ -17,7 +17,7 @@ from workbench.behaviours import build_vectors
 from workbench.datasets import load
 from workbench.errors import ArtifactError
 from workbench.evaluation.reference import calibrate
-from workbench.evaluation.selection import nothing_clean
+from workbench.evaluation.selection import choose_setting, nothing_clean
 from workbench.generation import generate
 from workbench.models import from_hf
 from workbench.recipes import Recipe
@@ -26,7 +26,7 @@ from workbench.schedules import AUTHORS_POSITIONS, DynamicStrength, StrengthTrac
 from workbench.size import Size
 from workbench.studies import baselines as study
 from workbench.studies import competitors
-from workbench.studies.goals import STEERING
+from workbench.studies.goals import MC_COLUMN, STEERING
 from workbench.studies.registry import get
 from workbench.studies.render import publish
 from workbench.studies.report import run_report
@@ -350,13 +350,19 @@ def test_the_goals_are_written_and_noted(run):
     assert reached["needed"].iloc[1] >= 0.60 and set(reached["method"]) <= set(STEERING)
     noted = [n for n in result.notes if ": goal " in n]
     assert [n.split(":")[0] for n in noted] == ["no_comma", "italian"]
+    table = result.table.set_index(["behaviour", "method"])
+    for goal in reached.itertuples():  # the chosen method's own test row and multiple choice
+        own, unsteered = table.loc[(goal.behaviour, goal.method)], table.loc[(goal.behaviour, "unsteered")]
+        assert goal.clean_rate == pytest.approx(own["clean_rate"])
+        column = MC_COLUMN.format(language="en")
+        assert goal.mc_change_en == pytest.approx(own[column] - unsteered[column])
 
 
 @pytest.mark.parametrize("fixture", ["run", "judged"])  # nothing clean on validation in run, some in judged
 def test_each_steering_is_chosen_by_its_validation_numbers_and_says_when_none_was_clean(fixture, request):
     """The table shows the validation numbers of each steering's chosen setting (the chosen row of its
-    validation table), and a note says when no setting of a steering's validation table had a clean
-    answer."""
+    validation table), the goal chooses between them by those, and a note says when no setting of a
+    steering's validation table had a clean answer."""
     out, result = request.getfixturevalue(fixture)
     table = result.table.set_index(["behaviour", "method"])
     reached = pd.read_csv(out / "baselines" / "goals.csv").set_index("behaviour")
@@ -371,3 +377,6 @@ def test_each_steering_is_chosen_by_its_validation_numbers_and_says_when_none_wa
             said = [n for n in result.notes if n.startswith(f"{behaviour}: {kind} steering: nothing clean")]
             assert len(said) == nothing_clean(validation), (behaviour, kind)
             assert all("best target rate" in n and "the table's row shows that choice" in n for n in said)
+        shown = table.loc[behaviour].loc[list(STEERING), ["validation_clean_rate", "validation_target_rate"]]
+        preferred = choose_setting(shown.rename(columns=lambda c: c.removeprefix("validation_")))
+        assert reached.loc[behaviour, "method"] == preferred.name
