@@ -99,26 +99,32 @@ def test_pareto_front_on_hand_made_points():
         pareto_front(points, maximize=("clean_rate",))
 
 
-def _summary(rows: list[tuple[str, bool, str, float, float, float, int]]) -> pd.DataFrame:
-    columns = ["recipe", "steered", "prompt", "clean_rate", "degeneration", "perplexity", "n_layers_steered"]
-    return pd.DataFrame(rows, columns=columns).assign(
-        target_rate=lambda f: f["clean_rate"] + f["degeneration"]
-    )
+def _summary(rows: list[tuple[str, bool, str, float, float, float, float, int]]) -> pd.DataFrame:
+    columns = [
+        "recipe", "steered", "prompt", "clean_rate", "target_rate", "degeneration", "perplexity",
+        "n_layers_steered",
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
 
 
-def test_choose_takes_the_best_clean_rate_of_steering_alone():
+def test_choose_takes_the_best_clean_rate_then_target_rate_of_steering_alone():
     summary = _summary(
         [
-            ("instruction", False, "instruction", 0.9, 0.0, 3.0, 0),  # not steering alone
-            ("steer+instruction", True, "instruction", 0.8, 0.0, 3.0, 1),  # not steering alone
-            ("high target, degenerate", True, "plain", 0.2, 0.8, 40.0, 1),
-            ("best clean", True, "plain", 0.5, 0.3, 9.0, 30),
-            ("same clean, less degenerate", True, "plain", 0.5, 0.1, 12.0, 30),
-            ("same again, more layers", True, "plain", 0.5, 0.1, 12.0, 31),
+            ("instruction", False, "instruction", 0.9, 0.9, 0.0, 3.0, 0),  # not steering alone
+            ("steer+instruction", True, "instruction", 0.8, 0.8, 0.0, 3.0, 1),  # not steering alone
+            ("high target, degenerate", True, "plain", 0.2, 1.0, 0.8, 40.0, 1),
+            ("clean", True, "plain", 0.5, 0.6, 0.3, 9.0, 30),
+            ("same clean, higher target", True, "plain", 0.5, 0.7, 0.3, 9.0, 30),
+            ("same again, less degenerate", True, "plain", 0.5, 0.7, 0.1, 12.0, 30),
+            ("same again, more layers", True, "plain", 0.5, 0.7, 0.1, 12.0, 31),
         ]
     )
-    assert choose_clean(summary)["recipe"] == "same clean, less degenerate"
-    assert choose_clean(summary.iloc[[0, 1, 2, 3]])["recipe"] == "best clean"
+    assert choose_clean(summary)["recipe"] == "same again, less degenerate"
+    assert choose_clean(summary.iloc[[0, 1, 2, 3, 4]])["recipe"] == "same clean, higher target"
+    nothing = summary.assign(clean_rate=0.0)  # nothing clean: the best target rate, never the weakest
+    assert choose_clean(nothing)["recipe"] == "high target, degenerate"
+    scored = summary.assign(mean_score=[1.5, 1.4, 0.1, 0.2, 0.3, 0.3, 0.9])  # a judge's score comes first
+    assert choose_clean(scored)["recipe"] == "same again, more layers"
     with pytest.raises(InvalidArgumentError, match="no steered recipe"):
         choose_clean(summary.iloc[[0, 1]])
 

@@ -36,6 +36,7 @@ from workbench.behaviours import PROMPTS, SOURCES, Behaviour, complete
 from workbench.errors import InvalidArgumentError
 from workbench.evaluation.perplexity import perplexity
 from workbench.evaluation.scoring import score_answers
+from workbench.evaluation.selection import rank_settings
 from workbench.evaluation.table import summarize_scores
 from workbench.evaluation.targets import follows
 from workbench.files import atomic_text, atomic_write
@@ -323,16 +324,14 @@ def pareto_front(
 
 
 def rank(summary: pd.DataFrame) -> pd.DataFrame:
-    """The steered recipes on plain prompts (steering alone), best clean rate first.
+    """The steered recipes on plain prompts (steering alone), best first by the one selection rule
+    (:func:`~workbench.evaluation.selection.rank_settings`: mean score or clean rate, then target rate).
 
-    Ties go to lower degeneration, then lower perplexity, then fewer steered layers, then the recipe
-    listed first.
+    Further ties go to lower degeneration, then lower perplexity, then fewer steered layers, then the
+    recipe listed first.
     """
     pool = summary[summary["steered"] & (summary["prompt"] == "plain")]
-    order = pool.assign(
-        _c=-pool["clean_rate"], _p=pool["perplexity"].fillna(np.inf), _k=np.arange(len(pool))
-    ).sort_values(["_c", "degeneration", "_p", "n_layers_steered", "_k"], kind="stable")
-    return order.drop(columns=["_c", "_p", "_k"])
+    return rank_settings(pool, ("degeneration", "perplexity", "n_layers_steered"))
 
 
 def choose_clean(summary: pd.DataFrame) -> pd.Series:

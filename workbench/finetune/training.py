@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ from workbench.evaluation import is_degenerate
 from workbench.evaluation.perplexity import join, perplexity
 from workbench.evaluation.reference import Judge
 from workbench.evaluation.scoring import score_answers
+from workbench.evaluation.selection import choose_setting
 from workbench.evaluation.targets import on_target
 from workbench.fastpath import direct_forward
 from workbench.files import utc_now
@@ -329,12 +331,15 @@ def choose_lora(
     target: str | None = None,
     pairs: Pairs | None = None,
     judge: Judge | None = None,
+    score: Callable[[list[str]], Sequence[float]] | None = None,
 ) -> tuple[LoraAdapter, pd.DataFrame]:
     """The adapter of the grid ``ranks × steps × lrs`` (alpha = 2 × rank) with the best clean rate on the
     validation prompts (ties: higher target rate, then grid order), and one row per grid point.
 
     Each (rank, lr) trains once, with a snapshot at every ``steps`` value. ``judge`` filters the distilled
-    answers (:func:`distill`) and the validation clean rate needs its verdict too.
+    answers (:func:`distill`) and the validation clean rate needs its verdict too. ``score`` rates the
+    validation answers (AxBench's score per answer, :func:`~workbench.evaluation.rating.rate`): the grid
+    then has ``mean_score`` and ``clean_rate`` is the share scored above 0, as the selection rule reads them.
     """
     overlap = {i.base_id for i in train.items} & {i.base_id for i in validation.items}
     if overlap:
@@ -363,10 +368,11 @@ def choose_lora(
                         "target_rate": scored["on_target"].mean(),
                         "degeneration": scored["degenerate"].mean(),
                         "train_cpu_seconds": adapter.provenance["train_cpu_seconds"],
+                        **({} if score is None else _rated(score(answers))),
                     }
                 )
     grid = pd.DataFrame(rows)
-    best = int(grid.sort_values(["clean_rate", "target_rate"], ascending=False, kind="stable").index[0])
+    best = int(choose_setting(grid).name)  # type: ignore[arg-type]
     chosen = candidates[best]
     selection = {
         "validation_hash": validation.hash,
@@ -377,3 +383,13 @@ def choose_lora(
     return LoraAdapter(
         chosen.rank, chosen.alpha, chosen.A, chosen.B, {**chosen.provenance, "selection": selection}
     ), grid
+
+
+def _rated(scores: Sequence[float]) -> dict[str, float | None]:
+    """``mean_score`` (None where a score is unknown: no judge rated) and ``clean_rate`` (share above 0) of
+    per-answer scores; no rating at all where every score is unknown."""
+    values = [float(v) for v in scores]
+    if all(math.isnan(v) for v in values):
+        return {}
+    mean = None if any(math.isnan(v) for v in values) else sum(values) / len(values)
+    return {"mean_score": mean, "clean_rate": sum(v > 0 for v in values) / len(values)}

@@ -193,7 +193,7 @@ def search(
     recipes = {r.name: r for r in first}
     used: set[str] = set()
     for round_no in range(1, 1 if quick else plan.rounds + 1):
-        ranked = rank(summary).sort_values(["clean_rate", "target_rate"], ascending=False, kind="stable")
+        ranked = rank(summary)
         seeds = [recipes[name] for name in ranked["recipe"] if name not in used][: plan.top_k]
         used |= {seed.name for seed in seeds}
         extra: dict[str, tuple[str, str, Recipe]] = {}  # name -> (seed, change, recipe)

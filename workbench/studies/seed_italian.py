@@ -31,6 +31,7 @@ from workbench.evaluation.language import langdetect_probability
 from workbench.evaluation.mc import mc_changes, multiple_choice
 from workbench.evaluation.perplexity import perplexity
 from workbench.evaluation.scoring import score_answers
+from workbench.evaluation.selection import choose_setting
 from workbench.files import atomic_text, write_frame
 from workbench.finetune import lora_applied
 from workbench.gentle_push import gentle_push
@@ -97,7 +98,7 @@ def _residual(
     chosen, notes = {}, []
     for mode in modes:
         mine = summary[summary["recipe"].isin([r.name for (m, _), r in grid.items() if m == mode])]
-        best = mine.sort_values(["clean_rate", "target_rate"], ascending=False, kind="stable").iloc[0]
+        best = choose_setting(mine)
         chosen[mode] = next(r for r in grid.values() if r.name == best["recipe"])
         notes.append(
             f"residual vector, {mode}: {best['recipe']} chosen on {size.n_validation} validation prompts "

@@ -13,6 +13,7 @@ from workbench.errors import InvalidArgumentError
 from workbench.evaluation.perplexity import perplexity
 from workbench.evaluation.reference import Judge
 from workbench.evaluation.scoring import score_answers
+from workbench.evaluation.selection import choose_setting
 from workbench.finetune.evaluate import target_for
 from workbench.generation import generate
 from workbench.models import Model
@@ -72,7 +73,5 @@ def choose_strength(
             }
         )
     table = pd.DataFrame(grid)
-    ranked = table.assign(neg=-table["coef"].abs()).sort_values(
-        ["clean_rate", "target_rate", "neg"], ascending=False, kind="stable"
-    )
-    return float(ranked["coef"].iloc[0]), table
+    best = choose_setting(table.assign(size=table["coef"].abs()), ("size",))
+    return float(best["coef"]), table
