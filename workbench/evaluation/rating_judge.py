@@ -16,14 +16,17 @@ the other answers of a table, nor on the model that wrote them. None of them is 
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from jaxtyping import Float
 
 from workbench.errors import InvalidArgumentError
+from workbench.evaluation.score_cache import cache_key, cached_values
 from workbench.fastpath import direct_forward
 from workbench.models import Model
 
@@ -123,10 +126,11 @@ JUDGED = tuple(RUBRICS)
 @dataclass(frozen=True)
 class RatingJudge:
     """A local chat model that rates relevance and fluency 0, 1 or 2 (:data:`RUBRICS`); ``batch_size``
-    answers per forward."""
+    answers per forward; ``cache``: a parquet file of its ratings, shared by runs."""
 
     model: Model
     batch_size: int = 8
+    cache: str | os.PathLike[str] | None = None
 
     def __post_init__(self) -> None:
         if not self.model.is_chat:
@@ -140,8 +144,26 @@ class RatingJudge:
         return self.model.name
 
     def __call__(self, queries: Sequence[str], answers: Sequence[str]) -> dict[str, np.ndarray]:
-        """Per rating of :data:`JUDGED`: the argmax rating per answer (int array)."""
-        return {rating: self.probabilities(rating, queries, answers).argmax(axis=1) for rating in JUDGED}
+        """Per rating of :data:`JUDGED`: the argmax rating per answer (int array). With a :attr:`cache`
+        file, ratings already there (keyed by the judge's fingerprint, the rubric, query and answer) are
+        read and only the others computed (:func:`~workbench.evaluation.score_cache.cached_values`)."""
+        if self.cache is None:
+            return {rating: self.probabilities(rating, queries, answers).argmax(axis=1) for rating in JUDGED}
+        out = {}
+        for rating in JUDGED:
+            rubric = repr(RUBRICS[rating])
+            keys = [
+                cache_key(self.model.fingerprint, rating, rubric, q, a)
+                for q, a in zip(queries, answers, strict=True)
+            ]
+
+            def compute(todo: list[int], rating: str = rating) -> list[float]:
+                chosen = ([queries[i] for i in todo], [answers[i] for i in todo])
+                return self.probabilities(rating, *chosen).argmax(axis=1).tolist()
+
+            values = cached_values(Path(self.cache), keys, compute, "rating cache")
+            out[rating] = np.asarray(values, dtype=int)
+        return out
 
     def probabilities(
         self, rating: str, queries: Sequence[str], answers: Sequence[str]

@@ -19,10 +19,8 @@ verdict is recomputed from it), so rescoring a finished study runs no reference 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +30,9 @@ import pandas as pd
 import torch
 
 from workbench.batching import format_prompts
-from workbench.errors import InvalidArgumentError, ModelLoadError, OutputPathError
+from workbench.errors import InvalidArgumentError, ModelLoadError
 from workbench.evaluation.perplexity import perplexity
-from workbench.files import file_lock, write_frame
+from workbench.evaluation.score_cache import cache_key, cached_values
 from workbench.models import Model, load_model
 
 __all__ = [
@@ -199,37 +197,13 @@ def cached_perplexity(
     sharing the file add to it under a lock; a cache that cannot be written only warns."""
     if cache is None:
         return list(perplexity(model, prompts, responses, batch_size=batch_size))
-    path = Path(cache)
     seen = format_prompts(model, prompts, chat=True)  # what perplexity() scores the response after
     keys = [
-        hashlib.sha256("\x00".join((str(CACHE_VERSION), model.fingerprint, p, r)).encode()).hexdigest()
-        for p, r in zip(seen, responses, strict=True)
+        cache_key(str(CACHE_VERSION), model.fingerprint, p, r) for p, r in zip(seen, responses, strict=True)
     ]
-    known = _read_cache(path)
-    todo = sorted({k: i for i, k in enumerate(keys) if k not in known}.values())
-    if todo:
-        fresh = perplexity(
-            model, [prompts[i] for i in todo], [responses[i] for i in todo], batch_size=batch_size
-        )
-        new = {keys[i]: float(v) for i, v in zip(todo, fresh, strict=True)}
-        try:
-            with file_lock(path.with_name(f".{path.name}.lock")):  # another run may have added entries
-                merged = _read_cache(path) | new
-                frame = pd.DataFrame({"key": list(merged), "perplexity": list(merged.values())})
-                write_frame(frame, path, "perplexity cache")
-        except OutputPathError as exc:
-            warnings.warn(f"perplexity cache not updated: {exc}", stacklevel=2)
-        known |= new
-    return [known[k] for k in keys]
 
+    def compute(todo: list[int]) -> list[float]:
+        chosen = ([prompts[i] for i in todo], [responses[i] for i in todo])
+        return list(perplexity(model, *chosen, batch_size=batch_size))
 
-def _read_cache(path: Path) -> dict[str, float]:
-    """The cached perplexities by key; a damaged file is read as empty (and rewritten), with a warning."""
-    if not path.exists():
-        return {}
-    try:
-        stored = pd.read_parquet(path, columns=["key", "perplexity"])
-    except (OSError, ValueError) as exc:  # pyarrow's errors for a damaged file derive from these
-        warnings.warn(f"the perplexity cache {path} is unreadable ({exc}); scoring again", stacklevel=3)
-        return {}
-    return dict(zip(stored["key"], stored["perplexity"].astype(float), strict=True))
+    return cached_values(Path(cache), keys, compute, "perplexity cache")
