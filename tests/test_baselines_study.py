@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
-from conftest import build_tiny_hf, build_tiny_model
+from conftest import build_tiny_hf
 
 from workbench import presets
 from workbench.behaviours import build_vectors
@@ -45,23 +44,6 @@ RATES = (
 )
 #: A steering strong enough to move the tiny model (the coarse grid's is not), so every competitor acts.
 CANDIDATES = [Recipe("prompt", (1, 2), coef=3.0, unit="residual_norm")]
-
-
-@pytest.fixture(scope="module")
-def confident(tmp_path_factory):
-    """A tiny model with peaked next-token distributions (output head × 8), as a trained model's are, so
-    that steering moves the KL divergence that sets a dynamic strength; whitespace-only tokens and repeated
-    tokens are kept out so that its answers are not degenerate and LoRA has pairs to distil."""
-    model = build_tiny_model()
-    config = model.hf_model.generation_config
-    vocab = model.tokenizer.get_vocab().values()
-    config.suppress_tokens = [i for i in vocab if not model.tokenizer.decode([i]).strip()]
-    config.no_repeat_ngram_size = 1
-    with torch.no_grad():
-        model.hf_model.get_output_embeddings().weight.mul_(8.0)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("WORKBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield model
 
 
 @pytest.fixture(scope="module")
