@@ -132,3 +132,23 @@ def test_the_judge_study_rates_the_labelled_set_per_split(long_tiny, tmp_path):
     )
     assert (table["n"] > 0).all() and table["agreement_nonzero"].between(0, 1).all()
     assert result.notes[0].startswith("Judge tiny-llama: 174 labelled answers")
+
+
+def test_a_cached_judge_rates_each_answer_once_and_as_the_uncached_one(long_tiny, tmp_path, monkeypatch):
+    queries = ["Why is the sky blue?", "How do I boil an egg?", "Why is the sky blue?"]
+    answers = ["Light scatters.", "Boil it for eight minutes.", "Light scatters."]
+    plain = RatingJudge(long_tiny, batch_size=2)(queries, answers)
+    cached = RatingJudge(long_tiny, batch_size=2, cache=tmp_path / "ratings.parquet")
+    calls = []
+    original = RatingJudge.probabilities
+
+    def counted(self, rating, q, a):
+        calls.append(len(a))
+        return original(self, rating, q, a)
+
+    monkeypatch.setattr(RatingJudge, "probabilities", counted)
+    first = cached(queries, answers)
+    assert calls == [2, 2]  # the repeated answer is rated once, per rating
+    assert all(np.array_equal(first[r], plain[r]) for r in plain)
+    again = cached([*queries[:2], "Why is grass green?"], [*answers[:2], "Chlorophyll."])
+    assert calls == [2, 2, 1, 1] and again["fluency"][:2].tolist() == first["fluency"][:2].tolist()
