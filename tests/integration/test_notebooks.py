@@ -105,7 +105,12 @@ def _rates(records: list[dict[str, Any]], columns: list[str]) -> None:
             assert value is None or 0.0 <= value <= 1.0, (column, row)
 
 
-NAMES = ("01_quickstart.ipynb", "02_instruction_following.ipynb", "03_italian_steering.ipynb")
+NAMES = (
+    "01_quickstart.ipynb",
+    "02_instruction_following.ipynb",
+    "03_italian_steering.ipynb",
+    "04_methods.ipynb",
+)
 
 
 def test_every_notebook_is_executed_here() -> None:
@@ -311,3 +316,29 @@ def test_italian_steering(tmp_path: Path) -> None:
         assert (
             abs((steered["accuracy"] - plain["accuracy"]) * 3 - (steered["gained"] - steered["lost"])) < 1e-6
         )
+
+
+@pytest.mark.slow
+def test_methods(tmp_path: Path) -> None:
+    out = run_notebook(
+        "04_methods.ipynb",
+        {
+            "N_TRAIN": 4,
+            "N_VALIDATION": 2,
+            "N_TEST": 2,
+            "MAX_NEW_TOKENS": 8,
+            "N_MC": 2,
+            "LORA": False,
+            "JUDGE": None,
+            "OUT": str(tmp_path / "run"),
+        },
+        {"table": "table", "sample": "sample", "notes": "result.notes", "figures": "figures"},
+        tmp_path,
+    )
+    settings = [row["setting"] for row in out["table"]["records"]]
+    assert settings[:2] == ["unsteered", "instruction"] and "diff-in-means + instruction" in settings
+    assert "LoRA" not in settings
+    _rates(out["table"]["records"], ["clean_rate", "target_rate"])
+    assert {r["setting"] for r in out["sample"]["records"]} == set(settings)
+    assert out["notes"][0].startswith("one_sentence: instruction mean score")
+    assert out["figures"] == ["methods.png", "methods.svg"]

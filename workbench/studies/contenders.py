@@ -74,7 +74,7 @@ METHODS = ("diff-in-means", "likelihood", "RePS", "prompt-only", "PSR gate", "dy
 #: Strengths of the diff-in-means vector (``diff_norm``: multiples of the mean difference's norm).
 MEAN_COEFS = (1.0, 2.0, 4.0, 8.0)
 #: Strengths of a trained vector (multiples of the trained vector; trained on factors 2-20).
-TRAINED_COEFS = (4.0, 8.0, 12.0, 16.0)
+TRAINED_COEFS = (4.0, 8.0, 12.0, 16.0, 20.0)
 #: Scales of the PSR gate (1: as fitted).
 GATE_SCALES = (0.5, 1.0, 2.0)
 #: Prompt tokens the prompt-only method steers (PrOSV's last-k).
