@@ -17,12 +17,14 @@ Per behaviour (:data:`workbench.behaviours.BEHAVIOURS`):
    selected on (ten prompts measure a rate only to about ±0.15, and a grid of ~70 recipes picks its
    luckiest: only fresh prompts give it an independent check).
 
-The confirmed recipe with the best clean rate (on target and not degenerate) is chosen
-(:func:`workbench.recipes.choose_clean` on the confirmation round). Steered answers are kept as
-:func:`~workbench.runner.run_grid` parts in the study folder (:func:`grid_dir`, keyed by the model's
-fingerprint) and unsteered ones in the shared completions cache, unscored, so a rerun resumes and
-rescoring needs no generation; each stage's answers are also written as ``rows_<model>_<behaviour>_<stage>``
-(unscored) for auditing the choice.
+The confirmed recipe that the one selection rule prefers is chosen (:func:`workbench.recipes.choose_clean`
+on the confirmation round: :mod:`~workbench.evaluation.selection`): with a rating judge, the confirmation
+round's answers are rated (:func:`rated_means`) and the best mean score wins, then the target rate;
+without one, the best clean rate (on target and not degenerate by the text rules), then the target rate.
+Steered answers are kept as :func:`~workbench.runner.run_grid` parts in the study folder (:func:`grid_dir`,
+keyed by the model's fingerprint) and unsteered ones in the shared completions cache, unscored, so a rerun
+resumes and rescoring needs no generation; each stage's answers are also written as
+``rows_<model>_<behaviour>_<stage>`` (unscored) for auditing the choice.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from pathlib import Path
 import pandas as pd
 
 from workbench.behaviours import SOURCES, Behaviour, NoCompletionsError, build_vectors
+from workbench.evaluation.rating import RATINGS, rate
+from workbench.evaluation.rating_judge import RatingJudge
 from workbench.files import write_frame
 from workbench.models import Model
 from workbench.recipes import Recipe, answer, choose_clean, rank, score, summarize_recipes
@@ -50,6 +54,7 @@ __all__ = [
     "coarse_grid",
     "grid_dir",
     "prompt_recipes",
+    "rated_means",
     "refinements",
     "search",
     "spans",
@@ -140,6 +145,23 @@ def grid_dir(out: Path, model: Model, behaviour: Behaviour) -> Path:
     return out / "grids" / f"{model.name}_{behaviour.name}-{tag}"
 
 
+def rated_means(behaviour: Behaviour, rows: pd.DataFrame, judge: RatingJudge) -> pd.DataFrame:
+    """Per recipe of ``rows`` (validation answers of :func:`~workbench.recipes.answer`): the mean of each
+    rating and of AxBench's score (``mean_concept, mean_relevance, mean_fluency, mean_score``;
+    :func:`~workbench.evaluation.rating.rate`, asked the prompt each answer was given) and ``judge``."""
+    items = {item.id: item for item in behaviour.items("validation").items}
+    ratings = rate(
+        rows["prompt"].tolist(),
+        rows["response"].tolist(),
+        target=behaviour.target,
+        items=[items[i] for i in rows["id"]],
+        judge=judge,
+    )
+    columns = [*RATINGS, "score"]
+    means = ratings[columns].astype(float).groupby(rows["recipe"].to_numpy(), sort=False).mean()
+    return means.add_prefix("mean_").assign(judge=judge.name)
+
+
 def search(
     model: Model,
     behaviour: Behaviour,
@@ -147,15 +169,18 @@ def search(
     out: Path,
     *,
     plan: Plan = Plan(),
+    judge: RatingJudge | None = None,
     progress: bool = False,
 ) -> tuple[dict[str, SteeringVector], pd.DataFrame, Recipe, list[str]]:
     """Build the vectors, run the coarse grid, the refinements and the confirmation round on validation
-    (as wide as ``plan``); choose by clean rate in the confirmation round. A quick ``size`` runs the quick
-    coarse grid only and chooses on it.
+    (as wide as ``plan``); choose in the confirmation round by the selection rule, on the ratings of
+    ``judge`` (None: on the text rules' clean rate). A quick ``size`` runs the quick coarse grid only and
+    chooses on it.
 
     Returns the vectors, the validation summary (column ``stage``: baseline, coarse, refine, refine2,
-    and one row per finalist with stage ``confirm``, whose rates are on the larger validation set), the
-    chosen recipe and notes on how the vectors were built.
+    and one row per finalist with stage ``confirm``, whose rates are on the larger validation set; with a
+    judge, the stage chosen on also has :func:`rated_means`' columns), the chosen recipe and notes on how
+    the vectors were built.
     """
     quick = size.is_quick
     vectors, notes = _vectors(model, behaviour, size, plan.sources, progress)
@@ -165,9 +190,14 @@ def search(
     selection = {item.id for item in behaviour.items("validation", size.n_validation).items}
 
     def stage(
-        name: str, recipes: list[Recipe], n: int = size.n_validation, fresh: bool = False
+        name: str,
+        recipes: list[Recipe],
+        n: int = size.n_validation,
+        fresh: bool = False,
+        chosen: bool = False,
     ) -> pd.DataFrame:
-        """Validation rows of the first ``n`` prompts; ``fresh``: only those after the selection prompts."""
+        """Validation rows of the first ``n`` prompts; ``fresh``: only those after the selection prompts;
+        ``chosen``: the stage the choice is made on, rated by the judge."""
         rows = answer(
             model,
             behaviour,
@@ -184,10 +214,13 @@ def search(
             rows = rows[~rows["id"].isin(selection)].reset_index(drop=True)
         for recipe, group in rows.groupby("recipe", sort=False):
             answers.setdefault(str(recipe), tuple(group.sort_values("id")["response"]))
-        return summarize_recipes(score(behaviour, rows), recipes, model.n_layers)
+        summary = summarize_recipes(score(behaviour, rows), recipes, model.n_layers)
+        if judge is None or not chosen:
+            return summary
+        return summary.merge(rated_means(behaviour, rows, judge), left_on="recipe", right_index=True)
 
     first = prompt_recipes(behaviour) + coarse_grid(model.n_layers, tuple(vectors), quick=quick)
-    summary = stage("coarse", first).assign(
+    summary = stage("coarse", first, chosen=quick).assign(
         stage=lambda f: f["steered"].map({True: "coarse", False: "baseline"})
     )
     recipes = {r.name: r for r in first}
@@ -212,7 +245,8 @@ def search(
     if quick:
         return vectors, summary, recipes[choose_clean(summary)["recipe"]], notes
     finalists = [recipes[name] for name in _finalists(summary, answers, plan.confirm_k)]
-    confirmed = stage("confirm", [Recipe(), *finalists], (1 + plan.confirm) * size.n_validation, fresh=True)
+    n_confirm = (1 + plan.confirm) * size.n_validation
+    confirmed = stage("confirm", [Recipe(), *finalists], n_confirm, fresh=True, chosen=True)
     summary = pd.concat([summary, confirmed.assign(stage="confirm")], ignore_index=True)
     return vectors, summary, recipes[choose_clean(confirmed)["recipe"]], notes
 
