@@ -276,7 +276,7 @@ def test_frontier_study_records_presets_confirmed_on_fresh_prompts(writer, tmp_p
     assert confirm["clean_rate"].to_dict() == pytest.approx(expected[confirm.index].to_dict())
 
 
-def test_a_chosen_recipe_is_recorded_only_where_it_beats_unsteered_on_fresh_prompts(writer):
+def test_a_chosen_recipe_is_recorded_where_it_beats_unsteered_and_ships_only_where_rated_fluent(writer):
     from workbench.activations import collect
     from workbench.studies.frontier import BehaviourResult, _landed
 
@@ -284,27 +284,121 @@ def test_a_chosen_recipe_is_recorded_only_where_it_beats_unsteered_on_fresh_prom
     pos, neg = collect(writer, ["Hello there", "Good morning"]), collect(writer, ["Hi", "Bye"])
     vectors = {"last_prompt": SteeringVector.from_activations(pos, neg, dataset="d", dataset_hash="h")}
 
-    def result(clean: float) -> BehaviourResult:
+    def result(clean: float, rated: tuple[float, float] | None = None) -> BehaviourResult:
+        """The chosen recipe's confirmation clean rate; ``rated``: its (mean fluency, mean score) by a judge
+        that rates every unsteered answer 2, 2, 0 (fluent and relevant, never on target: score 0)."""
         rows = [("coarse", "plain", 0.0, 3), ("coarse", chosen.name, 1.0, 3)]
         rows += [("confirm", "plain", 0.2, 9), ("confirm", chosen.name, clean, 9)]
         validation = pd.DataFrame(rows, columns=["stage", "recipe", "clean_rate", "n"]).assign(
             target_rate=0.7, degeneration=0.1, perplexity=4.0
         )
+        if rated is not None:
+            confirm = validation["stage"] == "confirm"
+            fluency, score = rated
+            validation.loc[confirm, ["mean_concept", "mean_relevance", "judge"]] = [0.0, 2.0, "stub"]
+            validation.loc[confirm, "mean_fluency"] = [2.0, fluency]
+            validation.loc[confirm, "mean_score"] = [0.0, score]
         return BehaviourResult(
-            "tiny-llama",
-            "w",
-            6,
-            BEHAVIOURS["bullets"],
-            vectors,
-            validation,
-            chosen,
-            pd.DataFrame(),
-            [],
+            "tiny-llama", "w", 6, BEHAVIOURS["bullets"], vectors, validation, chosen, pd.DataFrame(), []
         )
 
     assert _landed([result(clean=0.2)]) == {}  # a tie with unsteered is not a preset
     (preset,) = _landed([result(clean=0.5)]).values()
     v = preset.validation["tiny-llama"]
-    assert preset.recipes == {"tiny-llama": chosen} and preset.dataset_hash == "h" and preset.n_train == 6
+    assert preset.dataset_hash == "h" and preset.n_train == 6
     assert (v["n"], v["clean_rate"], v["unsteered_clean_rate"], v["target"]) == (9, 0.5, 0.2, "ifeval")
     assert v["prompts"] == "validation items 4-12, disjoint from the 3 it was selected on"
+    # no judge rated it: recorded, but withdrawn
+    assert preset.recipes == {} and preset.withdrawn == {"tiny-llama": chosen}
+    assert preset.rating == {"tiny-llama": None}
+    # rated: the judge's mean score decides against unsteered, whatever the text rules' clean rate says
+    assert _landed([result(clean=0.1, rated=(1.5, 0.4))])  # below unsteered's clean rate, above its score
+    assert _landed([result(clean=0.9, rated=(1.5, 0.0))]) == {}  # the judge finds none clean
+    (fluent,) = _landed([result(clean=0.5, rated=(1.0, 0.4))]).values()
+    rating = fluent.rating["tiny-llama"]
+    assert fluent.recipes == {"tiny-llama": chosen} and fluent.withdrawn == {}
+    assert (rating["judge"], rating["n"], rating["mean_fluency"], rating["mean_score"]) == (
+        "stub",
+        9,
+        1.0,
+        0.4,
+    )
+    (salad,) = _landed([result(clean=0.5, rated=(0.9, 0.4))]).values()
+    assert salad.recipes == {} and salad.withdrawn == {"tiny-llama": chosen}
+
+
+def _rating(fluency: float, score: float) -> dict[str, object]:
+    return {
+        "judge": "stub",
+        "n": 30,
+        "answers": "a test",
+        "mean_concept": 2.0,
+        "mean_relevance": 1.0,
+        "mean_fluency": fluency,
+        "mean_score": score,
+    }
+
+
+def test_a_recipe_ships_at_mean_fluency_one_and_a_score_above_zero():
+    assert presets.withheld(_rating(1.0, 0.01)) is None
+    assert presets.withheld(_rating(2.0, 1.5)) is None
+    for fluency, score in ((0.99, 1.0), (1.5, 0.0)):
+        why = presets.withheld(_rating(fluency, score))
+        assert f"mean fluency {fluency:.2f}, mean score {score:.2f}" in why and "stub rated its 30" in why
+    assert "workbench models fetch qwen2.5-coder-1.5b-instruct" in presets.withheld(None)
+
+
+def test_a_withdrawn_recipe_is_not_offered_and_is_refused_in_one_line_saying_why(tiny, monkeypatch):
+    salad = Preset("salad", "bullets", {}, n_train=6).add("tiny-llama", RECIPE, {}, _rating(0.2, 0.0))
+    unrated = Preset("unrated", "bullets", {}, n_train=6).add("tiny-llama", RECIPE, {}, None)
+    fluent = Preset("fluent", "bullets", {}, n_train=6).add("tiny-llama", RECIPE, {}, _rating(1.2, 0.5))
+    for preset in (salad, unrated, fluent):
+        monkeypatch.setitem(presets.PRESETS, preset.name, preset)
+    assert "fluent" in presets.available(tiny)
+    assert not {"salad", "unrated"} & set(presets.available(tiny))
+    assert {"salad", "unrated", "fluent"} <= set(presets.names())  # asked for by name, they say why not
+    with pytest.raises(InvalidArgumentError, match="preset 'salad' is withdrawn for 'tiny-llama'") as info:
+        presets.load(tiny, "salad")
+    assert "stub rated its 30 validation answers not fluent (mean fluency 0.20" in str(info.value)
+    assert "\n" not in str(info.value)
+    with pytest.raises(InvalidArgumentError, match=r"'unrated' is withdrawn .* no judge rated"):
+        presets.vector(tiny, "unrated")
+    assert not any(presets.cache_dir().glob("presets/*"))  # nothing was built for them
+    assert len(presets.load(tiny, "fluent")) == len(RECIPE.layers)
+    # a document keeps a withdrawn recipe, with its rating, and reads it back withdrawn
+    header = {
+        "provenance": "a test",
+        "created": "now",
+        "selection": "a test",
+        "scorer_version": None,
+        "run_manifest_hash": None,
+        "models": {},
+    }
+    doc = json.loads(json.dumps(presets.document({"salad": salad, "fluent": fluent}, header)))
+    assert doc["presets"]["salad"]["recipes"]["tiny-llama"]["rating"]["mean_fluency"] == 0.2
+    read = {name: (p.recipes, p.withdrawn, p.rating) for name, p in presets.parse(doc).items()}
+    assert read == {
+        name: (p.recipes, p.withdrawn, p.rating) for name, p in (("salad", salad), ("fluent", fluent))
+    }
+
+
+def test_the_bundled_presets_ship_only_what_the_judge_rated_fluent():
+    """Every bundled recipe carries the 1.5B judge's rating of its 30 validation answers; SmolLM2's Italian
+    preset (", eccordionilòro, e'volte a dolce,,," salad that language ID calls Italian) is withdrawn."""
+    from types import SimpleNamespace
+
+    for preset in presets.PRESETS.values():
+        for model, rating in preset.rating.items():
+            assert rating["judge"] == "qwen2.5-coder-1.5b-instruct" and rating["n"] == 30
+            ships = rating["mean_fluency"] >= presets.MIN_FLUENCY and rating["mean_score"] > 0
+            assert (model in preset.recipes) == ships and (model in preset.withdrawn) == (not ships)
+    assert presets.get("italian").withdrawn.keys() == {"smollm2-135m-instruct"}
+    assert presets.get("italian").rating["smollm2-135m-instruct"]["mean_fluency"] == 0.0
+    assert set(presets.get("italian").recipes) == {"gemma3-270m"}
+    assert set(presets.get("one_sentence").recipes) == {"smollm2-135m-instruct"}
+    smollm2 = SimpleNamespace(name="smollm2-135m-instruct", n_layers=30)
+    assert presets.available(smollm2) == ["one_sentence"]  # type: ignore[arg-type]
+    with pytest.raises(
+        InvalidArgumentError, match=r"withdrawn .*mean fluency 0\.00.*it ships for gemma3-270m"
+    ):
+        presets.get("italian").recipe(smollm2)  # type: ignore[arg-type]

@@ -1,12 +1,18 @@
 """Named steering presets: the frontier study's winning recipes, ready in one line.
 
 ``presets.load(model, "italian")`` returns the :class:`~workbench.steering.Intervention` list of the
-preset's recipe for ``model``; pass it to ``generate(..., interventions=...)``. The recipes and their
-validation numbers are data, not code: :data:`BUNDLED` (``workbench/data/presets.json``), written by
-``workbench study frontier`` (:func:`workbench.studies.frontier.frontier_study` writes
+preset's recipe for ``model``; pass it to ``generate(..., interventions=...)``. The recipes, their
+validation numbers and their rating are data, not code: :data:`BUNDLED` (``workbench/data/presets.json``),
+written by ``workbench study frontier`` (:func:`workbench.studies.frontier.frontier_study` writes
 ``frontier/presets.json`` in its run folder; copy it over :data:`BUNDLED` to ship it). The document records
 the scorer version, each model's weights hash, each preset's train-set hash and the run manifest's hash;
 :func:`document` and :func:`parse` are its one schema.
+
+A recipe ships only when the rating judge rated its validation answers fluent (:func:`withheld`: mean
+fluency at least :data:`MIN_FLUENCY` and mean score above 0, AxBench's ratings of
+:func:`~workbench.evaluation.rating.rate`): the text rules alone call salad in Italian words Italian and
+not degenerate. A recipe rated otherwise, or never rated by a judge, stays in the document with its numbers
+but is withdrawn: :func:`available` leaves it out and :func:`load` refuses it in one line saying why.
 
 The vector is built for the loaded model on first use from the bundled train split and cached under
 ``cache_dir()/presets`` as ``<name>-<model fingerprint>.safetensors`` (the vector, checksummed, with its
@@ -22,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,7 @@ from workbench.vectors import SteeringVector, workbench_version
 
 __all__ = [
     "BUNDLED",
+    "MIN_FLUENCY",
     "PRESETS",
     "SCHEMA",
     "Preset",
@@ -53,21 +60,48 @@ __all__ = [
     "read",
     "train_pairs",
     "vector",
+    "withheld",
 ]
 
 #: The shipped presets document.
 BUNDLED = Path(__file__).parent / "data" / "presets.json"
-#: Version of the presets document's layout.
-SCHEMA = 2
+#: Version of the presets document's layout (3: each model's recipe has a ``rating``).
+SCHEMA = 3
+#: The least mean fluency (0-2) of a recipe's validation answers that ships: the rubric's 1, understandable
+#: with noticeable errors, on average; its mean score must also be above 0 (some answers on target,
+#: relevant and fluent at once).
+MIN_FLUENCY = 1.0
+
+
+def withheld(rating: Mapping[str, Any] | None) -> str | None:
+    """Why a recipe whose validation answers were rated ``rating`` does not ship, or None when it does.
+
+    ``rating``: ``judge``, ``n`` and the answers' ``mean_concept, mean_relevance, mean_fluency,
+    mean_score`` (None: no judge rated them)."""
+    if rating is None:
+        return (
+            "no judge rated its answers fluent (run `workbench models fetch qwen2.5-coder-1.5b-instruct`, "
+            "then `workbench study frontier`)"
+        )
+    fluency, score = rating["mean_fluency"], rating["mean_score"]
+    if fluency >= MIN_FLUENCY and score > 0:
+        return None
+    return (
+        f"{rating['judge']} rated its {rating['n']} validation answers not fluent (mean fluency "
+        f"{fluency:.2f}, mean score {score:.2f}; a preset ships at mean fluency >= {MIN_FLUENCY:g} and mean "
+        "score > 0)"
+    )
 
 
 @dataclass(frozen=True)
 class Preset:
     """A behaviour's winning recipe per model (by model name), and how many train pairs build its vector.
 
-    ``validation``: per model, the recipe's rates on validation prompts as the search measured them
-    (``target`` names the metric of ``target_rate``), under scorer version ``scorer_version`` (None: before
-    :data:`~workbench.evaluation.SCORER_VERSION` existed).
+    ``recipes``: the recipes that ship; ``withdrawn``: those chosen but not shipped (:func:`withheld` of
+    their rating). ``validation``: per model, the recipe's rates on validation prompts as the search measured
+    them (``target`` names the metric of ``target_rate``), under scorer version ``scorer_version`` (None:
+    before :data:`~workbench.evaluation.SCORER_VERSION` existed); ``rating``: per model, the judge's rating
+    of those answers (None: no judge rated them).
     """
 
     name: str
@@ -78,9 +112,36 @@ class Preset:
     validation: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     scorer_version: int | None = None
     dataset_hash: str | None = None
+    rating: Mapping[str, Mapping[str, Any] | None] = field(default_factory=dict)
+    withdrawn: Mapping[str, Recipe] = field(default_factory=dict)
+
+    def add(
+        self,
+        model_name: str,
+        recipe: Recipe,
+        validation: Mapping[str, Any],
+        rating: Mapping[str, Any] | None,
+    ) -> Preset:
+        """This preset with ``recipe`` chosen for ``model_name``: shipped, or withdrawn when :func:`withheld`
+        finds a reason in its ``rating``."""
+        ships = withheld(rating) is None
+        return replace(
+            self,
+            recipes={**self.recipes, model_name: recipe} if ships else self.recipes,
+            withdrawn=self.withdrawn if ships else {**self.withdrawn, model_name: recipe},
+            validation={**self.validation, model_name: validation},
+            rating={**self.rating, model_name: rating},
+        )
 
     def recipe(self, model: Model) -> Recipe:
-        """The recipe for ``model``, or a one-line error when the preset was not chosen for it."""
+        """The recipe for ``model``, or a one-line error when the preset was not chosen for it or its recipe
+        was withdrawn."""
+        if model.name in self.withdrawn:
+            ships = f"; it ships for {', '.join(self.recipes)}" if self.recipes else ""
+            raise InvalidArgumentError(
+                f"preset {self.name!r} is withdrawn for {model.name!r}: "
+                f"{withheld(self.rating.get(model.name))}{ships}"
+            )
         recipe = self.recipes.get(model.name)
         if recipe is None:
             raise ShapeMismatchError(
@@ -99,17 +160,25 @@ class Preset:
         v = self.validation.get(model_name)
         if not v:
             return "no validation record"
+        r = self.rating.get(model_name)
+        rated = (
+            f"; rated by {r['judge']}: concept {r['mean_concept']:.2f}, relevance {r['mean_relevance']:.2f}, "
+            f"fluency {r['mean_fluency']:.2f}, mean score {r['mean_score']:.2f}"
+            if r
+            else "; not rated by a judge"
+        )
         return (
             f"target_rate ({v['target']}) {v['target_rate']:.2f}, clean_rate {v['clean_rate']:.2f}, "
             f"degeneration {v['degeneration']:.2f} on {v['n']} validation prompts ({v['prompts']}), "
-            f"scorer version {self.scorer_version}"
+            f"scorer version {self.scorer_version}{rated}"
         )
 
 
 def document(presets: Mapping[str, Preset], header: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON document of ``presets``: ``header`` (``provenance, created, selection, scorer_version,
     run_manifest_hash, models``: model name to ``{"weights_hash": ...}``) and each preset with its recipes
-    and validation numbers, which must come from the header's scorer version."""
+    (shipped and withdrawn), their validation numbers, which must come from the header's scorer version, and
+    their rating."""
     stale = sorted(p.name for p in presets.values() if p.scorer_version != header["scorer_version"])
     if stale:
         raise InvalidArgumentError(
@@ -124,8 +193,12 @@ def document(presets: Mapping[str, Preset], header: Mapping[str, Any]) -> dict[s
                 "n_train": p.n_train,
                 "dataset_hash": p.dataset_hash,
                 "recipes": {
-                    model: {"recipe": r.to_json(), "validation": dict(p.validation.get(model, {}))}
-                    for model, r in p.recipes.items()
+                    model: {
+                        "recipe": r.to_json(),
+                        "validation": dict(p.validation.get(model, {})),
+                        "rating": _plain(p.rating.get(model)),
+                    }
+                    for model, r in {**p.recipes, **p.withdrawn}.items()
                 },
             }
             for p in presets.values()
@@ -133,25 +206,32 @@ def document(presets: Mapping[str, Preset], header: Mapping[str, Any]) -> dict[s
     }
 
 
+def _plain(rating: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if rating is None else dict(rating)
+
+
 def parse(doc: Mapping[str, Any], where: str = "the presets document") -> dict[str, Preset]:
-    """The presets of a :func:`document`; a malformed one raises :class:`ArtifactError`."""
+    """The presets of a :func:`document`, each recipe shipped or withdrawn by its rating (:meth:`Preset.add`);
+    a malformed document raises :class:`ArtifactError`."""
     try:
         if doc["schema"] != SCHEMA:
             raise ArtifactError(f"{where} has schema {doc['schema']!r}, not {SCHEMA}: regenerate it")
         chosen_by = f"{doc['selection']} ({doc['created']}); {doc['provenance']}"
-        return {
-            name: Preset(
+        found: dict[str, Preset] = {}
+        for name, entry in doc["presets"].items():
+            preset = Preset(
                 name,
                 entry["behaviour"],
-                {model: Recipe.from_json(e["recipe"]) for model, e in entry["recipes"].items()},
+                {},
                 n_train=int(entry["n_train"]),
                 chosen_by=chosen_by,
-                validation={model: e["validation"] for model, e in entry["recipes"].items()},
                 scorer_version=doc["scorer_version"],
                 dataset_hash=entry["dataset_hash"],
             )
-            for name, entry in doc["presets"].items()
-        }
+            for model, e in entry["recipes"].items():
+                preset = preset.add(model, Recipe.from_json(e["recipe"]), e["validation"], e["rating"])
+            found[name] = preset
+        return found
     except (KeyError, TypeError, AttributeError, InvalidArgumentError) as e:
         raise ArtifactError(f"{where} is malformed ({type(e).__name__}: {e}): regenerate it") from None
 
@@ -181,7 +261,7 @@ def names() -> list[str]:
 
 
 def available(model: Model) -> list[str]:
-    """The preset names with a recipe chosen for ``model``."""
+    """The preset names with a recipe for ``model`` that ships (not withdrawn)."""
     return [name for name in names() if model.name in PRESETS[name].recipes]
 
 
@@ -221,6 +301,7 @@ def _record(
         "recipe": recipe.to_json(),
         "chosen_by": preset.chosen_by,
         "validation": dict(preset.validation.get(model.name, {})),
+        "rating": _plain(preset.rating.get(model.name)),
         "scorer_version": preset.scorer_version,
         "n_train": n_train,
         "model_name": model.name,

@@ -4,8 +4,12 @@ Per behaviour (:data:`workbench.behaviours.BEHAVIOURS`): :func:`workbench.studie
 validation split (a coarse grid, refinements, a confirmation round on prompts disjoint from the selection
 prompts) chooses a recipe; the test split then compares unsteered, the instruction in the prompt (for
 Italian also the fully Italian prompt), the chosen recipe, and the chosen recipe with the instruction.
-Each chosen recipe that beats the unsteered clean rate in the confirmation round is recorded, with its
-validation numbers and hashes, in ``frontier/presets.json`` (the layout of :data:`workbench.presets.BUNDLED`).
+With a rating judge (``judge``, Qwen2.5-Coder-1.5B-Instruct once fetched) the confirmation round's answers
+are rated and the search chooses by the selection rule on the mean score; without one, on the text rules'
+clean rate. Each chosen recipe that beats unsteered on that key in the confirmation round is recorded,
+with its validation numbers, its rating and hashes, in ``frontier/presets.json`` (the layout of
+:data:`workbench.presets.BUNDLED`); a recipe the judge did not rate fluent is recorded withdrawn
+(:func:`workbench.presets.withheld`).
 The frontier figure plots every validation recipe. A full-size run also steers Italian on the
 multilingual Gemma 3 270M base model, when it is installed. Validation and test answers are kept in the
 study folder as :func:`~workbench.runner.run_grid` parts keyed by the model's fingerprint
@@ -15,6 +19,7 @@ study folder as :func:`~workbench.runner.run_grid` parts keyed by the model's fi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -25,9 +30,12 @@ import pandas as pd
 
 from workbench import evaluation, presets
 from workbench.behaviours import BEHAVIOURS, Behaviour
-from workbench.errors import InvalidArgumentError
+from workbench.errors import InvalidArgumentError, ModelLoadError
+from workbench.evaluation.rating_judge import RatingJudge
+from workbench.evaluation.reference import REFERENCE_SPEC
+from workbench.evaluation.selection import selection_key
 from workbench.files import atomic_text, utc_now, write_frame
-from workbench.models import Model
+from workbench.models import Model, load_model
 from workbench.plots import plot_frontier, save_figure
 from workbench.recipes import Recipe, rank
 from workbench.record import read_record
@@ -44,6 +52,7 @@ __all__ = [
     "STUDY",
     "BehaviourResult",
     "frontier_study",
+    "rating_judge",
     "run_behaviour",
 ]
 
@@ -78,6 +87,18 @@ class BehaviourResult:
         return self.validation[self.validation["stage"] == "confirm"]
 
 
+def rating_judge(model: Model, spec: str | None, out: Path) -> RatingJudge | None:
+    """The rating judge ``spec`` (bfloat16 on ``model``'s device; ``model`` itself when it is ``spec``), its
+    ratings cached under ``out``; None when ``spec`` is None or does not load offline (not fetched)."""
+    if spec is None:
+        return None
+    try:
+        loaded = model if spec == model.name else load_model(spec, device=model.device, dtype="bfloat16")
+    except ModelLoadError:
+        return None
+    return RatingJudge(loaded, cache=out / f"ratings-{loaded.fingerprint[:12]}.parquet")
+
+
 def run_behaviour(
     model: Model,
     behaviour: Behaviour,
@@ -85,11 +106,15 @@ def run_behaviour(
     out: Path,
     *,
     plan: Plan = Plan(),
+    judge: RatingJudge | None = None,
     progress: bool = False,
 ) -> BehaviourResult:
-    """:func:`search` (as wide as ``plan``) on validation, then the test settings of the chosen recipe."""
+    """:func:`search` (as wide as ``plan``, rated by ``judge``) on validation, then the test settings of the
+    chosen recipe."""
     behaviour = budgeted(behaviour, size)
-    vectors, validation, chosen, notes = search(model, behaviour, size, out, plan=plan, progress=progress)
+    vectors, validation, chosen, notes = search(
+        model, behaviour, size, out, plan=plan, judge=judge, progress=progress
+    )
     rows = test_rows(model, behaviour, vectors, chosen, size, out, progress)
     return BehaviourResult(
         model.name, model.weights_hash, size.n_train, behaviour, vectors, validation, chosen, rows, notes
@@ -123,15 +148,35 @@ def _refinement_effects(result: BehaviourResult) -> pd.DataFrame:
     return effects.assign(model=result.model, behaviour=result.behaviour.name)
 
 
+def _final(result: BehaviourResult) -> pd.DataFrame:
+    """The round the recipe was chosen on (the confirmation round; a quick run's coarse grid), by recipe."""
+    return (result.confirmed if len(result.confirmed) else result.sweep).set_index("recipe")
+
+
+def _rating(v: pd.Series) -> dict[str, object] | None:
+    """The judge's rating of a recipe's validation answers (its row of :func:`_final`), None if unrated."""
+    if "judge" not in v or pd.isna(v["judge"]):
+        return None
+    means = ("mean_concept", "mean_relevance", "mean_fluency", "mean_score")
+    return {
+        "judge": v["judge"],
+        "n": int(v["n"]),
+        "answers": "the round's answers on the validation prompts above",
+        **{k: round(float(v[k]), 4) for k in means},
+    }
+
+
 def _landed(results: Sequence[BehaviourResult]) -> dict[str, presets.Preset]:
-    """One preset per behaviour, with the chosen recipe of each model where it beats the unsteered clean rate
-    of its final validation round (the confirmation round, on prompts disjoint from the selection ones)."""
+    """One preset per behaviour, with the chosen recipe of each model where it beats unsteered in its final
+    validation round (the confirmation round, on prompts disjoint from the selection ones) on the selection
+    key (mean score where the judge rated, else clean rate); shipped or withdrawn by its rating
+    (:meth:`~workbench.presets.Preset.add`)."""
     found: dict[str, presets.Preset] = {}
     for r in results:
-        final = r.confirmed if len(r.confirmed) else r.sweep
-        rates = final.set_index("recipe")
+        rates = _final(r)
+        key = selection_key(rates)
         v, unsteered = rates.loc[r.chosen.name], rates.loc[Recipe().name]
-        if not v["clean_rate"] > unsteered["clean_rate"]:
+        if not v[key] > unsteered[key]:
             continue
         n_selection = int(r.sweep["n"].iloc[0])
         prompts = (
@@ -157,11 +202,7 @@ def _landed(results: Sequence[BehaviourResult]) -> dict[str, presets.Preset]:
             scorer_version=evaluation.SCORER_VERSION,
             dataset_hash=r.vectors[r.chosen.source].provenance.get("dataset_hash"),
         )
-        found[name] = dataclasses.replace(
-            old,
-            recipes={**old.recipes, r.model: r.chosen},
-            validation={**old.validation, r.model: validation},
-        )
+        found[name] = old.add(r.model, r.chosen, validation, _rating(v))
     return found
 
 
@@ -173,8 +214,9 @@ def _header(results: Sequence[BehaviourResult], run: Path, quick: bool) -> dict[
     return {
         "provenance": f"workbench study frontier ({'quick smoke run' if quick else 'full search'}) in {run}",
         "created": utc_now(),
-        "selection": "the frontier study's choice by clean rate in the confirmation round, kept where it "
-        "beats the unsteered clean rate there",
+        "selection": "the frontier study's choice by the selection rule in the confirmation round (mean "
+        "score where the judge rated, else clean rate; then target rate), kept where it beats unsteered there "
+        "on that key; shipped where the judge rated it fluent",
         "scorer_version": evaluation.SCORER_VERSION,
         "run_manifest_hash": hashlib.sha256(digest).hexdigest() if configuration else None,
         "models": {r.model: {"weights_hash": r.weights_hash} for r in results},
@@ -183,14 +225,21 @@ def _header(results: Sequence[BehaviourResult], run: Path, quick: bool) -> dict[
 
 def _notes(result: BehaviourResult) -> list[str]:
     table = test_table(result.model, result.behaviour, result.test_rows).set_index("setting")
-    rounds = result.confirmed if len(result.confirmed) else result.sweep
-    v = rounds.set_index("recipe").loc[result.chosen.name]
+    v = _final(result).loc[result.chosen.name]
+    rating = _rating(v)
+    rated = ""
+    if rating is not None:
+        why = presets.withheld(rating)
+        rated = (
+            f"; {rating['judge']}: mean score {rating['mean_score']:.2f}, fluency "
+            f"{rating['mean_fluency']:.2f}, relevance {rating['mean_relevance']:.2f}"
+            + (f", withdrawn: {why}" if why else "")
+        )
     return [
         *result.notes,
         f"{result.model} / {result.behaviour.name}: chosen `{result.chosen.name}` ({v['n']} validation "
-        f"prompts: clean "
-        f"{v['clean_rate']:.2f}, target {v['target_rate']:.2f}, degeneration {v['degeneration']:.2f}); "
-        + verdict(table),
+        f"prompts: clean {v['clean_rate']:.2f}, target {v['target_rate']:.2f}, degeneration "
+        f"{v['degeneration']:.2f}{rated}); " + verdict(table),
     ]
 
 
@@ -202,11 +251,15 @@ def frontier_study(
     behaviours: tuple[str, ...] = (),
     base_model: bool = True,
     plan: Plan = Plan(),
+    judge: str | None = None,
     progress: bool = False,
 ) -> StudyResult:
     """The quality frontier of ``behaviours`` (default: every one) on ``model`` (and Italian on Gemma 3 270M
     with ``base_model``), each searched as wide as ``plan``; a quick ``size`` runs the quick grid (the band at
-    one strength, no refinements) on :data:`QUICK_BEHAVIOURS`, without the base model.
+    one strength, no refinements) on :data:`QUICK_BEHAVIOURS`, without the base model. ``judge``: the rating
+    judge's model spec (:func:`rating_judge`; :data:`STUDY` passes Qwen2.5-Coder-1.5B-Instruct, used where
+    it is fetched); None or not fetched: the text rules choose, and ``presets.json`` withdraws every recipe
+    (unrated).
 
     Table columns: ``model, behaviour, target, setting, recipe, target_rate, clean_rate, degeneration,
     perplexity, ifeval_rate`` (``starts_json`` for JSON) ``, n`` (test split; see
@@ -222,14 +275,25 @@ def frontier_study(
     out = Path(out_dir) / "frontier"
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(model, BEHAVIOURS[n]) for n in names]
-    notes = []
+    rater = rating_judge(model, judge, out)
+    if rater is not None:
+        notes = [f"judge: {rater.name} rated the round each recipe was chosen on"]
+    else:
+        why = (
+            "none was given"
+            if judge is None
+            else f"{judge} is not fetched (`workbench models fetch {judge}`)"
+        )
+        notes = [
+            f"no judge ({why}): chosen by the text rules' clean rate; presets.json withdraws every recipe"
+        ]
     if base_model and not size.is_quick:
         base = gemma()
         if base is None:
             notes.append("Gemma 3 270M is not installed: its Italian frontier was not run")
         else:
             jobs.append((base, BEHAVIOURS["italian"]))
-    results = [run_behaviour(m, b, size, out, plan=plan, progress=progress) for m, b in jobs]
+    results = [run_behaviour(m, b, size, out, plan=plan, judge=rater, progress=progress) for m, b in jobs]
     figures = []
     for r in results:
         title = (
@@ -261,7 +325,7 @@ def frontier_study(
 STUDY = Study(
     "frontier",
     "Quality frontier: steering that lands without breaking the model",
-    frontier_study,
+    functools.partial(frontier_study, judge=REFERENCE_SPEC),
     sizes={"quick": Size.quick(), "full": Size.frontier(), "large": Size.large()},
     report=("large",),
     order=80,

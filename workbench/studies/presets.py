@@ -36,29 +36,32 @@ def presets_study(
     the preset alone, the preset with the instruction) on ``size.n_test`` prompts, each behaviour with its
     own token budget. A quick ``size``: only the :data:`~workbench.studies.frontier.QUICK_BEHAVIOURS`
     presets, their vectors from its few train pairs (cached apart from the presets' own), without the base
-    model. Returns a "not run" line when no preset was
-    chosen for ``model``. Writes under ``out_dir/presets``; table columns as :func:`frontier_study`'s; one
-    ``frontier_<model>_<behaviour>`` figure of the test settings per preset. Test rows are cached there.
+    model. Presets withdrawn for a model (rated not fluent: :func:`workbench.presets.withheld`) are not run;
+    a note says why. Returns a "not run" line when no preset ships for ``model``. Writes under
+    ``out_dir/presets``; table columns as :func:`frontier_study`'s; one ``frontier_<model>_<behaviour>``
+    figure of the test settings per preset. Test rows are cached there.
     """
     quick = size.is_quick
     wanted = [
         n for n in presets.available(model) if not quick or presets.get(n).behaviour in QUICK_BEHAVIOURS
     ]
+    withdrawn = _withdrawn(model)
     if not wanted:
         return (
-            f"not run: no preset was chosen for {model.name}; search for recipes with "
-            f"`workbench study frontier --model {model.name}`"
+            f"not run: no preset ships for {model.name}{''.join('; ' + w for w in withdrawn)}; search for "
+            f"recipes with `workbench study frontier --model {model.name}`"
         )
     out = Path(out_dir) / "presets"
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(model, name) for name in wanted]
-    notes = []
+    notes = withdrawn
     if base_model and not quick:
         base = gemma()
         if base is None:
             notes.append("Gemma 3 270M is not installed: its presets were not run")
         else:
             jobs += [(base, name) for name in presets.available(base)]
+            notes += _withdrawn(base)
     tables, frames, figures = [], [], []
     for loaded, name in jobs:
         preset = presets.get(name)
@@ -91,6 +94,16 @@ def presets_study(
     return StudyResult(
         name="presets", rows=rows, table=pd.concat(tables, ignore_index=True), figures=figures, notes=notes
     )
+
+
+def _withdrawn(model: Model) -> list[str]:
+    """A line per preset withdrawn for ``model``, saying why."""
+    found = {name: presets.get(name) for name in presets.names()}
+    return [
+        f"{model.name} / preset {name} withdrawn: {presets.withheld(p.rating.get(model.name))}"
+        for name, p in found.items()
+        if model.name in p.withdrawn
+    ]
 
 
 STUDY = Study(
