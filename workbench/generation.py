@@ -111,8 +111,16 @@ def generate(
     shared = list(interventions)
     tokenizer = model.tokenizer
     eos = model.hf_model.generation_config.eos_token_id or tokenizer.eos_token_id
-    stop = _stopping(model)
-    sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+    options = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": do_sample,
+        "use_cache": use_cache,
+        "min_new_tokens": min_new_tokens or None,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": eos,
+        **({"temperature": temperature, "top_p": top_p} if do_sample else {}),
+        **_stopping(model),
+    }
     responses: list[str] = [""] * len(texts)
     stopped = [False] * len(texts)
     traced: dict[int, tuple[list[str], Tensor, Tensor]] = {}
@@ -125,27 +133,10 @@ def generate(
         prefix, encoded = _split_prefix(model, encoded, max_new_tokens, allowed, row_ivs)
         part = StrengthTrace()
         prompt_len = encoded["input_ids"].shape[1]
-        with ExitStack() as stack:
-            tracker = stack.enter_context(tracking(model))
-            stack.enter_context(tracker.declared(torch.tensor([prompt_len])))
-            head = encoded["input_ids"][0, :prefix]
-            cache = _prefix_cache(model, head, row_ivs) if prefix >= MIN_SHARED_PREFIX else None
-            stack.enter_context(steer_rows(model, row_ivs if rows is not None or dynamic else [shared], part))
-            stack.enter_context(direct_forward(model))
-            if do_sample:
-                torch.manual_seed(seed + batch_no)
-            output = model.hf_model.generate(
-                **encoded,
-                **({} if cache is None else {model.cache_argument: cache}),
-                max_new_tokens=max_new_tokens,
-                do_sample=do_sample,
-                use_cache=use_cache,
-                min_new_tokens=min_new_tokens or None,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=eos,
-                **sampling,
-                **stop,
-            )
+        if do_sample:
+            torch.manual_seed(seed + batch_no)
+        steered = row_ivs if rows is not None or dynamic else [shared]
+        output = _generate_batch(model, encoded, prefix, row_ivs, steered, part, options)
         new = output[:, prompt_len:]
         texts_out = tokenizer.batch_decode(new, skip_special_tokens=True)
         traced |= _traced_rows(part, batch, new, eos, tokenizer.pad_token_id)
@@ -158,6 +149,30 @@ def generate(
     if ended is not None:
         ended.extend(stopped)
     return responses
+
+
+def _generate_batch(
+    model: Model,
+    encoded: dict[str, Tensor],
+    prefix: int,
+    row_ivs: list[list[AnyIntervention]],
+    steered: list[list[AnyIntervention]],
+    part: StrengthTrace,
+    options: dict[str, Any],
+) -> Tensor:
+    """One batch's ``hf_model.generate`` output, its first ``prefix`` tokens run once (:func:`_prefix_cache`),
+    steered by ``steered`` (one list per row, or one for all) with dynamic strengths traced in ``part``."""
+    prompt_len = encoded["input_ids"].shape[1]
+    with ExitStack() as stack:
+        tracker = stack.enter_context(tracking(model))
+        stack.enter_context(tracker.declared(torch.tensor([prompt_len])))
+        head = encoded["input_ids"][0, :prefix]
+        cache = _prefix_cache(model, head, row_ivs) if prefix >= MIN_SHARED_PREFIX else None
+        stack.enter_context(steer_rows(model, steered, part))
+        stack.enter_context(direct_forward(model))
+        return model.hf_model.generate(
+            **encoded, **({} if cache is None else {model.cache_argument: cache}), **options
+        )
 
 
 def _check_settings(

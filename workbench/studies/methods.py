@@ -175,9 +175,12 @@ def verdicts(table: pd.DataFrame) -> list[str]:
         alone = part[part["method"].ne("unsteered") & ~part["instruction"]]
         best = alone.loc[alone["mean_score"].idxmax()]
         reached = alone[alone["mean_score"] >= bar]["method"].tolist()
+        ratings = {r: float(best[f"mean_{r}"]) for r in ("concept", "relevance", "fluency")}
+        weakest = min(ratings, key=lambda r: ratings[r])
         said = (
             f"{name}: instruction mean score {bar:.2f}; best steering alone {best['method']} "
-            f"{best['mean_score']:.2f} ({best['mean_score'] - bar:+.2f}); reaching it: {', '.join(reached) or 'none'}"
+            f"{best['mean_score']:.2f} ({best['mean_score'] - bar:+.2f}; its weakest rating {weakest} "
+            f"{ratings[weakest]:.2f} of 2); reaching it: {', '.join(reached) or 'none'}"
         )
         both = part[part["method"].ne("unsteered") & part["instruction"]]
         beats = both[both["mean_score"] > bar]

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -224,14 +224,34 @@ def search(
         stage=lambda f: f["steered"].map({True: "coarse", False: "baseline"})
     )
     recipes = {r.name: r for r in first}
+    if not quick:
+        summary = _refine(summary, recipes, plan, vectors, behaviour.max_new_tokens, stage)
+    if quick:
+        return vectors, summary, recipes[choose_clean(summary)["recipe"]], notes
+    finalists = [recipes[name] for name in _finalists(summary, answers, plan.confirm_k)]
+    n_confirm = (1 + plan.confirm) * size.n_validation
+    confirmed = stage("confirm", [Recipe(), *finalists], n_confirm, fresh=True, chosen=True)
+    summary = pd.concat([summary, confirmed.assign(stage="confirm")], ignore_index=True)
+    return vectors, summary, recipes[choose_clean(confirmed)["recipe"]], notes
+
+
+def _refine(
+    summary: pd.DataFrame,
+    recipes: dict[str, Recipe],
+    plan: Plan,
+    vectors: dict[str, SteeringVector],
+    max_new_tokens: int,
+    stage: Callable[[str, list[Recipe]], pd.DataFrame],
+) -> pd.DataFrame:
+    """``summary`` with up to ``plan.rounds`` rounds of refinements of the best ``plan.top_k`` recipes not yet
+    refined, each answered by ``stage`` (column ``stage``: refine, refine2, ...); ``recipes`` gains them."""
     used: set[str] = set()
-    for round_no in range(1, 1 if quick else plan.rounds + 1):
-        ranked = rank(summary)
-        seeds = [recipes[name] for name in ranked["recipe"] if name not in used][: plan.top_k]
+    for round_no in range(1, plan.rounds + 1):
+        seeds = [recipes[name] for name in rank(summary)["recipe"] if name not in used][: plan.top_k]
         used |= {seed.name for seed in seeds}
         extra: dict[str, tuple[str, str, Recipe]] = {}  # name -> (seed, change, recipe)
         for seed in seeds:
-            for change, r in refinements(seed, behaviour.max_new_tokens, vectors[seed.source]).items():
+            for change, r in refinements(seed, max_new_tokens, vectors[seed.source]).items():
                 if r.name not in recipes and r.name not in extra:
                     extra[r.name] = (seed.name, change, r)
         if not extra:
@@ -242,13 +262,7 @@ def search(
         )
         summary = pd.concat([summary, refined], ignore_index=True)
         recipes |= {r.name: r for _, _, r in extra.values()}
-    if quick:
-        return vectors, summary, recipes[choose_clean(summary)["recipe"]], notes
-    finalists = [recipes[name] for name in _finalists(summary, answers, plan.confirm_k)]
-    n_confirm = (1 + plan.confirm) * size.n_validation
-    confirmed = stage("confirm", [Recipe(), *finalists], n_confirm, fresh=True, chosen=True)
-    summary = pd.concat([summary, confirmed.assign(stage="confirm")], ignore_index=True)
-    return vectors, summary, recipes[choose_clean(confirmed)["recipe"]], notes
+    return summary
 
 
 def _finalists(summary: pd.DataFrame, answers: dict[str, tuple[str, ...]], k: int) -> list[str]:
