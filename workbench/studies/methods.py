@@ -166,28 +166,32 @@ def study_behaviour(
 
 
 def verdicts(table: pd.DataFrame) -> list[str]:
-    """Per behaviour: which methods alone reach the instruction's mean score, and whether each method with
-    the instruction beats the instruction alone (by how much)."""
+    """Per behaviour: which steering methods alone reach the instruction's mean score (the best one's
+    weakest rating: what its answers fail on), whether each method with the instruction beats the
+    instruction alone, and where LoRA (fine-tuning, not steering) stands."""
     out = []
     for name, part in table.groupby("behaviour", sort=False):
-        rows = part.set_index("setting")
-        bar = float(rows.loc["instruction", "mean_score"])
-        alone = part[part["method"].ne("unsteered") & ~part["instruction"]]
+        bar = float(part.set_index("setting").loc["instruction", "mean_score"])
+        methods = part[part["method"].ne("unsteered")]
+        alone = methods[~methods["instruction"] & methods["method"].ne("LoRA")]
         best = alone.loc[alone["mean_score"].idxmax()]
-        reached = alone[alone["mean_score"] >= bar]["method"].tolist()
         ratings = {r: float(best[f"mean_{r}"]) for r in ("concept", "relevance", "fluency")}
         weakest = min(ratings, key=lambda r: ratings[r])
+        reached = alone[alone["mean_score"] >= bar]["method"].tolist()
         said = (
             f"{name}: instruction mean score {bar:.2f}; best steering alone {best['method']} "
             f"{best['mean_score']:.2f} ({best['mean_score'] - bar:+.2f}; its weakest rating {weakest} "
             f"{ratings[weakest]:.2f} of 2); reaching it: {', '.join(reached) or 'none'}"
         )
-        both = part[part["method"].ne("unsteered") & part["instruction"]]
+        both = methods[methods["instruction"]]
         beats = both[both["mean_score"] > bar]
         said += f"; with the instruction, beats it: {len(beats)}/{len(both)}"
         if len(both):
             top = both.loc[both["mean_score"].idxmax()]
             said += f" (best {top['setting']} {top['mean_score']:.2f})"
+        lora = methods[methods["setting"].eq("LoRA")]
+        if len(lora):
+            said += f"; LoRA alone {float(lora['mean_score'].iloc[0]):.2f}"
         out.append(said)
     return out
 
@@ -247,8 +251,8 @@ def methods_study(
     notes.append(
         f"{model.name}: {size.n_train} train, {size.n_validation} validation and {size.n_test} test prompts per "
         f"behaviour, greedy, at most {size.max_new_tokens} new tokens; multiple choice by generation, "
-        f"{size.n_mc} bundled questions per language; the judge rated for {rater.seconds[0]:.0f} CPU s of the "
-        f"run's {time.perf_counter() - wall:.0f} s wall"
+        f"{size.n_mc} bundled questions per language; the judge rated for {rater.seconds[0]:.0f} CPU s of this "
+        f"run's {time.perf_counter() - wall:.0f} s wall (answers rated before are read from its cache)"
     )
     write_frame(table, out / "methods.csv", "methods table")
     figures = save(
