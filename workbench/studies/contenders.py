@@ -48,7 +48,7 @@ from workbench.interventions import AnyIntervention
 from workbench.models import Model
 from workbench.runner import Job, run_grid
 from workbench.size import Size
-from workbench.studies.competitors import DYNAMIC_MAX, LORA_GRID
+from workbench.studies.competitors import DYNAMIC_MAX, LORA_GRID, lora_cpu_seconds
 from workbench.studies.dac import AUTHORS
 from workbench.training import preference_pairs, train_factor, train_gate, train_vector
 from workbench.training.pairs import PreferencePairs
@@ -328,8 +328,7 @@ def _lora(setup: _Setup) -> tuple[LoraAdapter | None, pd.DataFrame, float, str]:
         return None, pd.DataFrame(), 0.0, f"LoRA: not trained ({e})"
     table = pd.DataFrame(adapter.provenance["selection"]["grid"])
     table.insert(0, "setting", [f"rank {r.rank} lr {r.lr:g} {r.steps} steps" for r in table.itertuples()])
-    cpu = float(adapter.provenance["distill_cpu_seconds"]) + float(adapter.provenance["train_cpu_seconds"])
-    return adapter, table, cpu, ""
+    return adapter, table, lora_cpu_seconds(adapter), ""
 
 
 def choose_contenders(
