@@ -35,16 +35,17 @@ def presets_study(
     test settings of :mod:`~workbench.studies.compare` (unsteered, instruction in the prompt, Italian prompt,
     the preset alone, the preset with the instruction) on ``size.n_test`` prompts, each behaviour with its
     own token budget. A quick ``size``: only the :data:`~workbench.studies.frontier.QUICK_BEHAVIOURS`
-    presets, their vectors from its few train pairs (cached apart from the presets' own), without the base
+    presets (or, where none of them ships, the first that does), their vectors from its few train pairs (cached apart from the presets' own), without the base
     model. Presets withdrawn for a model (rated not fluent: :func:`workbench.presets.withheld`) are not run;
     a note says why. Returns a "not run" line when no preset ships for ``model``. Writes under
     ``out_dir/presets``; table columns as :func:`frontier_study`'s; one ``frontier_<model>_<behaviour>``
     figure of the test settings per preset. Test rows are cached there.
     """
     quick = size.is_quick
-    wanted = [
-        n for n in presets.available(model) if not quick or presets.get(n).behaviour in QUICK_BEHAVIOURS
-    ]
+    shipped = presets.available(model)
+    wanted = [n for n in shipped if not quick or presets.get(n).behaviour in QUICK_BEHAVIOURS] or (
+        shipped[:1] if quick else []
+    )
     withdrawn = _withdrawn(model)
     if not wanted:
         return (
