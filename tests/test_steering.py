@@ -301,7 +301,7 @@ def test_position_tracking_is_kept_off_the_model(tiny):
     count = len(_TRACKERS)
     del other
     gc.collect()
-    assert gone() is None and len(_TRACKERS) == count - 1
+    assert gone() is None and len(_TRACKERS) <= count - 1  # its entry went (other dead models may go too)
 
 
 # ---- bad inputs ---------------------------------------------------------------------------------------
