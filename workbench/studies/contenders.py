@@ -159,7 +159,7 @@ class _Setup:
         return [self.model.fingerprint, b.name, b.target, b.max_new_tokens, self.size.n_train, *more]
 
 
-def _validate(setup: _Setup, method: str, candidates: dict[str, tuple[AnyIntervention, ...]]) -> pd.DataFrame:
+def _validate(setup: _Setup, candidates: dict[str, tuple[AnyIntervention, ...]]) -> pd.DataFrame:
     """One row per candidate: its label, ``mean_score``, ``clean_rate`` (score above 0), ``target_rate``
     and the mean of each rating on the validation plain prompts (answers kept in ``out/grids``)."""
     b, size = setup.behaviour, setup.size
@@ -342,7 +342,7 @@ def choose_contenders(
     notes: list[str] = []
 
     def add(method: str, candidates: dict[str, tuple[AnyIntervention, ...]], cpu: float) -> str:
-        label, numbers, said = _choose(setup, method, _validate(setup, method, candidates), cpu)
+        label, numbers, said = _choose(setup, method, _validate(setup, candidates), cpu)
         chosen.append(Contender(method, candidates[label], None, cpu, numbers, said))
         notes.append(said)
         return label
