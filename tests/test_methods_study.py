@@ -52,6 +52,9 @@ def test_every_method_is_chosen_on_validation_by_the_one_rule(run):
         assert row["validation_mean_score"] == pytest.approx(best["mean_score"], nan_ok=True)
         note = next(n for n in result.notes if n.startswith(f"{method}: "))
         assert f"{best['setting']} chosen of {len(validation)}" in note
+        if method in ("diff-in-means", "likelihood", "RePS"):  # each strength at both positions
+            response = validation["setting"].str.endswith(" response")
+            assert response.sum() == (~response).sum() > 0
 
 
 def test_test_rows_are_rated_answers_to_prompts_disjoint_from_validation(run, confident):

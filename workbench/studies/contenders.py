@@ -6,11 +6,13 @@ method's candidates are answered on the same validation prompts, rated (:class:`
 concept, relevance, fluency and score, :func:`~workbench.evaluation.rating.rate`) and chosen by
 :func:`~workbench.evaluation.selection.choose_setting` (mean score, then target rate). The methods:
 
-* ``diff-in-means``: the mean difference of the prompt activations (``prompt`` source), added at every
-  position of one layer of :func:`layers` at a strength of :data:`MEAN_COEFS`; the chosen layer is the one
-  every single-layer method below uses;
+* ``diff-in-means``: the mean difference of the prompt activations (``prompt`` source), added at one layer
+  of :func:`layers` at a strength of :data:`MEAN_COEFS` and at the positions of :data:`STEERED` (every
+  position, or only those that predict a new token); the chosen layer is the one every single-layer method
+  below uses;
 * ``likelihood`` and ``RePS``: a rank-1 vector trained at that layer on self-distilled pairs
-  (:func:`~workbench.training.train_vector`), at a strength of :data:`TRAINED_COEFS`;
+  (:func:`~workbench.training.train_vector`), at a strength of :data:`TRAINED_COEFS` and the positions of
+  :data:`STEERED`;
 * ``prompt-only``: the likelihood vector on the last :data:`TAIL` prompt tokens only, its factor trained
   (PrOSV, :func:`~workbench.training.train_factor`);
 * ``PSR gate``: a per-token gate distilled from the instruction's own activation change
@@ -58,6 +60,7 @@ __all__ = [
     "GATE_SCALES",
     "MEAN_COEFS",
     "METHODS",
+    "STEERED",
     "TAIL",
     "TRAINED_COEFS",
     "Contender",
@@ -73,8 +76,12 @@ T = TypeVar("T")
 METHODS = ("diff-in-means", "likelihood", "RePS", "prompt-only", "PSR gate", "dynamic", "LoRA")
 #: Strengths of the diff-in-means vector (``diff_norm``: multiples of the mean difference's norm).
 MEAN_COEFS = (1.0, 2.0, 4.0, 8.0)
-#: Strengths of a trained vector (multiples of the trained vector; trained on factors 2-20).
-TRAINED_COEFS = (4.0, 8.0, 12.0, 16.0, 20.0)
+#: Strengths of a trained vector (multiples of the trained vector; trained on factors 2-20, tried a little
+#: beyond: SmolLM2's RePS vector is best at the top of the range).
+TRAINED_COEFS = (4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 28.0)
+#: Where a steering vector is tried: every position (as AxBench trains and steers), or only the positions
+#: that predict a new token (the question's own tokens left as they are); labelled ``""`` and ``" response"``.
+STEERED = {"all": "", "response": " response"}
 #: Scales of the PSR gate (1: as fitted).
 GATE_SCALES = (0.5, 1.0, 2.0)
 #: Prompt tokens the prompt-only method steers (PrOSV's last-k).
@@ -349,8 +356,9 @@ def choose_contenders(
 
     mean, mean_cpu = _mean_vector(setup)
     grid = {
-        f"L{layer} x{c:g}": tuple(mean.interventions(c, layers=layer))
+        f"L{layer} x{c:g}{tag}": tuple(mean.interventions(c, layers=layer, positions=at))
         for layer in layers(model.n_layers)
+        for at, tag in STEERED.items()
         for c in MEAN_COEFS
     }
     mean_label = add("diff-in-means", grid, mean_cpu)
@@ -369,7 +377,11 @@ def choose_contenders(
             likelihood = likelihood or vector
             add(
                 method,
-                {f"L{layer} x{c:g}": tuple(vector.interventions(c)) for c in TRAINED_COEFS},
+                {
+                    f"L{layer} x{c:g}{tag}": tuple(vector.interventions(c, positions=at))
+                    for at, tag in STEERED.items()
+                    for c in TRAINED_COEFS
+                },
                 pair_cpu + cpu,
             )
         assert likelihood is not None
