@@ -90,3 +90,16 @@ def test_a_rerun_trains_and_rates_nothing_again(run, confident, judged, monkeypa
     monkeypatch.setattr(RatingJudge, "probabilities", refuse)
     again = methods.methods_study(confident, Size.quick(), out, behaviours=("no_comma",), judge=judged)
     pd.testing.assert_frame_equal(again.table, first.table)
+
+
+def test_a_change_to_the_training_code_trains_again(run, confident, judged, monkeypatch):
+    out, _ = run
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("ran again")
+
+    monkeypatch.setattr(contenders, "preference_pairs", pairs)
+    monkeypatch.setattr(contenders, "_training_code", lambda: "edited")
+    monkeypatch.setattr(contenders, "build_vectors", refuse)
+    with pytest.raises(AssertionError, match="ran again"):
+        methods.methods_study(confident, Size.quick(), out, behaviours=("no_comma",), judge=judged)

@@ -21,12 +21,15 @@ concept, relevance, fluency and score, :func:`~workbench.evaluation.rating.rate`
   of :data:`~workbench.studies.competitors.DYNAMIC_MAX`;
 * ``LoRA``: a self-distilled adapter (:func:`~workbench.finetune.choose_lora`, its grid by size).
 
-Trained artefacts are kept in the study folder under a key of everything that changes them.
+Trained artefacts are kept in the study folder under a key of what changes them: the model, behaviour,
+sizes, pairs and knobs, and the source of :mod:`workbench.training` and :mod:`workbench.finetune` (so a
+changed default or training step trains them again).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -38,6 +41,8 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
+import workbench.finetune
+import workbench.training
 from workbench.behaviours import Behaviour, build_vectors
 from workbench.datasets import Item
 from workbench.evaluation.rating import rate
@@ -132,6 +137,17 @@ def _digest(key: object) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@functools.cache
+def _training_code() -> str:
+    """A digest of the training packages' source, part of every kept artefact's key."""
+    files = sorted(
+        f
+        for package in (workbench.training, workbench.finetune)
+        for f in Path(package.__file__).parent.rglob("*.py")
+    )
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
+
+
 def _kept(
     path: Path,
     key: object,
@@ -163,7 +179,15 @@ class _Setup:
 
     def key(self, *more: object) -> list[object]:
         b = self.behaviour
-        return [self.model.fingerprint, b.name, b.target, b.max_new_tokens, self.size.n_train, *more]
+        return [
+            self.model.fingerprint,
+            b.name,
+            b.target,
+            b.max_new_tokens,
+            self.size.n_train,
+            _training_code(),
+            *more,
+        ]
 
 
 def _validate(setup: _Setup, candidates: dict[str, tuple[AnyIntervention, ...]]) -> pd.DataFrame:
