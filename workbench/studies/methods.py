@@ -42,7 +42,7 @@ from workbench.studies.compare import budgeted
 from workbench.studies.contenders import Contender, Rater, choose_contenders, rated_means
 from workbench.studies.registry import Study
 from workbench.studies.result import StudyResult
-from workbench.studies.steps import bars, save
+from workbench.studies.steps import bars, budget, save
 
 __all__ = ["BEHAVIOURS", "STUDY", "methods_study", "study_behaviour"]
 
@@ -124,11 +124,19 @@ def _mc(
     return changes
 
 
+def budgeted_for(behaviour: Behaviour, size: Size) -> Behaviour:
+    """``behaviour`` with its own token budget, at most the size's; strict JSON with the format study's
+    (:func:`~workbench.studies.steps.budget`: room for the object to close)."""
+    if behaviour.target == "json_format_strict":
+        return dataclasses.replace(behaviour, max_new_tokens=budget(behaviour.dataset, size))
+    return budgeted(behaviour, size)
+
+
 def study_behaviour(
     model: Model, behaviour: Behaviour, size: Size, out: Path, rater: Rater, lora: bool
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """One behaviour's table (one row per test setting), its rated answers and notes."""
-    behaviour = budgeted(behaviour, size)
+    behaviour = budgeted_for(behaviour, size)
     contenders, notes = choose_contenders(model, behaviour, size, out, rater, lora)
     rows = _test_rows(model, behaviour, size, out, contenders)
     items = {item.id: item for item in behaviour.items("test", size.n_test).items}
@@ -250,7 +258,11 @@ def methods_study(
     notes = verdicts(table) + notes
     notes.append(
         f"{model.name}: {size.n_train} train, {size.n_validation} validation and {size.n_test} test prompts per "
-        f"behaviour, greedy, at most {size.max_new_tokens} new tokens; multiple choice by generation, "
+        f"behaviour, greedy, at most "
+        + ", ".join(
+            f"{budgeted_for(BEHAVIOURS[n], size).max_new_tokens} new tokens for {n}" for n in behaviours
+        )
+        + "; multiple choice by generation, "
         f"{size.n_mc} bundled questions per language; the judge rated for {rater.seconds[0]:.0f} CPU s of this "
         f"run's {time.perf_counter() - wall:.0f} s wall (answers rated before are read from its cache)"
     )
