@@ -52,7 +52,7 @@ def test_every_method_is_chosen_on_validation_by_the_one_rule(run):
         assert row["validation_mean_score"] == pytest.approx(best["mean_score"], nan_ok=True)
         note = next(n for n in result.notes if n.startswith(f"{method}: "))
         assert f"{best['setting']} chosen of {len(validation)}" in note
-        if method in ("diff-in-means", "likelihood", "RePS"):  # each strength at both positions
+        if method in ("diff-in-means", "last-token", "likelihood", "RePS"):  # each strength at both positions
             response = validation["setting"].str.endswith(" response")
             assert response.sum() == (~response).sum() > 0
 

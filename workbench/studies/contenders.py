@@ -9,7 +9,9 @@ concept, relevance, fluency and score, :func:`~workbench.evaluation.rating.rate`
 * ``diff-in-means``: the mean difference of the prompt activations (``prompt`` source), added at one layer
   of :func:`layers` at a strength of :data:`MEAN_COEFS` and at the positions of :data:`STEERED` (every
   position, or only those that predict a new token); the chosen layer is the one every single-layer method
-  below uses;
+  below uses (AxBench's DiffMean: every token's activations);
+* ``last-token``: Stolfo et al.'s instruction vector, the mean difference at the last prompt token
+  (``last_prompt`` source), on the same grid;
 * ``likelihood`` and ``RePS``: a rank-1 vector trained at that layer on self-distilled pairs
   (:func:`~workbench.training.train_vector`), at a strength of :data:`TRAINED_COEFS` and the positions of
   :data:`STEERED`;
@@ -78,7 +80,7 @@ __all__ = [
 T = TypeVar("T")
 
 #: The methods, in table order.
-METHODS = ("diff-in-means", "likelihood", "RePS", "prompt-only", "PSR gate", "dynamic", "LoRA")
+METHODS = ("diff-in-means", "last-token", "likelihood", "RePS", "prompt-only", "PSR gate", "dynamic", "LoRA")
 #: Strengths of the diff-in-means vector (``diff_norm``: multiples of the mean difference's norm).
 MEAN_COEFS = (1.0, 2.0, 4.0, 8.0)
 #: Strengths of a trained vector (multiples of the trained vector; trained on factors 2-20, tried a little
@@ -253,15 +255,17 @@ def _choose(setup: _Setup, method: str, table: pd.DataFrame, cpu: float) -> tupl
     return str(best["setting"]), numbers, said + f"; built in {cpu:.0f} CPU s"
 
 
-def _mean_vector(setup: _Setup) -> tuple[SteeringVector, float]:
+def _mean_vector(setup: _Setup, source: str) -> tuple[SteeringVector, float]:
+    """The diff-in-means vector of ``source`` (:data:`~workbench.behaviours.SOURCES`)."""
     model, b = setup.model, setup.behaviour
-    path = setup.out / "trained" / f"{b.name}-diff_in_means.safetensors"
+    name = "diff_in_means" if source == "prompt" else f"diff_in_means-{source}"
+    path = setup.out / "trained" / f"{b.name}-{name}.safetensors"
     return _kept(
         path,
-        setup.key("prompt"),
+        setup.key(source),
         lambda: build_vectors(
-            model, b, setup.size.n_train, sources=("prompt",), batch_size=setup.size.batch_size
-        )["prompt"],
+            model, b, setup.size.n_train, sources=(source,), batch_size=setup.size.batch_size
+        )[source],
         lambda v, p: v.save(p),
         SteeringVector.load,
     )
@@ -378,15 +382,20 @@ def choose_contenders(
         notes.append(said)
         return label
 
-    mean, mean_cpu = _mean_vector(setup)
-    grid = {
-        f"L{layer} x{c:g}{tag}": tuple(mean.interventions(c, layers=layer, positions=at))
-        for layer in layers(model.n_layers)
-        for at, tag in STEERED.items()
-        for c in MEAN_COEFS
-    }
-    mean_label = add("diff-in-means", grid, mean_cpu)
-    best = grid[mean_label]
+    def grid(vector: SteeringVector) -> dict[str, tuple[AnyIntervention, ...]]:
+        return {
+            f"L{layer} x{c:g}{tag}": tuple(vector.interventions(c, layers=layer, positions=at))
+            for layer in layers(model.n_layers)
+            for at, tag in STEERED.items()
+            for c in MEAN_COEFS
+        }
+
+    mean, mean_cpu = _mean_vector(setup, "prompt")
+    means = grid(mean)
+    mean_label = add("diff-in-means", means, mean_cpu)
+    best = means[mean_label]
+    last, last_cpu = _mean_vector(setup, "last_prompt")
+    add("last-token", grid(last), last_cpu)
     layer = best[0].layer  # type: ignore[union-attr]
     pairs, pair_cpu, pair_note = _pairs(setup)
     if pairs is None:

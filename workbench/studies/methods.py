@@ -1,6 +1,6 @@
 """The methods study (issue 26): which steering methods reach the instruction, judged as AxBench judges.
 
-Per behaviour, every method of :data:`~workbench.studies.contenders.METHODS` (diff-in-means, the
+Per behaviour, every method of :data:`~workbench.studies.contenders.METHODS` (diff-in-means, last-token, the
 likelihood-trained and RePS vectors, prompt-only steering, the PSR gate, dynamic strength, LoRA) is built on
 the train split and chosen on validation by the one selection rule (mean score, then target rate;
 :mod:`workbench.studies.contenders`); then on the test prompts, once each: unsteered, the instruction in
