@@ -366,6 +366,18 @@ def _lora(setup: _Setup) -> tuple[LoraAdapter | None, pd.DataFrame, float, str]:
     return adapter, table, lora_cpu_seconds(adapter), ""
 
 
+def _grid(
+    vector: SteeringVector, at_layers: Sequence[int], coefs: Sequence[float]
+) -> dict[str, tuple[AnyIntervention, ...]]:
+    """``vector`` at each layer, strength and position rule of :data:`STEERED`, by label."""
+    return {
+        f"L{layer} x{c:g}{tag}": tuple(vector.interventions(c, layers=layer, positions=at))
+        for layer in at_layers
+        for at, tag in STEERED.items()
+        for c in coefs
+    }
+
+
 def choose_contenders(
     model: Model, behaviour: Behaviour, size: Size, out: Path, rater: Rater, lora: bool = True
 ) -> tuple[list[Contender], list[str]]:
@@ -382,20 +394,12 @@ def choose_contenders(
         notes.append(said)
         return label
 
-    def grid(vector: SteeringVector) -> dict[str, tuple[AnyIntervention, ...]]:
-        return {
-            f"L{layer} x{c:g}{tag}": tuple(vector.interventions(c, layers=layer, positions=at))
-            for layer in layers(model.n_layers)
-            for at, tag in STEERED.items()
-            for c in MEAN_COEFS
-        }
-
     mean, mean_cpu = _mean_vector(setup, "prompt")
-    means = grid(mean)
+    means = _grid(mean, layers(model.n_layers), MEAN_COEFS)
     mean_label = add("diff-in-means", means, mean_cpu)
     best = means[mean_label]
     last, last_cpu = _mean_vector(setup, "last_prompt")
-    add("last-token", grid(last), last_cpu)
+    add("last-token", _grid(last, layers(model.n_layers), MEAN_COEFS), last_cpu)
     layer = best[0].layer  # type: ignore[union-attr]
     pairs, pair_cpu, pair_note = _pairs(setup)
     if pairs is None:
@@ -408,15 +412,7 @@ def choose_contenders(
         for method in ("likelihood", "RePS"):
             vector, cpu = _trained(setup, method, layer, pairs)
             likelihood = likelihood or vector
-            add(
-                method,
-                {
-                    f"L{layer} x{c:g}{tag}": tuple(vector.interventions(c, positions=at))
-                    for at, tag in STEERED.items()
-                    for c in TRAINED_COEFS
-                },
-                pair_cpu + cpu,
-            )
+            add(method, _grid(vector, [layer], TRAINED_COEFS), pair_cpu + cpu)
         assert likelihood is not None
         factor, cpu = _factor(setup, likelihood, layer, pairs)
         tail = f"prompt_tail:{TAIL}"
