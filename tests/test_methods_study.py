@@ -57,6 +57,20 @@ def test_every_method_is_chosen_on_validation_by_the_one_rule(run):
             assert response.sum() == (~response).sum() > 0
 
 
+def test_trained_methods_sit_at_the_layer_of_the_better_diff_in_means(run):
+    out, result = run
+    chosen = {
+        method: choose_setting(pd.read_csv(out / "methods" / f"validation-no_comma-{method}.csv"))
+        for method in ("diff-in-means", "last-token")
+    }
+    better = choose_setting(pd.DataFrame(list(chosen.values())))
+    layer = better["setting"].split()[0]
+    for method in ("likelihood", "RePS", "prompt-only", "PSR_gate"):
+        settings = pd.read_csv(out / "methods" / f"validation-no_comma-{method}.csv")["setting"]
+        assert (settings.str.split().str[0] == layer).all(), method
+    assert any(f"(the layer of {better['method']}, the better" in n for n in result.notes)
+
+
 def test_test_rows_are_rated_answers_to_prompts_disjoint_from_validation(run, confident):
     _, result = run
     rows, table = result.rows, result.table

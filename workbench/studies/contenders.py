@@ -8,10 +8,10 @@ concept, relevance, fluency and score, :func:`~workbench.evaluation.rating.rate`
 
 * ``diff-in-means``: the mean difference of the prompt activations (``prompt`` source), added at one layer
   of :func:`layers` at a strength of :data:`MEAN_COEFS` and at the positions of :data:`STEERED` (every
-  position, or only those that predict a new token); the chosen layer is the one every single-layer method
-  below uses (AxBench's DiffMean: every token's activations);
+  position, or only those that predict a new token) (AxBench's DiffMean: every token's activations);
 * ``last-token``: Stolfo et al.'s instruction vector, the mean difference at the last prompt token
-  (``last_prompt`` source), on the same grid;
+  (``last_prompt`` source), on the same grid; the better of the two on validation (the same rule) gives
+  the layer every single-layer method below uses;
 * ``likelihood`` and ``RePS``: a rank-1 vector trained at that layer on self-distilled pairs
   (:func:`~workbench.training.train_vector`), at a strength of :data:`TRAINED_COEFS` and the positions of
   :data:`STEERED`;
@@ -19,7 +19,7 @@ concept, relevance, fluency and score, :func:`~workbench.evaluation.rating.rate`
   (PrOSV, :func:`~workbench.training.train_factor`);
 * ``PSR gate``: a per-token gate distilled from the instruction's own activation change
   (:func:`~workbench.training.train_gate`), at a scale of :data:`GATE_SCALES`;
-* ``dynamic``: the chosen diff-in-means under the authors' dynamic strength (Scalena et al. 2024), bound
+* ``dynamic``: that better diff-in-means under the authors' dynamic strength (Scalena et al. 2024), bound
   of :data:`~workbench.studies.competitors.DYNAMIC_MAX`;
 * ``LoRA``: a self-distilled adapter (:func:`~workbench.finetune.choose_lora`, its grid by size).
 
@@ -394,19 +394,24 @@ def choose_contenders(
         notes.append(said)
         return label
 
-    mean, mean_cpu = _mean_vector(setup, "prompt")
-    means = _grid(mean, layers(model.n_layers), MEAN_COEFS)
-    mean_label = add("diff-in-means", means, mean_cpu)
-    best = means[mean_label]
-    last, last_cpu = _mean_vector(setup, "last_prompt")
-    add("last-token", _grid(last, layers(model.n_layers), MEAN_COEFS), last_cpu)
+    grids: dict[str, dict[str, tuple[AnyIntervention, ...]]] = {}
+    labels: dict[str, str] = {}
+    cpus: dict[str, float] = {}
+    for method, source in (("diff-in-means", "prompt"), ("last-token", "last_prompt")):
+        vector, cpus[method] = _mean_vector(setup, source)
+        grids[method] = _grid(vector, layers(model.n_layers), MEAN_COEFS)
+        labels[method] = add(method, grids[method], cpus[method])
+    better = choose_setting(pd.DataFrame([{"method": c.method, **c.validation} for c in chosen]))["method"]
+    mean_label = f"{better} {labels[better]}"
+    best = grids[better][labels[better]]
     layer = best[0].layer  # type: ignore[union-attr]
     pairs, pair_cpu, pair_note = _pairs(setup)
     if pairs is None:
         notes.append(f"likelihood, RePS, prompt-only and PSR gate not trained: {pair_note}")
     else:
         notes.append(
-            f"trained methods: {pair_note} distilled from the train split in {pair_cpu:.0f} CPU s, at layer {layer}"
+            f"trained methods: {pair_note} distilled from the train split in {pair_cpu:.0f} CPU s, at layer {layer} "
+            f"(the layer of {better}, the better diff-in-means on validation)"
         )
         likelihood = None
         for method in ("likelihood", "RePS"):
@@ -435,7 +440,7 @@ def choose_contenders(
         f"{mean_label} dynamic max {m:g}": AUTHORS.schedule(best, group=behaviour.name, max_strength=m)  # type: ignore[arg-type]
         for m in DYNAMIC_MAX
     }
-    add("dynamic", dynamic, mean_cpu)
+    add("dynamic", dynamic, cpus[better])
     if lora:
         adapter, table, cpu, why = _lora(setup)
         if adapter is None:
