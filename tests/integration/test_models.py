@@ -1,8 +1,7 @@
-"""The bundled SmolLM2 (slow): it loads, knows Paris, and loads again from the cache in seconds."""
+"""The bundled SmolLM2 (slow): it loads, knows Paris, and loads again from the cache to the same model (the
+load's speed is benchmark row 8, not a timed test)."""
 
 from __future__ import annotations
-
-import time
 
 import pytest
 import torch
@@ -20,10 +19,8 @@ def test_smollm2_loads_and_knows_paris(smol):
 
 
 @pytest.mark.slow
-def test_smollm2_cached_load_is_fast(smol):
-    start = time.perf_counter()
+def test_smollm2_loads_again_from_the_cache(smol):
     again = load_model("smollm2-135m-instruct")
-    assert time.perf_counter() - start < 5
     assert again.weights_hash == smol.weights_hash
     tokens = smol.encode([smol.format_chat("Hi")], formatted=True)
     with torch.inference_mode():

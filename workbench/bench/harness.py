@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 #: The rows of the table, by number.
-Item = Literal["1", "2", "3", "4", "5", "6", "7"]
+Item = Literal["1", "2", "3", "4", "5", "6", "7", "8"]
 ITEMS: tuple[Item, ...] = get_args(Item)
 #: What a clock measures: the process's CPU time or wall time.
 ClockKind = Literal["cpu", "wall"]
