@@ -113,7 +113,7 @@ def test_a_change_to_the_training_code_trains_again(run, confident, judged, monk
         raise AssertionError("ran again")
 
     monkeypatch.setattr(contenders, "preference_pairs", pairs)
-    monkeypatch.setattr(contenders, "_training_code", lambda: "edited")
+    monkeypatch.setattr(contenders, "source_digest", lambda *packages: "edited")
     monkeypatch.setattr(contenders, "build_vectors", refuse)
     with pytest.raises(AssertionError, match="ran again"):
         methods.methods_study(confident, Size.quick(), out, behaviours=("no_comma",), judge=judged)

@@ -223,6 +223,16 @@ def test_a_study_added_as_one_file_runs_in_study_report_and_publish(tiny, tiny_d
     out = tmp_path / "report"
     report.run_report(tiny, out_dir=out, size="quick", studies=["tone"], progress=False)
     assert "## Tone: a study from outside" in (out / "report.md").read_text()
+    # Changed workbench source runs the study again, keeping its folder (its own caches serve it).
+    table, kept = out / "tone" / "table.parquet", out / "tone" / "cached.txt"
+    kept.write_text("a cache of the study's")
+    written = table.stat().st_mtime_ns
+    report.run_report(tiny, out_dir=out, size="quick", studies=["tone"], progress=False)
+    assert table.stat().st_mtime_ns == written
+    monkeypatch.setattr(report, "source_digest", lambda *packages: "edited")
+    report.run_report(tiny, out_dir=out, size="quick", studies=["tone"], progress=False)
+    assert table.stat().st_mtime_ns != written and kept.exists()
+    assert json.loads((out / "manifest.json").read_text())["studies"]["tone"]["code"] == "edited"
     pages = publish(out, tmp_path / "pages")
     assert (tmp_path / "pages" / "tone.md") in pages
     assert (tmp_path / "pages" / "tone.md").read_text().startswith("# Tone: a study from outside")

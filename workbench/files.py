@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
+import hashlib
 import math
 import os
 import re
@@ -19,6 +21,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pandas as pd
@@ -35,6 +38,7 @@ __all__ = [
     "html_table",
     "json_default",
     "markdown_table",
+    "source_digest",
     "utc_now",
     "write_frame",
 ]
@@ -197,6 +201,14 @@ def write_frame(frame: pd.DataFrame, path: str | os.PathLike[str], what: str = "
     if Path(path).suffix == ".parquet":
         return atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False), what)
     return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False), what)
+
+
+@functools.cache
+def source_digest(*packages: ModuleType) -> str:
+    """A digest of the Python source of ``packages`` (every ``.py`` file under each one's folder): part of
+    the key of anything their code computes."""
+    files = sorted(f for package in packages for f in Path(package.__file__ or "").parent.rglob("*.py"))
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
 
 
 def json_default(value: Any) -> Any:

@@ -11,7 +11,7 @@ a resumed report). The fields, :data:`SCHEMA` version 1:
 * ``size``: the run size's name (``quick``/``full``/``large``) where one applies; ``configuration``: the
   command's own settings; ``seeds``; ``versions`` (Python and the packages that change results);
 * ``started``, ``updated``, ``finished`` (UTC), ``timings`` (seconds per step);
-* ``studies``: per study, its entry (:func:`study_entry`: status, folder, key, size and knobs, notes,
+* ``studies``: per study, its entry (:func:`study_entry`: status, folder, key, the source digest that wrote it, size and knobs, notes,
   figures, outputs, timing, error, and the spec of a model it loaded itself).
 """
 
@@ -73,6 +73,7 @@ _STUDY_FIELDS = (
     "status",
     "dir",
     "key",
+    "code",
     "size",
     "options",
     "notes",

@@ -31,7 +31,6 @@ changed default or training step trains them again).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import math
@@ -50,7 +49,7 @@ from workbench.datasets import Item
 from workbench.evaluation.rating import rate
 from workbench.evaluation.rating_judge import RatingJudge
 from workbench.evaluation.selection import choose_setting, nothing_clean
-from workbench.files import atomic_text
+from workbench.files import atomic_text, source_digest
 from workbench.finetune import LoraAdapter, NoPairsError, choose_lora
 from workbench.gated_steering import GatedIntervention
 from workbench.interventions import AnyIntervention
@@ -139,17 +138,6 @@ def _digest(key: object) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-@functools.cache
-def _training_code() -> str:
-    """A digest of the training packages' source, part of every kept artefact's key."""
-    files = sorted(
-        f
-        for package in (workbench.training, workbench.finetune)
-        for f in Path(package.__file__).parent.rglob("*.py")
-    )
-    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
-
-
 def _kept(
     path: Path,
     key: object,
@@ -187,7 +175,7 @@ class _Setup:
             b.target,
             b.max_new_tokens,
             self.size.n_train,
-            _training_code(),
+            source_digest(workbench.training, workbench.finetune),
             *more,
         ]
 

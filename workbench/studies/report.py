@@ -10,9 +10,11 @@ includes the run size; ``workbench study NAME`` runs one, with its knobs; both c
 * ``report.md`` and ``report.html`` (:mod:`workbench.studies.render`), rewritten after every study, so a
   run that stops early still leaves a readable report.
 
-A rerun with the same ``out_dir`` reuses every study whose outputs exist and whose key matches (the model's
+A rerun with the same ``out_dir`` reuses every study whose outputs exist, whose key matches (the model's
 fingerprint, the study's size and knobs, the scorer version and what its declaration says it also depends
-on) and runs the rest; a study that stopped half-way resumes from its cached rows.
+on) and that the same workbench source wrote (``code``, :func:`~workbench.files.source_digest`), and runs the
+rest; a study that stopped half-way resumes from its cached rows. A changed key clears the study's folders
+first; changed code alone keeps them, so the study's own caches (keyed by what changes them) serve it again.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from typing import Any
 
 import pandas as pd
 
+import workbench
 from workbench import evaluation
 from workbench.errors import InvalidArgumentError, ModelLoadError, WorkbenchError
-from workbench.files import json_default, utc_now
+from workbench.files import json_default, source_digest, utc_now
 from workbench.models import DEFAULT_SPEC, Model, load_model
 from workbench.paths import check_writable
 from workbench.record import MANIFEST, new_record, read_record, study_entry, write_record
@@ -244,6 +247,7 @@ def run_report(
     spec = model_spec if isinstance(model_spec, str) else None
     record = _record(run, command, arguments, model, spec, executor, plan, size)
     keys = {n: _study_key(s, model, plan.sizes[n], plan.options[n]) for n, s in plan.studies.items()}
+    code = source_digest(workbench)
     tables = _earlier(run, record, keys)
 
     def save(finished: bool = False) -> None:
@@ -258,9 +262,10 @@ def run_report(
         if (
             old.get("status") == "done"
             and old.get("key") == keys[name]
+            and old.get("code") == code
             and (folder / "table.parquet").exists()
         ):
-            _log(f"{name}: finished earlier with this configuration, reused")
+            _log(f"{name}: finished earlier with this configuration and code, reused")
             continue
         for stale in study.folders if old.get("key") not in (None, keys[name]) else ():
             shutil.rmtree(run / stale, ignore_errors=True)  # outputs of another configuration
@@ -268,7 +273,7 @@ def run_report(
         _log(f"{name}: running at size {plan.sizes[name].name}")
         entry, table = _run_study(study, model, plan.sizes[name], plan.options[name], run, progress)
         size_of = {"size": plan.sizes[name].to_json(), "options": plan.options[name]}
-        record["studies"][name] = study_entry(key=keys[name], **size_of, **entry)
+        record["studies"][name] = study_entry(key=keys[name], code=code, **size_of, **entry)
         if table is not None:
             tables[name] = table
         _log(f"{name}: {entry['status']} in {entry['seconds']:.0f} s")
