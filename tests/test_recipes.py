@@ -144,6 +144,16 @@ def test_real_italian_needs_every_sentence_not_just_the_label():
 # ---- running on the tiny model ---------------------------------------------------------------------
 
 
+def test_vectors_built_without_the_cache_neither_read_nor_write_it(tiny, tmp_path):
+    behaviour = Behaviour("bullets", "bullet_lists", 6)
+    store = tmp_path / "cache" / "activations"
+    fresh = build_vectors(tiny, behaviour, 4, sources=("prompt",), cache=False)["prompt"]
+    assert not store.exists() or not any(store.iterdir())
+    cached = build_vectors(tiny, behaviour, 4, sources=("prompt",))["prompt"]
+    assert any(store.iterdir())
+    torch.testing.assert_close(fresh.directions, cached.directions)
+
+
 def test_run_recipes_scores_every_row_and_batches_configurations(tiny, monkeypatch):
     behaviour = Behaviour("bullets", "bullet_lists", 6)
     vectors = build_vectors(tiny, behaviour, 6, sources=("last_prompt", "prompt"))

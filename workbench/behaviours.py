@@ -192,8 +192,10 @@ def build_vectors(
     sources: Sequence[str] = SOURCES,
     batch_size: int = 32,
     progress: bool = False,
+    cache: bool = True,
 ) -> dict[str, SteeringVector]:
-    """Diff-in-means vectors at every layer from the first ``n_train`` train pairs, one per source.
+    """Diff-in-means vectors at every layer from the first ``n_train`` train pairs, one per source
+    (``cache`` False: prompt activations computed afresh, not read from the activation cache).
 
     ``residual_norm`` of every vector is the mean residual norm at the last prompt token of the train
     prompts (both sets), the same reference for every source.
@@ -203,8 +205,8 @@ def build_vectors(
         raise InvalidArgumentError(f"unknown or no sources {unknown}: use some of {', '.join(SOURCES)}")
     data = behaviour.items("train", n_train)
     last = (
-        collect(model, data.positive, batch_size=batch_size),
-        collect(model, data.negative, batch_size=batch_size),
+        collect(model, data.positive, batch_size=batch_size, cache=cache),
+        collect(model, data.negative, batch_size=batch_size, cache=cache),
     )
     norms = dict(zip(last[0].layers, _mean_norms(*last).tolist(), strict=True))
     vectors = {}
@@ -216,6 +218,8 @@ def build_vectors(
             tag = f"{data.name}:{data.variant}" if data.variant else data.name
             vector = SteeringVector.from_activations(pos, neg, dataset=tag, dataset_hash=data.hash)
         else:
-            vector = SteeringVector.from_dataset(model, data, position=source, batch_size=batch_size)
+            vector = SteeringVector.from_dataset(
+                model, data, position=source, batch_size=batch_size, cache=cache
+            )
         vectors[source] = _with_norms(vector, norms, source, **extra)
     return vectors

@@ -207,8 +207,10 @@ class SteeringVector:
         batch_size: int = 16,
         chat: bool = True,
         progress: bool = False,
+        cache: bool = True,
     ) -> SteeringVector:
-        """The one call from data to vector, like repeng's ``ControlVector.train``: collects (cached) the
+        """The one call from data to vector, like repeng's ``ControlVector.train``: collects (cached unless
+        ``cache`` is False) the
         residual stream of ``dataset``'s positive and negative prompts at ``layers`` (default all) and
         ``position``, then :meth:`from_activations` with ``method``; or, for a trained ``method``
         (``likelihood``, ``reps``: :mod:`workbench.training`), trains a vector at ``layers`` on answers the
@@ -221,7 +223,7 @@ class SteeringVector:
 
             return from_dataset(model, dataset, str(method), layers, batch_size=batch_size, progress=progress)
 
-        kw = {"layers": layers, "position": position, "batch_size": batch_size, "chat": chat}
+        kw = {"layers": layers, "position": position, "batch_size": batch_size, "chat": chat, "cache": cache}
         pos = collect(model, dataset.positive, progress=progress, **kw)
         neg = collect(model, dataset.negative, progress=progress, **kw)
         name = f"{dataset.name}:{dataset.variant}" if dataset.variant else dataset.name

@@ -251,8 +251,8 @@ def _mean_vector(setup: _Setup, source: str) -> tuple[SteeringVector, float]:
     return _kept(
         path,
         setup.key(source),
-        lambda: build_vectors(
-            model, b, setup.size.n_train, sources=(source,), batch_size=setup.size.batch_size
+        lambda: build_vectors(  # activations computed afresh: the cost is the vector's, not a cache read
+            model, b, setup.size.n_train, sources=(source,), batch_size=setup.size.batch_size, cache=False
         )[source],
         lambda v, p: v.save(p),
         SteeringVector.load,
