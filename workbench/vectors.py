@@ -210,12 +210,10 @@ class SteeringVector:
         cache: bool = True,
     ) -> SteeringVector:
         """The one call from data to vector, like repeng's ``ControlVector.train``: collects (cached unless
-        ``cache`` is False) the
-        residual stream of ``dataset``'s positive and negative prompts at ``layers`` (default all) and
-        ``position``, then :meth:`from_activations` with ``method``; or, for a trained ``method``
-        (``likelihood``, ``reps``: :mod:`workbench.training`), trains a vector at ``layers`` on answers the
-        model distils from the train pairs. The dataset's name and hash go into the provenance.
-        """
+        ``cache`` is False) the residual stream of ``dataset``'s positive and negative prompts at ``layers``
+        (default all) and ``position``, then :meth:`from_activations` with ``method``; or, for a trained
+        ``method`` (``likelihood``, ``reps``: :mod:`workbench.training`), trains a vector at ``layers`` on
+        answers the model distils from the train pairs. The dataset's name and hash go into the provenance."""
         from workbench.activations import collect
 
         if method in ("likelihood", "reps"):
