@@ -11,8 +11,9 @@ a resumed report). The fields, :data:`SCHEMA` version 1:
 * ``size``: the run size's name (``quick``/``full``/``large``) where one applies; ``configuration``: the
   command's own settings; ``seeds``; ``versions`` (Python and the packages that change results);
 * ``started``, ``updated``, ``finished`` (UTC), ``timings`` (seconds per step);
-* ``studies``: per study, its entry (:func:`study_entry`: status, folder, key, the source digest that wrote it, size and knobs, notes,
-  figures, outputs, timing, error, and the spec of a model it loaded itself).
+* ``studies``: per study, its entry (:func:`study_entry`: status, folder, key, ``code`` (the source digest
+  that wrote it), size and knobs, notes, figures, outputs, timing, error, and the spec of a model it loaded
+  itself).
 """
 
 from __future__ import annotations
