@@ -12,7 +12,7 @@ import pytest
 from workbench.datasets import load
 from workbench.errors import InvalidArgumentError
 from workbench.evaluation import rate, rating_agreement
-from workbench.evaluation.rating import COLUMNS, KINDS, load_rating_labels, score
+from workbench.evaluation.rating import COLUMNS, KINDS, italian_concept, load_rating_labels, score
 from workbench.evaluation.rating_judge import RUBRICS, RatingJudge
 
 QUERIES = Path(__file__).resolve().parent.parent / "workbench" / "data" / "queries.jsonl"
@@ -66,6 +66,35 @@ def test_concept_is_the_target_rule_and_a_loop_is_not_fluent():
     assert json_rated["concept"].tolist() == [2, 0] and json_rated["judge"].eq("rules").all()
     assert json_rated["relevance"].isna().all() and json_rated["fluency"].isna().all()  # no judge: unknown
     assert math.isnan(json_rated["score"][0]) and json_rated["score"][1] == 0  # ... unless a rating is 0
+
+
+def test_italian_concept_gives_1_to_mixed_invented_and_salad_italian():
+    fluent = "Il cielo è blu perché la luce del sole viene diffusa dall'aria."
+    mixed = "Il cielo è blu because of the way la luce del sole is scattered, e il blu si diffonde di più."
+    invented = "Il cielo blurante è sfolgorizzo perché la lucetta sfarfanza nell'ariosità celestrina."
+    english = "The sky is blue because air scatters blue light more than red light."
+    assert [italian_concept(a) for a in (fluent, mixed, invented, english)] == [2, 1, 1, 0]
+    assert italian_concept(fluent, salad=True) == 1  # the judge found no fluent text: Italian-looking
+    rated = rate(["Why is the sky blue?"] * 2, [fluent, fluent], target="italian", judge=FixedJudge(2, 0))
+    assert rated["concept"].tolist() == [1, 1] and rated["score"].tolist() == [0.0, 0.0]
+    assert rated["relevance"].tolist() == [1, 1]  # a salad cannot address the question
+    loop = rate(
+        ["q"], ["Il mare è calmo perché il vento è debole. " * 5], target="italian", judge=FixedJudge(2, 0)
+    )
+    assert loop["concept"].tolist() == [
+        2
+    ]  # a loop of Italian words is Italian; the loop rule rates fluency 0
+
+
+def test_a_stutter_or_mixed_languages_caps_the_judges_fluency_at_1():
+    answers = [
+        "Walking every day is good for the, the heart and the mind.",
+        "Boil the pasta in acqua salata and stir it spesso so it does not stick.",
+        "Walking every day is good for the heart and the mind.",
+    ]
+    rated = rate(["q"] * 3, answers, target="json_format_strict", judge=FixedJudge(2, 2))
+    assert rated["fluency"].tolist() == [1, 1, 2]
+    assert rate(["q"], answers[:1], target="json_format_strict", judge=FixedJudge(2, 0))["fluency"][0] == 0
 
 
 def test_bad_input_is_refused_in_one_line():

@@ -3,12 +3,17 @@
 :func:`rate` gives, per answer,
 
 * ``concept``: the target, by rule (:func:`~workbench.evaluation.targets.on_target`: the item's IFEval
-  checks, strict JSON, real Italian): 2 on target, 0 not;
+  checks, strict JSON): 2 on target, 0 not; for Italian (:func:`italian_concept`) 2 where language ID
+  finds real Italian, 1 where it finds Italian that is not (a sentence in another language, English
+  words mixed in, invented words, or the judge's salad: fluency 0 without a loop) or English with Italian
+  words mixed in, else 0;
 * ``relevance``: the judge's rating of how related the answer is to its query (topic only, whatever the
-  language; :class:`~workbench.evaluation.rating_judge.RatingJudge`);
+  language; :class:`~workbench.evaluation.rating_judge.RatingJudge`), at most 1 for the judge's salad (a
+  salad cannot address the question);
 * ``fluency``: 0 where a rule finds the answer degenerate (:func:`~workbench.evaluation.is_degenerate`:
   loops, no words), else the judge's rating, on a fixed rubric with fixed worked examples, so a verdict
-  means the same for every model and row;
+  means the same for every model and row; a 2 becomes 1 where a rule finds what the rubric's 1 names
+  (:mod:`~workbench.evaluation.words`: a word stuttered, English and Italian words mixed);
 * ``score``: their harmonic mean, 0 if any rating is 0 (AxBench's); an answer is clean when its score is
   above 0;
 * ``judge``: the judge's model, or ``"rules"`` without a judge (then ``relevance`` is unknown and
@@ -52,8 +57,10 @@ import pandas as pd
 from workbench.datasets import Item, load
 from workbench.errors import InvalidArgumentError
 from workbench.evaluation.fluency import is_degenerate
+from workbench.evaluation.language import detect_language, sentence_share
 from workbench.evaluation.rating_judge import JUDGED, RatingJudge
-from workbench.evaluation.targets import TARGETS, on_target
+from workbench.evaluation.targets import MIN_ITALIAN_SHARE, TARGETS, on_target
+from workbench.evaluation.words import MIN_INVENTED_SHARE, has_stutter, invented_share, mixes_languages
 
 __all__ = [
     "COLUMNS",
@@ -61,6 +68,7 @@ __all__ = [
     "LABELS",
     "RATINGS",
     "agreement",
+    "italian_concept",
     "load_rating_labels",
     "rate",
     "rate_labels",
@@ -88,8 +96,21 @@ def score(concept: float, relevance: float, fluency: float) -> float:
     return 3 / sum(1 / r for r in ratings)
 
 
-def _concept(target: str, item: Item | None, answer: str) -> int:
-    """The target's rule as a rating: 2 on target, 0 not."""
+def italian_concept(answer: str, *, salad: bool = False) -> int:
+    """The Italian concept rating (see the module): 2 real Italian, 1 Italian-looking or mixed with English,
+    0 another language. ``salad``: the judge found no fluent text where no loop rule fired."""
+    if detect_language(answer) != "it":
+        return 1 if mixes_languages(answer) else 0  # English with Italian words mixed in
+    share = sentence_share(answer, "it")
+    mixed = (not math.isnan(share) and share < MIN_ITALIAN_SHARE) or mixes_languages(answer)
+    invented = invented_share(answer, "it") >= MIN_INVENTED_SHARE
+    return 1 if salad or mixed or invented else 2
+
+
+def _concept(target: str, item: Item | None, answer: str, salad: bool) -> int:
+    """The target's rule as a rating: 2 on target, 0 not (Italian: :func:`italian_concept`)."""
+    if target == "italian":
+        return italian_concept(answer, salad=salad)
     return 2 if on_target(target, item, answer) else 0  # type: ignore[arg-type]  # only ifeval reads it
 
 
@@ -119,15 +140,18 @@ def rate(
         if not isinstance(answer, str):
             raise InvalidArgumentError(f"answer {i} is not a string ({type(answer).__name__})")
     rows = list(items) if items is not None else [None] * len(answers)
-    concept = [_concept(target, item, a) for item, a in zip(rows, answers, strict=True)]
     ruled = np.array([is_degenerate(a) for a in answers], dtype=bool)
+    salad = np.zeros(len(answers), dtype=bool)  # the judge's salad: fluency 0 where no loop rule fired
     if judge is None:
         relevance = np.full(len(answers), np.nan)
         fluency = np.where(ruled, 0.0, np.nan)
     else:
         judged = judge(list(queries), list(answers))
-        relevance = judged["relevance"].astype(float)
-        fluency = np.where(ruled, 0.0, judged["fluency"])
+        flawed = np.array([has_stutter(a) or mixes_languages(a) for a in answers], dtype=bool)
+        fluency = np.where(ruled, 0.0, np.where(flawed, np.minimum(judged["fluency"], 1), judged["fluency"]))
+        salad = (fluency == 0) & ~ruled
+        relevance = np.where(salad, np.minimum(judged["relevance"], 1), judged["relevance"]).astype(float)
+    concept = [_concept(target, item, a, s) for item, a, s in zip(rows, answers, salad, strict=True)]
     frame = pd.DataFrame({"concept": concept, "relevance": relevance, "fluency": fluency})
     frame = frame.astype({name: "Int64" for name in RATINGS})  # NaN: not rated
     scores = [

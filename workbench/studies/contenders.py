@@ -216,13 +216,14 @@ def _summary(setup: _Setup, items: Sequence[Item], rows: pd.DataFrame) -> pd.Dat
 
 def rated_means(label: str, rated: pd.DataFrame) -> dict[str, Any]:
     """``setting``, ``mean_score``, ``clean_rate`` (score above 0; where scores are unknown, the concept's
-    rate), ``target_rate`` and each rating's mean, of one setting's :func:`rate` rows."""
+    rate), ``target_rate`` (concept 2: fully on target) and each rating's mean, of one setting's :func:`rate`
+    rows."""
     score = rated["score"].astype(float)
     return {
         "setting": label,
         "mean_score": score.mean(skipna=False),
         "clean_rate": (score > 0).mean() if score.notna().all() else float((rated["concept"] > 0).mean()),
-        "target_rate": float((rated["concept"] > 0).mean()),
+        "target_rate": float((rated["concept"] == 2).mean()),
         **{f"mean_{r}": rated[r].astype(float).mean() for r in ("concept", "relevance", "fluency")},
     }
 
