@@ -124,9 +124,10 @@ def test_the_judge_gives_ratings_and_a_batch_equals_its_rows(long_tiny):
         judge.probabilities("style", queries, answers)
 
 
-def test_the_labelled_set_covers_both_languages_every_kind_and_both_splits():
+def test_the_labelled_set_covers_both_languages_every_kind_both_splits_and_real_answers():
     labels = load_rating_labels()
-    assert 120 <= len(labels) <= 200 and labels["id"].is_unique
+    assert 120 <= len(labels) <= 300 and labels["id"].is_unique
+    assert set(labels["source"]) >= {"hand-written", "smollm2-135m-instruct", "qwen2.5-coder-1.5b-instruct"}
     assert {"en", "it"} <= set(labels["language"]) and set(labels["kind"]) == set(KINDS)
     assert set(labels["split"]) == {"dev", "test"}
     for split in ("dev", "test"):
@@ -160,7 +161,7 @@ def test_the_judge_study_rates_the_labelled_set_per_split(long_tiny, tmp_path):
         (s, r) for s in ("dev", "test") for r in ("concept", "relevance", "fluency")
     )
     assert (table["n"] > 0).all() and table["agreement_nonzero"].between(0, 1).all()
-    assert result.notes[0].startswith("Judge tiny-llama: 174 labelled answers")
+    assert result.notes[0].startswith(f"Judge tiny-llama: {len(load_rating_labels())} labelled answers")
 
 
 def test_a_cached_judge_rates_each_answer_once_and_as_the_uncached_one(long_tiny, tmp_path, monkeypatch):

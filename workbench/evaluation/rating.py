@@ -20,19 +20,22 @@
   ``fluency`` is 0 where a rule rates it and unknown elsewhere; ``score`` is 0 where a rating is 0 and
   unknown elsewhere).
 
-The labelled set (:data:`LABELS`, ``workbench/data/rating_labels.jsonl``) holds hand-written answers to
-bundled queries (:func:`~workbench.datasets.load`'s ``queries.jsonl``), rated by hand on the rubric below,
-to measure a judge (:func:`rating_agreement`). A row: ``id``, ``query_id``, ``query`` (what the model was
-asked: the English query, or the Italian one for some ``italian`` rows), ``target`` (``italian``,
-``json_format_strict``, ``ifeval`` with ``instruction`` the bundled instruction, ``one_sentence``),
-``language`` of the answer (``en``, ``it``, ``es``, ``fr``, ``pt``, ``mixed``), ``kind`` (``fluent``,
-``salad``, ``loop``, ``off-topic``, ``wrong language``, ``partially broken``), ``answer``, the gold
-``concept``, ``relevance`` and ``fluency``, and ``split`` (``dev`` chose how rules and judge combine,
-``test`` is reported; the rows of each target, kind and language alternate between them). The answers
-are modelled on real steered failures (the SmolLM2 ``italian`` preset's salad ", eccordionilòro, e'volte a
-dolce,,, al cambiamento diacce,,,"; RePS's "The pyramids were built by the Egyptians in 2020, which is
-2020 in the end."; loops; fluent Italian about something else; fluent English, Spanish, French and
-Portuguese where Italian was asked; valid, cut-off and prose-wrapped JSON).
+The labelled set (:data:`LABELS`, ``workbench/data/rating_labels.jsonl``) holds answers to bundled queries
+(:func:`~workbench.datasets.load`'s ``queries.jsonl``), rated by hand on the rubric below, to measure a judge
+(:func:`rating_agreement`). A row: ``id``, ``query_id``, ``query`` (what the model was asked: the English
+query, or the Italian one for some ``italian`` rows), ``target`` (``italian``, ``json_format_strict``,
+``ifeval`` with ``instruction`` the bundled instruction, ``one_sentence``), ``language`` of the answer
+(``en``, ``it``, ``es``, ``fr``, ``pt``, ``mixed``, ``und``), ``kind`` (``fluent``, ``salad``, ``loop``,
+``off-topic``, ``wrong language``, ``partially broken``), ``answer``, the gold ``concept``, ``relevance``
+and ``fluency``, ``split`` (``dev`` chose how rules and judge combine, ``test`` is reported; the rows of
+each target, kind and language alternate between them) and ``source``. 174 are ``hand-written``, modelled
+on real steered failures (the SmolLM2 ``italian`` preset's salad ", eccordionilòro, e'volte a dolce,,, al
+cambiamento diacce,,,"; RePS's "The pyramids were built by the Egyptians in 2020, which is 2020 in the
+end."; loops; fluent Italian about something else; fluent English, Spanish, French and Portuguese where
+Italian was asked; valid, cut-off and prose-wrapped JSON); 46 are real answers of the methods study to
+validation prompts (``source`` the model that wrote them: SmolLM2-135M-Instruct one sentence,
+Qwen2.5-Coder-1.5B-Instruct Italian and JSON, steered and not), long and cut off by the token budget as
+generated answers are.
 
 Gold rubric. *Concept*: the target as its rule defines it, read by a person (IFEval's sentence count,
 the whole answer valid JSON); for Italian 2 = written in Italian (a loop of Italian words too), 1 =

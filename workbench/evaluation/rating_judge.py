@@ -89,18 +89,18 @@ _RELEVANCE = Rubric(
             "whereby the of, and to, nonetheless which it the upon.",
             0,
         ),
-        ("How do volcanoes erupt?", "Volcano the magma of, erupt and the which pressure lava to, crater.", 1),
         (
-            "Why do we need vitamins?",
-            "Vitamins keep the body healthy. Vitamins keep the body healthy. Vitamins keep the body healthy.",
+            "What is the best way to learn to swim?",
+            "Learning to swim as an adult takes patience. Here are some tips to help you get started:\n\n"
+            "1. **Start in shallow water**: Get comfortable with",
             2,
         ),
         (
-            "What is the best way to learn to swim?",
-            '{"swim": {"swim": {"swim": {"swim": {"swim": {"swim": {',
-            1,
+            "How do volcanoes erupt?",
+            "I vulcani eruttano quando il magma, che si forma nelle profondità della Terra, risale verso la "
+            "superficie. La pressione dei gas",
+            2,
         ),
-        ("How does a refrigerator keep food cold?", "Ok.", 0),
     ),
     question=True,
 )
@@ -114,8 +114,6 @@ _FLUENCY = Rubric(
         "1 = understandable but with noticeable errors: wrong grammar, odd word choices, words of another "
         "language mixed in, a word stuttered once or twice, a statement that repeats itself.\n"
         "0 = not fluent: word salad, invented words, jumbled fragments, or a phrase repeated over and over.\n"
-        "Any grammatical mistake (a wrong verb form or agreement, a missing or extra word) makes a text 1, "
-        "even when its meaning is clear.\n"
         "Reply with the digit only."
     ),
     examples=(
@@ -128,9 +126,11 @@ _FLUENCY = Rubric(
         ("", '{"tips": ["start in shallow water", "practise breathing with your face in the water"]}', 2),
         ("", "Vitamins are good because vitamins are good for the body of the body.", 1),
         ("", "Learning whereby the of water, and to swimmingly which nonetheless the upon.", 0),
-        ("", "I vulcani erutta quando il magma sale e loro fa esplodere la montagna di fuoco.", 1),
-        ("", "Volcanoes erupts because the magma go up too fastly and push the rock.", 1),
-        ("", "La vitamine sono importante per il corpo, perché aiutano lo sistema immunitario.", 1),
+        (
+            "",
+            "Here are some tips to help you learn to swim:\n\n1. **Start in shallow water**: Get comfortable with",
+            2,
+        ),
     ),
     question=False,
 )
