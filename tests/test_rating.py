@@ -156,11 +156,16 @@ def test_the_judge_study_rates_the_labelled_set_per_split(long_tiny, tmp_path):
 
     result = judge_study(long_tiny, Size.named("quick"), tmp_path, batch_size=16)
     assert len(result.rows) == len(load_rating_labels())
-    table = result.table.set_index(["split", "rating"])
+    table = result.table.set_index(["split", "answers", "rating"])
     assert sorted(table.index) == sorted(
-        (s, r) for s in ("dev", "test") for r in ("concept", "relevance", "fluency")
+        (s, a, r)
+        for s in ("dev", "test")
+        for a in ("all", "hand-written", "generated")
+        for r in ("concept", "relevance", "fluency")
     )
     assert (table["n"] > 0).all() and table["agreement_nonzero"].between(0, 1).all()
+    n = table["n"].unstack("answers")
+    assert (n["all"] == n["hand-written"] + n["generated"]).all()
     assert result.notes[0].startswith(f"Judge tiny-llama: {len(load_rating_labels())} labelled answers")
 
 

@@ -180,6 +180,36 @@ def vector_export(
     typer.echo(str(SteeringVector.load(path).to_gguf(out)))
 
 
+presets_app = typer.Typer(
+    no_args_is_help=True, help="The steering presets: rate them again with today's judge."
+)
+app.add_typer(presets_app, name="presets")
+
+
+@presets_app.command("rate")
+@one_line_errors
+def presets_rate(
+    model: ModelSpec = ...,
+    file: Path = typer.Option(None, "--file", help="A presets JSON file (default: the bundled one)."),
+    judge: str = typer.Option("qwen2.5-coder-1.5b-instruct", help="The rating judge's model spec (fetched)."),
+) -> None:
+    """Rate MODEL's recipes of a presets file again with the judge and write the ratings into it."""
+    from workbench import presets
+    from workbench.evaluation.rating_judge import RatingJudge
+    from workbench.files import atomic_text
+    from workbench.models import load_model
+    from workbench.studies.preset_rating import rate_presets
+
+    target = file or presets.BUNDLED
+    rater = RatingJudge(load_model(judge, dtype="bfloat16"))
+    doc = rate_presets(load_model(model), rater, target)
+    atomic_text(target, json.dumps(doc, indent=1, ensure_ascii=False) + "\n", "presets")
+    for name, preset in presets.parse(doc, str(target)).items():
+        for spec, rating in preset.rating.items():
+            why = presets.withheld(rating)
+            typer.echo(f"{name} / {spec}: {'withdrawn: ' + why if why else 'ships'} ({rating})")
+
+
 @app.command()
 @one_line_errors
 def bench(

@@ -38,34 +38,23 @@ def test_every_smollm2_preset_raises_its_target_rate_on_test_prompts(smol, tmp_p
 
 def test_the_bundled_ratings_of_the_smollm2_recipes_reproduce(smol, tmp_path, monkeypatch):
     """Each SmolLM2 recipe of the bundled presets, shipped or withdrawn, answers its 30 recorded validation
-    prompts again and the rating judge (skipped where it is not fetched) rates them as the document records,
-    within 0.1 in mean fluency and mean score, so it ships or is withdrawn as the document says."""
-    from workbench.behaviours import build_vectors
+    prompts again and the rating judge (skipped where it is not fetched) rates them as the document records
+    (``workbench presets rate`` wrote it), within 0.1 in mean fluency and mean score, so it ships or is
+    withdrawn as the document says."""
     from workbench.evaluation.reference import REFERENCE_SPEC
-    from workbench.recipes import answer
-    from workbench.size import Size
-    from workbench.studies.compare import budgeted
     from workbench.studies.frontier import rating_judge
-    from workbench.studies.search import rated_means
+    from workbench.studies.preset_rating import rate_presets
 
     judge = rating_judge(smol, REFERENCE_SPEC, tmp_path)
     if judge is None:
         pytest.skip(f"{REFERENCE_SPEC} is not fetched: no judge to rate the presets")
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
-    size = Size.frontier()  # the search's: 10 selection prompts, then the 30 its numbers are on
-    for name in presets.names():
-        preset = presets.get(name)
-        recipe = {**preset.recipes, **preset.withdrawn}.get(smol.name)
-        if recipe is None:
+    fresh = presets.parse(rate_presets(smol, judge))
+    for name, preset in presets.PRESETS.items():
+        recorded = preset.rating.get(smol.name)
+        if recorded is None:
             continue
-        behaviour = BEHAVIOURS[preset.behaviour]
-        vectors = build_vectors(smol, behaviour, preset.n_train, sources=(recipe.source,))
-        asked = budgeted(behaviour, size)
-        rows = answer(smol, asked, vectors, [recipe], "validation", 4 * size.n_validation, batch_size=40)
-        selection = {item.id for item in asked.items("validation", size.n_validation).items}
-        fresh = rows[~rows["id"].isin(selection)].reset_index(drop=True)
-        measured = rated_means(asked, fresh, judge).iloc[0].to_dict() | {"n": len(fresh)}
-        recorded = preset.rating[smol.name]
+        measured = fresh[name].rating[smol.name]
         for key in ("mean_fluency", "mean_score"):
             assert measured[key] == pytest.approx(recorded[key], abs=0.1), (name, key, measured, recorded)
         assert (presets.withheld(measured) is None) == (smol.name in preset.recipes), (name, measured)

@@ -34,17 +34,24 @@ def judge_study(
     progress: bool = False,
 ) -> StudyResult | str:
     """``model`` as the judge of the labelled set (every size rates all of it); rows: the labelled answers
-    with their ``rated_`` ratings; table: :func:`~workbench.evaluation.rating.agreement` per split."""
+    with their ``rated_`` ratings; table: :func:`~workbench.evaluation.rating.agreement` per split, on all
+    its answers, the hand-written ones and those models generated (``answers``)."""
     if not model.is_chat:
         return f"{model.name} is a base model: the judge must be a chat model"
     started = time.process_time()
     rated = rate_labels(RatingJudge(model, batch_size=batch_size))
     seconds = time.process_time() - started
+    answers = {"all": rated["source"].notna(), "hand-written": rated["source"] == "hand-written"}
+    answers["generated"] = ~answers["hand-written"]
     table = pd.concat(
-        [agreement(rated[rated["split"] == split]).assign(split=split) for split in ("dev", "test")],
+        [
+            agreement(rated[(rated["split"] == split) & chosen]).assign(split=split, answers=name)
+            for split in ("dev", "test")
+            for name, chosen in answers.items()
+        ],
         ignore_index=True,
     )
-    missed = table[table["agreement"] < 0.9]
+    missed = table[(table["agreement"] < 0.9) & (table["answers"] == "all")]
     notes = [
         f"Judge {model.name}: {len(rated)} labelled answers rated in {seconds:.0f} CPU s.",
         "Agreement below 0.9 on: "
