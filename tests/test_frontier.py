@@ -97,7 +97,7 @@ def test_with_a_judge_the_frontier_chooses_by_mean_score_and_records_the_rating(
     assert validation.loc[validation["stage"] != "confirm", "judge"].isna().all()  # only the final round
     assert confirm.loc[by_rules.name, "mean_score"] == confirm.loc[Recipe().name, "mean_score"] == 0
     ratings = confirm.loc[by_rules.name, ["mean_concept", "mean_relevance", "mean_fluency"]]
-    assert ratings.tolist() == [2, 2, 0]
+    assert ratings.tolist() == [2, 1, 0]  # the judge's salad: relevance at most 1
     assert chosen != by_rules and chosen.name in set(finalists.index)
     assert confirm.loc[chosen.name, "mean_score"] == 2 and confirm.loc[chosen.name, "mean_fluency"] == 2
     shipped = presets.read(folder / "presets.json")["one_sentence"]
