@@ -41,7 +41,7 @@ def judge_study(
     started = time.process_time()
     rated = rate_labels(RatingJudge(model, batch_size=batch_size))
     seconds = time.process_time() - started
-    answers = {"all": rated["source"].notna(), "hand-written": rated["source"] == "hand-written"}
+    answers = {"all": pd.Series(True, index=rated.index), "hand-written": rated["source"] == "hand-written"}
     answers["generated"] = ~answers["hand-written"]
     table = pd.concat(
         [
